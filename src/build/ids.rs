@@ -1,0 +1,128 @@
+//! Owner names → numeric ids, from the parent image's /etc/passwd and /etc/group.
+use crate::layer::Ids;
+use crate::layer::scan::{self, EtcFiles, Found};
+use crate::oci::image::{ImageRecord, hex_of};
+use crate::spec::{IdSpec, Owner};
+use crate::store::{Kind, Store};
+
+use super::BuildError;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MetaRecord {
+    digest: String,
+    etc: EtcFiles,
+}
+
+/// The parent's /etc/passwd and /etc/group, as its top-most layer that
+/// mentions each leaves it.
+pub struct Accounts {
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+}
+
+impl Accounts {
+    pub fn none() -> Accounts {
+        Accounts {
+            passwd: None,
+            group: None,
+        }
+    }
+
+    pub fn of(store: &Store, image: &ImageRecord) -> Result<Accounts, BuildError> {
+        let mut passwd = None;
+        let mut group = None;
+        for layer in image.layers.iter().rev() {
+            let etc = etc_of_layer(store, &layer.digest, &layer.media_type)?;
+            if passwd.is_none() && etc.passwd != Found::Absent {
+                passwd = Some(etc.passwd);
+            }
+            if group.is_none() && etc.group != Found::Absent {
+                group = Some(etc.group);
+            }
+            if passwd.is_some() && group.is_some() {
+                break;
+            }
+        }
+        let content = |f: Option<Found>| match f {
+            Some(Found::Content(s)) => Some(s),
+            _ => None,
+        };
+        Ok(Accounts {
+            passwd: content(passwd),
+            group: content(group),
+        })
+    }
+
+    /// Resolves `owner`; `Err` says what is missing.
+    pub fn resolve(&self, owner: &Owner) -> Result<Ids, String> {
+        let (uid, primary) = match &owner.user {
+            IdSpec::Id(n) => (*n, *n),
+            IdSpec::Name(name) => match self
+                .passwd
+                .as_deref()
+                .and_then(|p| scan::passwd_lookup(p, name))
+            {
+                Some(ids) => ids,
+                None if name == "root" => (0, 0),
+                None if self.passwd.is_none() => {
+                    return Err(format!(
+                        "user `{name}` cannot be looked up: the parent image has no /etc/passwd"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "user `{name}` is not in the parent image's /etc/passwd"
+                    ));
+                }
+            },
+        };
+        let gid = match &owner.group {
+            None => primary,
+            Some(IdSpec::Id(n)) => *n,
+            Some(IdSpec::Name(name)) => match self
+                .group
+                .as_deref()
+                .and_then(|g| scan::group_lookup(g, name))
+            {
+                Some(g) => g,
+                None if name == "root" => 0,
+                None if self.group.is_none() => {
+                    return Err(format!(
+                        "group `{name}` cannot be looked up: the parent image has no /etc/group"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "group `{name}` is not in the parent image's /etc/group"
+                    ));
+                }
+            },
+        };
+        Ok(Ids { uid, gid })
+    }
+}
+
+/// Records what a layer this build wrote says about /etc, so children need
+/// not scan it.
+pub fn remember(store: &Store, digest: &str, etc: EtcFiles) -> Result<(), BuildError> {
+    let record = MetaRecord {
+        digest: digest.to_string(),
+        etc,
+    };
+    store.put(Kind::Meta, &hex_of(digest), &record)?;
+    Ok(())
+}
+
+fn etc_of_layer(store: &Store, digest: &str, media_type: &str) -> Result<EtcFiles, BuildError> {
+    let hex = hex_of(digest);
+    if let Some(m) = store.get::<MetaRecord>(Kind::Meta, &hex)? {
+        return Ok(m.etc);
+    }
+    let path = store.blob_path(&hex);
+    let etc = scan::scan_etc(&path, media_type).map_err(|source| BuildError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    remember(store, digest, etc.clone())?;
+    Ok(etc)
+}

@@ -1,0 +1,582 @@
+//! Runs the plan: keys, reuse, layer writing, image assembly, in parallel.
+//!
+//! A file layer's key is the hash of what goes into its tar (see
+//! `layer::Entries::key`), never of its parent, so a new parent re-points a
+//! client image without rebuilding its layers. An image's key adds the
+//! parent's manifest digest and the config.
+mod ids;
+pub mod plan;
+pub mod report;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::scan::{EtcFiles, Found};
+use crate::layer::statcache::StatCache;
+use crate::layer::{self, Compression, Entries, EntryKind, Ids, LayerError};
+use crate::oci::digest::sha256_hex;
+use crate::oci::image::{self, Base, ImageRecord, LayerDesc, NewLayer, OciError, Stamp, hex_of};
+use crate::spec::{Image, LayerSpec, Parent, Spec};
+use crate::store::{Kind, Store, StoreError};
+
+pub use ids::Accounts;
+pub use report::{Reporter, Silent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error("image {image}, layer {layer} ({src}): {source}")]
+    Layer {
+        image: String,
+        layer: usize,
+        src: String,
+        source: LayerError,
+    },
+    #[error(
+        "{file}:{line}:{column}: image {image}: owner `{owner}`: {why}\n  hint: use numeric ids (33:33), or add the account to the parent image"
+    )]
+    Owner {
+        file: String,
+        line: usize,
+        column: usize,
+        image: String,
+        owner: String,
+        why: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("image {image} was not built because {parent}, which it is built from, failed")]
+    ParentFailed { image: String, parent: String },
+    #[error("no image named `{name}` in {file}{}", hint.as_ref().map(|h| format!("; did you mean `{h}`?")).unwrap_or_default())]
+    UnknownImage {
+        name: String,
+        file: String,
+        hint: Option<String>,
+    },
+}
+
+/// How layers are made and stamped.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub compression: Compression,
+    /// Compression threads per layer.
+    pub threads: usize,
+    /// Images built at once.
+    pub jobs: usize,
+    pub stamp: Stamp,
+}
+
+/// A layer as built or reused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub desc: LayerDesc,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerOutcome {
+    pub key: String,
+    pub digest: String,
+    pub size: u64,
+    /// True when written by this build, false when reused.
+    pub built: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageOutcome {
+    pub name: String,
+    pub key: String,
+    pub manifest: String,
+    /// True when this build assembled the image, false when reused.
+    pub assembled: bool,
+    pub layers: Vec<LayerOutcome>,
+    #[serde(skip)]
+    pub record: ImageRecord,
+}
+
+/// The last build of an image, kept per graph: what `inspect` shows, what
+/// `plan` compares with, and gc's roots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefRecord {
+    pub key: String,
+    pub layer_keys: Vec<String>,
+    pub image: ImageRecord,
+}
+
+/// Images still to build, and the results so far.
+type Queue = Mutex<(
+    Vec<String>,
+    HashMap<String, Result<ImageOutcome, BuildError>>,
+)>;
+
+/// One images.yaml, one store, one set of options.
+pub struct Session<'a> {
+    pub store: &'a Store,
+    pub spec: &'a Spec,
+    pub opts: &'a Options,
+    pub graph: String,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(store: &'a Store, spec: &'a Spec, opts: &'a Options) -> Session<'a> {
+        Session {
+            store,
+            spec,
+            opts,
+            graph: crate::store::graph_id(&spec.file_abs()),
+        }
+    }
+
+    /// `names` and everything they are built from, parents first.
+    pub fn closure(&self, names: &[String]) -> Result<Vec<String>, BuildError> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for name in names {
+            let mut chain = Vec::new();
+            let mut cur = Some(self.image(name)?);
+            while let Some(img) = cur {
+                if !seen.insert(img.name.clone()) {
+                    break;
+                }
+                chain.push(img.name.clone());
+                cur = match &img.parent {
+                    Parent::Image(p) => Some(self.image(p)?),
+                    Parent::Scratch => None,
+                };
+            }
+            order.extend(chain.into_iter().rev());
+        }
+        // Parents first overall: a stable sort by depth keeps that.
+        let depth = |n: &String| self.depth(n);
+        order.sort_by_key(depth);
+        Ok(order)
+    }
+
+    fn depth(&self, name: &str) -> usize {
+        let mut d = 0;
+        let mut cur = self.spec.image(name);
+        while let Some(Parent::Image(p)) = cur.map(|i| &i.parent) {
+            d += 1;
+            cur = self.spec.image(p);
+        }
+        d
+    }
+
+    pub fn image(&self, name: &str) -> Result<&'a Image, BuildError> {
+        self.spec
+            .image(name)
+            .ok_or_else(|| BuildError::UnknownImage {
+                name: name.to_string(),
+                file: self.spec.file.display().to_string(),
+                hint: crate::suggest::closest(name, self.spec.images.keys().map(String::as_str))
+                    .map(str::to_string),
+            })
+    }
+
+    /// Resolves a layer's owner against the parent's accounts.
+    fn ids(
+        &self,
+        image: &Image,
+        layer: &LayerSpec,
+        accounts: &Accounts,
+    ) -> Result<Ids, BuildError> {
+        match &layer.owner {
+            None => Ok(Ids::default()),
+            Some(owner) => accounts.resolve(owner).map_err(|why| BuildError::Owner {
+                file: self.spec.file.display().to_string(),
+                line: layer.pos.line,
+                column: layer.pos.col,
+                image: image.name.clone(),
+                owner: owner.to_string(),
+                why,
+            }),
+        }
+    }
+
+    /// Walks a layer's source into entries and its key.
+    fn walk(
+        &self,
+        image: &Image,
+        index: usize,
+        layer: &LayerSpec,
+        ids: Ids,
+    ) -> Result<(Entries, String), BuildError> {
+        let cache_path = self.store.statcache_path(&layer.src);
+        let mut cache = StatCache::load(&cache_path);
+        let entries = layer::walk(layer, ids, &mut cache).map_err(|source| BuildError::Layer {
+            image: image.name.clone(),
+            layer: index,
+            src: layer.src_text.clone(),
+            source,
+        })?;
+        // A cache that cannot be saved only costs time on the next build.
+        let seen: HashSet<PathBuf> = entries
+            .0
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { src, .. } => Some(src.clone()),
+                _ => None,
+            })
+            .collect();
+        cache.retain_under(&layer.src, &seen);
+        let _ = cache.save(&cache_path);
+        let key = entries.key(self.opts.compression, self.opts.stamp.epoch);
+        Ok((entries, key))
+    }
+
+    /// A reusable layer: its record, if its blob is still there.
+    fn cached_layer(&self, key: &str) -> Result<Option<LayerRecord>, BuildError> {
+        Ok(self
+            .store
+            .get::<LayerRecord>(Kind::Layers, key)?
+            .filter(|r| self.store.blob_size(&hex_of(&r.desc.digest)) == Some(r.desc.size)))
+    }
+
+    fn cached_image(&self, key: &str) -> Result<Option<ImageRecord>, BuildError> {
+        Ok(self
+            .store
+            .get::<ImageRecord>(Kind::Images, key)?
+            .filter(|r| r.blobs().iter().all(|b| self.store.has_blob(b))))
+    }
+
+    /// The image key: parent manifest, layer keys, config and stamp.
+    fn image_key(
+        &self,
+        image: &Image,
+        parent: Option<&ImageRecord>,
+        layer_keys: &[String],
+    ) -> String {
+        let input = serde_json::json!({
+            "v": 1,
+            "parent": parent.map(|p| p.manifest.clone()),
+            "parent_name": match &image.parent { Parent::Image(p) => Some(p), Parent::Scratch => None },
+            "layers": layer_keys,
+            "config": image.config,
+            "stamp": self.opts.stamp,
+        });
+        sha256_hex(&image::canonical_json(&input))
+    }
+
+    fn write_layer(
+        &self,
+        image: &Image,
+        index: usize,
+        layer: &LayerSpec,
+        entries: &Entries,
+        key: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<LayerRecord, BuildError> {
+        let layer_err = |source| BuildError::Layer {
+            image: image.name.clone(),
+            layer: index,
+            src: layer.src_text.clone(),
+            source,
+        };
+        reporter.layer_started(&image.name, index, entries.content_bytes());
+        let tmp = self.store.temp_file()?;
+        let (tmp, blob) = layer::write_blob(
+            entries,
+            self.opts.stamp.epoch,
+            self.opts.compression,
+            self.opts.threads,
+            tmp,
+            &mut |done| reporter.layer_progress(&image.name, index, done),
+        )
+        .map_err(layer_err)?;
+        self.store.commit_blob(tmp, &hex_of(&blob.digest))?;
+        ids::remember(self.store, &blob.digest, etc_files(entries)?)?;
+        let record = LayerRecord {
+            desc: LayerDesc {
+                digest: blob.digest,
+                diff_id: blob.diff_id,
+                size: blob.size,
+                media_type: self.opts.compression.media_type().to_string(),
+            },
+            created_by: format!("imgbuild: copy {} {}", layer.src_text, layer.dest),
+        };
+        self.store.put(Kind::Entries, key, entries)?;
+        self.store.put(Kind::Layers, key, &record)?;
+        Ok(record)
+    }
+
+    /// Builds (or reuses) one image whose parent is `base`.
+    pub fn build_image(
+        &self,
+        image: &Image,
+        base: Option<(&str, &ImageRecord)>,
+        reporter: &dyn Reporter,
+    ) -> Result<ImageOutcome, BuildError> {
+        reporter.image_started(&image.name);
+        let accounts = match base {
+            Some((_, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
+                Accounts::of(self.store, rec)?
+            }
+            _ => Accounts::none(),
+        };
+        let mut layers = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut keys = Vec::new();
+        for (i, l) in image.layers.iter().enumerate() {
+            let started = Instant::now();
+            let ids = self.ids(image, l, &accounts)?;
+            let (entries, key) = self.walk(image, i, l, ids)?;
+            let (record, built) = match self.cached_layer(&key)? {
+                Some(r) => (r, false),
+                None => (
+                    self.write_layer(image, i, l, &entries, &key, reporter)?,
+                    true,
+                ),
+            };
+            let outcome = LayerOutcome {
+                key: key.clone(),
+                digest: record.desc.digest.clone(),
+                size: record.desc.size,
+                built,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            reporter.layer_finished(&image.name, i, &outcome);
+            outcomes.push(outcome);
+            keys.push(key);
+            layers.push(record);
+        }
+        let key = self.image_key(image, base.map(|b| b.1), &keys);
+        let (record, assembled) = match self.cached_image(&key)? {
+            Some(r) => (r, false),
+            None => {
+                let parent_config = match base {
+                    Some((_, rec)) => Some(image::parse_config(
+                        &self.store.read_blob(&hex_of(&rec.config))?,
+                        &format!("config of {}", rec.manifest),
+                    )?),
+                    None => None,
+                };
+                let base_value = base
+                    .zip(parent_config)
+                    .map(|((name, record), config)| Base {
+                        name,
+                        record,
+                        config,
+                    });
+                let new_layers: Vec<NewLayer> = layers
+                    .iter()
+                    .map(|r| NewLayer {
+                        desc: r.desc.clone(),
+                        created_by: r.created_by.clone(),
+                    })
+                    .collect();
+                let a = image::assemble(
+                    base_value.as_ref(),
+                    &new_layers,
+                    &image.config,
+                    &self.opts.stamp,
+                )?;
+                // Config and manifest only after every layer blob exists.
+                self.store.put_blob(&a.config_json)?;
+                self.store.put_blob(&a.manifest_json)?;
+                self.store.put(Kind::Images, &key, &a.record)?;
+                (a.record, true)
+            }
+        };
+        let ref_record = RefRecord {
+            key: key.clone(),
+            layer_keys: keys,
+            image: record.clone(),
+        };
+        self.store
+            .put_ref(&self.graph, &self.spec.file_abs(), &image.name, &ref_record)?;
+        let outcome = ImageOutcome {
+            name: image.name.clone(),
+            key,
+            manifest: record.manifest.clone(),
+            assembled,
+            layers: outcomes,
+            record,
+        };
+        reporter.image_finished(&image.name, &outcome);
+        Ok(outcome)
+    }
+
+    /// Builds `names` and what they need, independent images in parallel.
+    /// Every image gets a result; a failed image fails only its descendants.
+    pub fn build(
+        &self,
+        names: &[String],
+        reporter: &dyn Reporter,
+    ) -> Result<BTreeMap<String, Result<ImageOutcome, BuildError>>, BuildError> {
+        let order = self.closure(names)?;
+        let state: Queue = Mutex::new((order.clone(), HashMap::new()));
+        let cv = Condvar::new();
+        let jobs = self.opts.jobs.clamp(1, order.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..jobs {
+                s.spawn(|| self.worker(&state, &cv, reporter));
+            }
+        });
+        let (_, results) = state.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(results.into_iter().collect())
+    }
+
+    fn worker(&self, state: &Queue, cv: &Condvar, reporter: &dyn Reporter) {
+        loop {
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            let picked = loop {
+                let (pending, done) = &mut *guard;
+                if pending.is_empty() {
+                    return;
+                }
+                let ready = pending
+                    .iter()
+                    .position(|n| match &self.spec.images[n].parent {
+                        Parent::Scratch => true,
+                        Parent::Image(p) => {
+                            done.contains_key(p) || !self.spec.images.contains_key(p)
+                        }
+                    });
+                match ready {
+                    Some(i) => break pending.remove(i),
+                    None => guard = cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                }
+            };
+            let image = &self.spec.images[&picked];
+            let base = match &image.parent {
+                Parent::Scratch => Ok(None),
+                Parent::Image(p) => match guard.1.get(p) {
+                    Some(Ok(o)) => Ok(Some((p.clone(), o.record.clone()))),
+                    _ => Err(BuildError::ParentFailed {
+                        image: picked.clone(),
+                        parent: p.clone(),
+                    }),
+                },
+            };
+            drop(guard);
+            let result = base.and_then(|b| {
+                self.build_image(image, b.as_ref().map(|(n, r)| (n.as_str(), r)), reporter)
+            });
+            if let Err(e) = &result {
+                reporter.image_failed(&picked, &e.to_string());
+            }
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            guard.1.insert(picked, result);
+            cv.notify_all();
+        }
+    }
+
+    /// The last build of `name` from this images.yaml, if any.
+    pub fn last_build(&self, name: &str) -> Result<Option<RefRecord>, BuildError> {
+        Ok(self.store.get_ref(&self.graph, name)?)
+    }
+}
+
+/// /etc/passwd and /etc/group as a file layer leaves them.
+fn etc_files(entries: &Entries) -> Result<EtcFiles, BuildError> {
+    let mut etc = EtcFiles::default();
+    for e in &entries.0 {
+        let slot = match e.path.as_str() {
+            "etc/passwd" => &mut etc.passwd,
+            "etc/group" => &mut etc.group,
+            _ => continue,
+        };
+        if let EntryKind::File { src, .. } = &e.kind {
+            let text = std::fs::read_to_string(src).map_err(|source| BuildError::Io {
+                path: src.clone(),
+                source,
+            })?;
+            *slot = Found::Content(text);
+        }
+    }
+    Ok(etc)
+}
+
+/// The stamp from the environment: `SOURCE_DATE_EPOCH` (default 0), the
+/// revision from `IMGBUILD_REVISION`, `CI_COMMIT_SHA` or git, and the source
+/// address from `CI_PROJECT_URL` or git's `origin`, without credentials.
+pub fn stamp_from_env(dir: &Path) -> Result<Stamp, String> {
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|e| *e >= 0)
+            .ok_or_else(|| format!("SOURCE_DATE_EPOCH={v} is not a whole number of seconds since 1970; set it to e.g. $(git log -1 --format=%ct)"))?,
+        _ => 0,
+    };
+    let nonempty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let revision = match std::env::var("IMGBUILD_REVISION") {
+        Ok(v) => Some(v).filter(|v| !v.is_empty()),
+        Err(_) => nonempty("CI_COMMIT_SHA").or_else(|| git(dir, &["rev-parse", "HEAD"])),
+    };
+    let source = match std::env::var("IMGBUILD_SOURCE") {
+        Ok(v) => Some(v).filter(|v| !v.is_empty()),
+        Err(_) => nonempty("CI_PROJECT_URL").or_else(|| git(dir, &["remote", "get-url", "origin"])),
+    }
+    .map(|s| strip_credentials(&s));
+    Ok(Stamp {
+        epoch,
+        arch: image::host_arch().to_string(),
+        os: "linux".to_string(),
+        revision,
+        source,
+    })
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// `https://user:token@host/x` → `https://host/x`: a label must not carry a secret.
+pub fn strip_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl Spec {
+    /// The absolute path of images.yaml.
+    pub fn file_abs(&self) -> PathBuf {
+        match self.file.file_name() {
+            Some(n) => self.dir.join(n),
+            None => self.file.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_labels() {
+        assert_eq!(
+            strip_credentials("https://gitlab-ci-token:s3cret@gitlab.example.com/agency/fleet.git"),
+            "https://gitlab.example.com/agency/fleet.git"
+        );
+        assert_eq!(strip_credentials("git@host:x/y.git"), "git@host:x/y.git");
+        assert_eq!(strip_credentials("https://host/p@q"), "https://host/p@q");
+    }
+}

@@ -1,0 +1,229 @@
+//! `plan`: what a build would do, and for each rebuild the input that changed.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::{Accounts, BuildError, RefRecord, Session};
+use crate::layer::{Entries, Entry};
+use crate::oci::image::ImageRecord;
+use crate::spec::Parent;
+use crate::store::Kind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Everything is in the store already.
+    Reuse,
+    /// Layers are reused; the image (config, manifest) is put together anew.
+    Assemble,
+    /// At least one layer is written.
+    Build,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerPlan {
+    pub index: usize,
+    pub src: String,
+    pub dest: String,
+    pub build: bool,
+    pub key: String,
+    /// Why it is built, when it is.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePlan {
+    pub name: String,
+    pub action: Action,
+    pub reasons: Vec<String>,
+    pub layers: Vec<LayerPlan>,
+}
+
+/// How many changed paths a reason names before it says "and N more".
+const NAMED: usize = 3;
+
+impl Session<'_> {
+    /// Plans `names` and what they need, without writing anything but the
+    /// stat cache.
+    pub fn plan(&self, names: &[String]) -> Result<Vec<ImagePlan>, BuildError> {
+        let order = self.closure(names)?;
+        // Per image: the record it would have, if known without building.
+        let mut known: HashMap<String, Option<ImageRecord>> = HashMap::new();
+        let mut plans = Vec::new();
+        for name in order {
+            let image = self.image(&name)?;
+            let last: Option<RefRecord> = self.last_build(&name)?;
+            let mut reasons = Vec::new();
+            let base: Option<(String, Option<ImageRecord>)> = match &image.parent {
+                Parent::Scratch => None,
+                Parent::Image(p) => Some((p.clone(), known.get(p).cloned().flatten())),
+            };
+            // Owner names resolve against the parent as it will be; if it is
+            // not built yet, against its last build.
+            let accounts = match &base {
+                Some((p, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
+                    let rec = match rec {
+                        Some(r) => Some(r.clone()),
+                        None => self.last_build(p)?.map(|r| r.image),
+                    };
+                    match rec {
+                        Some(r) => Accounts::of(self.store, &r)?,
+                        None => Accounts::none(),
+                    }
+                }
+                _ => Accounts::none(),
+            };
+            let mut layers = Vec::new();
+            let mut keys = Vec::new();
+            for (i, l) in image.layers.iter().enumerate() {
+                let ids = self.ids(image, l, &accounts)?;
+                let (entries, key) = self.walk(image, i, l, ids)?;
+                let cached = self.cached_layer(&key)?.is_some();
+                let reason = (!cached).then(|| self.layer_reason(last.as_ref(), i, &entries));
+                if let Some(r) = &reason {
+                    reasons.push(format!("layer {i} ({}): {r}", l.src_text));
+                }
+                layers.push(LayerPlan {
+                    index: i,
+                    src: l.src_text.clone(),
+                    dest: l.dest.clone(),
+                    build: !cached,
+                    key: key.clone(),
+                    reason,
+                });
+                keys.push(key);
+            }
+            let parent_unknown = matches!(&base, Some((_, None)));
+            let (action, record) = if layers.iter().any(|l| l.build) {
+                (Action::Build, None)
+            } else if parent_unknown {
+                (Action::Assemble, None)
+            } else {
+                let key = self.image_key(image, base.as_ref().and_then(|b| b.1.as_ref()), &keys);
+                match self.cached_image(&key)? {
+                    Some(r) => (Action::Reuse, Some(r)),
+                    None => (Action::Assemble, None),
+                }
+            };
+            if let Some((p, None)) = &base {
+                reasons.push(format!("parent {p} changes"));
+            }
+            if action == Action::Assemble && !parent_unknown {
+                reasons.push(match &last {
+                    None => "not built before".to_string(),
+                    Some(l) if l.layer_keys == keys => {
+                        "config, parent or stamp changed".to_string()
+                    }
+                    Some(_) => "its layers are in the store from another build".to_string(),
+                });
+            }
+            known.insert(name.clone(), record);
+            plans.push(ImagePlan {
+                name,
+                action,
+                reasons,
+                layers,
+            });
+        }
+        Ok(plans)
+    }
+
+    fn layer_reason(&self, last: Option<&RefRecord>, index: usize, entries: &Entries) -> String {
+        let Some(last) = last else {
+            return "not built before".to_string();
+        };
+        let Some(old_key) = last.layer_keys.get(index) else {
+            return "new layer".to_string();
+        };
+        match self.store.get::<Entries>(Kind::Entries, old_key) {
+            Ok(Some(old)) => describe_changes(&old, entries),
+            _ => "its inputs changed".to_string(),
+        }
+    }
+}
+
+/// "2 changed (a, b), 1 added (c)": the difference between two entry lists.
+pub fn describe_changes(old: &Entries, new: &Entries) -> String {
+    let old_map: BTreeMap<&str, &Entry> = old.0.iter().map(|e| (e.path.as_str(), e)).collect();
+    let new_map: BTreeMap<&str, &Entry> = new.0.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut changed = Vec::new();
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    for (p, e) in &new_map {
+        match old_map.get(p) {
+            None => added.push(*p),
+            Some(o) if o != e => changed.push(*p),
+            Some(_) => {}
+        }
+    }
+    for p in old_map.keys() {
+        if !new_map.contains_key(p) {
+            removed.push(*p);
+        }
+    }
+    let part = |what: &str, list: &[&str]| {
+        if list.is_empty() {
+            return None;
+        }
+        let named: Vec<&str> = list.iter().take(NAMED).copied().collect();
+        let more = list.len().saturating_sub(NAMED);
+        let tail = if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "{} {what} ({}{tail})",
+            list.len(),
+            named.join(", ")
+        ))
+    };
+    let parts: Vec<String> = [
+        part("changed", &changed),
+        part("added", &added),
+        part("removed", &removed),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "compression or SOURCE_DATE_EPOCH changed".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::EntryKind;
+
+    fn e(path: &str, sha: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File {
+                src: Default::default(),
+                size: 1,
+                sha256: sha.into(),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn changes_are_named() {
+        let old = Entries(vec![e("a", "1"), e("b", "1"), e("c", "1")]);
+        let new = Entries(vec![e("a", "2"), e("c", "1"), e("d", "1")]);
+        assert_eq!(
+            describe_changes(&old, &new),
+            "1 changed (a), 1 added (d), 1 removed (b)"
+        );
+        let many = Entries((0..5).map(|i| e(&format!("f{i}"), "x")).collect());
+        assert_eq!(
+            describe_changes(&Entries::default(), &many),
+            "5 added (f0, f1, f2, and 2 more)"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Progress events. The library reports; the command line draws.
+use super::{ImageOutcome, LayerOutcome};
+
+/// Receives progress from a build. Every method has a do-nothing default.
+pub trait Reporter: Send + Sync {
+    fn image_started(&self, _image: &str) {}
+    /// A layer starts being written; `bytes` is its file content size.
+    fn layer_started(&self, _image: &str, _layer: usize, _bytes: u64) {}
+    fn layer_progress(&self, _image: &str, _layer: usize, _done: u64) {}
+    fn layer_finished(&self, _image: &str, _layer: usize, _outcome: &LayerOutcome) {}
+    fn image_finished(&self, _image: &str, _outcome: &ImageOutcome) {}
+    fn image_failed(&self, _image: &str, _error: &str) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Reporter for Silent {}

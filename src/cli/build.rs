@@ -1,0 +1,128 @@
+//! `imgbuild build`
+use clap::Args;
+use serde::Serialize;
+
+use imgbuild::build::{ImageOutcome, Session};
+use imgbuild::oci::output::{Named, Output};
+
+use super::progress::Progress;
+use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
+
+#[derive(Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    select: Selection,
+    #[command(flatten)]
+    layer: LayerArgs,
+    /// Write the built images: oci:DIR (an OCI image layout, each image
+    /// named by its graph name) or docker-archive:FILE (for `docker load`).
+    #[arg(long, short = 'o', value_name = "oci:DIR|docker-archive:FILE")]
+    output: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    images: Vec<&'a ImageOutcome>,
+    failed: Vec<Failed>,
+    outputs: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Failed {
+    name: String,
+    error: String,
+}
+
+pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
+    let spec = load(&cli.file)?;
+    let names = args.select.resolve(&spec)?;
+    let outputs: Vec<Output> = args
+        .output
+        .iter()
+        .map(|o| o.parse().map_err(Failure::usage))
+        .collect::<Result<_, _>>()?;
+    let opts = args.layer.options(&spec)?;
+    let store = open_store()?;
+    let session = Session::new(&store, &spec, &opts);
+    let progress = Progress::new(cli.quiet);
+    let results = session.build(&names, &progress)?;
+
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (name, r) in &results {
+        match r {
+            Ok(o) => ok.push(o),
+            Err(e) => failed.push(Failed {
+                name: name.clone(),
+                error: format!("{e}"),
+            }),
+        }
+    }
+    // Outputs hold the requested images, and only when all of them built.
+    if failed.is_empty() && !outputs.is_empty() {
+        let named: Vec<Named> = names
+            .iter()
+            .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
+            .map(|o| Named {
+                name: &o.name,
+                record: &o.record,
+                repo_tags: repo_tags(&o.name, &spec.images[&o.name].tags),
+            })
+            .collect();
+        for out in &outputs {
+            out.write(&store, &named, opts.stamp.epoch)
+                .map_err(Failure::failed)?;
+        }
+    }
+    if cli.json {
+        print_json(
+            &Report {
+                images: ok,
+                failed: Vec::new(),
+                outputs: &args.output,
+            }
+            .with_failed(&failed),
+        );
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{}: {}", f.name, f.error))
+            .collect();
+        Err(Failure::failed(format!(
+            "{} image(s) failed:\n{}",
+            failed.len(),
+            list.join("\n")
+        )))
+    }
+}
+
+impl<'a> Report<'a> {
+    fn with_failed(mut self, failed: &[Failed]) -> Self {
+        self.failed = failed
+            .iter()
+            .map(|f| Failed {
+                name: f.name.clone(),
+                error: f.error.clone(),
+            })
+            .collect();
+        self
+    }
+}
+
+/// `name:latest` plus the image's tags; a bare tag belongs to the image's name.
+pub fn repo_tags(name: &str, tags: &[String]) -> Vec<String> {
+    let mut out = vec![format!("{name}:latest")];
+    for t in tags {
+        let full = match t.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => format!("{repo}:{tag}"),
+            _ => format!("{name}:{t}"),
+        };
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    out
+}

@@ -1,0 +1,27 @@
+//! `imgbuild check`
+use imgbuild::spec::{Spec, SpecError};
+
+use super::{Cli, Failure, print_json};
+
+pub fn run(cli: &Cli) -> Result<(), Failure> {
+    match Spec::load(&cli.file) {
+        Ok(spec) => {
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "ok": true, "images": spec.images.keys().collect::<Vec<_>>() }),
+                );
+            } else {
+                println!("{}: {} image(s), OK", cli.file.display(), spec.images.len());
+            }
+            Ok(())
+        }
+        Err(SpecError::Invalid { file, problems }) if cli.json => {
+            print_json(&serde_json::json!({ "ok": false, "file": file, "problems": problems }));
+            Err(Failure {
+                code: 2,
+                error: anyhow::anyhow!("{} problem(s) in {}", problems.len(), file.display()),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}

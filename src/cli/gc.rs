@@ -1,0 +1,23 @@
+//! `imgbuild gc`
+use imgbuild::build::RefRecord;
+use imgbuild::store::Store;
+
+use super::{Cli, Failure, print_json};
+
+pub fn run(cli: &Cli) -> Result<(), Failure> {
+    let root = Store::default_root()?;
+    let store = Store::open_exclusive(&root)?;
+    let stats = store.gc(|r: &RefRecord| r.image.blobs())?;
+    if cli.json {
+        print_json(&stats);
+    } else {
+        println!(
+            "removed {} blob(s), {:.1} MiB; kept {} blob(s), {:.1} MiB",
+            stats.blobs_removed,
+            stats.bytes_removed as f64 / 1_048_576.0,
+            stats.blobs_kept,
+            stats.bytes_kept as f64 / 1_048_576.0
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The command line: clap types, one small file per command.
+mod build;
+mod check;
+mod gc;
+mod graph;
+mod inspect;
+mod plan;
+mod progress;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use imgbuild::build::{BuildError, Options, stamp_from_env};
+use imgbuild::layer::{Compression, LayerError};
+use imgbuild::spec::{Spec, SpecError};
+use imgbuild::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "imgbuild",
+    version,
+    about = "Build a graph of layered OCI images from images.yaml, without a daemon or privileges"
+)]
+pub struct Cli {
+    /// The image graph.
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "images.yaml",
+        value_name = "FILE"
+    )]
+    file: PathBuf,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the named images and what they need.
+    Build(build::BuildArgs),
+    /// What would be built or reused, and the input that changed.
+    Plan(Selection),
+    /// The image graph: a text tree, dot, mermaid or json.
+    Graph(graph::GraphArgs),
+    /// Validate images.yaml and the trees it names.
+    Check,
+    /// Layers, sizes, digests and config of the last build of an image.
+    Inspect(inspect::InspectArgs),
+    /// Remove blobs no image of any images.yaml still uses.
+    Gc,
+}
+
+/// Which images.
+#[derive(Args, Clone)]
+struct Selection {
+    /// Image names from images.yaml.
+    names: Vec<String>,
+    /// Every image in images.yaml.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+}
+
+impl Selection {
+    fn resolve(&self, spec: &Spec) -> Result<Vec<String>, Failure> {
+        if self.all {
+            return Ok(spec.images.keys().cloned().collect());
+        }
+        if self.names.is_empty() {
+            return Err(Failure::usage("name the images to work on, or pass --all"));
+        }
+        Ok(self.names.clone())
+    }
+}
+
+/// Options shared by commands that compute layers.
+#[derive(Args, Clone)]
+struct LayerArgs {
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_name = "gzip|zstd")]
+    compression: Compression,
+    /// Images built at once (default: the number of cores).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+}
+
+impl LayerArgs {
+    fn options(&self, spec: &Spec) -> Result<Options, Failure> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stamp = stamp_from_env(&spec.dir).map_err(Failure::usage)?;
+        Ok(Options {
+            compression: self.compression,
+            threads: cores,
+            jobs: self.jobs.unwrap_or(cores).max(1),
+            stamp,
+        })
+    }
+}
+
+/// An error and the exit status it gives.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn usage(msg: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            error: anyhow::anyhow!("{msg}"),
+        }
+    }
+
+    fn failed(msg: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            error: anyhow::anyhow!("{msg}"),
+        }
+    }
+}
+
+impl From<SpecError> for Failure {
+    fn from(e: SpecError) -> Failure {
+        Failure {
+            code: 2,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<BuildError> for Failure {
+    fn from(e: BuildError) -> Failure {
+        Failure {
+            code: exit_code(&e),
+            error: e.into(),
+        }
+    }
+}
+
+impl From<imgbuild::store::StoreError> for Failure {
+    fn from(e: imgbuild::store::StoreError) -> Failure {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+/// 2 for what the user's input got wrong, 1 for everything else.
+fn exit_code(e: &BuildError) -> u8 {
+    match e {
+        BuildError::UnknownImage { .. } | BuildError::Owner { .. } => 2,
+        BuildError::Layer {
+            source: LayerError::Unsupported { .. },
+            ..
+        } => 2,
+        _ => 1,
+    }
+}
+
+fn load(file: &Path) -> Result<Spec, Failure> {
+    Ok(Spec::load(file)?)
+}
+
+fn open_store() -> Result<Store, Failure> {
+    let root = Store::default_root()?;
+    Ok(Store::open(&root)?)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Build(a) => build::run(&cli, a),
+        Command::Plan(a) => plan::run(&cli, a),
+        Command::Graph(a) => graph::run(&cli, a),
+        Command::Check => check::run(&cli),
+        Command::Inspect(a) => inspect::run(&cli, a),
+        Command::Gc => gc::run(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "error": format!("{:#}", f.error), "exit": f.code }),
+                );
+            }
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

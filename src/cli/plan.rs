@@ -1,0 +1,33 @@
+//! `imgbuild plan`
+use imgbuild::build::Session;
+use imgbuild::build::plan::Action;
+
+use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
+
+pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
+    let spec = load(&cli.file)?;
+    let names = select.resolve(&spec)?;
+    let layer_args = LayerArgs {
+        compression: imgbuild::layer::Compression::Gzip,
+        jobs: None,
+    };
+    let opts = layer_args.options(&spec)?;
+    let store = open_store()?;
+    let plans = Session::new(&store, &spec, &opts).plan(&names)?;
+    if cli.json {
+        print_json(&plans);
+        return Ok(());
+    }
+    for p in &plans {
+        let action = match p.action {
+            Action::Reuse => "reuse",
+            Action::Assemble => "assemble",
+            Action::Build => "build",
+        };
+        println!("{action:<9} {}", p.name);
+        for r in &p.reasons {
+            println!("          {r}");
+        }
+    }
+    Ok(())
+}

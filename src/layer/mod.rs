@@ -1,0 +1,498 @@
+//! Deterministic layers: walk a tree into sorted entries, then tar, compress
+//! and hash them in one streaming pass.
+pub mod compress;
+pub mod scan;
+pub mod statcache;
+pub mod tar;
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+pub use compress::Compression;
+use statcache::StatCache;
+
+use crate::spec::LayerSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {kind} files cannot go into a layer", path.display())]
+    Unsupported { path: PathBuf, kind: &'static str },
+    #[error("{}: changed while the layer was written (expected {expected} bytes, found {actual}); build again", path.display())]
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("writing the layer: {0}")]
+    Write(std::io::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
+    move |source| LayerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What an entry is, with what the tar needs to write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum EntryKind {
+    Dir,
+    File {
+        #[serde(skip)]
+        src: PathBuf,
+        size: u64,
+        sha256: String,
+    },
+    Symlink {
+        target: String,
+    },
+    /// A second name for a file earlier in the same layer.
+    Hardlink {
+        target: String,
+    },
+}
+
+/// One tar entry, with the metadata it will have in the layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path inside the image, no leading `/`, no trailing `/`.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Numeric owner for a layer's entries (names already resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The planned content of a file layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entries(pub Vec<Entry>);
+
+impl Entries {
+    /// The sum of file sizes, for progress.
+    pub fn content_bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The cache key: a hash of exactly what goes into the tar, plus how it is
+    /// compressed and stamped. Where the source lives does not enter it.
+    pub fn key(&self, compression: Compression, epoch: i64) -> String {
+        let mut h = Sha256::new();
+        h.update(format!("imgbuild-layer-v1\n{compression}\n{epoch}\n"));
+        for e in &self.0 {
+            let kind = match &e.kind {
+                EntryKind::Dir => "d".to_string(),
+                EntryKind::File { size, sha256, .. } => format!("f {size} {sha256}"),
+                EntryKind::Symlink { target } => format!("l {target}"),
+                EntryKind::Hardlink { target } => format!("h {target}"),
+            };
+            // Paths may hold any byte but NUL; the length prefix keeps
+            // records unambiguous even with newlines in names.
+            h.update(format!(
+                "{} {} {:o} {} {} {}\n",
+                e.path.len(),
+                e.path,
+                e.mode,
+                e.uid,
+                e.gid,
+                kind
+            ));
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// Walks a layer's source into sorted entries, hashing file contents
+/// through `cache`. `ids` owns everything from `dest` down; the parents of
+/// `dest` that the layer creates are root's, 0755.
+pub fn walk(spec: &LayerSpec, ids: Ids, cache: &mut StatCache) -> Result<Entries, LayerError> {
+    let excludes = build_excludes(&spec.exclude);
+    let mut out = Vec::new();
+    let dest = spec.dest.trim_start_matches('/');
+    let mut prefix = String::new();
+    // Parent directories of dest (and dest itself when src is a file).
+    let mut parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
+    let meta = std::fs::symlink_metadata(&spec.src).map_err(io_err(&spec.src))?;
+    let src_is_dir = meta.is_dir();
+    let last = if src_is_dir { None } else { parts.pop() };
+    for part in &parts {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        let is_dest = src_is_dir && prefix == dest;
+        if !is_dest {
+            out.push(Entry {
+                path: prefix.clone(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+        }
+    }
+    let mut w = Walker {
+        spec,
+        ids,
+        cache,
+        excludes,
+        links: HashMap::new(),
+        out,
+    };
+    if src_is_dir {
+        if !dest.is_empty() {
+            w.push(dest.to_string(), &spec.src, &meta)?;
+        }
+        w.dir(&spec.src, dest, Path::new(""))?;
+    } else {
+        let name = last.unwrap_or_default();
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        w.push(path, &spec.src, &meta)?;
+    }
+    Ok(Entries(w.out))
+}
+
+fn build_excludes(patterns: &[String]) -> (GlobSet, GlobSet) {
+    // Patterns without a slash match a name at any depth (as in .gitignore);
+    // patterns with one match the path from the source's root.
+    let mut names = GlobSetBuilder::new();
+    let mut paths = GlobSetBuilder::new();
+    for p in patterns {
+        let trimmed = p.trim_start_matches('/').trim_end_matches('/');
+        let glob = globset::GlobBuilder::new(trimmed)
+            .literal_separator(true)
+            .build()
+            .or_else(|_| Glob::new(trimmed));
+        if let Ok(g) = glob {
+            if p.trim_end_matches('/').contains('/') {
+                paths.add(g);
+            } else {
+                names.add(g);
+            }
+        }
+    }
+    (
+        names.build().unwrap_or_else(|_| GlobSet::empty()),
+        paths.build().unwrap_or_else(|_| GlobSet::empty()),
+    )
+}
+
+struct Walker<'a> {
+    spec: &'a LayerSpec,
+    ids: Ids,
+    cache: &'a mut StatCache,
+    excludes: (GlobSet, GlobSet),
+    links: HashMap<(u64, u64), String>,
+    out: Vec<Entry>,
+}
+
+impl Walker<'_> {
+    fn dir(&mut self, abs: &Path, prefix: &str, rel: &Path) -> Result<(), LayerError> {
+        let mut children: Vec<_> = std::fs::read_dir(abs)
+            .map_err(io_err(abs))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err(abs))?;
+        // Byte order, independent of locale and of the filesystem's order.
+        children.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        for name in children {
+            let rel = rel.join(&name);
+            if self.excludes.0.is_match(Path::new(&name)) || self.excludes.1.is_match(&rel) {
+                continue;
+            }
+            let child = abs.join(&name);
+            let meta = std::fs::symlink_metadata(&child).map_err(io_err(&child))?;
+            let name = name.to_string_lossy();
+            let path = if prefix.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            self.push(path.clone(), &child, &meta)?;
+            if meta.is_dir() {
+                self.dir(&child, &path, &rel)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        path: String,
+        abs: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), LayerError> {
+        let ft = meta.file_type();
+        let Ids { uid, gid } = self.ids;
+        let (kind, mode) = if ft.is_dir() {
+            let mode = match self.spec.mode {
+                Some(m) => dir_mode(m),
+                None => 0o755,
+            };
+            (EntryKind::Dir, mode)
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(abs).map_err(io_err(abs))?;
+            (
+                EntryKind::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                },
+                0o777,
+            )
+        } else if ft.is_file() {
+            let mode = match self.spec.mode {
+                Some(m) => m,
+                // As git sees it: the owner's execute bit decides.
+                None if meta.mode() & 0o100 != 0 => 0o755,
+                None => 0o644,
+            };
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.links.get(&key) {
+                    self.out.push(Entry {
+                        path,
+                        kind: EntryKind::Hardlink {
+                            target: first.clone(),
+                        },
+                        mode,
+                        uid,
+                        gid,
+                    });
+                    return Ok(());
+                }
+                self.links.insert(key, path.clone());
+            }
+            let sha256 = self.cache.hash(abs, meta).map_err(io_err(abs))?;
+            (
+                EntryKind::File {
+                    src: abs.to_path_buf(),
+                    size: meta.len(),
+                    sha256,
+                },
+                mode,
+            )
+        } else {
+            let kind = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "fifo (named pipe)"
+            } else if ft.is_char_device() {
+                "character device"
+            } else if ft.is_block_device() {
+                "block device"
+            } else {
+                "unknown type of"
+            };
+            return Err(LayerError::Unsupported {
+                path: abs.to_path_buf(),
+                kind,
+            });
+        };
+        self.out.push(Entry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+        });
+        Ok(())
+    }
+}
+
+/// A file mode made fit for directories: `x` wherever `r` is set.
+fn dir_mode(m: u32) -> u32 {
+    let perms = m & 0o777;
+    perms | ((perms & 0o444) >> 2) | (m & 0o7000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn spec(src: &Path, dest: &str) -> LayerSpec {
+        LayerSpec {
+            src: src.to_path_buf(),
+            src_text: src.display().to_string(),
+            dest: dest.to_string(),
+            owner: None,
+            mode: None,
+            exclude: Vec::new(),
+            pos: Default::default(),
+        }
+    }
+
+    fn sample() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("b/sub")).unwrap();
+        std::fs::write(r.join("b/sub/x.php"), "<?php").unwrap();
+        std::fs::write(r.join("a.sh"), "#!/bin/sh").unwrap();
+        std::fs::set_permissions(r.join("a.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(r.join("c.txt"), "c").unwrap();
+        std::fs::set_permissions(r.join("c.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(r.join("c.txt"), r.join("d.txt")).unwrap();
+        std::os::unix::fs::symlink("c.txt", r.join("e")).unwrap();
+        std::fs::create_dir(r.join("node_modules")).unwrap();
+        std::fs::write(r.join("node_modules/x"), "x").unwrap();
+        d
+    }
+
+    #[test]
+    fn walk_sorts_normalises_and_links() {
+        let d = sample();
+        let mut s = spec(d.path(), "/var/www");
+        s.exclude = vec!["node_modules".into()];
+        let e = walk(&s, Ids { uid: 33, gid: 33 }, &mut StatCache::default()).unwrap();
+        let summary: Vec<String> =
+            e.0.iter()
+                .map(|e| format!("{} {:o} {}", e.path, e.mode, e.uid))
+                .collect();
+        assert_eq!(
+            summary,
+            [
+                "var 755 0",
+                "var/www 755 33",
+                "var/www/a.sh 755 33",
+                "var/www/b 755 33",
+                "var/www/b/sub 755 33",
+                "var/www/b/sub/x.php 644 33",
+                "var/www/c.txt 644 33",
+                "var/www/d.txt 644 33",
+                "var/www/e 777 33",
+            ]
+        );
+        assert_eq!(
+            e.0[7].kind,
+            EntryKind::Hardlink {
+                target: "var/www/c.txt".into()
+            }
+        );
+    }
+
+    #[test]
+    fn key_ignores_location_and_times_but_not_content_or_mode() {
+        let d1 = sample();
+        let d2 = sample();
+        let k = |d: &Path, mode: Option<u32>| {
+            let mut s = spec(d, "/");
+            s.mode = mode;
+            walk(&s, Ids::default(), &mut StatCache::default())
+                .unwrap()
+                .key(Compression::Gzip, 0)
+        };
+        assert_eq!(k(d1.path(), None), k(d2.path(), None));
+        assert_ne!(k(d1.path(), None), k(d1.path(), Some(0o640)));
+        std::fs::write(d2.path().join("c.txt"), "C").unwrap();
+        assert_ne!(k(d1.path(), None), k(d2.path(), None));
+    }
+
+    #[test]
+    fn single_file_and_modes() {
+        let d = sample();
+        let mut s = spec(&d.path().join("c.txt"), "/etc/app/c.conf");
+        s.mode = Some(0o640);
+        let e = walk(&s, Ids::default(), &mut StatCache::default()).unwrap();
+        let paths: Vec<_> = e.0.iter().map(|e| (e.path.as_str(), e.mode)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("etc", 0o755),
+                ("etc/app", 0o755),
+                ("etc/app/c.conf", 0o640)
+            ]
+        );
+        assert_eq!(dir_mode(0o640), 0o750);
+        assert_eq!(dir_mode(0o604), 0o705);
+    }
+
+    #[test]
+    fn sockets_are_refused_with_their_path() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = walk(
+            &spec(d.path(), "/"),
+            Ids::default(),
+            &mut StatCache::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("s.sock: socket files cannot go into a layer"),
+            "{err}"
+        );
+    }
+}
+
+/// A written layer blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// `sha256:…` of the compressed bytes.
+    pub digest: String,
+    /// `sha256:…` of the tar.
+    pub diff_id: String,
+    pub size: u64,
+}
+
+/// Writes `entries` as a compressed layer into `sink` in one streaming pass:
+/// tar → sha256 (diff_id) → parallel compression → sha256 (digest) → sink.
+/// Memory is bounded by the compressor's blocks in flight, not layer size.
+pub fn write_blob<W: std::io::Write + Send + 'static>(
+    entries: &Entries,
+    epoch: i64,
+    compression: Compression,
+    threads: usize,
+    sink: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(W, Blob), LayerError> {
+    use crate::oci::digest::HashingWriter;
+    let compressed = HashingWriter::new(sink);
+    let compressor = compress::Compressor::new(compressed, compression, threads);
+    // Larger writes into the hasher and compressor than tar's 8 KiB copies.
+    let tar_hash = HashingWriter::new(compressor);
+    let buffered = std::io::BufWriter::with_capacity(256 * 1024, tar_hash);
+    let buffered = tar::write(entries, epoch, buffered, progress)?;
+    let tar_hash = buffered
+        .into_inner()
+        .map_err(|e| LayerError::Write(e.into_error()))?;
+    let (compressor, diff_hex, _) = tar_hash.finish();
+    let compressed = compressor.finish().map_err(LayerError::Write)?;
+    let (sink, digest_hex, size) = compressed.finish();
+    Ok((
+        sink,
+        Blob {
+            digest: format!("sha256:{digest_hex}"),
+            diff_id: format!("sha256:{diff_hex}"),
+            size,
+        },
+    ))
+}

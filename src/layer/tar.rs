@@ -1,0 +1,205 @@
+//! The layer tar stream: fixed headers, so the same entries give the same bytes.
+use std::fs::File;
+use std::io::{self, Read, Write};
+
+use tar::{EntryType, Header};
+
+use super::{Entries, EntryKind, LayerError};
+
+/// Calls `progress` with the file bytes written so far, every so often.
+const PROGRESS_STEP: u64 = 8 << 20;
+
+/// Writes `entries` as a tar stream into `out`; every mtime is `epoch`,
+/// user and group names are empty, ids and modes are the entries' own.
+pub fn write<W: Write>(
+    entries: &Entries,
+    epoch: i64,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<W, LayerError> {
+    let mut b = tar::Builder::new(out);
+    let mtime = u64::try_from(epoch).unwrap_or(0);
+    let mut done = 0u64;
+    let mut reported = 0u64;
+    for e in &entries.0 {
+        let mut h = Header::new_gnu();
+        h.set_mode(e.mode);
+        h.set_uid(u64::from(e.uid));
+        h.set_gid(u64::from(e.gid));
+        h.set_mtime(mtime);
+        h.set_size(0);
+        match &e.kind {
+            EntryKind::Dir => {
+                h.set_entry_type(EntryType::Directory);
+                b.append_data(&mut h, format!("{}/", e.path), io::empty())
+                    .map_err(LayerError::Write)?;
+            }
+            EntryKind::Symlink { target } => {
+                h.set_entry_type(EntryType::Symlink);
+                b.append_link(&mut h, &e.path, target)
+                    .map_err(LayerError::Write)?;
+            }
+            EntryKind::Hardlink { target } => {
+                h.set_entry_type(EntryType::Link);
+                b.append_link(&mut h, &e.path, target)
+                    .map_err(LayerError::Write)?;
+            }
+            EntryKind::File { src, size, .. } => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_size(*size);
+                let f = File::open(src).map_err(|source| LayerError::Io {
+                    path: src.clone(),
+                    source,
+                })?;
+                let mut exact = Exact {
+                    inner: f,
+                    left: *size,
+                };
+                b.append_data(&mut h, &e.path, &mut exact)
+                    .map_err(|err| match exact.check() {
+                        Some(actual) => LayerError::Changed {
+                            path: src.clone(),
+                            expected: *size,
+                            actual,
+                        },
+                        None => LayerError::Write(err),
+                    })?;
+                if let Some(actual) = exact.check() {
+                    return Err(LayerError::Changed {
+                        path: src.clone(),
+                        expected: *size,
+                        actual,
+                    });
+                }
+                done += size;
+                if done - reported >= PROGRESS_STEP {
+                    reported = done;
+                    progress(done);
+                }
+            }
+        }
+    }
+    progress(done);
+    b.into_inner().map_err(LayerError::Write)
+}
+
+/// Reads exactly `left` bytes; a file that shrank or grew since it was
+/// walked would otherwise yield a corrupt entry or a silently different one.
+struct Exact {
+    inner: File,
+    left: u64,
+}
+
+impl Exact {
+    /// The actual size if the file did not have the expected one.
+    fn check(&mut self) -> Option<u64> {
+        let meta_len = self.inner.metadata().map(|m| m.len()).ok()?;
+        let expected_total = meta_len;
+        // left > 0: it ended early; otherwise it may have grown.
+        if self.left > 0 {
+            return Some(meta_len);
+        }
+        let mut one = [0u8; 1];
+        match self.inner.read(&mut one) {
+            Ok(1) => Some(expected_total),
+            _ => None,
+        }
+    }
+}
+
+impl Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being read",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Entry, Ids, statcache::StatCache, walk};
+    use super::*;
+    use crate::spec::LayerSpec;
+
+    fn entries(dir: &std::path::Path) -> Entries {
+        let spec = LayerSpec {
+            src: dir.to_path_buf(),
+            src_text: String::new(),
+            dest: "/srv".into(),
+            owner: None,
+            mode: None,
+            exclude: vec![],
+            pos: Default::default(),
+        };
+        walk(&spec, Ids::default(), &mut StatCache::default()).unwrap()
+    }
+
+    #[test]
+    fn same_entries_same_bytes_and_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "x".repeat(150);
+        std::fs::create_dir_all(d.path().join(&long)).unwrap();
+        std::fs::write(d.path().join(&long).join("f"), "data").unwrap();
+        std::os::unix::fs::symlink(format!("/{}", "t".repeat(120)), d.path().join("l")).unwrap();
+        let e = entries(d.path());
+        let a = write(&e, 1_700_000_000, Vec::new(), &mut |_| {}).unwrap();
+        let b = write(&e, 1_700_000_000, Vec::new(), &mut |_| {}).unwrap();
+        assert_eq!(a, b);
+        let mut ar = tar::Archive::new(&a[..]);
+        let mut names = Vec::new();
+        for entry in ar.entries().unwrap() {
+            let entry = entry.unwrap();
+            assert_eq!(entry.header().mtime().unwrap(), 1_700_000_000);
+            names.push(entry.path().unwrap().display().to_string());
+        }
+        assert_eq!(names[0], "srv/");
+        assert!(names.contains(&format!("srv/{long}/f")));
+        assert!(names.contains(&"srv/l".to_string()));
+    }
+
+    #[test]
+    fn a_file_that_changed_size_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), "data").unwrap();
+        let e = entries(d.path());
+        std::fs::write(d.path().join("f"), "longer data").unwrap();
+        let err = write(&e, 0, Vec::new(), &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LayerError::Changed {
+                    expected: 4,
+                    actual: 11,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        std::fs::write(d.path().join("f"), "da").unwrap();
+        let err = write(&e, 0, Vec::new(), &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LayerError::Changed {
+                    expected: 4,
+                    actual: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let _ = Entry::clone;
+    }
+}

@@ -1,0 +1,9 @@
+//! imgbuild: build a graph of layered OCI images from one `images.yaml`,
+//! without a daemon and without privileges.
+pub mod build;
+pub mod graph;
+pub mod layer;
+pub mod oci;
+pub mod spec;
+pub mod store;
+pub mod suggest;

@@ -1,0 +1,189 @@
+//! images.yaml: types, parsing with positions, vars, validation.
+//!
+//! Loading is two passes: the node tree is read into `RawImage`s (shape and
+//! types), then the graph is resolved (parents, cycles) and each image's vars
+//! are expanded along its `from` chain, so a client may use a var that its
+//! Moodle parent defines.
+mod convert;
+pub mod vars;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use yaml::Pos;
+
+/// Where an image starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "name")]
+pub enum Parent {
+    Scratch,
+    /// Another image of this graph.
+    Image(String),
+}
+
+/// A numeric id or a name to look up in the parent's /etc/passwd or /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum IdSpec {
+    Id(u32),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub user: IdSpec,
+    pub group: Option<IdSpec>,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = |p: &IdSpec| match p {
+            IdSpec::Id(n) => n.to_string(),
+            IdSpec::Name(s) => s.clone(),
+        };
+        match &self.group {
+            Some(g) => write!(f, "{}:{}", part(&self.user), part(g)),
+            None => write!(f, "{}", part(&self.user)),
+        }
+    }
+}
+
+/// One `layers:` entry, paths resolved against the directory of images.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerSpec {
+    /// Absolute path of the source file or tree.
+    pub src: PathBuf,
+    /// The source as written, for messages.
+    pub src_text: String,
+    /// Absolute, normalised destination inside the image ("/" for the root).
+    pub dest: String,
+    pub owner: Option<Owner>,
+    /// Permission bits for files; directories get the same with `x` wherever
+    /// `r` is set (as `chmod X`).
+    pub mode: Option<u32>,
+    pub exclude: Vec<String>,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+/// The `config:` section, after vars; merged over the parent's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConfigSpec {
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// Normalised to `PORT/PROTO`.
+    pub ports: Vec<String>,
+    pub volumes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    pub pos: Pos,
+    pub parent: Parent,
+    pub layers: Vec<LayerSpec>,
+    pub config: ConfigSpec,
+    /// `repo:tag` or `tag` (repository = the image's name), vars expanded.
+    pub tags: Vec<String>,
+    /// The vars in force for this image (file, ancestors, own).
+    pub vars: BTreeMap<String, String>,
+}
+
+/// A loaded, validated images.yaml.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The file as the user named it, for messages.
+    pub file: PathBuf,
+    /// The directory that relative paths are resolved against.
+    pub dir: PathBuf,
+    pub images: BTreeMap<String, Image>,
+}
+
+/// One thing wrong with images.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub image: Option<String>,
+    pub message: String,
+    /// What would fix it.
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(file, problems))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(file: &Path, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{}:{}:{}: ", file.display(), p.line, p.column));
+        if let Some(image) = &p.image {
+            out.push_str(&format!("image {image}: "));
+        }
+        out.push_str(&p.message);
+        if let Some(hint) = &p.hint {
+            out.push_str(&format!("\n  hint: {hint}"));
+        }
+    }
+    out
+}
+
+impl Spec {
+    /// Reads and validates `file`, including that every layer source exists.
+    pub fn load(file: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let abs = std::path::absolute(file).map_err(|source| SpecError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        Spec::parse(&text, file, &dir)
+    }
+
+    /// Parses `text` as if read from `file`, resolving paths against `dir`.
+    pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
+        convert::parse(text, dir)
+            .map(|images| Spec {
+                file: file.to_path_buf(),
+                dir: dir.to_path_buf(),
+                images,
+            })
+            .map_err(|mut problems| {
+                problems.sort_by_key(|p| (p.line, p.column));
+                SpecError::Invalid {
+                    file: file.to_path_buf(),
+                    problems,
+                }
+            })
+    }
+
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.get(name)
+    }
+}

@@ -1,0 +1,232 @@
+//! A YAML node tree that keeps the position of every node.
+//!
+//! serde_yaml can say where a syntax error is, but not where a semantically
+//! wrong value sits (an unknown parent, a missing path). Errors in images.yaml
+//! must name line and column, so the spec is read from this tree instead.
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A 1-based line and column in the source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A scalar; `plain` is false when it was quoted or a block scalar, so
+    /// `"null"` stays a string while a bare `null` or `~` is null.
+    Scalar {
+        value: String,
+        plain: bool,
+    },
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub kind: Kind,
+    pub pos: Pos,
+}
+
+impl Node {
+    pub fn is_null(&self) -> bool {
+        matches!(&self.kind, Kind::Scalar { value, plain: true } if value.is_empty() || value == "~" || value == "null")
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Scalar { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::Scalar { .. } if self.is_null() => "null",
+            Kind::Scalar { .. } => "a scalar",
+            Kind::Seq(_) => "a list",
+            Kind::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// A syntax error, with its position.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Parses one YAML document. An empty document is an empty mapping.
+pub fn parse(source: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(source);
+    parser.load(&mut builder, true).map_err(|e| SyntaxError {
+        pos: Pos {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+        },
+        message: e.info().to_string(),
+    })?;
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    Ok(builder.root.unwrap_or(Node {
+        kind: Kind::Map(Vec::new()),
+        pos: Pos { line: 1, col: 1 },
+    }))
+}
+
+enum Frame {
+    Seq(Node, usize),
+    Map(Node, usize, Option<Node>),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    anchors: HashMap<usize, Node>,
+    error: Option<SyntaxError>,
+}
+
+fn pos(mark: Marker) -> Pos {
+    // yaml-rust2 lines are 1-based and columns 0-based.
+    Pos {
+        line: mark.line(),
+        col: mark.col() + 1,
+    }
+}
+
+impl Builder {
+    fn push_value(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq(seq, _)) => {
+                if let Kind::Seq(items) = &mut seq.kind {
+                    items.push(node);
+                }
+            }
+            Some(Frame::Map(map, _, pending)) => match pending.take() {
+                None => *pending = Some(node),
+                Some(key) => {
+                    if let Kind::Map(entries) = &mut map.kind {
+                        entries.push((key, node));
+                    }
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        match ev {
+            Event::Scalar(value, style, anchor, _tag) => {
+                let node = Node {
+                    kind: Kind::Scalar {
+                        value,
+                        plain: style == TScalarStyle::Plain,
+                    },
+                    pos: pos(mark),
+                };
+                self.push_value(node, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(
+                Node {
+                    kind: Kind::Seq(Vec::new()),
+                    pos: pos(mark),
+                },
+                anchor,
+            )),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(
+                Node {
+                    kind: Kind::Map(Vec::new()),
+                    pos: pos(mark),
+                },
+                anchor,
+                None,
+            )),
+            Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
+                Some(Frame::Seq(node, anchor)) | Some(Frame::Map(node, anchor, _)) => {
+                    self.push_value(node, anchor)
+                }
+                None => {}
+            },
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some(node) => {
+                    let mut node = node.clone();
+                    node.pos = pos(mark);
+                    self.push_value(node, 0);
+                }
+                None => {
+                    self.error = Some(SyntaxError {
+                        pos: pos(mark),
+                        message: "alias to an unknown anchor".into(),
+                    })
+                }
+            },
+            Event::DocumentStart if self.root.is_some() => {
+                self.error = Some(SyntaxError {
+                    pos: pos(mark),
+                    message: "more than one YAML document; images.yaml holds one".into(),
+                })
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based() {
+        let n = parse("a:\n  b: [x, \"y\"]\n").unwrap();
+        let Kind::Map(entries) = &n.kind else {
+            panic!()
+        };
+        let (k, v) = &entries[0];
+        assert_eq!(k.pos, Pos { line: 1, col: 1 });
+        let Kind::Map(inner) = &v.kind else { panic!() };
+        assert_eq!(inner[0].0.pos, Pos { line: 2, col: 3 });
+        let Kind::Seq(items) = &inner[0].1.kind else {
+            panic!()
+        };
+        assert_eq!(items[1].pos, Pos { line: 2, col: 10 });
+        assert!(matches!(&items[1].kind, Kind::Scalar { plain: false, .. }));
+    }
+
+    #[test]
+    fn aliases_resolve_and_nulls_are_recognised() {
+        let n = parse("a: &x {k: v}\nb: *x\nc: ~\nd: \"~\"\n").unwrap();
+        let Kind::Map(e) = &n.kind else { panic!() };
+        assert_eq!(e[0].1.kind, e[1].1.kind);
+        assert!(e[2].1.is_null());
+        assert!(!e[3].1.is_null());
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.pos.line >= 1, "{err:?}");
+    }
+}

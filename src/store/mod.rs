@@ -1,0 +1,463 @@
+//! The local content-addressed store under `$IMGBUILD_HOME`.
+//!
+//! ```text
+//! blobs/sha256/<hex>      layer, config and manifest blobs (OCI layout style)
+//! layers/<key>.json       a built layer: its digests and size, by cache key
+//! entries/<key>.json      what went into that layer, for `plan`'s "what changed"
+//! images/<key>.json       an assembled image, by image key
+//! meta/<hex>.json         facts read out of a layer blob (its /etc/passwd)
+//! refs/<graph>/<name>     the last build of each image of each images.yaml
+//! statcache/<hash>.json   source file hashes by stat (see layer::statcache)
+//! tmp/                    temporary names; renamed into place when complete
+//! lock                    shared by builds, exclusive for gc
+//! ```
+//! Every file is written under a temporary name and renamed, blobs after an
+//! fsync, and records only after the blobs they name, so a kill at any point
+//! leaves either the old state or the new one.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("blob sha256:{digest} is not in the store at {}; build again, or run `imgbuild gc` if the store was edited by hand", root.display())]
+    MissingBlob { root: PathBuf, digest: String },
+    #[error("store record {} is damaged ({reason}); delete it and build again", path.display())]
+    BadRecord { path: PathBuf, reason: String },
+    #[error("no home for the store: set IMGBUILD_HOME, XDG_CACHE_HOME or HOME")]
+    NoHome,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which record directory.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Layers,
+    Entries,
+    Images,
+    /// Facts read out of a layer blob (its /etc/passwd, …), by digest.
+    Meta,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Layers => "layers",
+            Kind::Entries => "entries",
+            Kind::Images => "images",
+            Kind::Meta => "meta",
+        }
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    // Held for the store's lifetime: shared by builds, exclusive for gc.
+    _lock: File,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcStats {
+    pub blobs_removed: u64,
+    pub bytes_removed: u64,
+    pub records_removed: u64,
+    pub blobs_kept: u64,
+    pub bytes_kept: u64,
+}
+
+impl Store {
+    /// `$IMGBUILD_HOME`, else `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
+    pub fn default_root() -> Result<PathBuf, StoreError> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(h) = env("IMGBUILD_HOME") {
+            return Ok(h);
+        }
+        if let Some(x) = env("XDG_CACHE_HOME") {
+            return Ok(x.join("imgbuild"));
+        }
+        env("HOME")
+            .map(|h| h.join(".cache/imgbuild"))
+            .ok_or(StoreError::NoHome)
+    }
+
+    /// Opens (creating) the store for building: a shared lock.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        Store::open_with(root, false)
+    }
+
+    /// Opens the store alone, waiting for running builds to finish.
+    pub fn open_exclusive(root: &Path) -> Result<Store, StoreError> {
+        Store::open_with(root, true)
+    }
+
+    fn open_with(root: &Path, exclusive: bool) -> Result<Store, StoreError> {
+        for d in [
+            "blobs/sha256",
+            "layers",
+            "entries",
+            "images",
+            "meta",
+            "refs",
+            "statcache",
+            "tmp",
+        ] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        if exclusive {
+            lock.lock().map_err(io_at(&lock_path))?;
+        } else {
+            lock.lock_shared().map_err(io_at(&lock_path))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, hex: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex)
+    }
+
+    pub fn has_blob(&self, hex: &str) -> bool {
+        self.blob_path(hex).is_file()
+    }
+
+    pub fn blob_size(&self, hex: &str) -> Option<u64> {
+        fs::metadata(self.blob_path(hex)).ok().map(|m| m.len())
+    }
+
+    pub fn read_blob(&self, hex: &str) -> Result<Vec<u8>, StoreError> {
+        fs::read(self.blob_path(hex)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::MissingBlob {
+                root: self.root.clone(),
+                digest: hex.to_string(),
+            },
+            _ => StoreError::Io {
+                path: self.blob_path(hex),
+                source: e,
+            },
+        })
+    }
+
+    /// Stores `bytes` under their sha256 and returns the hex digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        let hex = crate::oci::digest::sha256_hex(bytes);
+        if !self.has_blob(&hex) {
+            let mut w = self.temp_file()?;
+            w.write_all(bytes).map_err(io_at(w.path()))?;
+            self.commit_blob(w, &hex)?;
+        }
+        Ok(hex)
+    }
+
+    /// A temporary file on the store's filesystem, removed unless committed.
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = self.root.join("tmp");
+        tempfile::NamedTempFile::new_in(&dir).map_err(io_at(&dir))
+    }
+
+    /// Moves a completely written temporary file into place as blob `hex`.
+    /// The caller computed `hex` over exactly the bytes it wrote.
+    pub fn commit_blob(&self, tmp: tempfile::NamedTempFile, hex: &str) -> Result<(), StoreError> {
+        let dest = self.blob_path(hex);
+        tmp.as_file().sync_all().map_err(io_at(tmp.path()))?;
+        tmp.persist(&dest).map_err(|e| StoreError::Io {
+            path: dest,
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    fn record_path(&self, kind: Kind, key: &str) -> PathBuf {
+        self.root.join(kind.dir()).join(format!("{key}.json"))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>, StoreError> {
+        read_json(&self.record_path(kind, key))
+    }
+
+    pub fn put<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> Result<(), StoreError> {
+        write_json(&self.root.join("tmp"), &self.record_path(kind, key), value)
+    }
+
+    fn ref_dir(&self, graph: &str) -> PathBuf {
+        self.root.join("refs").join(graph)
+    }
+
+    /// The last build of `name` in the graph with id `graph`.
+    pub fn get_ref<T: DeserializeOwned>(
+        &self,
+        graph: &str,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        read_json(&self.ref_dir(graph).join(format!("{name}.json")))
+    }
+
+    /// Records the last build of `name`; `file` is the graph's images.yaml,
+    /// so gc can drop refs of graphs that no longer exist.
+    pub fn put_ref<T: Serialize>(
+        &self,
+        graph: &str,
+        file: &Path,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let dir = self.ref_dir(graph);
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let origin = dir.join("images.yaml.path");
+        if !origin.exists() {
+            write_atomic(
+                &self.root.join("tmp"),
+                &origin,
+                file.as_os_str().as_encoded_bytes(),
+            )?;
+        }
+        write_json(
+            &self.root.join("tmp"),
+            &dir.join(format!("{name}.json")),
+            value,
+        )
+    }
+
+    pub fn statcache_path(&self, src: &Path) -> PathBuf {
+        let id = crate::oci::digest::sha256_hex(src.as_os_str().as_encoded_bytes());
+        self.root
+            .join("statcache")
+            .join(format!("{}.json", &id[..32]))
+    }
+
+    /// Removes every blob not reachable from a ref, the records that name
+    /// removed blobs, refs of graphs whose images.yaml is gone, and
+    /// temporary files. `reachable` lists the blobs a ref value names.
+    pub fn gc<T: DeserializeOwned>(
+        &self,
+        reachable: impl Fn(&T) -> Vec<String>,
+    ) -> Result<GcStats, StoreError> {
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        let mut stats = GcStats::default();
+        let refs = self.root.join("refs");
+        for graph in read_dir_names(&refs)? {
+            let dir = refs.join(&graph);
+            let origin = fs::read(dir.join("images.yaml.path")).ok();
+            let alive = origin
+                .as_ref()
+                .map(|o| Path::new(&*String::from_utf8_lossy(o)).exists())
+                .unwrap_or(false);
+            if !alive {
+                fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+                continue;
+            }
+            for name in read_dir_names(&dir)? {
+                if let Some(value) = read_json::<T>(&dir.join(&name)).ok().flatten() {
+                    keep.extend(reachable(&value));
+                }
+            }
+        }
+        let blobs = self.root.join("blobs/sha256");
+        for hex in read_dir_names(&blobs)? {
+            let p = blobs.join(&hex);
+            let size = fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            if keep.contains(&hex) {
+                stats.blobs_kept += 1;
+                stats.bytes_kept += size;
+            } else {
+                fs::remove_file(&p).map_err(io_at(&p))?;
+                stats.blobs_removed += 1;
+                stats.bytes_removed += size;
+            }
+        }
+        // Records are kept only while every blob they name is.
+        for kind in [Kind::Layers, Kind::Images, Kind::Meta] {
+            let dir = self.root.join(kind.dir());
+            for name in read_dir_names(&dir)? {
+                let p = dir.join(&name);
+                let value: Option<serde_json::Value> = read_json(&p).ok().flatten();
+                let names_missing = value.as_ref().is_none_or(|v| {
+                    let mut blobs = Vec::new();
+                    blob_fields(v, &mut blobs);
+                    blobs.iter().any(|h| !self.has_blob(h))
+                });
+                if names_missing {
+                    fs::remove_file(&p).map_err(io_at(&p))?;
+                    stats.records_removed += 1;
+                    if let Kind::Layers = kind {
+                        let _ = fs::remove_file(
+                            self.record_path(Kind::Entries, name.trim_end_matches(".json")),
+                        );
+                    }
+                }
+            }
+        }
+        let tmp = self.root.join("tmp");
+        for name in read_dir_names(&tmp)? {
+            let _ = fs::remove_file(tmp.join(name));
+        }
+        Ok(stats)
+    }
+}
+
+/// The blobs a record names: by convention, the `sha256:` strings under
+/// keys `digest`, `manifest` and `config` (a `diff_id` is not a blob).
+fn blob_fields(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v.as_str()) {
+                    ("digest" | "manifest" | "config", Some(s)) => {
+                        if let Some(h) = s.strip_prefix("sha256:") {
+                            out.push(h.to_string());
+                        }
+                    }
+                    _ => blob_fields(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| blob_fields(i, out)),
+        _ => {}
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(io_at(dir)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io_at(dir))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::BadRecord {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_at(path)(e)),
+    }
+}
+
+fn write_json<T: Serialize>(tmp_dir: &Path, path: &Path, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::BadRecord {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(tmp_dir, path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in `tmp_dir`.
+pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_at(tmp_dir))?;
+    tmp.write_all(bytes).map_err(io_at(path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// A stable id for a graph file: the hash of its absolute path.
+pub fn graph_id(file: &Path) -> String {
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    crate::oci::digest::sha256_hex(abs.as_os_str().as_encoded_bytes())[..32].to_string()
+}
+
+/// Sorted map helper for records.
+pub type Annotations = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_content_addressed_and_gc_keeps_reachable() {
+        let d = tempfile::tempdir().unwrap();
+        let graph = d.path().join("images.yaml");
+        fs::write(&graph, "").unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let a = s.put_blob(b"a").unwrap();
+        let b = s.put_blob(b"b").unwrap();
+        assert_eq!(s.read_blob(&a).unwrap(), b"a");
+        s.put(
+            Kind::Layers,
+            "k1",
+            &serde_json::json!({"digest": format!("sha256:{b}"), "diff_id": "sha256:00"}),
+        )
+        .unwrap();
+        s.put(
+            Kind::Layers,
+            "k2",
+            &serde_json::json!({"digest": format!("sha256:{a}"), "diff_id": "sha256:00"}),
+        )
+        .unwrap();
+        s.put_ref("g", &graph, "img", &vec![a.clone()]).unwrap();
+        drop(s);
+        let s = Store::open_exclusive(d.path()).unwrap();
+        let stats = s.gc(|v: &Vec<String>| v.clone()).unwrap();
+        assert_eq!((stats.blobs_removed, stats.blobs_kept), (1, 1));
+        assert_eq!(
+            stats.records_removed, 1,
+            "the record naming the removed blob goes too"
+        );
+        assert!(s.has_blob(&a) && !s.has_blob(&b));
+        assert!(
+            s.get::<serde_json::Value>(Kind::Layers, "k1")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.get::<serde_json::Value>(Kind::Layers, "k2")
+                .unwrap()
+                .is_some()
+        );
+        // A graph that no longer exists stops protecting its blobs.
+        fs::remove_file(&graph).unwrap();
+        let stats = s.gc(|v: &Vec<String>| v.clone()).unwrap();
+        assert_eq!(stats.blobs_removed, 1);
+    }
+
+    #[test]
+    fn missing_blob_error_names_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let err = s.read_blob("ab").unwrap_err();
+        assert!(err.to_string().contains("sha256:ab"), "{err}");
+    }
+}
