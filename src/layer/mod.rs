@@ -475,7 +475,7 @@ pub fn write_blob<W: std::io::Write + Send + 'static>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, Blob), LayerError> {
     use crate::oci::digest::HashingWriter;
-    let compressed = HashingWriter::new(sink);
+    let compressed = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, sink));
     let compressor = compress::Compressor::new(compressed, compression, threads);
     // Larger writes into the hasher and compressor than tar's 8 KiB copies.
     let tar_hash = HashingWriter::new(compressor);
@@ -487,6 +487,9 @@ pub fn write_blob<W: std::io::Write + Send + 'static>(
     let (compressor, diff_hex, _) = tar_hash.finish();
     let compressed = compressor.finish().map_err(LayerError::Write)?;
     let (sink, digest_hex, size) = compressed.finish();
+    let sink = sink
+        .into_inner()
+        .map_err(|e| LayerError::Write(e.into_error()))?;
     Ok((
         sink,
         Blob {

@@ -1,0 +1,109 @@
+# shellcheck shell=bash
+# Shared helpers for bench/core.sh and bench/fleet.sh. Source it; do not run it.
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+WORK=${BENCH_WORK:-$BENCH_DIR/work}
+
+# Tree parameters (the Moodle core tree is shared by core.sh and fleet.sh).
+SEED=${SEED:-1}
+FILES=${FILES:-29700}
+MIB=${MIB:-290}
+# imgbuild binary; built with `cargo build --release` when missing unless IMGBUILD_NO_BUILD=1.
+IMGBUILD=${IMGBUILD:-$REPO_DIR/target/release/imgbuild}
+# buildah storage driver: vfs is what works unprivileged everywhere (a CI job).
+BUILDAH_DRIVER=${BUILDAH_DRIVER:-vfs}
+export BUILDAH_ISOLATION=chroot
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+
+# q ARG...: shell-quote for a command string that measure.py hands to bash -c.
+q() { printf '%q' "$1"; }
+
+measure() { python3 "$BENCH_DIR/measure.py" "$@"; }
+
+# ensure_moodle_tree: generate $WORK/moodle-tree unless it is there with the same parameters.
+ensure_moodle_tree() {
+    local tree=$WORK/moodle-tree stamp=$WORK/moodle-tree.stats.json want
+    want="seed=$SEED files=$FILES mib=$MIB"
+    if [[ -d $tree && -f $stamp && -f $WORK/moodle-tree.params && $(<"$WORK/moodle-tree.params") == "$want" ]]; then
+        log "tree: $tree is there ($want)"
+        return
+    fi
+    log "tree: generating $tree ($want)"
+    rm -rf --one-file-system "$tree" "$stamp" "$WORK/moodle-tree.params"
+    python3 "$BENCH_DIR/gen-moodle-tree.py" "$tree" --seed "$SEED" --files "$FILES" --mib "$MIB" --stats "$stamp"
+    printf '%s\n' "$want" >"$WORK/moodle-tree.params"
+}
+
+# warm_cache DIR: read a tree once so every tool starts from a warm page cache.
+warm_cache() { tar -cf - -C "$1" . >/dev/null; }
+
+# reset_dir DIR: remove a store between runs; sync so that the deletion's I/O
+# (discards, journal) is not billed to the next timed run.
+reset_dir() { rm -rf --one-file-system "$1"; sync; }
+
+# ensure_imgbuild: sets IMGBUILD_OK=1 when $IMGBUILD exists and runs.
+ensure_imgbuild() {
+    IMGBUILD_OK=0
+    if [[ ! -x $IMGBUILD && ${IMGBUILD_NO_BUILD:-0} != 1 && -f $REPO_DIR/Cargo.toml ]]; then
+        log "imgbuild: $IMGBUILD missing; cargo build --release"
+        if ! (cd "$REPO_DIR" && cargo build --release --quiet) >&2; then
+            warn "cargo build --release failed; imgbuild is skipped"
+        fi
+    fi
+    if [[ ! -x $IMGBUILD ]]; then
+        warn "imgbuild: no binary at $IMGBUILD; its rows are n/a"
+        return 0
+    fi
+    if ! "$IMGBUILD" --help >/dev/null 2>&1; then
+        warn "imgbuild: $IMGBUILD --help fails; its rows are n/a"
+        return 0
+    fi
+    IMGBUILD_OK=1
+}
+
+# bah_cmd STORE: the buildah prefix, as a string for measure.py.
+bah_cmd() {
+    printf 'buildah --storage-driver %s --root %s --runroot %s' \
+        "$(q "$BUILDAH_DRIVER")" "$(q "$1/root")" "$(q "$1/run")"
+}
+
+# ensure_buildah: sets BUILDAH_OK=1 when buildah is usable.
+ensure_buildah() {
+    BUILDAH_OK=0
+    if [[ ${SKIP_BUILDAH:-0} == 1 ]]; then
+        warn "buildah: skipped (SKIP_BUILDAH=1)"
+        return 0
+    fi
+    if ! command -v buildah >/dev/null; then
+        warn "buildah: not installed; its rows are n/a (apt-get install buildah)"
+        return 0
+    fi
+    BUILDAH_OK=1
+}
+
+versions_json() {
+    python3 - "$IMGBUILD" "$REPO_DIR" <<'EOF'
+import json, os, subprocess, sys
+def out(*cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return (r.stdout or r.stderr).strip().splitlines()[0] if r.returncode == 0 else None
+    except Exception:
+        return None
+img = sys.argv[1]
+rev = out("git", "-C", sys.argv[2], "rev-parse", "--short", "HEAD")
+print(json.dumps({
+    "imgbuild": out(img, "--version") if os.access(img, os.X_OK) else None,
+    "git_rev": rev,
+    "buildah": out("buildah", "--version"),
+    "pigz": out("pigz", "--version"),
+    "tar": out("tar", "--version"),
+    "kernel": os.uname().release,
+    "nproc": os.cpu_count(),
+    "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+}))
+EOF
+}

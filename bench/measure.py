@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Run a shell command a few times; report wall time and peak RSS as JSON.
+
+usage: measure.py --name NAME --out FILE [--runs N] [--warmup W]
+                  [--prepare CMD] [--cleanup CMD] -- CMD
+
+Each run is `bash -c CMD`, waited for with wait4(2): wall time from a monotonic
+clock, user/sys CPU, and the peak resident set size, which is the same number
+GNU time -v prints as "Maximum resident set size" (the largest single process
+among the command and the children it waited for, not their sum).
+
+--prepare runs (untimed) before every run, warm-ups included; --cleanup after
+every run. A failing run is recorded (exit status, last lines of stderr) and
+ends the measurement: the JSON then has "ok": false. This script never fails
+because a measured command failed; it exits 0 and says so in the JSON.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["bash", "-c", cmd], check=True)
+
+
+def run_once(cmd: str, stderr_path: str) -> dict:
+    with open(stderr_path, "wb") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(["bash", "-c", cmd], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+            "max_rss_kib": ru.ru_maxrss, "exit": proc.returncode}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--prepare", default="")
+    ap.add_argument("--cleanup", default="")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = " ".join(a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd)
+    if not cmd:
+        ap.error("no command")
+
+    stderr_path = a.out + ".stderr"
+    res = {"name": a.name, "command": cmd, "prepare": a.prepare, "runs": [], "ok": True}
+    total = a.warmup + a.runs
+    for i in range(total):
+        warm = i < a.warmup
+        if a.prepare:
+            sh(a.prepare)
+        r = run_once(cmd, stderr_path)
+        if a.cleanup:
+            sh(a.cleanup)
+        tag = "warmup" if warm else f"run {i - a.warmup + 1}/{a.runs}"
+        print(f"  {a.name}: {tag}: {r['wall_s']:.3f} s, "
+              f"peak RSS {r['max_rss_kib'] / 1024:.0f} MiB, exit {r['exit']}", file=sys.stderr)
+        if r["exit"] != 0:
+            with open(stderr_path, "rb") as f:
+                tail = f.read()[-2000:].decode(errors="replace")
+            res.update(ok=False, error=f"exit status {r['exit']}", stderr_tail=tail)
+            print(f"  {a.name}: FAILED (exit {r['exit']}); stderr tail:\n{tail}", file=sys.stderr)
+            break
+        if not warm:
+            res["runs"].append(r)
+    walls = [r["wall_s"] for r in res["runs"]]
+    if walls and res["ok"]:
+        res.update(
+            mean_s=statistics.fmean(walls),
+            stddev_s=statistics.stdev(walls) if len(walls) > 1 else 0.0,
+            min_s=min(walls), max_s=max(walls),
+            median_s=statistics.median(walls),
+            max_rss_mib=max(r["max_rss_kib"] for r in res["runs"]) / 1024,
+        )
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

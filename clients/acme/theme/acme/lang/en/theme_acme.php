@@ -1,0 +1,3 @@
+<?php
+$string['pluginname'] = 'ACME';
+$string['choosereadme'] = 'The ACME Corporation theme.';
