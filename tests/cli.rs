@@ -57,7 +57,10 @@ fn write_fleet_tree(cx: &Ctx) {
     cx.write("layers/base/etc/group", "root:x:0:\nwww-data:x:33:\n");
     cx.write_exec("layers/base/bin/tool", "#!/bin/sh\necho tool\n");
     cx.write("layers/moodle/var/www/moodle/index.php", "<?php echo 1;\n");
-    cx.write("layers/moodle/var/www/moodle/version.php", "<?php $v = 1;\n");
+    cx.write(
+        "layers/moodle/var/www/moodle/version.php",
+        "<?php $v = 1;\n",
+    );
     cx.write("clients/a/style.css", "body { color: red }\n");
     cx.write("clients/a/lang/en.php", "<?php $s = [];\n");
     cx.write("clients/b/style.css", "body { color: blue }\n");
@@ -99,7 +102,10 @@ fn unknown_key_exits_2_naming_file_line_column_image_and_suggestion() {
     let r = cx
         .run(&["-f", &cx.path("images.yaml").display().to_string(), "check"])
         .exit(2);
-    r.stderr_has(&[&format!("{}:4:5: image a:", cx.path("images.yaml").display())]);
+    r.stderr_has(&[&format!(
+        "{}:4:5: image a:",
+        cx.path("images.yaml").display()
+    )]);
     assert!(cx.store_blobs().is_empty(), "bad input must build nothing");
 }
 
@@ -147,9 +153,12 @@ fn bad_mode_is_rejected_with_a_hint() {
         cx.yaml(&format!(
             "images:\n  a:\n    from: scratch\n    layers:\n      - {{src: files, dest: /x, mode: {bad}}}\n"
         ));
-        cx.run(&["build", "a"])
-            .exit(2)
-            .stderr_has(&["images.yaml:5:", "image a:", "is not an octal file mode", "hint:"]);
+        cx.run(&["build", "a"]).exit(2).stderr_has(&[
+            "images.yaml:5:",
+            "image a:",
+            "is not an octal file mode",
+            "hint:",
+        ]);
     }
 }
 
@@ -221,7 +230,9 @@ fn unknown_image_on_the_command_line_exits_2_with_a_suggestion() {
             .exit(2)
             .stderr_has(&["no image named `moodel`", "did you mean `moodle`?"]);
     }
-    cx.run(&["build", "zzz"]).exit(2).stderr_has(&["no image named `zzz`"]);
+    cx.run(&["build", "zzz"])
+        .exit(2)
+        .stderr_has(&["no image named `zzz`"]);
     assert!(cx.store_blobs().is_empty(), "nothing is built");
 }
 
@@ -294,13 +305,21 @@ fn check_json_lists_every_problem() {
         .collect();
     assert_eq!(problems.len(), 4, "{summary:#?}");
     // Sorted by position, each with its image.
-    let lines: Vec<u64> = problems.iter().map(|p| p["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = problems
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, [4, 6, 10, 11], "{summary:#?}");
     assert_eq!(problems[0]["column"], 5);
     assert_eq!(problems[0]["image"], "a");
     assert_eq!(problems[0]["hint"], "did you mean `layers`?");
     assert_eq!(problems[1]["image"], "b");
-    assert!(problems[1]["message"].as_str().unwrap().contains("unknown parent image `aa`"));
+    assert!(
+        problems[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown parent image `aa`")
+    );
     assert!(problems[2]["message"].as_str().unwrap().contains("0999"));
     assert!(problems[3]["message"].as_str().unwrap().contains("`nope`"));
     for p in problems {
@@ -335,7 +354,10 @@ fn json_output_is_one_document_when_a_command_fails() {
     assert_ne!(r.code, 0, "{r}");
     let v = r.json();
     assert_eq!(v["failed"][0]["name"], "a", "{r}");
-    assert!(v["failed"][0]["error"].as_str().unwrap().contains("s.sock"), "{r}");
+    assert!(
+        v["failed"][0]["error"].as_str().unwrap().contains("s.sock"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -346,7 +368,10 @@ fn graph_renders_text_dot_mermaid_and_json() {
         text,
         "scratch\n└── base\n    └── moodle\n        ├── client-a\n        └── client-b\n"
     );
-    assert_eq!(cx.run(&["graph", "--format", "text"]).success().stdout, text);
+    assert_eq!(
+        cx.run(&["graph", "--format", "text"]).success().stdout,
+        text
+    );
 
     let dot = cx.run(&["graph", "--format", "dot"]).success().stdout;
     assert!(dot.starts_with("digraph"), "{dot}");
@@ -362,11 +387,18 @@ fn graph_renders_text_dot_mermaid_and_json() {
 
     let mermaid = cx.run(&["graph", "--format", "mermaid"]).success().stdout;
     assert!(mermaid.starts_with("graph LR\n"), "{mermaid}");
-    assert!(mermaid.contains("moodle[\"moodle\"] --> client_a[\"client-a\"]"), "{mermaid}");
-    assert!(mermaid.contains("base[\"base\"] --> moodle[\"moodle\"]"), "{mermaid}");
+    assert!(
+        mermaid.contains("moodle[\"moodle\"] --> client_a[\"client-a\"]"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("base[\"base\"] --> moodle[\"moodle\"]"),
+        "{mermaid}"
+    );
 
-    let json: Value = serde_json::from_str(&cx.run(&["graph", "--format", "json"]).success().stdout)
-        .expect("graph json");
+    let json: Value =
+        serde_json::from_str(&cx.run(&["graph", "--format", "json"]).success().stdout)
+            .expect("graph json");
     let node = |n: &str| {
         json["images"]
             .as_array()
@@ -377,9 +409,15 @@ fn graph_renders_text_dot_mermaid_and_json() {
             .clone()
     };
     assert_eq!(node("base")["parent"], Value::Null);
-    assert_eq!(node("moodle")["children"], serde_json::json!(["client-a", "client-b"]));
+    assert_eq!(
+        node("moodle")["children"],
+        serde_json::json!(["client-a", "client-b"])
+    );
     assert_eq!(node("client-a")["parent"], "moodle");
-    assert_eq!(node("client-a")["tags"], serde_json::json!(["client-a:5.1.4"]));
+    assert_eq!(
+        node("client-a")["tags"],
+        serde_json::json!(["client-a:5.1.4"])
+    );
     // --json means json whatever the format.
     let implied: Value =
         serde_json::from_str(&cx.run(&["--json", "graph"]).success().stdout).unwrap();
@@ -414,7 +452,10 @@ fn plan_says_build_then_reuse_then_names_the_changed_file() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     let pos = |n: &str| order.iter().position(|o| *o == n).unwrap();
-    assert!(pos("base") < pos("moodle") && pos("moodle") < pos("client-a"), "{order:?}");
+    assert!(
+        pos("base") < pos("moodle") && pos("moodle") < pos("client-a"),
+        "{order:?}"
+    );
     // plan NAME covers what NAME needs.
     let one = cx.plan(&["client-b"]);
     let names: BTreeSet<&str> = one
@@ -465,7 +506,9 @@ fn plan_says_build_then_reuse_then_names_the_changed_file() {
     );
     let reasons = a["reasons"].as_array().unwrap();
     assert!(
-        reasons.iter().any(|r| r.as_str().unwrap().contains("style.css")),
+        reasons
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("style.css")),
         "{a:#}"
     );
     // Added and removed files are named too.
@@ -476,10 +519,19 @@ fn plan_says_build_then_reuse_then_names_the_changed_file() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(reason.contains("1 added (var/www/moodle/theme/a/new.js)"), "{reason}");
-    assert!(reason.contains("removed") && reason.contains("en.php"), "{reason}");
+    assert!(
+        reason.contains("1 added (var/www/moodle/theme/a/new.js)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("removed") && reason.contains("en.php"),
+        "{reason}"
+    );
     let human = cx.run(&["plan", "client-a"]).success().stdout;
-    assert!(human.contains("build     client-a") && human.contains("new.js"), "{human}");
+    assert!(
+        human.contains("build     client-a") && human.contains("new.js"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -513,7 +565,10 @@ fn plan_before_the_first_build_accepts_owner_names() {
 fn rebuild_without_changes_reuses_every_layer_and_digest() {
     let cx = fleet();
     let first = cx.build(&["--all"]);
-    assert_eq!(first.names(), FLEET_NAMES.iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        first.names(),
+        FLEET_NAMES.iter().map(|s| s.to_string()).collect()
+    );
     for n in FLEET_NAMES {
         assert_eq!(first.image(n)["assembled"], true);
         assert!(first.layer_summary(n).iter().all(|l| l.2), "{n}");
@@ -553,7 +608,10 @@ fn changing_one_client_rebuilds_only_its_own_layer() {
     for n in ["base", "moodle", "client-a"] {
         assert_eq!(second.manifest(n), first.manifest(n), "{n} changed");
         assert_eq!(second.image(n)["assembled"], false, "{n}");
-        assert!(second.layer_summary(n).iter().all(|l| !l.2), "{n} rebuilt a layer");
+        assert!(
+            second.layer_summary(n).iter().all(|l| !l.2),
+            "{n} rebuilt a layer"
+        );
     }
     assert_ne!(second.manifest("client-b"), first.manifest("client-b"));
     assert_eq!(second.image("client-b")["assembled"], true);
@@ -576,7 +634,10 @@ fn changing_one_client_rebuilds_only_its_own_layer() {
 fn parent_change_rebases_child_without_rebuilding_its_layer() {
     let cx = fleet();
     let first = cx.build(&["--all"]);
-    cx.write("layers/moodle/var/www/moodle/version.php", "<?php $v = 2;\n");
+    cx.write(
+        "layers/moodle/var/www/moodle/version.php",
+        "<?php $v = 2;\n",
+    );
     let plan = cx.plan(&["--all"]);
     assert_eq!(plan_of(&plan, "moodle")["action"], "build");
     for n in ["client-a", "client-b"] {
@@ -618,7 +679,10 @@ fn parent_change_rebases_child_without_rebuilding_its_layer() {
     assert_eq!(digests(&child), expected);
     let ann = &child.manifest["annotations"];
     assert_eq!(ann["org.opencontainers.image.base.name"], "moodle");
-    assert_eq!(ann["org.opencontainers.image.base.digest"], parent.manifest_digest.as_str());
+    assert_eq!(
+        ann["org.opencontainers.image.base.digest"],
+        parent.manifest_digest.as_str()
+    );
 }
 
 #[test]
@@ -633,15 +697,25 @@ fn gc_removes_unreferenced_blobs_and_keeps_referenced_ones() {
     let stale: BTreeSet<String> = all.difference(&referenced).cloned().collect();
     let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
     // The old client-a layer and manifest, and its config.
-    assert!(stale.contains(&hex(&first.layer_summary("client-a")[0].1)), "{stale:?}");
-    assert!(stale.contains(&hex(&first.manifest("client-a"))), "{stale:?}");
+    assert!(
+        stale.contains(&hex(&first.layer_summary("client-a")[0].1)),
+        "{stale:?}"
+    );
+    assert!(
+        stale.contains(&hex(&first.manifest("client-a"))),
+        "{stale:?}"
+    );
     assert_eq!(stale.len(), 3, "{stale:?}");
     assert!(before_change.is_superset(&stale));
 
     let gc = cx.run(&["--json", "gc"]).success().json();
     assert_eq!(gc["blobs_removed"], 3, "{gc:#}");
     assert_eq!(gc["blobs_kept"], referenced.len() as u64, "{gc:#}");
-    assert_eq!(cx.store_blobs(), referenced, "gc keeps exactly what is referenced");
+    assert_eq!(
+        cx.store_blobs(),
+        referenced,
+        "gc keeps exactly what is referenced"
+    );
     // Nothing referenced went: a rebuild reuses everything.
     let third = output_and_validate(&cx, &FLEET_NAMES);
     for n in FLEET_NAMES {
@@ -656,7 +730,10 @@ fn gc_removes_unreferenced_blobs_and_keeps_referenced_ones() {
     cx.write("clients/a/style.css", "body { color: red }\n");
     let back = cx.build(&["client-a"]);
     assert_eq!(back.manifest("client-a"), first.manifest("client-a"));
-    assert!(back.layer_summary("client-a")[0].2, "its blob was collected");
+    assert!(
+        back.layer_summary("client-a")[0].2,
+        "its blob was collected"
+    );
 }
 
 #[test]
@@ -679,7 +756,10 @@ fn gc_drops_graphs_whose_images_yaml_is_gone() {
             .success()
             .json(),
     );
-    let solo_layer = solo.layer_summary("solo")[0].1.trim_start_matches("sha256:").to_string();
+    let solo_layer = solo.layer_summary("solo")[0]
+        .1
+        .trim_start_matches("sha256:")
+        .to_string();
     assert!(cx.store_blobs().contains(&solo_layer));
 
     // While both exist, gc keeps both.
@@ -688,7 +768,10 @@ fn gc_drops_graphs_whose_images_yaml_is_gone() {
 
     fs::remove_file(other.join("images.yaml")).unwrap();
     let gc = cx.run(&["--json", "gc"]).success().json();
-    assert_eq!(gc["blobs_removed"], 3, "solo's layer, config and manifest: {gc:#}");
+    assert_eq!(
+        gc["blobs_removed"], 3,
+        "solo's layer, config and manifest: {gc:#}"
+    );
     assert_eq!(cx.store_blobs(), fleet_blobs);
     let again = cx.build(&["--all"]);
     for n in FLEET_NAMES {
@@ -712,7 +795,9 @@ fn varied_tree(dir: &Path, umask: u32) {
     let mut big = Vec::new();
     let mut x: u64 = 1;
     while big.len() < 1_500_000 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         big.extend_from_slice(format!("line {} value {}\n", big.len(), x >> 40).as_bytes());
     }
     file("data/big.txt", &big, 0o666);
@@ -839,7 +924,9 @@ fn source_date_epoch_changes_digests_and_stamps_times() {
     }
 
     // A revision label changes the config and manifest, not the layers.
-    later.env.push(("IMGBUILD_REVISION".into(), "0123abcd".into()));
+    later
+        .env
+        .push(("IMGBUILD_REVISION".into(), "0123abcd".into()));
     let c = build_varied(&later, &[]);
     let img = validate_layout(&later.scratch.join("oci"), "leaf");
     assert_eq!(
@@ -848,7 +935,10 @@ fn source_date_epoch_changes_digests_and_stamps_times() {
     );
     assert_ne!(c.manifest("leaf"), b.manifest("leaf"));
     assert_eq!(c.layer_summary("leaf")[0].1, b.layer_summary("leaf")[0].1);
-    assert!(c.layer_summary("leaf").iter().all(|l| !l.2), "layers reused");
+    assert!(
+        c.layer_summary("leaf").iter().all(|l| !l.2),
+        "layers reused"
+    );
 }
 
 // --------------------------------------------------------- layer semantics
@@ -907,10 +997,22 @@ fn layer_entries_follow_owner_mode_and_parent_dir_rules() {
     assert_eq!(summary(&site.entry("srv")), ('d', 0o755, 0, 0));
     assert_eq!(summary(&site.entry("srv/www")), ('d', 0o755, 0, 0));
     assert_eq!(summary(&site.entry("srv/www/site")), ('d', 0o755, 33, 33));
-    assert_eq!(summary(&site.entry("srv/www/site/index.html")), ('f', 0o644, 33, 33));
-    assert_eq!(summary(&site.entry("srv/www/site/run.sh")), ('f', 0o755, 33, 33));
-    assert_eq!(summary(&site.entry("srv/www/site/sub/deep")), ('d', 0o755, 33, 33));
-    assert_eq!(summary(&site.entry("srv/www/site/empty")), ('d', 0o755, 33, 33));
+    assert_eq!(
+        summary(&site.entry("srv/www/site/index.html")),
+        ('f', 0o644, 33, 33)
+    );
+    assert_eq!(
+        summary(&site.entry("srv/www/site/run.sh")),
+        ('f', 0o755, 33, 33)
+    );
+    assert_eq!(
+        summary(&site.entry("srv/www/site/sub/deep")),
+        ('d', 0o755, 33, 33)
+    );
+    assert_eq!(
+        summary(&site.entry("srv/www/site/empty")),
+        ('d', 0o755, 33, 33)
+    );
     assert_eq!(site.entry("srv/www/site/index.html").data, b"<h1>hi</h1>\n");
     let link = site.entry("srv/www/site/current");
     assert_eq!((link.kind, link.link.as_deref()), ('l', Some("index.html")));
@@ -933,18 +1035,33 @@ fn layer_entries_follow_owner_mode_and_parent_dir_rules() {
 
     let private = &img.layers[2];
     assert_eq!(summary(&private.entry("opt")), ('d', 0o755, 0, 0));
-    assert_eq!(summary(&private.entry("opt/private")), ('d', 0o750, 1001, 1001));
-    assert_eq!(summary(&private.entry("opt/private/d")), ('d', 0o750, 1001, 1001));
-    assert_eq!(summary(&private.entry("opt/private/key.pem")), ('f', 0o640, 1001, 1001));
+    assert_eq!(
+        summary(&private.entry("opt/private")),
+        ('d', 0o750, 1001, 1001)
+    );
+    assert_eq!(
+        summary(&private.entry("opt/private/d")),
+        ('d', 0o750, 1001, 1001)
+    );
+    assert_eq!(
+        summary(&private.entry("opt/private/key.pem")),
+        ('f', 0o640, 1001, 1001)
+    );
 
     let tool = &img.layers[3];
-    assert_eq!(summary(&tool.entry("usr/local/bin/tool")), ('f', 0o755, 0, 0));
+    assert_eq!(
+        summary(&tool.entry("usr/local/bin/tool")),
+        ('f', 0o755, 0, 0)
+    );
     assert_eq!(summary(&tool.entry("usr/local")), ('d', 0o755, 0, 0));
 
     let root = &img.layers[4];
     assert_eq!(summary(&root.entry("etc/motd")), ('f', 0o644, 0, 0));
     assert!(
-        !root.entries().iter().any(|e| e.path.is_empty() || e.path == "/" || e.path == "./"),
+        !root
+            .entries()
+            .iter()
+            .any(|e| e.path.is_empty() || e.path == "/" || e.path == "./"),
         "no entry for / itself"
     );
 }
@@ -959,8 +1076,7 @@ fn oci_output_adds_names_to_an_existing_layout() {
     // Both names are there and valid; client-b's parents are not named.
     validate_layout(&out, "base");
     validate_layout(&out, "client-b");
-    let index: Value =
-        serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
+    let index: Value = serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index:#}");
     // Building a changed image again replaces its name, not adds a second.
     cx.write("clients/b/style.css", "changed\n");
@@ -968,8 +1084,7 @@ fn oci_output_adds_names_to_an_existing_layout() {
     assert_ne!(second.manifest("client-b"), first.manifest("client-b"));
     let img = validate_layout(&out, "client-b");
     assert_eq!(img.manifest_digest, second.manifest("client-b"));
-    let index: Value =
-        serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
+    let index: Value = serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index:#}");
     assert_eq!(second.0["outputs"], serde_json::json!([target]));
 }

@@ -111,7 +111,10 @@ fn fixture(compression: &str) -> Fixture {
     cx.write("conf/app.conf", "key = value\n");
     cx.write("private/key.pem", "secret\n");
     cx.write("private/d/more.pem", "more\n");
-    cx.write_exec("tools/hello.sh", "#!/bin/sh\necho \"hello from $GREETING\"\n");
+    cx.write_exec(
+        "tools/hello.sh",
+        "#!/bin/sh\necho \"hello from $GREETING\"\n",
+    );
 
     cx.yaml(&format!(
         r#"vars:
@@ -210,7 +213,9 @@ fn oci_image_tool_validates_the_layout() {
     let bad = fx.cx.scratch.join("corrupt");
     common::copy_tree(&fx.out, &bad);
     let layer = fx.validate(&fx.child).layers[0].digest.clone();
-    let blob = bad.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    let blob = bad
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
     let mut bytes = fs::read(&blob).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -244,7 +249,10 @@ fn skopeo_inspects_the_image_and_its_config() {
         .map(|e| e.as_str().unwrap())
         .collect();
     assert!(env.contains(&"GREETING=layers"), "{env:?}");
-    assert!(env.contains(&"PATH=/usr/local/bin:/bin"), "inherited: {env:?}");
+    assert!(
+        env.contains(&"PATH=/usr/local/bin:/bin"),
+        "inherited: {env:?}"
+    );
 
     let config = tool("skopeo", &["inspect", "--config", &fx.oci_ref(&fx.child)])
         .success()
@@ -346,12 +354,21 @@ fn check_child_rootfs(rootfs: &Path) {
     assert_eq!(f("var/www"), format!("755 0:0 {e} dir"));
     // Owner by name from the base's /etc/passwd and /etc/group.
     assert_eq!(f("var/www/site"), format!("755 33:33 {e} dir"));
-    assert_eq!(f("var/www/site/index.html"), format!("644 33:33 {e} 14 bytes"));
+    assert_eq!(
+        f("var/www/site/index.html"),
+        format!("644 33:33 {e} 14 bytes")
+    );
     assert_eq!(f("var/www/site/run.sh"), format!("755 33:33 {e} 20 bytes"));
     assert_eq!(f("var/www/site/a/b/c"), format!("755 33:33 {e} dir"));
     assert_eq!(f("var/www/site/uploads"), format!("755 33:33 {e} dir"));
-    assert_eq!(f("var/www/site/with space.txt"), format!("644 33:33 {e} 6 bytes"));
-    assert_eq!(f("var/www/site/ünïcödé.txt"), format!("644 33:33 {e} 6 bytes"));
+    assert_eq!(
+        f("var/www/site/with space.txt"),
+        format!("644 33:33 {e} 6 bytes")
+    );
+    assert_eq!(
+        f("var/www/site/ünïcödé.txt"),
+        format!("644 33:33 {e} 6 bytes")
+    );
     assert!(
         !rootfs.join("var/www/site/junk.bak").exists(),
         "excluded files are not in the image"
@@ -398,18 +415,27 @@ fn check_child_rootfs(rootfs: &Path) {
     // A file to a nested destination, with mode and owner by name.
     assert_eq!(f("etc/app"), format!("755 0:0 {e} dir"));
     assert_eq!(f("etc/app/conf.d"), format!("755 0:0 {e} dir"));
-    assert_eq!(f("etc/app/conf.d/app.conf"), format!("640 1001:50 {e} 12 bytes"));
+    assert_eq!(
+        f("etc/app/conf.d/app.conf"),
+        format!("640 1001:50 {e} 12 bytes")
+    );
     // A tree with a mode: files get it, directories get x where r is set;
     // a user without a group gets the user's primary group.
     assert_eq!(f("srv/private"), format!("750 1001:1002 {e} dir"));
     assert_eq!(f("srv/private/d"), format!("750 1001:1002 {e} dir"));
-    assert_eq!(f("srv/private/key.pem"), format!("640 1001:1002 {e} 7 bytes"));
+    assert_eq!(
+        f("srv/private/key.pem"),
+        format!("640 1001:1002 {e} 7 bytes")
+    );
     // The exec bit makes 0755.
     assert_eq!(f("usr/local/bin/hello"), format!("755 0:0 {e} 42 bytes"));
     // The base is underneath.
     assert!(f("bin/sh").ends_with("-> busybox"));
     assert_eq!(
-        fs::read_to_string(rootfs.join("etc/passwd")).unwrap().lines().count(),
+        fs::read_to_string(rootfs.join("etc/passwd"))
+            .unwrap()
+            .lines()
+            .count(),
         3
     );
 }
@@ -454,9 +480,8 @@ fn zstd_layers_are_read_by_skopeo_and_umoci() {
     )
     .success();
     let converted = validate_layout(&gz, &zstd.child);
-    let diff_ids = |i: &ValidImage| -> Vec<String> {
-        i.layers.iter().map(|l| l.diff_id.clone()).collect()
-    };
+    let diff_ids =
+        |i: &ValidImage| -> Vec<String> { i.layers.iter().map(|l| l.diff_id.clone()).collect() };
     assert_eq!(diff_ids(&converted), diff_ids(&img));
     for l in &converted.layers {
         assert_eq!(l.media_type, common::LAYER_GZIP);

@@ -23,7 +23,7 @@ pub struct BuildArgs {
 #[derive(Serialize)]
 struct Report<'a> {
     images: Vec<&'a ImageOutcome>,
-    failed: Vec<Failed>,
+    failed: &'a [Failed],
     outputs: &'a [String],
 }
 
@@ -75,14 +75,11 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         }
     }
     if cli.json {
-        print_json(
-            &Report {
-                images: ok,
-                failed: Vec::new(),
-                outputs: &args.output,
-            }
-            .with_failed(&failed),
-        );
+        print_json(&Report {
+            images: ok,
+            failed: &failed,
+            outputs: &args.output,
+        });
     }
     if failed.is_empty() {
         Ok(())
@@ -96,19 +93,6 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
             failed.len(),
             list.join("\n")
         )))
-    }
-}
-
-impl<'a> Report<'a> {
-    fn with_failed(mut self, failed: &[Failed]) -> Self {
-        self.failed = failed
-            .iter()
-            .map(|f| Failed {
-                name: f.name.clone(),
-                error: f.error.clone(),
-            })
-            .collect();
-        self
     }
 }
 

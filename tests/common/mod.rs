@@ -203,7 +203,12 @@ fn write_file(p: &Path, contents: &[u8], mode: u32) {
 pub fn list_names(dir: &Path) -> BTreeSet<String> {
     match fs::read_dir(dir) {
         Ok(rd) => rd
-            .map(|e| e.expect("read dir").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("read dir")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .filter(|n| !n.starts_with('.'))
             .collect(),
         Err(_) => BTreeSet::new(),
@@ -496,8 +501,7 @@ pub fn tar_entries(tar_bytes: &[u8]) -> Vec<TarEntry> {
 
 fn read_json(path: &Path) -> Value {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
 /// Reads the blob a descriptor names and checks its digest and size.
@@ -509,12 +513,15 @@ fn verified_blob(dir: &Path, desc: &Value, what: &str) -> Vec<u8> {
         .strip_prefix("sha256:")
         .unwrap_or_else(|| panic!("{what}: digest {digest} is not sha256"));
     assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "{what}: malformed digest {digest}"
     );
     let path = dir.join("blobs/sha256").join(hex);
-    let bytes = fs::read(&path)
-        .unwrap_or_else(|e| panic!("{what}: blob {} missing: {e}", path.display()));
+    let bytes =
+        fs::read(&path).unwrap_or_else(|e| panic!("{what}: blob {} missing: {e}", path.display()));
     assert_eq!(
         sha256_hex(&bytes),
         hex,
@@ -569,13 +576,18 @@ pub fn decompress(bytes: &[u8], media_type: &str, what: &str) -> Vec<u8> {
 pub fn validate_layout(dir: &Path, name: &str) -> ValidImage {
     let layout = read_json(&dir.join("oci-layout"));
     assert_eq!(
-        layout["imageLayoutVersion"], "1.0.0",
+        layout["imageLayoutVersion"],
+        "1.0.0",
         "{}: oci-layout",
         dir.display()
     );
     for hex in list_names(&dir.join("blobs/sha256")) {
         let bytes = fs::read(dir.join("blobs/sha256").join(&hex)).expect("read blob");
-        assert_eq!(sha256_hex(&bytes), hex, "blob {hex} does not hash to its name");
+        assert_eq!(
+            sha256_hex(&bytes),
+            hex,
+            "blob {hex} does not hash to its name"
+        );
     }
     let index = read_json(&dir.join("index.json"));
     assert_eq!(index["schemaVersion"], 2, "index.json schemaVersion");
@@ -595,17 +607,28 @@ pub fn validate_layout(dir: &Path, name: &str) -> ValidImage {
         "index.json must name {name} exactly once: {index:#}"
     );
     let desc = named[0];
-    assert_eq!(desc["mediaType"], MANIFEST, "{name}: manifest descriptor mediaType");
+    assert_eq!(
+        desc["mediaType"], MANIFEST,
+        "{name}: manifest descriptor mediaType"
+    );
     let manifest_bytes = verified_blob(dir, desc, &format!("{name}: manifest"));
     let manifest: Value = serde_json::from_slice(&manifest_bytes).expect("manifest is JSON");
-    assert_eq!(manifest["schemaVersion"], 2, "{name}: manifest schemaVersion");
-    assert_eq!(manifest["mediaType"], MANIFEST, "{name}: manifest mediaType");
+    assert_eq!(
+        manifest["schemaVersion"], 2,
+        "{name}: manifest schemaVersion"
+    );
+    assert_eq!(
+        manifest["mediaType"], MANIFEST,
+        "{name}: manifest mediaType"
+    );
     let config_desc = &manifest["config"];
     assert_eq!(config_desc["mediaType"], CONFIG, "{name}: config mediaType");
     let config_bytes = verified_blob(dir, config_desc, &format!("{name}: config"));
     let config: Value = serde_json::from_slice(&config_bytes).expect("config is JSON");
     assert!(
-        config["architecture"].as_str().is_some_and(|s| !s.is_empty()),
+        config["architecture"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
         "{name}: config has no architecture"
     );
     assert_eq!(config["os"], "linux", "{name}: config os");
@@ -639,7 +662,10 @@ pub fn validate_layout(dir: &Path, name: &str) -> ValidImage {
     let mut layers = Vec::new();
     for (i, (ld, diff_id)) in layer_descs.iter().zip(&diff_ids).enumerate() {
         let what = format!("{name}: layer {i}");
-        let media_type = ld["mediaType"].as_str().expect("layer mediaType").to_string();
+        let media_type = ld["mediaType"]
+            .as_str()
+            .expect("layer mediaType")
+            .to_string();
         let bytes = verified_blob(dir, ld, &what);
         let tar = decompress(&bytes, &media_type, &what);
         assert_eq!(
