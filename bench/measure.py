@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Run a shell command a few times; report wall time and peak RSS as JSON.
 
-usage: measure.py --name NAME --out FILE [--runs N] [--warmup W]
+usage: measure.py --name NAME --out FILE [--runs N] [--warmup W] [--append]
                   [--prepare CMD] [--cleanup CMD] -- CMD
 
-Each run is `bash -c CMD`, waited for with wait4(2): wall time from a monotonic
-clock, user/sys CPU, and the peak resident set size, which is the same number
-GNU time -v prints as "Maximum resident set size" (the largest single process
-among the command and the children it waited for, not their sum).
+Each run is `/usr/bin/time bash -c CMD`: wall time from a monotonic clock,
+user/sys CPU and the peak resident set size from GNU time, the number that
+`time -v` prints as "Maximum resident set size": the largest single process
+among the command and the children it waited for, not their sum.
 
 --prepare runs (untimed) before every run, warm-ups included; --cleanup after
-every run. A failing run is recorded (exit status, last lines of stderr) and
+every run. --append adds the runs to those already in FILE, so that callers can
+interleave tools round by round (tool A run 1, tool B run 1, tool A run 2, ...)
+and a busy machine weighs on every tool alike. The 1-minute load average at the
+start of each run is recorded, to tell a quiet machine from a busy one. A failing run is recorded (exit status, last lines of stderr) and
 ends the measurement: the JSON then has "ok": false. This script never fails
 because a measured command failed; it exits 0 and says so in the JSON.
 """
@@ -23,21 +26,31 @@ import subprocess
 import sys
 import time
 
+GNU_TIME = os.environ.get("GNU_TIME", "/usr/bin/time")
+
 
 def sh(cmd: str) -> None:
     subprocess.run(["bash", "-c", cmd], check=True)
 
 
 def run_once(cmd: str, stderr_path: str) -> dict:
+    """One run under GNU time, whose own footprint is small, unlike a fork of Python
+    (a forked interpreter would be counted in the peak RSS)."""
+    rus_path = stderr_path + ".rusage"
     with open(stderr_path, "wb") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(["bash", "-c", cmd], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        _, status, ru = os.wait4(proc.pid, 0)
+        proc = subprocess.run([GNU_TIME, "-f", "%M %U %S", "-o", rus_path, "bash", "-c", cmd],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         wall = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-            "max_rss_kib": ru.ru_maxrss, "exit": proc.returncode}
+    with open(rus_path) as f:
+        last = f.read().strip().splitlines()[-1].split()
+    os.unlink(rus_path)
+    try:
+        rss, user, sys_ = int(last[0]), float(last[1]), float(last[2])
+    except (ValueError, IndexError):
+        rss, user, sys_ = 0, 0.0, 0.0
+    return {"wall_s": wall, "user_s": user, "sys_s": sys_, "max_rss_kib": rss,
+            "exit": proc.returncode}
 
 
 def main() -> int:
@@ -48,6 +61,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--prepare", default="")
     ap.add_argument("--cleanup", default="")
+    ap.add_argument("--append", action="store_true")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = " ".join(a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd)
@@ -56,17 +70,27 @@ def main() -> int:
 
     stderr_path = a.out + ".stderr"
     res = {"name": a.name, "command": cmd, "prepare": a.prepare, "runs": [], "ok": True}
+    if a.append and os.path.exists(a.out):
+        with open(a.out) as f:
+            res = json.load(f)
+        if not res.get("ok"):
+            print(f"  {a.name}: skipped, an earlier run failed", file=sys.stderr)
+            return 0
     total = a.warmup + a.runs
     for i in range(total):
         warm = i < a.warmup
         if a.prepare:
             sh(a.prepare)
+        with open("/proc/loadavg") as f:
+            load = float(f.read().split()[0])
         r = run_once(cmd, stderr_path)
+        r["load1"] = load
         if a.cleanup:
             sh(a.cleanup)
-        tag = "warmup" if warm else f"run {i - a.warmup + 1}/{a.runs}"
+        tag = "warmup" if warm else f"run {len(res['runs']) + 1}"
         print(f"  {a.name}: {tag}: {r['wall_s']:.3f} s, "
-              f"peak RSS {r['max_rss_kib'] / 1024:.0f} MiB, exit {r['exit']}", file=sys.stderr)
+              f"peak RSS {r['max_rss_kib'] / 1024:.0f} MiB, exit {r['exit']}, load {load:.1f}",
+              file=sys.stderr)
         if r["exit"] != 0:
             with open(stderr_path, "rb") as f:
                 tail = f.read()[-2000:].decode(errors="replace")
@@ -83,6 +107,7 @@ def main() -> int:
             min_s=min(walls), max_s=max(walls),
             median_s=statistics.median(walls),
             max_rss_mib=max(r["max_rss_kib"] for r in res["runs"]) / 1024,
+            mean_load1=statistics.fmean(r["load1"] for r in res["runs"]),
         )
     with open(a.out, "w") as f:
         json.dump(res, f, indent=2)

@@ -780,6 +780,70 @@ fn gc_drops_graphs_whose_images_yaml_is_gone() {
     }
 }
 
+#[test]
+fn gc_drops_images_removed_from_images_yaml() {
+    // `gc` removes "blobs no image of any images.yaml still uses": an image
+    // taken out of the file no longer uses its layer.
+    let cx = fleet();
+    let before = cx.build(&["--all"]);
+    let b_layer = before.layer_summary("client-b")[0]
+        .1
+        .trim_start_matches("sha256:")
+        .to_string();
+    let b_manifest = before.manifest("client-b");
+    let without_b = FLEET
+        .split("  client-b:")
+        .next()
+        .expect("client-b is last")
+        .to_string();
+    cx.yaml(&without_b);
+    cx.run(&["check"]).success();
+    let gc = cx.run(&["--json", "gc"]).success().json();
+    let blobs = cx.store_blobs();
+    assert!(
+        !blobs.contains(&b_layer) && !blobs.contains(b_manifest.trim_start_matches("sha256:")),
+        "client-b's blobs outlive it: {gc:#}"
+    );
+    assert_eq!(gc["blobs_removed"], 3, "{gc:#}");
+    // The images still in the file are whole.
+    let after = output_and_validate(&cx, &["base", "moodle", "client-a"]);
+    for n in ["base", "moodle", "client-a"] {
+        assert_eq!(after.manifest(n), before.manifest(n), "{n}");
+        assert!(after.layer_summary(n).iter().all(|l| !l.2), "{n}");
+    }
+}
+
+#[test]
+fn edit_keeping_size_and_mtime_is_still_seen() {
+    // The stat cache must not take an unchanged size and mtime for an
+    // unchanged file (as after `cp -p`, `touch -r` or a checkout).
+    let cx = fleet();
+    common::touch_all(&cx.root, 1_000_000_000);
+    let first = cx.build(&["client-a"]);
+    cx.write("clients/a/style.css", "body { color: RED }\n");
+    common::touch_all(&cx.path("clients"), 1_000_000_000);
+    let second = cx.build(&["client-a"]);
+    let (a, b) = (
+        first.layer_summary("client-a"),
+        second.layer_summary("client-a"),
+    );
+    assert_ne!(a[0].1, b[0].1, "the new content is in the layer");
+    assert!(b[0].2);
+    let img = validate_layout_of(&cx, "client-a");
+    let css = img.layers[2].entry("var/www/moodle/theme/a/style.css");
+    assert_eq!(css.data, b"body { color: RED }\n");
+}
+
+/// Writes `name` to an OCI layout and validates it.
+fn validate_layout_of(cx: &Ctx, name: &str) -> common::ValidImage {
+    let out = cx.scratch.join(format!("layout-{name}"));
+    let _ = fs::remove_dir_all(&out);
+    let r = cx.build(&[name, "-o", &format!("oci:{}", out.display())]);
+    let img = validate_layout(&out, name);
+    assert_eq!(img.manifest_digest, r.manifest(name));
+    img
+}
+
 // ---------------------------------------------------------- reproducibility
 
 /// A tree with files of several kinds and sizes, written with `umask`.

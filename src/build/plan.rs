@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{Accounts, BuildError, RefRecord, Session};
-use crate::layer::{Entries, Entry};
+use crate::layer::{Entries, Entry, EntryKind};
 use crate::oci::image::ImageRecord;
 use crate::spec::Parent;
 use crate::store::Kind;
@@ -60,6 +60,8 @@ impl Session<'_> {
             };
             // Owner names resolve against the parent as it will be; if it is
             // not built yet, against its last build.
+            // None: the parent has never been built, so names cannot be
+            // resolved yet; layers that need them will be built.
             let accounts = match &base {
                 Some((p, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
                     let rec = match rec {
@@ -67,16 +69,41 @@ impl Session<'_> {
                         None => self.last_build(p)?.map(|r| r.image),
                     };
                     match rec {
-                        Some(r) => Accounts::of(self.store, &r)?,
-                        None => Accounts::none(),
+                        Some(r) => Some(Accounts::of(self.store, &r)?),
+                        None => None,
                     }
                 }
-                _ => Accounts::none(),
+                _ => Some(Accounts::none()),
             };
             let mut layers = Vec::new();
             let mut keys = Vec::new();
             for (i, l) in image.layers.iter().enumerate() {
-                let ids = self.ids(image, l, &accounts)?;
+                let needs_names = l.owner.as_ref().is_some_and(|o| o.has_names());
+                let ids = match &accounts {
+                    Some(a) => self.ids(image, l, a)?,
+                    None if needs_names => {
+                        let p = base.as_ref().map_or("", |b| b.0.as_str());
+                        let reason = format!(
+                            "owner {} is resolved once {p} is built",
+                            l.owner
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        );
+                        reasons.push(format!("layer {i} ({}): {reason}", l.src_text));
+                        layers.push(LayerPlan {
+                            index: i,
+                            src: l.src_text.clone(),
+                            dest: l.dest.clone(),
+                            build: true,
+                            key: String::new(),
+                            reason: Some(reason),
+                        });
+                        keys.push(String::new());
+                        continue;
+                    }
+                    None => self.ids(image, l, &Accounts::none())?,
+                };
                 let (entries, key) = self.walk(image, i, l, ids)?;
                 let cached = self.cached_layer(&key)?.is_some();
                 let reason = (!cached).then(|| self.layer_reason(last.as_ref(), i, &entries));
@@ -142,6 +169,27 @@ impl Session<'_> {
     }
 }
 
+/// Equal as the layer sees them: where a file was read from does not count
+/// (and is not stored with the entries).
+fn same(a: &Entry, b: &Entry) -> bool {
+    let kind = match (&a.kind, &b.kind) {
+        (
+            EntryKind::File {
+                size: s1,
+                sha256: h1,
+                ..
+            },
+            EntryKind::File {
+                size: s2,
+                sha256: h2,
+                ..
+            },
+        ) => s1 == s2 && h1 == h2,
+        (k1, k2) => k1 == k2,
+    };
+    kind && (a.mode, a.uid, a.gid) == (b.mode, b.uid, b.gid)
+}
+
 /// "2 changed (a, b), 1 added (c)": the difference between two entry lists.
 pub fn describe_changes(old: &Entries, new: &Entries) -> String {
     let old_map: BTreeMap<&str, &Entry> = old.0.iter().map(|e| (e.path.as_str(), e)).collect();
@@ -152,7 +200,7 @@ pub fn describe_changes(old: &Entries, new: &Entries) -> String {
     for (p, e) in &new_map {
         match old_map.get(p) {
             None => added.push(*p),
-            Some(o) if o != e => changed.push(*p),
+            Some(o) if !same(o, e) => changed.push(*p),
             Some(_) => {}
         }
     }
@@ -196,7 +244,6 @@ pub fn describe_changes(old: &Entries, new: &Entries) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::EntryKind;
 
     fn e(path: &str, sha: &str) -> Entry {
         Entry {
@@ -210,6 +257,16 @@ mod tests {
             uid: 0,
             gid: 0,
         }
+    }
+
+    #[test]
+    fn where_a_file_was_read_from_is_not_a_change() {
+        let mut a = e("a", "1");
+        if let EntryKind::File { src, .. } = &mut a.kind {
+            *src = "/elsewhere/a".into();
+        }
+        assert!(same(&a, &e("a", "1")));
+        assert!(!same(&a, &e("a", "2")));
     }
 
     #[test]

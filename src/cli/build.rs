@@ -2,7 +2,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use imgbuild::build::{ImageOutcome, Session};
+use imgbuild::build::{BuildError, ImageOutcome, Session};
 use imgbuild::oci::output::{Named, Output};
 
 use super::progress::Progress;
@@ -31,6 +31,11 @@ struct Report<'a> {
 struct Failed {
     name: String,
     error: String,
+    #[serde(skip)]
+    code: u8,
+    /// Failed only because what it is built from failed.
+    #[serde(skip)]
+    follows: bool,
 }
 
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
@@ -55,11 +60,14 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
             Err(e) => failed.push(Failed {
                 name: name.clone(),
                 error: format!("{e}"),
+                code: super::exit_code(e),
+                follows: matches!(e, BuildError::ParentFailed { .. }),
             }),
         }
     }
     // Outputs hold the requested images, and only when all of them built.
-    if failed.is_empty() && !outputs.is_empty() {
+    let write_outputs = failed.is_empty() && !outputs.is_empty();
+    if write_outputs {
         let named: Vec<Named> = names
             .iter()
             .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
@@ -78,21 +86,31 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         print_json(&Report {
             images: ok,
             failed: &failed,
-            outputs: &args.output,
+            outputs: if write_outputs { &args.output } else { &[] },
         });
     }
     if failed.is_empty() {
         Ok(())
     } else {
+        // Bad input (2) only when every failure that did not merely follow
+        // from a parent's is bad input.
+        let code = failed
+            .iter()
+            .filter(|f| !f.follows)
+            .map(|f| f.code)
+            .min()
+            .unwrap_or(1);
         let list: Vec<String> = failed
             .iter()
             .map(|f| format!("{}: {}", f.name, f.error))
             .collect();
-        Err(Failure::failed(format!(
+        let f = Failure::failed(format!(
             "{} image(s) failed:\n{}",
             failed.len(),
             list.join("\n")
-        )))
+        ));
+        let f = Failure { code, ..f };
+        Err(if cli.json { f.reported() } else { f })
     }
 }
 

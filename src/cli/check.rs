@@ -17,10 +17,12 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Err(SpecError::Invalid { file, problems }) if cli.json => {
             print_json(&serde_json::json!({ "ok": false, "file": file, "problems": problems }));
-            Err(Failure {
-                code: 2,
-                error: anyhow::anyhow!("{} problem(s) in {}", problems.len(), file.display()),
-            })
+            Err(Failure::usage(format!(
+                "{} problem(s) in {}",
+                problems.len(),
+                file.display()
+            ))
+            .reported())
         }
         Err(e) => Err(e.into()),
     }

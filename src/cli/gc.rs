@@ -1,5 +1,9 @@
 //! `imgbuild gc`
+use std::collections::BTreeSet;
+use std::path::Path;
+
 use imgbuild::build::RefRecord;
+use imgbuild::spec::Spec;
 use imgbuild::store::Store;
 
 use super::{Cli, Failure, print_json};
@@ -7,7 +11,13 @@ use super::{Cli, Failure, print_json};
 pub fn run(cli: &Cli) -> Result<(), Failure> {
     let root = Store::default_root()?;
     let store = Store::open_exclusive(&root)?;
-    let stats = store.gc(|r: &RefRecord| r.image.blobs())?;
+    // An images.yaml that does not load keeps all its images' blobs.
+    let names = |file: &Path| {
+        Spec::load(file)
+            .ok()
+            .map(|s| s.images.into_keys().collect::<BTreeSet<_>>())
+    };
+    let stats = store.gc(|r: &RefRecord| r.image.blobs(), names)?;
     if cli.json {
         print_json(&stats);
     } else {

@@ -110,6 +110,8 @@ impl LayerArgs {
 pub struct Failure {
     code: u8,
     error: anyhow::Error,
+    /// The command already printed its JSON document, which says it failed.
+    reported: bool,
 }
 
 impl Failure {
@@ -117,6 +119,7 @@ impl Failure {
         Failure {
             code: 2,
             error: anyhow::anyhow!("{msg}"),
+            reported: false,
         }
     }
 
@@ -124,7 +127,14 @@ impl Failure {
         Failure {
             code: 1,
             error: anyhow::anyhow!("{msg}"),
+            reported: false,
         }
+    }
+
+    /// Marks the failure as already told in the command's JSON output.
+    fn reported(mut self) -> Failure {
+        self.reported = true;
+        self
     }
 }
 
@@ -133,6 +143,7 @@ impl From<SpecError> for Failure {
         Failure {
             code: 2,
             error: e.into(),
+            reported: false,
         }
     }
 }
@@ -142,6 +153,7 @@ impl From<BuildError> for Failure {
         Failure {
             code: exit_code(&e),
             error: e.into(),
+            reported: false,
         }
     }
 }
@@ -151,12 +163,13 @@ impl From<imgbuild::store::StoreError> for Failure {
         Failure {
             code: 1,
             error: e.into(),
+            reported: false,
         }
     }
 }
 
 /// 2 for what the user's input got wrong, 1 for everything else.
-fn exit_code(e: &BuildError) -> u8 {
+pub fn exit_code(e: &BuildError) -> u8 {
     match e {
         BuildError::UnknownImage { .. } | BuildError::Owner { .. } => 2,
         BuildError::Layer {
@@ -195,7 +208,7 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            if cli.json {
+            if cli.json && !f.reported {
                 print_json(
                     &serde_json::json!({ "error": format!("{:#}", f.error), "exit": f.code }),
                 );

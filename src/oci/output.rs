@@ -207,6 +207,8 @@ pub fn write_docker_archive(
      -> Result<(), OutputError> {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(mtime);
         h.set_size(size);
         h.set_entry_type(tar::EntryType::Regular);
@@ -214,6 +216,9 @@ pub fn write_docker_archive(
     };
     let mut dir_header = tar::Header::new_gnu();
     dir_header.set_mode(0o755);
+    dir_header.set_uid(0);
+    dir_header.set_gid(0);
+    dir_header.set_size(0);
     dir_header.set_mtime(mtime);
     dir_header.set_entry_type(tar::EntryType::Directory);
     for d in ["blobs/", "blobs/sha256/"] {

@@ -39,6 +39,13 @@ pub struct Owner {
     pub group: Option<IdSpec>,
 }
 
+impl Owner {
+    /// True when a name must be looked up in the parent's accounts.
+    pub fn has_names(&self) -> bool {
+        matches!(self.user, IdSpec::Name(_)) || matches!(self.group, Some(IdSpec::Name(_)))
+    }
+}
+
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let part = |p: &IdSpec| match p {

@@ -256,28 +256,38 @@ impl Store {
     }
 
     /// Removes every blob not reachable from a ref, the records that name
-    /// removed blobs, refs of graphs whose images.yaml is gone, and
-    /// temporary files. `reachable` lists the blobs a ref value names.
+    /// removed blobs, refs of graphs whose images.yaml is gone or no longer
+    /// names the image, and temporary files. `reachable` lists the blobs a
+    /// ref value names; `names` lists the images an images.yaml defines
+    /// (None when it cannot be read: then all its refs are kept).
     pub fn gc<T: DeserializeOwned>(
         &self,
         reachable: impl Fn(&T) -> Vec<String>,
+        names: impl Fn(&Path) -> Option<BTreeSet<String>>,
     ) -> Result<GcStats, StoreError> {
         let mut keep: BTreeSet<String> = BTreeSet::new();
         let mut stats = GcStats::default();
         let refs = self.root.join("refs");
         for graph in read_dir_names(&refs)? {
             let dir = refs.join(&graph);
-            let origin = fs::read(dir.join("images.yaml.path")).ok();
-            let alive = origin
-                .as_ref()
-                .map(|o| Path::new(&*String::from_utf8_lossy(o)).exists())
-                .unwrap_or(false);
-            if !alive {
+            let origin = fs::read(dir.join("images.yaml.path"))
+                .ok()
+                .map(|o| PathBuf::from(String::from_utf8_lossy(&o).into_owned()));
+            let Some(origin) = origin.filter(|o| o.exists()) else {
                 fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
                 continue;
-            }
-            for name in read_dir_names(&dir)? {
-                if let Some(value) = read_json::<T>(&dir.join(&name)).ok().flatten() {
+            };
+            let defined = names(&origin);
+            for file in read_dir_names(&dir)? {
+                let Some(image) = file.strip_suffix(".json") else {
+                    continue;
+                };
+                let path = dir.join(&file);
+                if defined.as_ref().is_some_and(|d| !d.contains(image)) {
+                    fs::remove_file(&path).map_err(io_at(&path))?;
+                    continue;
+                }
+                if let Some(value) = read_json::<T>(&path).ok().flatten() {
                     keep.extend(reachable(&value));
                 }
             }
@@ -430,7 +440,8 @@ mod tests {
         s.put_ref("g", &graph, "img", &vec![a.clone()]).unwrap();
         drop(s);
         let s = Store::open_exclusive(d.path()).unwrap();
-        let stats = s.gc(|v: &Vec<String>| v.clone()).unwrap();
+        let all = |_: &Path| None;
+        let stats = s.gc(|v: &Vec<String>| v.clone(), all).unwrap();
         assert_eq!((stats.blobs_removed, stats.blobs_kept), (1, 1));
         assert_eq!(
             stats.records_removed, 1,
@@ -447,9 +458,15 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+        // An image no longer in its images.yaml stops protecting its blobs.
+        let c = s.put_blob(b"c").unwrap();
+        s.put_ref("g", &graph, "gone", &vec![c.clone()]).unwrap();
+        let only_img = |_: &Path| Some(BTreeSet::from(["img".to_string()]));
+        s.gc(|v: &Vec<String>| v.clone(), only_img).unwrap();
+        assert!(!s.has_blob(&c) && s.has_blob(&a));
         // A graph that no longer exists stops protecting its blobs.
         fs::remove_file(&graph).unwrap();
-        let stats = s.gc(|v: &Vec<String>| v.clone()).unwrap();
+        let stats = s.gc(|v: &Vec<String>| v.clone(), all).unwrap();
         assert_eq!(stats.blobs_removed, 1);
     }
 
