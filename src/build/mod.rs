@@ -214,18 +214,21 @@ impl<'a> Session<'a> {
     ) -> Result<(Entries, String), BuildError> {
         let cache_path = self.store.statcache_path(&layer.src);
         let mut cache = StatCache::load(&cache_path);
-        let entries = layer::walk(layer, ids, &mut cache).map_err(|source| BuildError::Layer {
-            image: image.name.clone(),
-            layer: index,
-            src: layer.src_text.clone(),
-            source,
-        })?;
+        let entries =
+            layer::walk_with(layer, ids, &mut cache, self.opts.threads).map_err(|source| {
+                BuildError::Layer {
+                    image: image.name.clone(),
+                    layer: index,
+                    src: layer.src_text.clone(),
+                    source,
+                }
+            })?;
         // A cache that cannot be saved only costs time on the next build.
-        let seen: HashSet<PathBuf> = entries
+        let seen: HashSet<&str> = entries
             .0
             .iter()
             .filter_map(|e| match &e.kind {
-                EntryKind::File { src, .. } => Some(src.clone()),
+                EntryKind::File { src, .. } => src.to_str(),
                 _ => None,
             })
             .collect();

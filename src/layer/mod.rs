@@ -131,6 +131,16 @@ impl Entries {
 /// through `cache`. `ids` owns everything from `dest` down; the parents of
 /// `dest` that the layer creates are root's, 0755.
 pub fn walk(spec: &LayerSpec, ids: Ids, cache: &mut StatCache) -> Result<Entries, LayerError> {
+    walk_with(spec, ids, cache, 1)
+}
+
+/// As `walk`, hashing files the cache does not know on `threads` threads.
+pub fn walk_with(
+    spec: &LayerSpec,
+    ids: Ids,
+    cache: &mut StatCache,
+    threads: usize,
+) -> Result<Entries, LayerError> {
     let excludes = build_excludes(&spec.exclude);
     let mut out = Vec::new();
     let dest = spec.dest.trim_start_matches('/');
@@ -163,6 +173,7 @@ pub fn walk(spec: &LayerSpec, ids: Ids, cache: &mut StatCache) -> Result<Entries
         excludes,
         links: HashMap::new(),
         out,
+        misses: Vec::new(),
     };
     if src_is_dir {
         if !dest.is_empty() {
@@ -178,7 +189,20 @@ pub fn walk(spec: &LayerSpec, ids: Ids, cache: &mut StatCache) -> Result<Entries
         };
         w.push(path, &spec.src, &meta)?;
     }
-    Ok(Entries(w.out))
+    // Hash what the cache did not know, all cores at once.
+    let Walker {
+        mut out, misses, ..
+    } = w;
+    let paths: Vec<&Path> = misses.iter().map(|(_, p, _)| p.as_path()).collect();
+    let hashes = statcache::hash_files(&paths, threads);
+    for ((i, path, meta), hash) in misses.iter().zip(hashes) {
+        let hash = hash.map_err(io_err(path))?;
+        cache.record(path, meta, &hash);
+        if let EntryKind::File { sha256, .. } = &mut out[*i].kind {
+            *sha256 = hash;
+        }
+    }
+    Ok(Entries(out))
 }
 
 fn build_excludes(patterns: &[String]) -> (GlobSet, GlobSet) {
@@ -213,24 +237,27 @@ struct Walker<'a> {
     excludes: (GlobSet, GlobSet),
     links: HashMap<(u64, u64), String>,
     out: Vec<Entry>,
+    /// Files to hash after the walk: (index in `out`, path, metadata).
+    misses: Vec<(usize, PathBuf, std::fs::Metadata)>,
 }
 
 impl Walker<'_> {
     fn dir(&mut self, abs: &Path, prefix: &str, rel: &Path) -> Result<(), LayerError> {
-        let mut children: Vec<_> = std::fs::read_dir(abs)
+        let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(abs)
             .map_err(io_err(abs))?
-            .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
             .map_err(io_err(abs))?;
         // Byte order, independent of locale and of the filesystem's order.
-        children.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        for name in children {
+        children.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        for entry in children {
+            let name = entry.file_name();
             let rel = rel.join(&name);
             if self.excludes.0.is_match(Path::new(&name)) || self.excludes.1.is_match(&rel) {
                 continue;
             }
-            let child = abs.join(&name);
-            let meta = std::fs::symlink_metadata(&child).map_err(io_err(&child))?;
+            let child = entry.path();
+            // lstat relative to the directory (fstatat), not by full path.
+            let meta = entry.metadata().map_err(io_err(&child))?;
             let name = name.to_string_lossy();
             let path = if prefix.is_empty() {
                 name.into_owned()
@@ -290,7 +317,14 @@ impl Walker<'_> {
                 }
                 self.links.insert(key, path.clone());
             }
-            let sha256 = self.cache.hash(abs, meta).map_err(io_err(abs))?;
+            let sha256 = match self.cache.lookup(abs, meta) {
+                Some(h) => h,
+                None => {
+                    self.misses
+                        .push((self.out.len(), abs.to_path_buf(), meta.clone()));
+                    String::new()
+                }
+            };
             (
                 EntryKind::File {
                     src: abs.to_path_buf(),
