@@ -10,7 +10,7 @@
 # SEED/FILES/MIB for the tree, IMGBUILD, IMGBUILD_NO_BUILD=1, SKIP_IMGBUILD=1,
 # SKIP_BUILDAH=1, BUILDAH_DRIVER (vfs), BENCH_WORK (bench/work).
 set -euo pipefail
-# shellcheck source=bench/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS=${RUNS:-5}
@@ -83,6 +83,11 @@ done
 if [[ $BUILDAH_OK == 1 ]]; then
     reset_dir "$store"
 fi
+if [[ $IMGBUILD_OK == 1 ]]; then
+    # the layer compresses to ~40 % of the tree: a store under 10 % of it holds no layer
+    min_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"] // 10)' "$WORK/moodle-tree.stats.json")
+    check_real_build "$OUT/imgbuild-cold.json" "$OUT/imgbuild-cold.stdout" "$cold_home" "$min_bytes"
+fi
 
 if [[ $IMGBUILD_OK == 1 ]]; then
     log "imgbuild no-change rebuild ($NOCHANGE_RUNS runs, one IMGBUILD_HOME)"
@@ -92,6 +97,7 @@ if [[ $IMGBUILD_OK == 1 ]]; then
         measure --name imgbuild-nochange --out "$OUT/imgbuild-nochange.json" \
             --runs "$NOCHANGE_RUNS" --warmup 1 -- \
             "IMGBUILD_HOME=$(q "$warm_home") $img >$(q "$OUT/imgbuild-nochange.stdout")"
+        check_real_build "$OUT/imgbuild-nochange.json" "$OUT/imgbuild-nochange.stdout" "$warm_home" "$min_bytes"
         # A light check that a real image came out: an OCI layout that skopeo reads.
         oci=$OUT/imgbuild-oci
         rm -rf --one-file-system "$oci"

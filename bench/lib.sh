@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # variables set here are read by the scripts that source this
 # Shared helpers for bench/core.sh and bench/fleet.sh. Source it; do not run it.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,11 +58,54 @@ ensure_imgbuild() {
         warn "imgbuild: no binary at $IMGBUILD; its rows are n/a"
         return 0
     fi
-    if ! "$IMGBUILD" --help >/dev/null 2>&1; then
-        warn "imgbuild: $IMGBUILD --help fails; its rows are n/a"
+    if ! "$IMGBUILD" --help 2>&1 | grep -qw build; then
+        warn "imgbuild: $IMGBUILD --help names no 'build' command (not implemented yet?); its rows are n/a"
         return 0
     fi
     IMGBUILD_OK=1
+}
+
+# check_real_build RESULT_JSON STDOUT_FILE DIR MIN_BYTES: keep a measured imgbuild
+# result only if the last run printed JSON on stdout and DIR (its IMGBUILD_HOME)
+# holds at least MIN_BYTES; otherwise mark the result failed, saying why. This
+# keeps a stub binary that exits 0 at once from being reported as fast.
+check_real_build() {
+    python3 - "$@" <<'EOF'
+import json, os, sys
+res_path, out_path, home, min_bytes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+try:
+    res = json.load(open(res_path))
+except (OSError, ValueError):
+    sys.exit(0)
+if not res.get("ok"):
+    sys.exit(0)
+why = None
+try:
+    text = open(out_path).read()
+    if not text.strip():
+        raise ValueError("empty")
+    try:
+        json.loads(text)
+    except ValueError:  # JSON lines are fine too
+        for line in text.splitlines():
+            if line.strip():
+                json.loads(line)
+except (OSError, ValueError) as e:
+    why = f"no JSON on stdout ({e})"
+size = 0
+for d, _, files in os.walk(home):
+    for f in files:
+        try:
+            size += os.lstat(os.path.join(d, f)).st_size
+        except OSError:
+            pass
+if why is None and min_bytes and size < min_bytes:
+    why = f"IMGBUILD_HOME holds {size} bytes, less than {min_bytes}: no layer was written?"
+if why:
+    res.update(ok=False, error=why)
+    json.dump(res, open(res_path, "w"), indent=2)
+    print(f"warning: {res['name']}: not counted: {why}", file=sys.stderr)
+EOF
 }
 
 # bah_cmd STORE: the buildah prefix, as a string for measure.py.

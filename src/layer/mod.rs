@@ -248,7 +248,7 @@ impl Walker<'_> {
             .collect::<Result<_, _>>()
             .map_err(io_err(abs))?;
         // Byte order, independent of locale and of the filesystem's order.
-        children.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        children.sort_by_key(std::fs::DirEntry::file_name);
         for entry in children {
             let name = entry.file_name();
             let rel = rel.join(&name);

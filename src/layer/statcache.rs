@@ -222,6 +222,7 @@ pub fn hash_files(paths: &[&Path], threads: usize) -> Vec<io::Result<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn hit_only_when_stat_is_unchanged_and_settled() {
