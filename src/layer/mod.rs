@@ -134,7 +134,9 @@ pub fn walk(spec: &LayerSpec, ids: Ids, cache: &mut StatCache) -> Result<Entries
     walk_with(spec, ids, cache, 1)
 }
 
-/// As `walk`, hashing files the cache does not know on `threads` threads.
+/// As `walk`, on `threads` threads: the source's top-level entries are
+/// walked side by side (a stat per file is most of a no-change build), and
+/// files the cache does not know are hashed side by side.
 pub fn walk_with(
     spec: &LayerSpec,
     ids: Ids,
@@ -142,22 +144,21 @@ pub fn walk_with(
     threads: usize,
 ) -> Result<Entries, LayerError> {
     let excludes = build_excludes(&spec.exclude);
-    let mut out = Vec::new();
     let dest = spec.dest.trim_start_matches('/');
-    let mut prefix = String::new();
-    // Parent directories of dest (and dest itself when src is a file).
-    let mut parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
     let meta = std::fs::symlink_metadata(&spec.src).map_err(io_err(&spec.src))?;
     let src_is_dir = meta.is_dir();
+    let mut w = Walker::new(spec, ids, cache, &excludes);
+    // Parent directories of dest (and dest itself when src is a file).
+    let mut parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
     let last = if src_is_dir { None } else { parts.pop() };
+    let mut prefix = String::new();
     for part in &parts {
         if !prefix.is_empty() {
             prefix.push('/');
         }
         prefix.push_str(part);
-        let is_dest = src_is_dir && prefix == dest;
-        if !is_dest {
-            out.push(Entry {
+        if !(src_is_dir && prefix == dest) {
+            w.out.push(Entry {
                 path: prefix.clone(),
                 kind: EntryKind::Dir,
                 mode: 0o755,
@@ -166,20 +167,19 @@ pub fn walk_with(
             });
         }
     }
-    let mut w = Walker {
-        spec,
-        ids,
-        cache,
-        excludes,
-        links: HashMap::new(),
-        out,
-        misses: Vec::new(),
-    };
     if src_is_dir {
         if !dest.is_empty() {
             w.push(dest.to_string(), &spec.src, &meta)?;
         }
-        w.dir(&spec.src, dest, Path::new(""))?;
+        let children = sorted_children(&spec.src)?;
+        let parts = parallel_map(&children, threads, |child| {
+            let mut part = Walker::new(spec, ids, cache, &excludes);
+            part.child(child, dest, Path::new(""))?;
+            Ok(part)
+        });
+        for part in parts {
+            w.append(part?);
+        }
     } else {
         let name = last.unwrap_or_default();
         let path = if prefix.is_empty() {
@@ -189,10 +189,31 @@ pub fn walk_with(
         };
         w.push(path, &spec.src, &meta)?;
     }
-    // Hash what the cache did not know, all cores at once.
     let Walker {
-        mut out, misses, ..
+        mut out,
+        misses,
+        linked,
+        ..
     } = w;
+    // Second and later names of one inode become hard links to the first.
+    let mut first: HashMap<(u64, u64), String> = HashMap::new();
+    for (i, inode) in linked {
+        match first.get(&inode) {
+            Some(target) => {
+                out[i].kind = EntryKind::Hardlink {
+                    target: target.clone(),
+                }
+            }
+            None => {
+                first.insert(inode, out[i].path.clone());
+            }
+        }
+    }
+    // Hash what the cache did not know, all cores at once.
+    let misses: Vec<_> = misses
+        .into_iter()
+        .filter(|(i, _, _)| matches!(out[*i].kind, EntryKind::File { .. }))
+        .collect();
     let paths: Vec<&Path> = misses.iter().map(|(_, p, _)| p.as_path()).collect();
     let hashes = statcache::hash_files(&paths, threads);
     for ((i, path, meta), hash) in misses.iter().zip(hashes) {
@@ -203,6 +224,51 @@ pub fn walk_with(
         }
     }
     Ok(Entries(out))
+}
+
+/// A directory's entries in byte order, independent of locale and of the
+/// filesystem's order.
+fn sorted_children(dir: &Path) -> Result<Vec<std::fs::DirEntry>, LayerError> {
+    let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir))?;
+    children.sort_by_key(std::fs::DirEntry::file_name);
+    Ok(children)
+}
+
+/// `f` over `items` on up to `threads` threads, results in item order.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn build_excludes(patterns: &[String]) -> (GlobSet, GlobSet) {
@@ -233,41 +299,73 @@ fn build_excludes(patterns: &[String]) -> (GlobSet, GlobSet) {
 struct Walker<'a> {
     spec: &'a LayerSpec,
     ids: Ids,
-    cache: &'a mut StatCache,
-    excludes: (GlobSet, GlobSet),
-    links: HashMap<(u64, u64), String>,
+    cache: &'a StatCache,
+    excludes: &'a (GlobSet, GlobSet),
     out: Vec<Entry>,
     /// Files to hash after the walk: (index in `out`, path, metadata).
     misses: Vec<(usize, PathBuf, std::fs::Metadata)>,
+    /// Files with more than one name: (index in `out`, (dev, inode)).
+    linked: Vec<(usize, (u64, u64))>,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    fn new(
+        spec: &'a LayerSpec,
+        ids: Ids,
+        cache: &'a StatCache,
+        excludes: &'a (GlobSet, GlobSet),
+    ) -> Walker<'a> {
+        Walker {
+            spec,
+            ids,
+            cache,
+            excludes,
+            out: Vec::new(),
+            misses: Vec::new(),
+            linked: Vec::new(),
+        }
+    }
+
+    /// Appends a walk of later entries, keeping its indices right.
+    fn append(&mut self, other: Walker<'_>) {
+        let base = self.out.len();
+        self.out.extend(other.out);
+        self.misses
+            .extend(other.misses.into_iter().map(|(i, p, m)| (i + base, p, m)));
+        self.linked
+            .extend(other.linked.into_iter().map(|(i, k)| (i + base, k)));
+    }
+
     fn dir(&mut self, abs: &Path, prefix: &str, rel: &Path) -> Result<(), LayerError> {
-        let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(abs)
-            .map_err(io_err(abs))?
-            .collect::<Result<_, _>>()
-            .map_err(io_err(abs))?;
-        // Byte order, independent of locale and of the filesystem's order.
-        children.sort_by_key(std::fs::DirEntry::file_name);
-        for entry in children {
-            let name = entry.file_name();
-            let rel = rel.join(&name);
-            if self.excludes.0.is_match(Path::new(&name)) || self.excludes.1.is_match(&rel) {
-                continue;
-            }
-            let child = entry.path();
-            // lstat relative to the directory (fstatat), not by full path.
-            let meta = entry.metadata().map_err(io_err(&child))?;
-            let name = name.to_string_lossy();
-            let path = if prefix.is_empty() {
-                name.into_owned()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            self.push(path.clone(), &child, &meta)?;
-            if meta.is_dir() {
-                self.dir(&child, &path, &rel)?;
-            }
+        for entry in sorted_children(abs)? {
+            self.child(&entry, prefix, rel)?;
+        }
+        Ok(())
+    }
+
+    fn child(
+        &mut self,
+        entry: &std::fs::DirEntry,
+        prefix: &str,
+        rel: &Path,
+    ) -> Result<(), LayerError> {
+        let name = entry.file_name();
+        let rel = rel.join(&name);
+        if self.excludes.0.is_match(Path::new(&name)) || self.excludes.1.is_match(&rel) {
+            return Ok(());
+        }
+        let child = entry.path();
+        // lstat relative to the directory (fstatat), not by full path.
+        let meta = entry.metadata().map_err(io_err(&child))?;
+        let name = name.to_string_lossy();
+        let path = if prefix.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        self.push(path.clone(), &child, &meta)?;
+        if meta.is_dir() {
+            self.dir(&child, &path, &rel)?;
         }
         Ok(())
     }
@@ -302,20 +400,7 @@ impl Walker<'_> {
                 None => 0o644,
             };
             if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.links.get(&key) {
-                    self.out.push(Entry {
-                        path,
-                        kind: EntryKind::Hardlink {
-                            target: first.clone(),
-                        },
-                        mode,
-                        uid,
-                        gid,
-                    });
-                    return Ok(());
-                }
-                self.links.insert(key, path.clone());
+                self.linked.push((self.out.len(), (meta.dev(), meta.ino())));
             }
             let sha256 = match self.cache.lookup(abs, meta) {
                 Some(h) => h,

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
@@ -46,8 +47,9 @@ impl Stamp {
 pub struct StatCache {
     entries: HashMap<String, (Stamp, String)>,
     dirty: bool,
-    hits: u64,
-    misses: u64,
+    // Counted from several walking threads at once.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl StatCache {
@@ -89,16 +91,18 @@ impl StatCache {
     }
 
     /// The recorded hash, if `meta` still matches.
-    pub fn lookup(&mut self, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    pub fn lookup(&self, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
         let hit = path
             .to_str()
             .and_then(|p| self.entries.get(p))
             .filter(|(s, _)| *s == Stamp::of(meta))
             .map(|(_, h)| h.clone());
-        match hit {
-            Some(_) => self.hits += 1,
-            None => self.misses += 1,
-        }
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         hit
     }
 
@@ -133,7 +137,10 @@ impl StatCache {
 
     /// (hits, misses) since load.
     pub fn counts(&self) -> (u64, u64) {
-        (self.hits, self.misses)
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Drops entries under `root` that were not asked about, so the cache
