@@ -113,4 +113,15 @@ if [[ $IMGBUILD_OK == 1 ]]; then
     fi
 fi
 
+# Output sizes, so that speed is compared at a like compression ratio.
+log "output sizes"
+layer_bytes() { skopeo inspect --raw "$1" 2>/dev/null | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))' 2>/dev/null || echo null; }
+pigz_bytes=$(bash -c "${pigz_cmd% | sha256sum} | wc -c")
+img_bytes=null
+bud_bytes=null
+if [[ $IMGBUILD_OK == 1 && -d $OUT/imgbuild-oci ]]; then img_bytes=$(layer_bytes "oci:$OUT/imgbuild-oci:moodle"); fi
+if [[ $BUILDAH_OK == 1 && -d $boci ]]; then bud_bytes=$(layer_bytes "oci:$boci:bench-moodle"); fi
+printf '{"pigz-pipeline": %s, "imgbuild-cold": %s, "buildah-push-oci": %s}\n' \
+    "$pigz_bytes" "$img_bytes" "$bud_bytes" >"$OUT/sizes.json"
+
 python3 "$BENCH_DIR/report.py" core "$WORK" "$(versions_json)"

@@ -62,6 +62,11 @@ ensure_imgbuild() {
         warn "imgbuild: $IMGBUILD --help names no 'build' command (not implemented yet?); its rows are n/a"
         return 0
     fi
+    # Measure a copy: target/release may be rebuilt by someone else during the run.
+    mkdir -p "$WORK/bin"
+    cp -f "$IMGBUILD" "$WORK/bin/imgbuild"
+    log "imgbuild: $("$IMGBUILD" --version 2>&1 | head -n 1), copied to $WORK/bin/imgbuild for this run"
+    IMGBUILD=$WORK/bin/imgbuild
     IMGBUILD_OK=1
 }
 

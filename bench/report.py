@@ -63,6 +63,7 @@ def main():
                 r[x["name"]] = x
     tree = load(os.path.join(work, "moodle-tree.stats.json")) or {}
     extra = load(os.path.join(d, "extra.json")) or {}
+    sizes = load(os.path.join(d, "sizes.json")) or {}
 
     rows = []  # (label, result)
     figures = []  # (label, value, op, target, unit)
@@ -121,16 +122,18 @@ def main():
     if extra.get("clients"):
         print(f"fleet: moodle + {extra['clients']} clients of {extra.get('client_files', '?')} files, "
               f"{extra.get('client_mib', 0):.1f} MiB each")
-    if loads and max(loads) > 1.5:
+    if loads and max(loads) > 1.25 * (versions.get("nproc") or 1):
         print(f"note: the machine was busy (1-min load {min(loads):.1f}..{max(loads):.1f} during runs); "
               "absolute times are inflated, the ratios less so")
     print()
     w = max(len(x[0]) for x in rows) + 2
-    print(f"{'tool':<{w}}{'wall (mean ± sd)':<22}{'runs':>5}  {'peak RSS':>9}")
+    print(f"{'tool':<{w}}{'wall (mean ± sd)':<22}{'runs':>5}  {'peak RSS':>9}  {'layer':>10}")
     for label, x in rows:
         runs = len(x["runs"]) if x and x.get("runs") else ("-" if x and x.get("derived") else "")
         rss = f"{x['max_rss_mib']:.0f} MiB" if x and x.get("ok") and x.get("max_rss_mib") else ""
-        print(f"{label:<{w}}{fmt_s(x):<22}{runs!s:>5}  {rss:>9}")
+        size = sizes.get(x["name"]) if x else None
+        size = f"{size / 2**20:.1f} MiB" if isinstance(size, (int, float)) else ""
+        print(f"{label:<{w}}{fmt_s(x):<22}{runs!s:>5}  {rss:>9}  {size:>10}")
     print()
     w = max(len(f[0]) for f in figures) + 2
     print(f"{'figure':<{w}}{'value':>10}  {'target':<9}{'':<6}")
@@ -149,7 +152,7 @@ def main():
     print()
 
     report = {"benchmark": bench, "date": now, "machine": versions, "tree": tree,
-              "fleet": extra or None,
+              "fleet": extra or None, "layer_bytes": sizes or None,
               "results": {k: {kk: vv for kk, vv in v.items() if kk != "stderr_tail"} | (
                   {"stderr_tail": v["stderr_tail"]} if "stderr_tail" in v else {})
                   for k, v in r.items()},

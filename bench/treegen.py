@@ -15,7 +15,6 @@ not compress, like the real ones.
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import os
@@ -947,6 +946,8 @@ def write_tree(out_dir: str, p: Planner, t: Text, verbose: bool = True) -> dict:
             os.makedirs(d, exist_ok=True)
             made_dirs.add(d)
         if e.kind == "symlink":
+            if os.path.lexists(full):  # --force over an earlier tree
+                os.unlink(full)
             os.symlink(e.target, full)
             continue
         data = render(t, e)

@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(c.counts(), (1, 1));
         let p = d.path().join("cache");
         c.save(&p).unwrap();
-        let mut loaded = StatCache::load(&p);
+        let loaded = StatCache::load(&p);
         assert_eq!(
             loaded.lookup(&f, &std::fs::metadata(&f).unwrap()),
             Some(h1.clone())
