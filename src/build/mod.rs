@@ -223,16 +223,18 @@ impl<'a> Session<'a> {
                     source,
                 }
             })?;
+        if cache.may_be_stale() {
+            let seen: HashSet<&str> = entries
+                .0
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File { src, .. } => src.to_str(),
+                    _ => None,
+                })
+                .collect();
+            cache.retain_under(&layer.src, &seen);
+        }
         // A cache that cannot be saved only costs time on the next build.
-        let seen: HashSet<&str> = entries
-            .0
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::File { src, .. } => src.to_str(),
-                _ => None,
-            })
-            .collect();
-        cache.retain_under(&layer.src, &seen);
         let _ = cache.save(&cache_path);
         let key = entries.key(self.opts.compression, self.opts.stamp.epoch);
         Ok((entries, key))
@@ -534,6 +536,10 @@ pub fn stamp_from_env(dir: &Path) -> Result<Stamp, String> {
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    // Outside a checkout, spare the two process starts.
+    if !dir.ancestors().any(|d| d.join(".git").exists()) {
+        return None;
+    }
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)

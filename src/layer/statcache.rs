@@ -143,6 +143,13 @@ impl StatCache {
         )
     }
 
+    /// True when the cache may hold files that this walk did not see: more
+    /// entries than lookups that hit plus hashes recorded since.
+    pub fn may_be_stale(&self) -> bool {
+        let (hits, misses) = self.counts();
+        self.entries.len() as u64 > hits + misses
+    }
+
     /// Drops entries under `root` that were not asked about, so the cache
     /// does not grow with files long deleted.
     pub fn retain_under(&mut self, root: &Path, seen: &HashSet<&str>) {
