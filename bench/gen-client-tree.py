@@ -7,6 +7,7 @@ usage: gen-client-tree.py OUT_DIR --seed S [--name NAME] [--files N] [--mib M]
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import treegen  # noqa: E402
 

@@ -6,6 +6,7 @@ usage: gen-moodle-tree.py OUT_DIR [--files N] [--mib M] [--seed S] [--stats FILE
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import treegen  # noqa: E402
 

@@ -11,10 +11,17 @@ SEED=${SEED:-1}
 FILES=${FILES:-29700}
 MIB=${MIB:-290}
 # imgbuild binary; built with `cargo build --release` when missing unless IMGBUILD_NO_BUILD=1.
-IMGBUILD=${IMGBUILD:-$REPO_DIR/target/release/imgbuild}
+IMGBUILD_DEFAULT=$REPO_DIR/target/release/imgbuild
+IMGBUILD=${IMGBUILD:-$IMGBUILD_DEFAULT}
 # buildah storage driver: vfs is what works unprivileged everywhere (a CI job).
 BUILDAH_DRIVER=${BUILDAH_DRIVER:-vfs}
 export BUILDAH_ISOLATION=chroot
+
+# When this run started (UTC), for the report.
+BENCH_STARTED=${BENCH_STARTED:-$(date -u '+%Y-%m-%d %H:%M UTC')}
+export BENCH_STARTED
+# The commit checked out when this run started (the binary is copied then too).
+BENCH_GIT_REV=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 log() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -48,7 +55,7 @@ reset_dir() { rm -rf --one-file-system "$1"; sync; }
 # ensure_imgbuild: sets IMGBUILD_OK=1 when $IMGBUILD exists and runs.
 ensure_imgbuild() {
     IMGBUILD_OK=0
-    if [[ ! -x $IMGBUILD && ${IMGBUILD_NO_BUILD:-0} != 1 && -f $REPO_DIR/Cargo.toml ]]; then
+    if [[ ! -x $IMGBUILD && $IMGBUILD == "$IMGBUILD_DEFAULT" && ${IMGBUILD_NO_BUILD:-0} != 1 && -f $REPO_DIR/Cargo.toml ]]; then
         log "imgbuild: $IMGBUILD missing; cargo build --release"
         if ! (cd "$REPO_DIR" && cargo build --release --quiet) >&2; then
             warn "cargo build --release failed; imgbuild is skipped"
@@ -134,7 +141,7 @@ ensure_buildah() {
 }
 
 versions_json() {
-    python3 - "$IMGBUILD" "$REPO_DIR" <<'EOF'
+    python3 - "$IMGBUILD" "$BENCH_GIT_REV" <<'EOF'
 import json, os, subprocess, sys
 def out(*cmd):
     try:
@@ -143,7 +150,7 @@ def out(*cmd):
     except Exception:
         return None
 img = sys.argv[1]
-rev = out("git", "-C", sys.argv[2], "rev-parse", "--short", "HEAD")
+rev = sys.argv[2]
 print(json.dumps({
     "imgbuild": out(img, "--version") if os.access(img, os.X_OK) else None,
     "git_rev": rev,

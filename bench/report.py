@@ -27,9 +27,11 @@ def fmt_s(r):
         return "n/a"
     if not r.get("ok") or "mean_s" not in r:
         return "failed: " + r.get("error", "no runs")
+    single = len(r.get("runs", [])) == 1 or r.get("single", False)
     if r["mean_s"] < 1:
-        return f"{r['mean_s'] * 1000:.0f} ± {r['stddev_s'] * 1000:.0f} ms"
-    return f"{r['mean_s']:.2f} ± {r['stddev_s']:.2f} s"
+        m, sd, unit = r["mean_s"] * 1000, r["stddev_s"] * 1000, "ms"
+        return f"{m:.0f} {unit}" if single else f"{m:.0f} ± {sd:.0f} {unit}"
+    return f"{r['mean_s']:.2f} s" if single else f"{r['mean_s']:.2f} ± {r['stddev_s']:.2f} s"
 
 
 def mean(r):
@@ -43,7 +45,8 @@ def combine(name, parts, note=""):
     return {"name": name, "ok": True, "derived": note,
             "mean_s": sum(p["mean_s"] for p in parts),
             "stddev_s": math.sqrt(sum(p["stddev_s"] ** 2 for p in parts)),
-            "runs": [], "max_rss_mib": max(p.get("max_rss_mib", 0) for p in parts)}
+            "runs": [], "max_rss_mib": max(p.get("max_rss_mib", 0) for p in parts),
+            "single": all(len(p.get("runs", [])) == 1 for p in parts)}
 
 
 def ratio(num, den):
@@ -112,10 +115,12 @@ def main():
         ]
 
     loads = [x["mean_load1"] for x in r.values() if x.get("ok") and "mean_load1" in x]
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = os.environ.get("BENCH_STARTED") or datetime.datetime.now(
+        datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print()
-    print(f"imgbuild {bench} benchmark, {now}; {versions.get('nproc')} cores, "
-          f"{versions.get('mem_gib')} GiB, kernel {versions.get('kernel')}")
+    print(f"imgbuild {bench} benchmark, started {now}; {versions.get('nproc')} cores, "
+          f"{versions.get('mem_gib')} GiB, kernel {versions.get('kernel')}; "
+          f"{versions.get('imgbuild') or 'no imgbuild'} at {versions.get('git_rev') or '?'}")
     if tree:
         print(f"tree: {tree.get('files', 0):,} files + {tree.get('symlinks', 0)} symlinks in "
               f"{tree.get('dirs', 0):,} dirs, {tree.get('bytes', 0) / 2**20:.1f} MiB (seed {tree.get('seed')})")
@@ -127,13 +132,14 @@ def main():
               "absolute times are inflated, the ratios less so")
     print()
     w = max(len(x[0]) for x in rows) + 2
-    print(f"{'tool':<{w}}{'wall (mean ± sd)':<22}{'runs':>5}  {'peak RSS':>9}  {'layer':>10}")
+    sizecol = any(isinstance(v, (int, float)) for v in sizes.values())
+    print(f"{'tool':<{w}}{'wall (mean ± sd)':<22}{'runs':>5}  {'peak RSS':>9}" + (f"  {'layer':>10}" if sizecol else ""))
     for label, x in rows:
         runs = len(x["runs"]) if x and x.get("runs") else ("-" if x and x.get("derived") else "")
         rss = f"{x['max_rss_mib']:.0f} MiB" if x and x.get("ok") and x.get("max_rss_mib") else ""
         size = sizes.get(x["name"]) if x else None
         size = f"{size / 2**20:.1f} MiB" if isinstance(size, (int, float)) else ""
-        print(f"{label:<{w}}{fmt_s(x):<22}{runs!s:>5}  {rss:>9}  {size:>10}")
+        print(f"{label:<{w}}{fmt_s(x):<22}{runs!s:>5}  {rss:>9}" + (f"  {size:>10}" if sizecol else ""))
     print()
     w = max(len(f[0]) for f in figures) + 2
     print(f"{'figure':<{w}}{'value':>10}  {'target':<9}{'':<6}")
