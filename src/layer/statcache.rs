@@ -11,7 +11,7 @@
 //! files, and JSON of that size alone costs more than the walk.
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,9 +83,7 @@ impl StatCache {
                 s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev
             ));
         }
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(out.as_bytes())?;
-        tmp.persist(path).map_err(|e| e.error)?;
+        crate::fsutil::write_atomic(dir, path, out.as_bytes())?;
         self.dirty = false;
         Ok(())
     }

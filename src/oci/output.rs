@@ -3,7 +3,7 @@
 //! 25's `docker save` writes).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -172,17 +172,7 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<(), OutputError> {
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_at(dir))?;
-    tmp.write_all(bytes).map_err(io_at(path))?;
-    tmp.persist(path).map_err(|e| OutputError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    crate::fsutil::write_atomic(crate::fsutil::parent_dir(path), path, bytes).map_err(io_at(path))
 }
 
 /// Writes a docker-archive tarball: `manifest.json` for `docker load`, and

@@ -392,15 +392,8 @@ fn write_json<T: Serialize>(tmp_dir: &Path, path: &Path, value: &T) -> Result<()
     write_atomic(tmp_dir, path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file in `tmp_dir`.
-pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_at(tmp_dir))?;
-    tmp.write_all(bytes).map_err(io_at(path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    crate::fsutil::write_atomic(tmp_dir, path, bytes).map_err(io_at(path))
 }
 
 /// A stable id for a graph file: the hash of its absolute path.
