@@ -5,6 +5,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod layer;
 pub mod oci;
+pub mod registry;
 pub mod spec;
 pub mod store;
 pub mod suggest;

@@ -6,6 +6,7 @@ use imgbuild::build::{BuildError, ImageOutcome, Session};
 use imgbuild::oci::output::{Named, Output};
 
 use super::progress::Progress;
+use super::push::{PushArgs, Pushed, push_images};
 use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
 
 #[derive(Args)]
@@ -18,6 +19,30 @@ pub struct BuildArgs {
     /// named by its graph name) or docker-archive:FILE (for `docker load`).
     #[arg(long, short = 'o', value_name = "oci:DIR|docker-archive:FILE")]
     output: Vec<String>,
+    /// Push the named images once built (see `imgbuild push --help`).
+    #[arg(long)]
+    push: bool,
+    #[command(flatten)]
+    remote: PushArgs,
+}
+
+/// `imgbuild push`: `build --push` without outputs.
+pub fn push_command(
+    cli: &Cli,
+    select: &Selection,
+    layer: &LayerArgs,
+    remote: &PushArgs,
+) -> Result<(), Failure> {
+    run(
+        cli,
+        &BuildArgs {
+            select: select.clone(),
+            layer: layer.clone(),
+            output: Vec::new(),
+            push: true,
+            remote: remote.clone(),
+        },
+    )
 }
 
 #[derive(Serialize)]
@@ -25,6 +50,8 @@ struct Report<'a> {
     images: Vec<&'a ImageOutcome>,
     failed: &'a [Failed],
     outputs: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pushed: Option<&'a [Pushed]>,
 }
 
 #[derive(Serialize)]
@@ -66,6 +93,10 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         }
     }
     // Outputs hold the requested images, and only when all of them built.
+    let requested: Vec<&ImageOutcome> = names
+        .iter()
+        .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
+        .collect();
     let write_outputs = failed.is_empty() && !outputs.is_empty();
     if write_outputs {
         let named: Vec<Named> = names
@@ -82,11 +113,23 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
                 .map_err(Failure::failed)?;
         }
     }
+    // Pushed only when every image built: a fleet is shipped whole.
+    let pushed = if failed.is_empty() && args.push {
+        Some(push_images(&store, &spec, &requested, &args.remote)?)
+    } else {
+        None
+    };
+    if let Some(p) = &pushed
+        && !cli.json
+    {
+        super::push::report(false, cli.quiet, p);
+    }
     if cli.json {
         print_json(&Report {
             images: ok,
             failed: &failed,
             outputs: if write_outputs { &args.output } else { &[] },
+            pushed: pushed.as_deref(),
         });
     }
     if failed.is_empty() {

@@ -9,8 +9,10 @@ use super::{Cli, Failure, LayerArgs, load, open_store, print_json};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// An image of images.yaml.
+    /// An image of images.yaml, or a registry reference (HOST/REPO:TAG).
     name: String,
+    #[command(flatten)]
+    net: super::remote::Net,
 }
 
 #[derive(Serialize)]
@@ -23,6 +25,10 @@ struct Layer<'a> {
 }
 
 pub fn run(cli: &Cli, args: &InspectArgs) -> Result<(), Failure> {
+    // Image names have no `/`; registry references do.
+    if args.name.contains('/') {
+        return super::remote::inspect(cli, &args.name, &args.net);
+    }
     let spec = load(&cli.file)?;
     let opts = LayerArgs {
         compression: imgbuild::layer::Compression::Gzip,

@@ -6,6 +6,8 @@ mod graph;
 mod inspect;
 mod plan;
 mod progress;
+mod push;
+mod remote;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,10 +56,35 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Validate images.yaml and the trees it names.
     Check,
-    /// Layers, sizes, digests and config of the last build of an image.
+    /// Layers, sizes, digests and config: of the last build of an image of
+    /// images.yaml, or of a registry reference (HOST/REPO:TAG).
     Inspect(inspect::InspectArgs),
     /// Remove blobs no image of any images.yaml still uses.
     Gc,
+    /// Build what is needed and push the named images to the registry.
+    Push(PushCommand),
+    /// Point another tag at an image (no blob moves within a repository).
+    Tag(remote::TagArgs),
+    /// Copy an image to another repository or registry (mounting blobs when it can).
+    Copy(remote::CopyArgs),
+    /// The manifest digest of a registry reference.
+    Digest(remote::RefArgs),
+    /// The tags of a repository.
+    Ls(remote::RefArgs),
+    /// Delete a manifest from a registry.
+    Delete(remote::RefArgs),
+    /// Save registry credentials in Docker's config.json.
+    Login(remote::LoginArgs),
+}
+
+#[derive(Args)]
+struct PushCommand {
+    #[command(flatten)]
+    select: Selection,
+    #[command(flatten)]
+    layer: LayerArgs,
+    #[command(flatten)]
+    push: push::PushArgs,
 }
 
 /// Which images.
@@ -189,6 +216,15 @@ fn open_store() -> Result<Store, Failure> {
     Ok(Store::open(&root)?)
 }
 
+/// The async runtime registry work runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Failure::failed)
+}
+
 fn print_json(value: &impl serde::Serialize) {
     let mut out = std::io::stdout().lock();
     let _ = serde_json::to_writer_pretty(&mut out, value);
@@ -204,6 +240,13 @@ pub fn run() -> ExitCode {
         Command::Check => check::run(&cli),
         Command::Inspect(a) => inspect::run(&cli, a),
         Command::Gc => gc::run(&cli),
+        Command::Push(a) => build::push_command(&cli, &a.select, &a.layer, &a.push),
+        Command::Tag(a) => remote::tag(&cli, a),
+        Command::Copy(a) => remote::copy(&cli, a),
+        Command::Digest(a) => remote::digest(&cli, a),
+        Command::Ls(a) => remote::ls(&cli, a),
+        Command::Delete(a) => remote::delete(&cli, a),
+        Command::Login(a) => remote::login(&cli, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

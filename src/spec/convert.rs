@@ -7,7 +7,7 @@ use super::yaml::{self, Kind, Node, Pos};
 use super::{ConfigSpec, IdSpec, Image, LayerSpec, Owner, Parent, Problem};
 use crate::suggest;
 
-const TOP_KEYS: &[&str] = &["vars", "images"];
+const TOP_KEYS: &[&str] = &["vars", "images", "registry"];
 const IMAGE_KEYS: &[&str] = &[
     "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets",
 ];
@@ -218,7 +218,16 @@ fn key_str(node: &Node) -> &str {
     node.as_str().unwrap_or("")
 }
 
-pub(super) fn parse(text: &str, dir: &Path) -> Result<BTreeMap<String, Image>, Vec<Problem>> {
+/// What the top level of images.yaml gives, besides images.
+#[derive(Debug, Default)]
+pub(super) struct Top {
+    pub registry: Option<String>,
+}
+
+pub(super) fn parse(
+    text: &str,
+    dir: &Path,
+) -> Result<(BTreeMap<String, Image>, Top), Vec<Problem>> {
     let root = yaml::parse(text).map_err(|e| {
         vec![Problem {
             line: e.pos.line,
@@ -233,11 +242,13 @@ pub(super) fn parse(text: &str, dir: &Path) -> Result<BTreeMap<String, Image>, V
         image: None,
     };
     let mut file_vars = Vec::new();
+    let mut registry: Option<S> = None;
     let mut raw: BTreeMap<String, RawImage> = BTreeMap::new();
     let mut saw_images = false;
     for (key, value) in cx.keyed(&root, "images.yaml", TOP_KEYS) {
         match key {
             "vars" => file_vars = cx.pairs(value, "vars"),
+            "registry" => registry = cx.scalar(value, "`registry`"),
             "images" => {
                 saw_images = true;
                 for (k, v) in cx.map(value, "images") {
@@ -277,8 +288,23 @@ pub(super) fn parse(text: &str, dir: &Path) -> Result<BTreeMap<String, Image>, V
     let file_vars: BTreeMap<String, String> =
         expand_var_defs(&mut cx, &BTreeMap::new(), &file_vars);
     let images = resolve(&mut cx, &raw, &file_vars, dir);
+    let registry = registry.and_then(|r| {
+        let value = expand(&mut cx, &r, &file_vars)?;
+        let prefix = value.trim_end_matches('/');
+        match format!("{prefix}/x").parse::<crate::registry::Reference>() {
+            Ok(_) => Some(prefix.to_string()),
+            Err(e) => {
+                cx.err(
+                    r.pos,
+                    format!("`registry: {value}` is not a registry prefix: {}", e.why),
+                    Some("write HOST[:PORT]/PATH, like registry.gitlab.com/agency/moodle".into()),
+                );
+                None
+            }
+        }
+    });
     if cx.problems.is_empty() {
-        Ok(images)
+        Ok((images, Top { registry }))
     } else {
         Err(cx.problems)
     }

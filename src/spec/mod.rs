@@ -113,6 +113,8 @@ pub struct Spec {
     /// The directory that relative paths are resolved against.
     pub dir: PathBuf,
     pub images: BTreeMap<String, Image>,
+    /// `registry:`: where `push` puts images (`HOST/PATH`), vars expanded.
+    pub registry: Option<String>,
 }
 
 /// One thing wrong with images.yaml.
@@ -176,10 +178,11 @@ impl Spec {
     /// Parses `text` as if read from `file`, resolving paths against `dir`.
     pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
         convert::parse(text, dir)
-            .map(|images| Spec {
+            .map(|(images, top)| Spec {
                 file: file.to_path_buf(),
                 dir: dir.to_path_buf(),
                 images,
+                registry: top.registry,
             })
             .map_err(|mut problems| {
                 problems.sort_by_key(|p| (p.line, p.column));

@@ -1,0 +1,248 @@
+//! Registry commands, like crane's: tag, copy, digest, ls, delete, login,
+//! and inspect of a registry reference.
+use std::io::Read;
+
+use clap::Args;
+
+use imgbuild::registry::auth::{Sources, base64_encode};
+use imgbuild::registry::transfer::{self, Known};
+use imgbuild::registry::{Client, Reference};
+
+use super::{Cli, Failure, print_json, runtime};
+
+#[derive(Args)]
+pub struct Net {
+    /// Speak plain HTTP to this registry (loopback registries always are).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure: Vec<String>,
+}
+
+impl Net {
+    fn client(&self) -> Result<Client, Failure> {
+        Client::new(Sources::from_process(), self.insecure.clone()).map_err(Failure::failed)
+    }
+}
+
+fn reference(s: &str) -> Result<Reference, Failure> {
+    s.parse().map_err(Failure::usage)
+}
+
+#[derive(Args)]
+pub struct TagArgs {
+    /// The image: HOST/REPO:TAG or HOST/REPO@sha256:….
+    src: String,
+    /// A tag (in the same repository), or a full reference.
+    dst: String,
+    #[command(flatten)]
+    net: Net,
+}
+
+pub fn tag(cli: &Cli, a: &TagArgs) -> Result<(), Failure> {
+    let src = reference(&a.src)?;
+    let dst = if a.dst.contains('/') {
+        reference(&a.dst)?
+    } else {
+        src.with_tag(&a.dst)
+    };
+    copy_between(cli, &a.net, &src, &dst)
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    src: String,
+    dst: String,
+    #[command(flatten)]
+    net: Net,
+}
+
+pub fn copy(cli: &Cli, a: &CopyArgs) -> Result<(), Failure> {
+    copy_between(cli, &a.net, &reference(&a.src)?, &reference(&a.dst)?)
+}
+
+fn copy_between(cli: &Cli, net: &Net, src: &Reference, dst: &Reference) -> Result<(), Failure> {
+    let client = net.client()?;
+    let digest = runtime()?
+        .block_on(transfer::copy(&client, src, dst, &Known::default()))
+        .map_err(Failure::failed)?;
+    if cli.json {
+        print_json(
+            &serde_json::json!({ "source": src.to_string(), "destination": dst.to_string(), "digest": digest }),
+        );
+    } else {
+        println!("{dst}@{digest}");
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RefArgs {
+    reference: String,
+    #[command(flatten)]
+    net: Net,
+}
+
+pub fn digest(cli: &Cli, a: &RefArgs) -> Result<(), Failure> {
+    let r = reference(&a.reference)?;
+    let client = a.net.client()?;
+    let rt = runtime()?;
+    let digest = match rt
+        .block_on(client.head_manifest(&r))
+        .map_err(Failure::failed)?
+    {
+        Some(d) => d,
+        None => {
+            let (bytes, _) = rt
+                .block_on(client.get_manifest(&r))
+                .map_err(Failure::failed)?;
+            format!("sha256:{}", imgbuild::oci::digest::sha256_hex(&bytes))
+        }
+    };
+    if cli.json {
+        print_json(&serde_json::json!({ "reference": r.to_string(), "digest": digest }));
+    } else {
+        println!("{digest}");
+    }
+    Ok(())
+}
+
+pub fn ls(cli: &Cli, a: &RefArgs) -> Result<(), Failure> {
+    let r = reference(&a.reference)?;
+    let tags = runtime()?
+        .block_on(a.net.client()?.tags(&r))
+        .map_err(Failure::failed)?;
+    if cli.json {
+        print_json(&tags);
+    } else {
+        for t in tags {
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub fn delete(cli: &Cli, a: &RefArgs) -> Result<(), Failure> {
+    let r = reference(&a.reference)?;
+    let client = a.net.client()?;
+    let rt = runtime()?;
+    let digest = match &r.digest {
+        Some(d) => d.clone(),
+        None => rt
+            .block_on(client.head_manifest(&r))
+            .map_err(Failure::failed)?
+            .ok_or_else(|| Failure::failed(format!("{r} does not exist")))?,
+    };
+    rt.block_on(client.delete_manifest(&r, &digest))
+        .map_err(Failure::failed)?;
+    if cli.json {
+        print_json(&serde_json::json!({ "deleted": r.to_string(), "digest": digest }));
+    } else {
+        println!("deleted {r}@{digest}");
+    }
+    Ok(())
+}
+
+/// `inspect` of a registry reference: manifest, config, layers.
+pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
+    let r = reference(r)?;
+    let client = net.client()?;
+    let rt = runtime()?;
+    let (bytes, media_type) = rt
+        .block_on(client.get_manifest(&r))
+        .map_err(Failure::failed)?;
+    let digest = format!("sha256:{}", imgbuild::oci::digest::sha256_hex(&bytes));
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).map_err(Failure::failed)?;
+    let config = match manifest["config"]["digest"].as_str() {
+        Some(cd) => {
+            let mut buf = Vec::new();
+            rt.block_on(client.get_blob(&r, cd, &mut buf))
+                .map_err(Failure::failed)?;
+            serde_json::from_slice::<serde_json::Value>(&buf).ok()
+        }
+        None => None,
+    };
+    if cli.json {
+        print_json(&serde_json::json!({
+            "reference": r.to_string(),
+            "digest": digest,
+            "media_type": media_type,
+            "manifest": manifest,
+            "config": config,
+        }));
+        return Ok(());
+    }
+    println!("reference {r}");
+    println!("digest    {digest}");
+    println!("type      {media_type}");
+    if let Some(layers) = manifest["layers"].as_array() {
+        let total: u64 = layers.iter().filter_map(|l| l["size"].as_u64()).sum();
+        println!(
+            "size      {:.1} MiB in {} layer(s)",
+            total as f64 / 1_048_576.0,
+            layers.len()
+        );
+        for l in layers {
+            println!(
+                "  {} {:>10.1} KiB",
+                l["digest"].as_str().unwrap_or(""),
+                l["size"].as_u64().unwrap_or(0) as f64 / 1024.0
+            );
+        }
+    }
+    if let Some(m) = manifest["manifests"].as_array() {
+        for d in m {
+            println!(
+                "  {} {}/{}",
+                d["digest"].as_str().unwrap_or(""),
+                d["platform"]["os"].as_str().unwrap_or("?"),
+                d["platform"]["architecture"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// The registry host.
+    host: String,
+    #[arg(short, long)]
+    username: String,
+    /// Read the password from standard input (never from the command line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+/// Stores credentials in Docker's config.json, where docker, crane and
+/// skopeo find them too.
+pub fn login(_cli: &Cli, a: &LoginArgs) -> Result<(), Failure> {
+    if !a.password_stdin {
+        return Err(Failure::usage(
+            "pass the password on standard input with --password-stdin",
+        ));
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .map_err(Failure::failed)?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    let path = Sources::from_process().docker_config();
+    let mut config: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    if !config["auths"].is_object() {
+        config["auths"] = serde_json::json!({});
+    }
+    config["auths"][&a.host] = serde_json::json!({
+        "auth": base64_encode(format!("{}:{password}", a.username).as_bytes())
+    });
+    let dir = imgbuild::fsutil::parent_dir(&path);
+    std::fs::create_dir_all(dir).map_err(Failure::failed)?;
+    let bytes = serde_json::to_vec_pretty(&config).map_err(Failure::failed)?;
+    imgbuild::fsutil::write_atomic(dir, &path, &bytes).map_err(Failure::failed)?;
+    // The file holds a password: readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    eprintln!("login to {} saved in {}", a.host, path.display());
+    Ok(())
+}

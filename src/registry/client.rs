@@ -1,0 +1,801 @@
+//! The registry HTTP API (distribution spec v2): auth, retries, blobs,
+//! manifests, tags. Every operation is safe to repeat.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
+use serde::Deserialize;
+
+use super::RegistryError;
+use super::auth::{Challenge, Credential, Secret, Sources};
+use super::reference::Reference;
+
+/// Manifest types a pull accepts, best first.
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Upload chunk size: a broken connection costs at most one chunk.
+pub const CHUNK: u64 = 32 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 6,
+            first_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What access a request needs: `repository:NAME:pull,push`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub repository: String,
+    pub actions: &'static str,
+}
+
+impl Scope {
+    pub fn pull(repo: &str) -> Scope {
+        Scope {
+            repository: repo.to_string(),
+            actions: "pull",
+        }
+    }
+
+    pub fn push(repo: &str) -> Scope {
+        Scope {
+            repository: repo.to_string(),
+            actions: "pull,push",
+        }
+    }
+
+    fn as_param(&self) -> String {
+        format!("repository:{}:{}", self.repository, self.actions)
+    }
+}
+
+#[derive(Clone)]
+struct Token {
+    value: Secret,
+    /// Renewed this long before it runs out (GitLab's last five minutes
+    /// are spent by long pushes otherwise).
+    good_until: Instant,
+}
+
+/// One client for all registries of a run.
+pub struct Client {
+    http: reqwest::Client,
+    sources: Sources,
+    /// Hosts spoken to over plain HTTP (loopback always is).
+    insecure: Vec<String>,
+    pub retry: Retry,
+    /// Bearer tokens by (host, scopes).
+    tokens: Mutex<HashMap<(String, Vec<Scope>), Token>>,
+    /// Hosts that asked for Basic auth.
+    basic: Mutex<HashMap<String, bool>>,
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl Client {
+    pub fn new(sources: Sources, insecure: Vec<String>) -> Result<Client, RegistryError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            // Redirects to blob storage must not carry our Authorization.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| RegistryError::Setup(e.to_string()))?;
+        Ok(Client {
+            http,
+            sources,
+            insecure,
+            retry: Retry::default(),
+            tokens: Mutex::new(HashMap::new()),
+            basic: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn base(&self, r: &Reference) -> String {
+        let host = r.api_host();
+        let plain = r.is_loopback() || self.insecure.iter().any(|h| h == host);
+        format!("{}://{host}/v2", if plain { "http" } else { "https" })
+    }
+
+    pub fn url(&self, r: &Reference, path: &str) -> String {
+        format!("{}/{}/{path}", self.base(r), r.repository)
+    }
+
+    /// Sends a request built by `build` (called again for each attempt),
+    /// answering auth challenges and retrying what is worth retrying.
+    pub async fn send(
+        &self,
+        r: &Reference,
+        scopes: &[Scope],
+        what: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
+        let host = r.api_host().to_string();
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        let mut delay = self.retry.first_delay;
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = build(&self.http);
+            if let Some(t) = self.cached_token(&host, &scopes) {
+                req = req.bearer_auth(t.expose());
+            } else if self.wants_basic(&host)
+                && let Some(Credential::Basic { username, password }) = self.credential(&host)?
+            {
+                req = req.basic_auth(username, Some(password.expose()));
+            }
+            let result = req.send().await;
+            let wait = match result {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
+                    challenged = true;
+                    self.answer_challenge(&host, &scopes, &resp).await?;
+                    attempt -= 1;
+                    continue;
+                }
+                Ok(resp) if retryable(resp.status()) && attempt < self.retry.attempts => {
+                    retry_after(&resp).unwrap_or(delay)
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e)
+                    if attempt < self.retry.attempts
+                        && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) =>
+                {
+                    delay
+                }
+                Err(e) => {
+                    return Err(RegistryError::Http {
+                        what: what.to_string(),
+                        reference: r.to_string(),
+                        reason: redact(&e.to_string()),
+                    });
+                }
+            };
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(self.retry.max_delay);
+        }
+    }
+
+    fn cached_token(&self, host: &str, scopes: &[Scope]) -> Option<Secret> {
+        let tokens = self.tokens.lock().ok()?;
+        tokens
+            .get(&(host.to_string(), scopes.to_vec()))
+            .filter(|t| t.good_until > Instant::now())
+            .map(|t| t.value.clone())
+    }
+
+    fn wants_basic(&self, host: &str) -> bool {
+        self.basic
+            .lock()
+            .map(|b| b.get(host).copied().unwrap_or(false))
+            .unwrap_or(false)
+    }
+
+    fn credential(&self, host: &str) -> Result<Option<Credential>, RegistryError> {
+        Ok(self.sources.lookup(host)?.map(|f| f.credential))
+    }
+
+    async fn answer_challenge(
+        &self,
+        host: &str,
+        scopes: &[Scope],
+        resp: &Response,
+    ) -> Result<(), RegistryError> {
+        let header = resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let Some(challenge) = Challenge::parse(header) else {
+            return Err(RegistryError::Denied {
+                host: host.to_string(),
+                reason: "401 without a usable WWW-Authenticate challenge".into(),
+            });
+        };
+        match challenge.scheme.as_str() {
+            "basic" => {
+                if self.credential(host)?.is_none() {
+                    return Err(no_credentials(host));
+                }
+                if let Ok(mut b) = self.basic.lock() {
+                    b.insert(host.to_string(), true);
+                }
+                Ok(())
+            }
+            "bearer" => {
+                let token = self.fetch_token(host, scopes, &challenge).await?;
+                if let Ok(mut t) = self.tokens.lock() {
+                    t.insert((host.to_string(), scopes.to_vec()), token);
+                }
+                Ok(())
+            }
+            other => Err(RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("unsupported auth scheme `{other}`"),
+            }),
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        host: &str,
+        scopes: &[Scope],
+        challenge: &Challenge,
+    ) -> Result<Token, RegistryError> {
+        let realm = challenge
+            .params
+            .get("realm")
+            .ok_or_else(|| RegistryError::Denied {
+                host: host.to_string(),
+                reason: "Bearer challenge without a realm".into(),
+            })?;
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = challenge.params.get("service") {
+            query.push(("service", s.clone()));
+        }
+        for s in scopes {
+            query.push(("scope", s.as_param()));
+        }
+        let cred = self.credential(host)?;
+        let started = Instant::now();
+        let mut req = self.http.get(realm).query(&query);
+        match &cred {
+            Some(Credential::Basic { username, password }) => {
+                req = req.basic_auth(username, Some(password.expose()));
+            }
+            Some(Credential::IdentityToken(t)) => {
+                // OAuth2 refresh token flow.
+                let mut form: Vec<(&str, String)> = vec![
+                    ("grant_type", "refresh_token".into()),
+                    ("refresh_token", t.expose().to_string()),
+                    ("client_id", "imgbuild".into()),
+                ];
+                form.extend(query.iter().cloned());
+                req = self.http.post(realm).form(&form);
+            }
+            None => {}
+        }
+        let resp = req.send().await.map_err(|e| RegistryError::Denied {
+            host: host.to_string(),
+            reason: format!("token request failed: {}", redact(&e.to_string())),
+        })?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            return Err(match cred {
+                None => no_credentials(host),
+                Some(_) => RegistryError::Denied {
+                    host: host.to_string(),
+                    reason: format!(
+                        "the token service refused the credentials for {}",
+                        scopes
+                            .iter()
+                            .map(Scope::as_param)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                },
+            });
+        }
+        let reply: TokenReply = resp.json().await.map_err(|e| RegistryError::Denied {
+            host: host.to_string(),
+            reason: format!("unreadable token reply: {}", redact(&e.to_string())),
+        })?;
+        let value = reply
+            .token
+            .or(reply.access_token)
+            .ok_or_else(|| RegistryError::Denied {
+                host: host.to_string(),
+                reason: "token reply without a token".into(),
+            })?;
+        // The spec's default lifetime is 60 s; renew with a margin.
+        let life = Duration::from_secs(reply.expires_in.unwrap_or(60).max(10));
+        let margin = (life / 5).min(Duration::from_secs(300));
+        Ok(Token {
+            value: Secret::new(value),
+            good_until: started + life - margin,
+        })
+    }
+
+    /// Forgets a token the registry no longer accepts.
+    pub fn drop_token(&self, host: &str) {
+        if let Ok(mut t) = self.tokens.lock() {
+            t.retain(|(h, _), _| h != host);
+        }
+    }
+
+    /// The size of a blob if the repository has it.
+    pub async fn blob_size(
+        &self,
+        r: &Reference,
+        digest: &str,
+    ) -> Result<Option<u64>, RegistryError> {
+        let url = self.url(r, &format!("blobs/{digest}"));
+        let resp = self
+            .send(r, &[Scope::pull(&r.repository)], "checking a blob", &|h| {
+                h.head(&url)
+            })
+            .await?;
+        match resp.status() {
+            // The header, not content_length(): a HEAD response's body is empty.
+            s if s.is_success() => Ok(resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(status_error(r, "checking a blob", s, resp).await),
+        }
+    }
+
+    /// Mounts a blob from another repository of the same registry; false
+    /// when the registry started an upload instead (the blob is not there).
+    pub async fn mount(
+        &self,
+        r: &Reference,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let url = self.url(r, "blobs/uploads/");
+        let scopes = [Scope::push(&r.repository), Scope::pull(from)];
+        let resp = self
+            .send(r, &scopes, "mounting a blob", &|h| {
+                h.post(&url)
+                    .query(&[("mount", digest), ("from", from)])
+                    .header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // An upload session was opened; leave it to expire.
+                Ok(false)
+            }
+            s => Err(status_error(r, "mounting a blob", s, resp).await),
+        }
+    }
+
+    /// Uploads the file at `path` as blob `digest` of `size` bytes, in
+    /// chunks, resuming after a broken connection from what the registry
+    /// says it has. Memory holds one read buffer, not the blob.
+    pub async fn upload(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+        path: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), RegistryError> {
+        let scopes = [Scope::push(&r.repository)];
+        let start_url = self.url(r, "blobs/uploads/");
+        let resp = self
+            .send(r, &scopes, "starting an upload", &|h| {
+                h.post(&start_url).header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(r, "starting an upload", resp.status(), resp).await);
+        }
+        let mut location = self.location(r, &resp)?;
+        let mut offset = 0u64;
+        let mut failures = 0;
+        while offset < size {
+            let end = (offset + CHUNK).min(size);
+            let result = self.patch_chunk(r, &location, path, offset, end).await;
+            match result {
+                Ok(next) => {
+                    location = next;
+                    offset = end;
+                    failures = 0;
+                    progress(offset);
+                }
+                Err(e) if failures < self.retry.attempts => {
+                    failures += 1;
+                    tokio::time::sleep(self.retry.first_delay * failures).await;
+                    // Ask where the registry is; go on from there.
+                    match self.upload_status(r, &location).await {
+                        Ok((loc, have)) => {
+                            location = loc;
+                            offset = have;
+                        }
+                        Err(_) => {
+                            let _ = e;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let put_url = location.clone();
+        let resp = self
+            .send(r, &scopes, "finishing an upload", &|h| {
+                h.put(&put_url)
+                    .query(&[("digest", digest)])
+                    .header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(status_error(r, "finishing an upload", resp.status(), resp).await);
+        }
+        Ok(())
+    }
+
+    async fn patch_chunk(
+        &self,
+        r: &Reference,
+        location: &str,
+        path: &Path,
+        start: u64,
+        end: u64,
+    ) -> Result<String, RegistryError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| RegistryError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| RegistryError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file.take(end - start),
+            256 * 1024,
+        ));
+        // Not through `send`: a streamed body cannot be replayed; the caller
+        // resumes from the registry's upload status instead.
+        let mut req = self
+            .http
+            .patch(location)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, end - start)
+            .header("Content-Range", format!("{start}-{}", end - 1))
+            .body(body);
+        let host = r.api_host().to_string();
+        if let Some(t) = self.cached_token(&host, &[Scope::push(&r.repository)]) {
+            req = req.bearer_auth(t.expose());
+        } else if self.wants_basic(&host)
+            && let Some(Credential::Basic { username, password }) = self.credential(&host)?
+        {
+            req = req.basic_auth(username, Some(password.expose()));
+        }
+        let resp = req.send().await.map_err(|e| RegistryError::Http {
+            what: "uploading a chunk".into(),
+            reference: r.to_string(),
+            reason: redact(&e.to_string()),
+        })?;
+        match resp.status() {
+            StatusCode::ACCEPTED | StatusCode::NO_CONTENT => self.location(r, &resp),
+            StatusCode::UNAUTHORIZED => {
+                // The token ran out mid-push: renew on the status request.
+                self.drop_token(&host);
+                let _ = self
+                    .send(r, &[Scope::push(&r.repository)], "renewing a token", &|h| {
+                        h.get(location)
+                    })
+                    .await;
+                Err(RegistryError::Http {
+                    what: "uploading a chunk".into(),
+                    reference: r.to_string(),
+                    reason: "token expired".into(),
+                })
+            }
+            s => Err(status_error(r, "uploading a chunk", s, resp).await),
+        }
+    }
+
+    /// Where an upload stands: its location and the bytes received.
+    async fn upload_status(
+        &self,
+        r: &Reference,
+        location: &str,
+    ) -> Result<(String, u64), RegistryError> {
+        let resp = self
+            .send(
+                r,
+                &[Scope::push(&r.repository)],
+                "asking for upload status",
+                &|h| h.get(location),
+            )
+            .await?;
+        if resp.status() != StatusCode::NO_CONTENT {
+            return Err(status_error(r, "asking for upload status", resp.status(), resp).await);
+        }
+        let have = resp
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit_once('-'))
+            .and_then(|(_, end)| end.parse::<u64>().ok())
+            .map_or(0, |end| end + 1);
+        Ok((self.location(r, &resp)?, have))
+    }
+
+    fn location(&self, r: &Reference, resp: &Response) -> Result<String, RegistryError> {
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                reference: r.to_string(),
+                reason: "upload response without a Location".into(),
+            })?;
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_string()
+            } else {
+                let base = self.base(r);
+                let origin = base.trim_end_matches("/v2");
+                format!("{origin}{loc}")
+            },
+        )
+    }
+
+    /// GETs a manifest: its bytes and media type.
+    pub async fn get_manifest(&self, r: &Reference) -> Result<(Vec<u8>, String), RegistryError> {
+        let url = self.url(r, &format!("manifests/{}", r.object()));
+        let resp = self
+            .send(
+                r,
+                &[Scope::pull(&r.repository)],
+                "reading a manifest",
+                &|h| h.get(&url).header(header::ACCEPT, ACCEPT_MANIFESTS),
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(r, "reading a manifest", resp.status(), resp).await);
+        }
+        let media_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| RegistryError::Http {
+            what: "reading a manifest".into(),
+            reference: r.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((bytes.to_vec(), media_type))
+    }
+
+    /// The digest a tag points at, by HEAD.
+    pub async fn head_manifest(&self, r: &Reference) -> Result<Option<String>, RegistryError> {
+        let url = self.url(r, &format!("manifests/{}", r.object()));
+        let resp = self
+            .send(
+                r,
+                &[Scope::pull(&r.repository)],
+                "checking a manifest",
+                &|h| h.head(&url).header(header::ACCEPT, ACCEPT_MANIFESTS),
+            )
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(status_error(r, "checking a manifest", s, resp).await),
+        }
+    }
+
+    pub async fn put_manifest(
+        &self,
+        r: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<(), RegistryError> {
+        let url = self.url(r, &format!("manifests/{}", r.object()));
+        let body = bytes.to_vec();
+        let resp = self
+            .send(
+                r,
+                &[Scope::push(&r.repository)],
+                "putting a manifest",
+                &|h| {
+                    h.put(&url)
+                        .header(header::CONTENT_TYPE, media_type)
+                        .body(body.clone())
+                },
+            )
+            .await?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(status_error(r, "putting a manifest", resp.status(), resp).await);
+        }
+        Ok(())
+    }
+
+    /// Streams a blob into `out`, returning its byte count.
+    pub async fn get_blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, RegistryError> {
+        let url = self.url(r, &format!("blobs/{digest}"));
+        let mut resp = self
+            .send(r, &[Scope::pull(&r.repository)], "reading a blob", &|h| {
+                h.get(&url)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(r, "reading a blob", resp.status(), resp).await);
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Http {
+            what: "reading a blob".into(),
+            reference: r.to_string(),
+            reason: e.to_string(),
+        })? {
+            out.write_all(&chunk).map_err(|e| RegistryError::Io {
+                path: Default::default(),
+                source: e,
+            })?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
+    pub async fn tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        #[derive(Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut all = Vec::new();
+        let mut url = self.url(r, "tags/list?n=1000");
+        loop {
+            let this = url.clone();
+            let resp = self
+                .send(r, &[Scope::pull(&r.repository)], "listing tags", &|h| {
+                    h.get(&this)
+                })
+                .await?;
+            if !resp.status().is_success() {
+                return Err(status_error(r, "listing tags", resp.status(), resp).await);
+            }
+            let next = resp
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split(';').next())
+                .map(|l| {
+                    l.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string()
+                });
+            let page: Tags = resp.json().await.map_err(|e| RegistryError::Protocol {
+                reference: r.to_string(),
+                reason: format!("unreadable tag list: {e}"),
+            })?;
+            all.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) if n.starts_with('/') => {
+                    url = format!("{}{n}", self.base(r).trim_end_matches("/v2"));
+                }
+                Some(n) if !n.is_empty() => url = n,
+                _ => break,
+            }
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    pub async fn delete_manifest(&self, r: &Reference, digest: &str) -> Result<(), RegistryError> {
+        let url = self.url(r, &format!("manifests/{digest}"));
+        let resp = self
+            .send(
+                r,
+                &[Scope {
+                    repository: r.repository.clone(),
+                    actions: "delete",
+                }],
+                "deleting a manifest",
+                &|h| h.request(Method::DELETE, &url),
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(r, "deleting a manifest", resp.status(), resp).await);
+        }
+        Ok(())
+    }
+}
+
+fn retryable(s: StatusCode) -> bool {
+    s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(120)))
+}
+
+fn no_credentials(host: &str) -> RegistryError {
+    RegistryError::Denied {
+        host: host.to_string(),
+        reason: "the registry wants credentials and none are configured; run `imgbuild login`, set CI_REGISTRY_USER and CI_REGISTRY_PASSWORD, or add the host to config.json".into(),
+    }
+}
+
+/// Drops anything that looks like userinfo from URLs in a message.
+fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_inclusive(' ') {
+        match (word.find("://"), word.find('@')) {
+            (Some(i), Some(j)) if j > i => {
+                out.push_str(&word[..i + 3]);
+                out.push_str(&word[j + 1..]);
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
+}
+
+async fn status_error(
+    r: &Reference,
+    what: &str,
+    status: StatusCode,
+    resp: Response,
+) -> RegistryError {
+    let body = resp.text().await.unwrap_or_default();
+    let detail: String = body.chars().take(300).collect();
+    match status {
+        StatusCode::NOT_FOUND => RegistryError::NotFound {
+            reference: r.to_string(),
+            what: what.to_string(),
+        },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Denied {
+            host: r.api_host().to_string(),
+            reason: format!("{what} for {r}: {status} {}", redact(detail.trim())),
+        },
+        _ => RegistryError::Status {
+            what: what.to_string(),
+            reference: r.to_string(),
+            status: status.as_u16(),
+            detail: redact(detail.trim()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_keep_userinfo() {
+        assert_eq!(
+            redact("error sending request for url (https://u:pw@host/v2/)"),
+            "error sending request for url (https://host/v2/)"
+        );
+    }
+}

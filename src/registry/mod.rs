@@ -1,0 +1,53 @@
+//! Registries: push, pull, tag, copy; auth, retries; like crane.
+pub mod auth;
+pub mod client;
+pub mod reference;
+pub mod transfer;
+
+use std::path::PathBuf;
+
+pub use client::Client;
+pub use reference::{Reference, ReferenceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("setting up the HTTP client: {0}")]
+    Setup(String),
+    #[error("{what} for {reference}: {reason}")]
+    Http {
+        what: String,
+        reference: String,
+        reason: String,
+    },
+    #[error("{reference}: {what}: not found")]
+    NotFound { reference: String, what: String },
+    #[error("{host}: access denied: {reason}")]
+    Denied { host: String, reason: String },
+    #[error("{what} for {reference}: the registry answered {status}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
+    Status {
+        what: String,
+        reference: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{reference}: {reason}")]
+    Protocol { reference: String, reason: String },
+    #[error("blob {digest} from {reference} does not match: expected {expected}, got {actual}")]
+    Mismatch {
+        reference: String,
+        digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
