@@ -56,7 +56,15 @@ pub fn children(spec: &Spec) -> BTreeMap<&str, Vec<&str>> {
 fn parent_of<'a>(spec: &'a Spec, name: &str) -> Option<&'a str> {
     match &spec.images[name].parent {
         Parent::Image(p) => Some(p),
-        Parent::Scratch => None,
+        Parent::Scratch | Parent::Registry(_) => None,
+    }
+}
+
+/// What a root image starts from: `scratch` or its registry reference.
+fn origin<'a>(spec: &'a Spec, name: &str) -> &'a str {
+    match &spec.images[name].parent {
+        Parent::Registry(r) => r,
+        _ => "scratch",
     }
 }
 
@@ -91,7 +99,7 @@ pub fn render(spec: &Spec, format: Format) -> String {
                 }
             }
             for r in &roots {
-                let _ = writeln!(out, "scratch");
+                let _ = writeln!(out, "{}", origin(spec, r));
                 walk(&mut out, &kids, r, "", true, false);
             }
         }
@@ -103,8 +111,11 @@ pub fn render(spec: &Spec, format: Format) -> String {
                     "  \"{name}\" [label=\"{name}\\n{} layer(s)\"];",
                     image.layers.len()
                 );
-                if let Parent::Image(p) = &image.parent {
-                    let _ = writeln!(out, "  \"{p}\" -> \"{name}\";");
+                match &image.parent {
+                    Parent::Image(p) | Parent::Registry(p) => {
+                        let _ = writeln!(out, "  \"{p}\" -> \"{name}\";");
+                    }
+                    Parent::Scratch => {}
                 }
             }
             out.push_str("}\n");
@@ -119,6 +130,14 @@ pub fn render(spec: &Spec, format: Format) -> String {
                     }
                     Parent::Scratch => {
                         let _ = writeln!(out, "  {}[\"{name}\"]", id(name));
+                    }
+                    Parent::Registry(r) => {
+                        let _ = writeln!(
+                            out,
+                            "  {}[(\"{r}\")] --> {}[\"{name}\"]",
+                            id(r).replace([':', '/', '@'], "_"),
+                            id(name)
+                        );
                     }
                 }
             }

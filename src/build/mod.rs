@@ -55,6 +55,12 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("image {image}: pulling {reference}: {reason}")]
+    Pull {
+        image: String,
+        reference: String,
+        reason: String,
+    },
     #[error("image {image} was not built because {parent}, which it is built from, failed")]
     ParentFailed { image: String, parent: String },
     #[error("no image named `{name}` in {file}{}", hint.as_ref().map(|h| format!("; did you mean `{h}`?")).unwrap_or_default())]
@@ -120,12 +126,19 @@ type Queue = Mutex<(
     HashMap<String, Result<ImageOutcome, BuildError>>,
 )>;
 
+/// Brings registry parents into the store; the caller owns the network.
+pub trait Puller: Sync {
+    /// The image `reference` names, with every blob in the store.
+    fn pull(&self, reference: &str) -> Result<ImageRecord, String>;
+}
+
 /// One images.yaml, one store, one set of options.
 pub struct Session<'a> {
     pub store: &'a Store,
     pub spec: &'a Spec,
     pub opts: &'a Options,
     pub graph: String,
+    pub puller: Option<&'a dyn Puller>,
 }
 
 impl<'a> Session<'a> {
@@ -135,7 +148,14 @@ impl<'a> Session<'a> {
             spec,
             opts,
             graph: crate::store::graph_id(&spec.file_abs()),
+            puller: None,
         }
+    }
+
+    /// The same session, able to pull `from:` registry references.
+    pub fn with_puller(mut self, puller: &'a dyn Puller) -> Session<'a> {
+        self.puller = Some(puller);
+        self
     }
 
     /// `names` and everything they are built from, parents first.
@@ -152,7 +172,7 @@ impl<'a> Session<'a> {
                 chain.push(img.name.clone());
                 cur = match &img.parent {
                     Parent::Image(p) => Some(self.image(p)?),
-                    Parent::Scratch => None,
+                    Parent::Scratch | Parent::Registry(_) => None,
                 };
             }
             order.extend(chain.into_iter().rev());
@@ -265,7 +285,10 @@ impl<'a> Session<'a> {
         let input = serde_json::json!({
             "v": 1,
             "parent": parent.map(|p| p.manifest.clone()),
-            "parent_name": match &image.parent { Parent::Image(p) => Some(p), Parent::Scratch => None },
+            "parent_name": match &image.parent {
+                Parent::Image(p) | Parent::Registry(p) => Some(p),
+                Parent::Scratch => None,
+            },
             "layers": layer_keys,
             "config": image.config,
             "stamp": self.opts.stamp,
@@ -420,19 +443,53 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<BTreeMap<String, Result<ImageOutcome, BuildError>>, BuildError> {
         let order = self.closure(names)?;
+        let pulled = self.pull_parents(&order)?;
         let state: Queue = Mutex::new((order.clone(), HashMap::new()));
         let cv = Condvar::new();
         let jobs = self.opts.jobs.clamp(1, order.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..jobs {
-                s.spawn(|| self.worker(&state, &cv, reporter));
+                s.spawn(|| self.worker(&state, &cv, &pulled, reporter));
             }
         });
         let (_, results) = state.into_inner().unwrap_or_else(|e| e.into_inner());
         Ok(results.into_iter().collect())
     }
 
-    fn worker(&self, state: &Queue, cv: &Condvar, reporter: &dyn Reporter) {
+    /// Pulls (or finds in the store) every registry parent `order` needs.
+    pub fn pull_parents(
+        &self,
+        order: &[String],
+    ) -> Result<HashMap<String, ImageRecord>, BuildError> {
+        let mut pulled = HashMap::new();
+        for name in order {
+            let image = self.image(name)?;
+            if let Parent::Registry(r) = &image.parent
+                && !pulled.contains_key(r)
+            {
+                let puller = self.puller.ok_or_else(|| BuildError::Pull {
+                    image: name.clone(),
+                    reference: r.clone(),
+                    reason: "this command does not reach registries".into(),
+                })?;
+                let record = puller.pull(r).map_err(|reason| BuildError::Pull {
+                    image: name.clone(),
+                    reference: r.clone(),
+                    reason,
+                })?;
+                pulled.insert(r.clone(), record);
+            }
+        }
+        Ok(pulled)
+    }
+
+    fn worker(
+        &self,
+        state: &Queue,
+        cv: &Condvar,
+        pulled: &HashMap<String, ImageRecord>,
+        reporter: &dyn Reporter,
+    ) {
         loop {
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
             let picked = loop {
@@ -443,7 +500,7 @@ impl<'a> Session<'a> {
                 let ready = pending
                     .iter()
                     .position(|n| match &self.spec.images[n].parent {
-                        Parent::Scratch => true,
+                        Parent::Scratch | Parent::Registry(_) => true,
                         Parent::Image(p) => {
                             done.contains_key(p) || !self.spec.images.contains_key(p)
                         }
@@ -456,6 +513,7 @@ impl<'a> Session<'a> {
             let image = &self.spec.images[&picked];
             let base = match &image.parent {
                 Parent::Scratch => Ok(None),
+                Parent::Registry(r) => Ok(pulled.get(r).map(|rec| (r.clone(), rec.clone()))),
                 Parent::Image(p) => match guard.1.get(p) {
                     Some(Ok(o)) => Ok(Some((p.clone(), o.record.clone()))),
                     _ => Err(BuildError::ParentFailed {

@@ -47,6 +47,7 @@ impl Session<'_> {
     /// stat cache.
     pub fn plan(&self, names: &[String]) -> Result<Vec<ImagePlan>, BuildError> {
         let order = self.closure(names)?;
+        let pulled = self.pull_parents(&order)?;
         // Per image: the record it would have, if known without building.
         let mut known: HashMap<String, Option<ImageRecord>> = HashMap::new();
         let mut plans = Vec::new();
@@ -56,6 +57,7 @@ impl Session<'_> {
             let mut reasons = Vec::new();
             let base: Option<(String, Option<ImageRecord>)> = match &image.parent {
                 Parent::Scratch => None,
+                Parent::Registry(r) => Some((r.clone(), pulled.get(r).cloned())),
                 Parent::Image(p) => Some((p.clone(), known.get(p).cloned().flatten())),
             };
             // Owner names resolve against the parent as it will be; if it is

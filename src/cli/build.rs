@@ -75,7 +75,8 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         .collect::<Result<_, _>>()?;
     let opts = args.layer.options(&spec)?;
     let store = open_store()?;
-    let session = Session::new(&store, &spec, &opts);
+    let puller = super::pull::NetPuller::new(&store, &args.remote.insecure)?;
+    let session = Session::new(&store, &spec, &opts).with_puller(&puller);
     let progress = Progress::new(cli.quiet);
     let results = session.build(&names, &progress)?;
 

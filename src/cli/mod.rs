@@ -6,6 +6,7 @@ mod graph;
 mod inspect;
 mod plan;
 mod progress;
+mod pull;
 mod push;
 mod remote;
 

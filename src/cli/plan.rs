@@ -13,7 +13,10 @@ pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
     };
     let opts = layer_args.options(&spec)?;
     let store = open_store()?;
-    let plans = Session::new(&store, &spec, &opts).plan(&names)?;
+    let puller = super::pull::NetPuller::new(&store, &[])?;
+    let plans = Session::new(&store, &spec, &opts)
+        .with_puller(&puller)
+        .plan(&names)?;
     if cli.json {
         print_json(&plans);
         return Ok(());

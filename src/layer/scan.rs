@@ -69,6 +69,71 @@ pub fn scan_etc(blob: &Path, media_type: &str) -> io::Result<EtcFiles> {
     Ok(out)
 }
 
+/// Why a layer may not be unpacked.
+#[derive(Debug)]
+pub enum PathProblem {
+    Io(io::Error),
+    Escapes { entry: String, why: &'static str },
+}
+
+/// Whether a path stays inside the root once `..` is resolved.
+fn escapes(path: &str) -> bool {
+    let mut depth = 0i32;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// Refuses a layer with entries that would land outside the root when
+/// unpacked: `..` climbing out, or hard links whose target does. Absolute
+/// names are read relative to the root by every unpacker and allowed;
+/// symlink targets are allowed (they are resolved inside the image at run
+/// time, and unpacking never follows them).
+pub fn check_paths(blob: &Path, media_type: &str) -> Result<(), PathProblem> {
+    let f = BufReader::new(File::open(blob).map_err(PathProblem::Io)?);
+    let reader: Box<dyn Read> = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else if media_type.ends_with("+zstd") {
+        Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(PathProblem::Io)?)
+    } else {
+        Box::new(f)
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(PathProblem::Io)? {
+        let entry = entry.map_err(PathProblem::Io)?;
+        let raw = entry.path_bytes();
+        let path = String::from_utf8_lossy(&raw).into_owned();
+        if escapes(&path) {
+            return Err(PathProblem::Escapes {
+                entry: path,
+                why: "climbs out of the root with `..`",
+            });
+        }
+        if entry.header().entry_type() == tar::EntryType::Link
+            && let Some(target) = entry.link_name_bytes()
+        {
+            let target = String::from_utf8_lossy(&target).into_owned();
+            if escapes(&target) {
+                return Err(PathProblem::Escapes {
+                    entry: path,
+                    why: "is a hard link to a path outside the root",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Looks up `name` in passwd text: (uid, primary gid).
 pub fn passwd_lookup(passwd: &str, name: &str) -> Option<(u32, u32)> {
     passwd.lines().find_map(|l| {
@@ -88,6 +153,27 @@ pub fn group_lookup(group: &str, name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn climbing_out_is_found() {
+        assert!(escapes("../etc/passwd"));
+        assert!(escapes("a/../../b"));
+        assert!(!escapes("a/../b"));
+        assert!(!escapes("/etc/passwd"));
+        let d = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_entry_type(tar::EntryType::Link);
+        b.append_link(&mut h, "etc/shadow-copy", "../../etc/shadow")
+            .unwrap();
+        let p = d.path().join("evil.tar");
+        std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+        match check_paths(&p, "application/vnd.oci.image.layer.v1.tar") {
+            Err(PathProblem::Escapes { entry, .. }) => assert_eq!(entry, "etc/shadow-copy"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn lookups() {

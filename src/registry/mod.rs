@@ -1,6 +1,7 @@
 //! Registries: push, pull, tag, copy; auth, retries; like crane.
 pub mod auth;
 pub mod client;
+pub mod pull;
 pub mod reference;
 pub mod transfer;
 

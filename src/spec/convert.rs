@@ -480,12 +480,17 @@ fn resolve(
         } else if raw.contains_key(&target) {
             Parent::Image(target)
         } else if target.contains(['/', ':', '@']) {
-            cx.err(
-                from.pos,
-                format!("`from: {target}` is a registry reference; pulling from registries is not supported by this version of imgbuild yet"),
-                Some("build the parent in this images.yaml, or use a later imgbuild".into()),
-            );
-            continue;
+            match target.parse::<crate::registry::Reference>() {
+                Ok(r) => Parent::Registry(r.to_string()),
+                Err(e) => {
+                    cx.err(
+                        from.pos,
+                        format!("`from: {target}` is not an image reference: {}", e.why),
+                        Some("write scratch, an image of this file, or host/repository:tag".into()),
+                    );
+                    continue;
+                }
+            }
         } else {
             let hint = match suggest::closest(&target, raw.keys().map(String::as_str)) {
                 Some(c) => format!("did you mean `{c}`?"),
@@ -546,7 +551,7 @@ fn resolve(
                 return true;
             }
             let inherited = match parent {
-                Parent::Scratch => file_vars.clone(),
+                Parent::Scratch | Parent::Registry(_) => file_vars.clone(),
                 Parent::Image(p) => match done.get(p) {
                     Some(parent_image) => parent_image.vars.clone(),
                     None => return true,

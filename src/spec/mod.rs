@@ -23,6 +23,8 @@ pub enum Parent {
     Scratch,
     /// Another image of this graph.
     Image(String),
+    /// An image in a registry, `host/repo:tag` or `…@sha256:…`.
+    Registry(String),
 }
 
 /// A numeric id or a name to look up in the parent's /etc/passwd or /etc/group.

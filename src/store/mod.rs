@@ -6,6 +6,7 @@
 //! entries/<key>.json      what went into that layer, for `plan`'s "what changed"
 //! images/<key>.json       an assembled image, by image key
 //! meta/<hex>.json         facts read out of a layer blob (its /etc/passwd)
+//! pulled/<hash>.json      images pulled from registries, by reference
 //! refs/<graph>/<name>     the last build of each image of each images.yaml
 //! statcache/<hash>.json   source file hashes by stat (see layer::statcache)
 //! tmp/                    temporary names; renamed into place when complete
@@ -49,6 +50,8 @@ pub enum Kind {
     Images,
     /// Facts read out of a layer blob (its /etc/passwd, …), by digest.
     Meta,
+    /// Images pulled from registries, by reference.
+    Pulled,
 }
 
 impl Kind {
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Entries => "entries",
             Kind::Images => "images",
             Kind::Meta => "meta",
+            Kind::Pulled => "pulled",
         }
     }
 }
@@ -114,6 +118,7 @@ impl Store {
             "entries",
             "images",
             "meta",
+            "pulled",
             "refs",
             "statcache",
             "tmp",
@@ -292,6 +297,18 @@ impl Store {
                 }
             }
         }
+        // Pulled images stay, so builds on them go on offline.
+        let pulled = self.root.join(Kind::Pulled.dir());
+        for name in read_dir_names(&pulled)? {
+            if let Some(v) = read_json::<serde_json::Value>(&pulled.join(name))
+                .ok()
+                .flatten()
+            {
+                let mut blobs = Vec::new();
+                blob_fields(&v, &mut blobs);
+                keep.extend(blobs);
+            }
+        }
         let blobs = self.root.join("blobs/sha256");
         for hex in read_dir_names(&blobs)? {
             let p = blobs.join(&hex);
@@ -306,7 +323,7 @@ impl Store {
             }
         }
         // Records are kept only while every blob they name is.
-        for kind in [Kind::Layers, Kind::Images, Kind::Meta] {
+        for kind in [Kind::Layers, Kind::Images, Kind::Meta, Kind::Pulled] {
             let dir = self.root.join(kind.dir());
             for name in read_dir_names(&dir)? {
                 let p = dir.join(&name);

@@ -1,0 +1,195 @@
+//! Pulling an image into the store: the platform's manifest, then every
+//! blob streamed to a temporary file, its digest and size checked, renamed
+//! into place. Layers whose entries would escape the root are refused.
+use std::str::FromStr;
+
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
+use serde::{Deserialize, Serialize};
+
+use super::{Client, Reference, RegistryError};
+use crate::oci::digest::{HashingWriter, sha256_hex};
+use crate::oci::image::{ImageRecord, LayerDesc, hex_of, parse_config};
+use crate::store::{Kind, Store};
+
+/// A pulled image, remembered by reference so a build can go on offline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pulled {
+    pub reference: String,
+    pub record: ImageRecord,
+}
+
+fn pulled_key(r: &Reference) -> String {
+    sha256_hex(r.to_string().as_bytes())
+}
+
+/// The last pull of `r`, if any (for offline builds).
+pub fn last_pull(store: &Store, r: &Reference) -> Result<Option<Pulled>, RegistryError> {
+    Ok(store.get(Kind::Pulled, &pulled_key(r))?)
+}
+
+/// Docker's media types name the same bytes as OCI's.
+fn oci_layer_type(mt: &str) -> String {
+    match mt {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            MediaType::ImageLayerGzip.to_string()
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => MediaType::ImageLayer.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Pulls `r` for `os`/`arch` into the store.
+pub async fn pull(
+    client: &Client,
+    store: &Store,
+    r: &Reference,
+    os: &str,
+    arch: &str,
+) -> Result<ImageRecord, RegistryError> {
+    let bad = |reason: String| RegistryError::Protocol {
+        reference: r.to_string(),
+        reason,
+    };
+    let (mut bytes, mut media_type) = client.get_manifest(r).await?;
+    let mut at = r.clone();
+    if media_type.contains("index") || media_type.contains("manifest.list") {
+        let index: ImageIndex =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("unreadable index: {e}")))?;
+        let chosen = index
+            .manifests()
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    p.os().to_string() == os && p.architecture().to_string() == arch
+                })
+            })
+            .ok_or_else(|| {
+                let have: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .filter_map(|m| m.platform().as_ref())
+                    .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                    .collect();
+                bad(format!(
+                    "no image for {os}/{arch} in its index (it has {})",
+                    have.join(", ")
+                ))
+            })?;
+        at = r.with_digest(chosen.digest().as_ref());
+        (bytes, media_type) = client.get_manifest(&at).await?;
+    }
+    if let Some(pinned) = &at.digest {
+        let actual = format!("sha256:{}", sha256_hex(&bytes));
+        if &actual != pinned {
+            return Err(RegistryError::Mismatch {
+                reference: at.to_string(),
+                digest: pinned.clone(),
+                expected: pinned.clone(),
+                actual,
+            });
+        }
+    }
+    let _ = media_type;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+    let config_digest = manifest.config().digest().to_string();
+    fetch_blob(client, store, &at, &config_digest, manifest.config().size()).await?;
+    let config_bytes = store.read_blob(&hex_of(&config_digest))?;
+    let config =
+        parse_config(&config_bytes, &format!("config of {r}")).map_err(|e| bad(e.to_string()))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(bad(format!(
+            "{} layers but {} diff_ids in its config",
+            manifest.layers().len(),
+            diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::new();
+    for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let digest = l.digest().to_string();
+        let media = oci_layer_type(l.media_type().as_ref());
+        fetch_blob(client, store, &at, &digest, l.size()).await?;
+        check_layer(store, &at, &digest, &media)?;
+        layers.push(LayerDesc {
+            digest,
+            diff_id: diff_id.clone(),
+            size: l.size(),
+            media_type: media,
+        });
+    }
+    store.put_blob(&bytes)?;
+    let record = ImageRecord {
+        manifest: format!("sha256:{}", sha256_hex(&bytes)),
+        manifest_size: bytes.len() as u64,
+        config: config_digest,
+        config_size: manifest.config().size(),
+        layers,
+    };
+    store.put(
+        Kind::Pulled,
+        &pulled_key(r),
+        &Pulled {
+            reference: r.to_string(),
+            record: record.clone(),
+        },
+    )?;
+    Ok(record)
+}
+
+/// Streams a blob into the store unless it is there, checking it.
+async fn fetch_blob(
+    client: &Client,
+    store: &Store,
+    r: &Reference,
+    digest: &str,
+    size: u64,
+) -> Result<(), RegistryError> {
+    let hex = hex_of(digest);
+    if store.blob_size(&hex) == Some(size) {
+        return Ok(());
+    }
+    oci_spec::image::Digest::from_str(digest).map_err(|_| RegistryError::Protocol {
+        reference: r.to_string(),
+        reason: format!("`{digest}` is not a digest"),
+    })?;
+    let tmp = store.temp_file()?;
+    let mut file = tmp.reopen().map_err(|e| RegistryError::Io {
+        path: tmp.path().to_path_buf(),
+        source: e,
+    })?;
+    let mut hashing = HashingWriter::new(&mut file);
+    client.get_blob(r, digest, &mut hashing).await?;
+    let (_, actual, n) = hashing.finish();
+    if actual != hex || n != size {
+        return Err(RegistryError::Mismatch {
+            reference: r.to_string(),
+            digest: digest.to_string(),
+            expected: format!("{digest}, {size} bytes"),
+            actual: format!("sha256:{actual}, {n} bytes"),
+        });
+    }
+    store.commit_blob(tmp, &hex)?;
+    Ok(())
+}
+
+fn check_layer(
+    store: &Store,
+    r: &Reference,
+    digest: &str,
+    media_type: &str,
+) -> Result<(), RegistryError> {
+    let path = store.blob_path(&hex_of(digest));
+    match crate::layer::scan::check_paths(&path, media_type) {
+        Ok(()) => Ok(()),
+        Err(crate::layer::scan::PathProblem::Io(e)) => Err(RegistryError::Io { path, source: e }),
+        Err(crate::layer::scan::PathProblem::Escapes { entry, why }) => {
+            // Not kept: nothing may build on it.
+            let _ = std::fs::remove_file(&path);
+            Err(RegistryError::Protocol {
+                reference: r.to_string(),
+                reason: format!("layer {digest} is refused: its entry `{entry}` {why}"),
+            })
+        }
+    }
+}
