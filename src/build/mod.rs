@@ -96,6 +96,8 @@ pub struct LayerOutcome {
     pub size: u64,
     /// True when written by this build, false when reused.
     pub built: bool,
+    /// True when reused from the shared (registry) cache.
+    pub fetched: bool,
     pub seconds: f64,
 }
 
@@ -132,6 +134,14 @@ pub trait Puller: Sync {
     fn pull(&self, reference: &str) -> Result<ImageRecord, String>;
 }
 
+/// A layer cache shared between machines (a registry repository).
+pub trait LayerCache: Sync {
+    /// The layer with `key`, its blob brought into the store; None on a miss.
+    fn get(&self, key: &str) -> Result<Option<LayerRecord>, String>;
+    /// Shares a layer this build wrote.
+    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), String>;
+}
+
 /// One images.yaml, one store, one set of options.
 pub struct Session<'a> {
     pub store: &'a Store,
@@ -139,6 +149,7 @@ pub struct Session<'a> {
     pub opts: &'a Options,
     pub graph: String,
     pub puller: Option<&'a dyn Puller>,
+    pub cache: Option<&'a dyn LayerCache>,
 }
 
 impl<'a> Session<'a> {
@@ -149,7 +160,14 @@ impl<'a> Session<'a> {
             opts,
             graph: crate::store::graph_id(&spec.file_abs()),
             puller: None,
+            cache: None,
         }
+    }
+
+    /// The same session, sharing layers through `cache`.
+    pub fn with_cache(mut self, cache: &'a dyn LayerCache) -> Session<'a> {
+        self.cache = Some(cache);
+        self
     }
 
     /// The same session, able to pull `from:` registry references.
@@ -268,6 +286,29 @@ impl<'a> Session<'a> {
             .filter(|r| self.store.blob_size(&hex_of(&r.desc.digest)) == Some(r.desc.size)))
     }
 
+    /// A layer from the shared cache, recorded in the local store. A cache
+    /// that cannot be reached costs a rebuild, not the build.
+    fn remote_layer(
+        &self,
+        key: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<LayerRecord>, BuildError> {
+        let Some(cache) = self.cache else {
+            return Ok(None);
+        };
+        match cache.get(key) {
+            Ok(Some(record)) => {
+                self.store.put(Kind::Layers, key, &record)?;
+                Ok(Some(record))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                reporter.warning(&format!("layer cache: {e}; building instead"));
+                Ok(None)
+            }
+        }
+    }
+
     fn cached_image(&self, key: &str) -> Result<Option<ImageRecord>, BuildError> {
         Ok(self
             .store
@@ -359,18 +400,30 @@ impl<'a> Session<'a> {
             let started = Instant::now();
             let ids = self.ids(image, l, &accounts)?;
             let (entries, key) = self.walk(image, i, l, ids)?;
-            let (record, built) = match self.cached_layer(&key)? {
-                Some(r) => (r, false),
-                None => (
-                    self.write_layer(image, i, l, &entries, &key, reporter)?,
-                    true,
-                ),
+            let (record, built, fetched) = match self.cached_layer(&key)? {
+                Some(r) => (r, false, false),
+                None => match self.remote_layer(&key, reporter)? {
+                    Some(r) => (r, false, true),
+                    None => {
+                        let r = self.write_layer(image, i, l, &entries, &key, reporter)?;
+                        if let Some(cache) = self.cache
+                            && let Err(e) = cache.put(&key, &r)
+                        {
+                            reporter.warning(&format!(
+                                "{}: layer {i} not shared with the cache: {e}",
+                                image.name
+                            ));
+                        }
+                        (r, true, false)
+                    }
+                },
             };
             let outcome = LayerOutcome {
                 key: key.clone(),
                 digest: record.desc.digest.clone(),
                 size: record.desc.size,
                 built,
+                fetched,
                 seconds: started.elapsed().as_secs_f64(),
             };
             reporter.layer_finished(&image.name, i, &outcome);

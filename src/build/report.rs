@@ -10,6 +10,8 @@ pub trait Reporter: Send + Sync {
     fn layer_finished(&self, _image: &str, _layer: usize, _outcome: &LayerOutcome) {}
     fn image_finished(&self, _image: &str, _outcome: &ImageOutcome) {}
     fn image_failed(&self, _image: &str, _error: &str) {}
+    /// Something worth telling that does not fail the build.
+    fn warning(&self, _message: &str) {}
 }
 
 /// Reports nothing.

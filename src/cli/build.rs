@@ -24,6 +24,9 @@ pub struct BuildArgs {
     push: bool,
     #[command(flatten)]
     remote: PushArgs,
+    /// Report as `push` does (set by the `push` command).
+    #[arg(skip)]
+    push_report: bool,
 }
 
 /// `imgbuild push`: `build --push` without outputs.
@@ -41,6 +44,7 @@ pub fn push_command(
             output: Vec::new(),
             push: true,
             remote: remote.clone(),
+            push_report: true,
         },
     )
 }
@@ -75,8 +79,15 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         .collect::<Result<_, _>>()?;
     let opts = args.layer.options(&spec)?;
     let store = open_store()?;
-    let puller = super::pull::NetPuller::new(&store, &args.remote.insecure)?;
-    let session = Session::new(&store, &spec, &opts).with_puller(&puller);
+    let net = super::net::Net::new(
+        &store,
+        &args.remote.insecure,
+        args.remote.cache_repo.as_deref(),
+    )?;
+    let mut session = Session::new(&store, &spec, &opts).with_puller(&net);
+    if net.has_cache() {
+        session = session.with_cache(&net);
+    }
     let progress = Progress::new(cli.quiet);
     let results = session.build(&names, &progress)?;
 
@@ -116,7 +127,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     }
     // Pushed only when every image built: a fleet is shipped whole.
     let pushed = if failed.is_empty() && args.push {
-        Some(push_images(&store, &spec, &requested, &args.remote)?)
+        Some(push_images(&store, &spec, &requested, &args.remote, &net)?)
     } else {
         None
     };
@@ -125,7 +136,9 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     {
         super::push::report(false, cli.quiet, p);
     }
-    if cli.json {
+    if cli.json && args.push_report && failed.is_empty() {
+        super::push::report(true, cli.quiet, pushed.as_deref().unwrap_or_default());
+    } else if cli.json {
         print_json(&Report {
             images: ok,
             failed: &failed,

@@ -4,9 +4,9 @@ mod check;
 mod gc;
 mod graph;
 mod inspect;
+mod net;
 mod plan;
 mod progress;
-mod pull;
 mod push;
 mod remote;
 

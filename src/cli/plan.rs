@@ -13,9 +13,9 @@ pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
     };
     let opts = layer_args.options(&spec)?;
     let store = open_store()?;
-    let puller = super::pull::NetPuller::new(&store, &[])?;
+    let net = super::net::Net::new(&store, &[], None)?;
     let plans = Session::new(&store, &spec, &opts)
-        .with_puller(&puller)
+        .with_puller(&net)
         .plan(&names)?;
     if cli.json {
         print_json(&plans);

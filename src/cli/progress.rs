@@ -85,7 +85,11 @@ impl Reporter for Progress {
         {
             bar.finish_and_clear();
         }
-        let what = if outcome.built { "built" } else { "reused" };
+        let what = match (outcome.built, outcome.fetched) {
+            (true, _) => "built",
+            (false, true) => "fetched from the cache",
+            (false, false) => "reused",
+        };
         self.line(format!(
             "{image}: layer {layer} {what} {} ({}, {:.2} s)",
             short(&outcome.digest),
@@ -114,6 +118,16 @@ impl Reporter for Progress {
 
     fn image_failed(&self, image: &str, error: &str) {
         self.line(format!("{image}: FAILED: {error}"));
+    }
+
+    fn warning(&self, message: &str) {
+        // Warnings show even with -q.
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(format!("warning: {message}"));
+            }
+            None => eprintln!("warning: {message}"),
+        }
     }
 }
 

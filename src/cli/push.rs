@@ -5,12 +5,12 @@ use clap::Args;
 use serde::Serialize;
 
 use imgbuild::build::ImageOutcome;
-use imgbuild::registry::transfer::{self, Known, PushStats};
-use imgbuild::registry::{Reference, auth::Sources};
+use imgbuild::registry::Reference;
+use imgbuild::registry::transfer::{self, PushStats};
 use imgbuild::spec::Spec;
 use imgbuild::store::Store;
 
-use super::{Failure, print_json, runtime};
+use super::{Failure, print_json};
 
 /// Where and how to push.
 #[derive(Args, Clone, Default)]
@@ -25,6 +25,11 @@ pub struct PushArgs {
     /// Speak plain HTTP to this registry (loopback registries always are).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure: Vec<String>,
+    /// A repository that keeps every built layer under its cache key, so
+    /// another machine with an empty store fetches instead of building
+    /// (default: $IMGBUILD_CACHE_REPO).
+    #[arg(long = "cache-repo", value_name = "HOST/REPO")]
+    pub cache_repo: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -89,12 +94,10 @@ pub fn push_images(
     spec: &Spec,
     images: &[&ImageOutcome],
     args: &PushArgs,
+    net: &super::net::Net<'_>,
 ) -> Result<Vec<Pushed>, Failure> {
     let prefix = prefix(args, spec)?;
-    let client = imgbuild::registry::Client::new(Sources::from_process(), args.insecure.clone())
-        .map_err(Failure::failed)?;
-    let known = Known::default();
-    let rt = runtime()?;
+    let (client, known, rt) = (&net.client, &net.known, &net.rt);
     let mut out = Vec::new();
     for image in images {
         let tags = &spec.images[&image.name].tags;
@@ -104,12 +107,12 @@ pub fn push_images(
                 .map_err(Failure::usage)?;
             let stats = rt
                 .block_on(transfer::push(
-                    &client,
+                    client,
                     store,
                     &image.record,
                     &dest,
                     &tags[1..],
-                    &known,
+                    known,
                 ))
                 .map_err(Failure::failed)?;
             out.push(Pushed {

@@ -1,5 +1,6 @@
 //! Registries: push, pull, tag, copy; auth, retries; like crane.
 pub mod auth;
+pub mod cache;
 pub mod client;
 pub mod pull;
 pub mod reference;

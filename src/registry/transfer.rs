@@ -30,7 +30,7 @@ pub struct Known {
 }
 
 impl Known {
-    fn get(&self, registry: &str, digest: &str) -> Option<String> {
+    pub fn get(&self, registry: &str, digest: &str) -> Option<String> {
         self.by_digest
             .lock()
             .ok()?
@@ -38,7 +38,7 @@ impl Known {
             .cloned()
     }
 
-    fn add(&self, registry: &str, digest: &str, repository: &str) {
+    pub fn add(&self, registry: &str, digest: &str, repository: &str) {
         if let Ok(mut m) = self.by_digest.lock() {
             m.entry((registry.to_string(), digest.to_string()))
                 .or_insert_with(|| repository.to_string());
@@ -91,6 +91,28 @@ pub async fn push(
     let mut s = stats.lock().map(|s| s.clone()).unwrap_or_default();
     s.manifests = targets.len() as u64;
     Ok(s)
+}
+
+/// Makes sure `dest`'s repository has a blob from the store: present,
+/// mounted from where this run saw it, or uploaded.
+pub async fn put_blob(
+    client: &Client,
+    store: &Store,
+    dest: &Reference,
+    digest: &str,
+    size: u64,
+    known: &Known,
+) -> Result<(), RegistryError> {
+    push_blob(
+        client,
+        store,
+        dest,
+        digest,
+        size,
+        known,
+        &Mutex::new(PushStats::default()),
+    )
+    .await
 }
 
 async fn push_blob(
