@@ -161,12 +161,21 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
         None => None,
     };
     if cli.json {
+        let layers: Vec<serde_json::Value> = manifest["layers"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| serde_json::json!({"digest": l["digest"], "size": l["size"], "media_type": l["mediaType"]}))
+                    .collect()
+            })
+            .unwrap_or_default();
         print_json(&serde_json::json!({
             "reference": r.to_string(),
             "digest": digest,
             "media_type": media_type,
             "manifest": manifest,
             "config": config,
+            "layers": layers,
         }));
         return Ok(());
     }

@@ -387,39 +387,32 @@ impl Client {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
         let scopes = [Scope::push(&r.repository)];
-        let start_url = self.url(r, "blobs/uploads/");
-        let resp = self
-            .send(r, &scopes, "starting an upload", &|h| {
-                h.post(&start_url).header(header::CONTENT_LENGTH, 0)
-            })
-            .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(status_error(r, "starting an upload", resp.status(), resp).await);
-        }
-        let mut location = self.location(r, &resp)?;
+        let mut location = self.start_upload(r).await?;
         let mut offset = 0u64;
         let mut failures = 0;
         while offset < size {
             let end = (offset + CHUNK).min(size);
-            let result = self.patch_chunk(r, &location, path, offset, end).await;
-            match result {
+            match self.patch_chunk(r, &location, path, offset, end).await {
                 Ok(next) => {
                     location = next;
                     offset = end;
                     failures = 0;
                     progress(offset);
                 }
-                Err(e) if failures < self.retry.attempts => {
+                Err(_) if failures < self.retry.attempts => {
                     failures += 1;
                     tokio::time::sleep(self.retry.first_delay * failures).await;
-                    // Ask where the registry is; go on from there.
+                    // Go on from where the registry says it is; a session it
+                    // no longer accepts (distribution's upload state names
+                    // the offset before a cut-off chunk) starts over.
                     match self.upload_status(r, &location).await {
-                        Ok((loc, have)) => {
+                        Ok((loc, have)) if have <= size => {
                             location = loc;
                             offset = have;
                         }
-                        Err(_) => {
-                            let _ = e;
+                        _ => {
+                            location = self.start_upload(r).await?;
+                            offset = 0;
                         }
                     }
                 }
@@ -438,6 +431,23 @@ impl Client {
             return Err(status_error(r, "finishing an upload", resp.status(), resp).await);
         }
         Ok(())
+    }
+
+    /// Opens an upload session; its location.
+    async fn start_upload(&self, r: &Reference) -> Result<String, RegistryError> {
+        let start_url = self.url(r, "blobs/uploads/");
+        let resp = self
+            .send(
+                r,
+                &[Scope::push(&r.repository)],
+                "starting an upload",
+                &|h| h.post(&start_url).header(header::CONTENT_LENGTH, 0),
+            )
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(status_error(r, "starting an upload", resp.status(), resp).await);
+        }
+        self.location(r, &resp)
     }
 
     async fn patch_chunk(

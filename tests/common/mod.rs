@@ -5,6 +5,9 @@
 //! Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod registry;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;

@@ -1,0 +1,501 @@
+//! A fault-injecting HTTP/1.1 proxy for registry tests: it listens on a
+//! loopback port and forwards every request to the registry, byte for byte
+//! (the `Host` header too, so the registry's `Location`s name the proxy),
+//! except where a rule set at run time says otherwise:
+//!
+//! - answer the next N matching requests with a status (503, or 429 with
+//!   `Retry-After`), with a registry-style JSON error body, without
+//!   forwarding them;
+//! - forward the head and the first K bytes of a request's body (as on the
+//!   wire), then close both connections: a connection lost mid-upload (a
+//!   rule's use is taken only by a body longer than K);
+//! - hold a response back D before passing it on.
+//!
+//! A rule matches a method (`*` for any) and a part of the request target
+//! (path and query). The first matching rule with uses left applies. Every
+//! request is recorded.
+//!
+//! Threads and `TcpStream`s, one upstream connection per client
+//! connection; the message parsing is `registry.rs`'.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use super::registry::{Framing, Head, read_head, request_framing, response_framing, transfer_body};
+
+/// What a rule does to a request it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer this status (with `Retry-After: N` when given) and a JSON
+    /// error body; the request goes no further.
+    Status {
+        status: u16,
+        retry_after: Option<u32>,
+    },
+    /// Forward the head and this many bytes of the body, then close both
+    /// connections. A body no longer than that passes, and the rule keeps
+    /// its use.
+    DropAfter(u64),
+    /// Forward, and hold the response back this long.
+    Delay(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    method: String,
+    part: String,
+    left: usize,
+    fault: Fault,
+}
+
+/// A request the proxy saw, and the fault it met if any.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub fault: Option<Fault>,
+}
+
+#[derive(Default)]
+struct State {
+    rules: Mutex<Vec<Rule>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl State {
+    /// The fault for this request, taking one use of its rule (a drop
+    /// rule's use is taken only when the body reaches its limit).
+    fn take(&self, method: &str, target: &str) -> Option<(usize, Fault)> {
+        let mut rules = self.rules.lock().unwrap();
+        let (i, rule) = rules.iter_mut().enumerate().find(|(_, r)| {
+            r.left > 0
+                && (r.method == "*" || r.method.eq_ignore_ascii_case(method))
+                && target.contains(&r.part)
+        })?;
+        if !matches!(rule.fault, Fault::DropAfter(_)) {
+            rule.left -= 1;
+        }
+        Some((i, rule.fault.clone()))
+    }
+
+    /// Takes a use of a rule if it has one left.
+    fn consume(&self, rule: usize) -> bool {
+        match self.rules.lock().unwrap().get_mut(rule) {
+            Some(r) if r.left > 0 => {
+                r.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn record(&self, method: &str, target: &str, fault: Option<Fault>) -> usize {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push(Seen {
+            method: method.to_string(),
+            target: target.to_string(),
+            fault,
+        });
+        seen.len() - 1
+    }
+
+    fn mark_fault(&self, index: usize, fault: Fault) {
+        if let Some(s) = self.seen.lock().unwrap().get_mut(index) {
+            s.fault = Some(fault);
+        }
+    }
+}
+
+/// The proxy, served by threads until dropped.
+pub struct Proxy {
+    port: u16,
+    upstream: String,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// A proxy to `upstream` ("127.0.0.1:PORT").
+    pub fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("its address").port();
+        let state = Arc::new(State::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop, upstream) = (state.clone(), stop.clone(), upstream.to_string());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (state, upstream) = (state.clone(), upstream.clone());
+                    thread::spawn(move || {
+                        let _ = serve(conn, &upstream, &state);
+                    });
+                }
+            })
+        };
+        Proxy {
+            port,
+            upstream: upstream.to_string(),
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// "127.0.0.1:PORT": use it in place of the registry's host.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Adds a rule for the next `times` requests of `method` ("*": any)
+    /// whose target contains `part`.
+    pub fn rule(&self, method: &str, part: &str, times: usize, fault: Fault) {
+        self.state.rules.lock().unwrap().push(Rule {
+            method: method.to_string(),
+            part: part.to_string(),
+            left: times,
+            fault,
+        });
+    }
+
+    /// 503 Service Unavailable, `times` times.
+    pub fn fail(&self, method: &str, part: &str, times: usize) {
+        self.fail_with(method, part, times, 503);
+    }
+
+    /// Any status, `times` times.
+    pub fn fail_with(&self, method: &str, part: &str, times: usize, status: u16) {
+        self.rule(
+            method,
+            part,
+            times,
+            Fault::Status {
+                status,
+                retry_after: None,
+            },
+        );
+    }
+
+    /// 429 Too Many Requests with `Retry-After: SECS`, `times` times.
+    pub fn throttle(&self, method: &str, part: &str, times: usize, retry_after_secs: u32) {
+        self.rule(
+            method,
+            part,
+            times,
+            Fault::Status {
+                status: 429,
+                retry_after: Some(retry_after_secs),
+            },
+        );
+    }
+
+    /// Closes the connection after `bytes` of a request body, `times` times.
+    pub fn drop_after(&self, method: &str, part: &str, bytes: u64, times: usize) {
+        self.rule(method, part, times, Fault::DropAfter(bytes));
+    }
+
+    /// Holds responses back `delay`, `times` times.
+    pub fn delay(&self, method: &str, part: &str, delay: Duration, times: usize) {
+        self.rule(method, part, times, Fault::Delay(delay));
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.state.rules.lock().unwrap().clear();
+    }
+
+    /// Uses left, over all rules: 0 once every fault has been injected.
+    pub fn pending(&self) -> usize {
+        self.state
+            .rules
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.left)
+            .sum()
+    }
+
+    /// Requests that met a fault.
+    pub fn injected(&self) -> Vec<Seen> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.fault.is_some())
+            .collect()
+    }
+
+    /// Every request seen, in order.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Requests of `method` ("*": any) whose target contains `part`.
+    pub fn count(&self, method: &str, part: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|s| method == "*" || s.method.eq_ignore_ascii_case(method))
+            .filter(|s| s.target.contains(part))
+            .count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A writer that passes at most `left` bytes (when set) if the drop rule
+/// `gate` still has a use then, and remembers whether it stopped there or
+/// its writer failed.
+struct Valve<'a, W> {
+    inner: W,
+    left: Option<u64>,
+    gate: Option<(&'a State, usize)>,
+    tripped: bool,
+    failed: bool,
+}
+
+impl<W: Write> Write for Valve<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == Some(0) && !buf.is_empty() {
+            match self.gate {
+                Some((state, rule)) if state.consume(rule) => {
+                    self.tripped = true;
+                    return Err(io::Error::other("the proxy drops this connection"));
+                }
+                // Another request used the rule up meanwhile.
+                _ => self.left = None,
+            }
+        }
+        let n = match self.left {
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        let written = self
+            .inner
+            .write(&buf[..n])
+            .inspect_err(|_| self.failed = true)?;
+        if let Some(left) = &mut self.left {
+            *left -= written as u64;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+/// The answer of a `Status` fault.
+fn fault_response(status: u16, retry_after: Option<u32>, close: bool) -> Vec<u8> {
+    let (reason, code) = match status {
+        429 => ("Too Many Requests", "TOOMANYREQUESTS"),
+        500 => ("Internal Server Error", "UNKNOWN"),
+        502 => ("Bad Gateway", "UNAVAILABLE"),
+        503 => ("Service Unavailable", "UNAVAILABLE"),
+        504 => ("Gateway Timeout", "UNAVAILABLE"),
+        _ => ("Injected Fault", "UNKNOWN"),
+    };
+    let body = format!(
+        r#"{{"errors":[{{"code":"{code}","message":"{reason} (injected by the test proxy)","detail":null}}]}}"#
+    );
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Docker-Distribution-Api-Version: registry/2.0\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(secs) = retry_after {
+        head.push_str(&format!("Retry-After: {secs}\r\n"));
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+struct Upstream {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+/// Passes one response (and any interim ones before it) from upstream to
+/// the client, after `delay`. Returns whether the connection must close.
+fn pass_response(
+    up: &mut Upstream,
+    client: &mut TcpStream,
+    method: &str,
+    first: Option<Head>,
+    delay: Option<Duration>,
+) -> io::Result<bool> {
+    let mut next = first;
+    let head = loop {
+        let h = match next.take() {
+            Some(h) => h,
+            None => read_head(&mut up.reader)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"))?,
+        };
+        if (100..200).contains(&h.status()) && h.status() != 101 {
+            client.write_all(&h.raw)?;
+            continue;
+        }
+        break h;
+    };
+    if let Some(d) = delay {
+        thread::sleep(d);
+    }
+    client.write_all(&head.raw)?;
+    let framing = response_framing(method, &head);
+    transfer_body(&mut up.reader, client, framing, true)?;
+    client.flush()?;
+    Ok(framing == Framing::UntilClose || head.has_token("connection", "close"))
+}
+
+fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
+    let mut client_reader = BufReader::new(client.try_clone()?);
+    let mut client_writer = client;
+    // A TLS handshake (clients that try HTTPS first): answer as Go's HTTP
+    // server does, so the client falls back to HTTP at once.
+    if client_reader.fill_buf()?.first() == Some(&0x16) {
+        client_writer.write_all(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+        )?;
+        return Ok(());
+    }
+    let mut up: Option<Upstream> = None;
+    let close_all = |c: &TcpStream, up: &Option<Upstream>| {
+        let _ = c.shutdown(Shutdown::Both);
+        if let Some(u) = up {
+            let _ = u.writer.shutdown(Shutdown::Both);
+        }
+    };
+    loop {
+        let Some(head) = read_head(&mut client_reader)? else {
+            close_all(&client_writer, &up);
+            return Ok(());
+        };
+        let (method, target) = head.request();
+        let (method, target) = (method.to_string(), target.to_string());
+        let framing = request_framing(&head);
+        let expect_continue = head.has_token("expect", "100-continue");
+        let client_close = head.has_token("connection", "close");
+        let taken = state.take(&method, &target);
+        let recorded = taken
+            .as_ref()
+            .map(|(_, f)| f.clone())
+            .filter(|f| !matches!(f, Fault::DropAfter(_)));
+        let seen = state.record(&method, &target, recorded);
+
+        if let Some((
+            _,
+            Fault::Status {
+                status,
+                retry_after,
+            },
+        )) = &taken
+        {
+            if expect_continue && framing != Framing::Empty {
+                // The client waits for 100 Continue: answer and close.
+                client_writer.write_all(&fault_response(*status, *retry_after, true))?;
+                close_all(&client_writer, &up);
+                return Ok(());
+            }
+            transfer_body(&mut client_reader, &mut io::sink(), framing, true)?;
+            client_writer.write_all(&fault_response(*status, *retry_after, client_close))?;
+            client_writer.flush()?;
+            if client_close {
+                close_all(&client_writer, &up);
+                return Ok(());
+            }
+            continue;
+        }
+        let delay = match &taken {
+            Some((_, Fault::Delay(d))) => Some(*d),
+            _ => None,
+        };
+        let drop_after = match &taken {
+            Some((i, Fault::DropAfter(k))) => Some((*i, *k)),
+            _ => None,
+        };
+
+        if up.is_none() {
+            let s = TcpStream::connect(upstream)?;
+            up = Some(Upstream {
+                reader: BufReader::new(s.try_clone()?),
+                writer: s,
+            });
+        }
+        let u = up.as_mut().expect("connected");
+        u.writer.write_all(&head.raw)?;
+
+        if expect_continue && framing != Framing::Empty {
+            let interim = read_head(&mut u.reader)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"))?;
+            if interim.status() == 100 {
+                client_writer.write_all(&interim.raw)?;
+            } else {
+                // A final answer before the body: pass it on and close.
+                pass_response(u, &mut client_writer, &method, Some(interim), delay)?;
+                close_all(&client_writer, &up);
+                return Ok(());
+            }
+        }
+
+        let mut valve = Valve {
+            inner: &mut u.writer,
+            left: drop_after.map(|(_, k)| k),
+            gate: drop_after.map(|(rule, _)| (state, rule)),
+            tripped: false,
+            failed: false,
+        };
+        let sent = transfer_body(&mut client_reader, &mut valve, framing, true);
+        let (tripped, failed) = (valve.tripped, valve.failed);
+        if tripped {
+            if let Some((_, k)) = drop_after {
+                state.mark_fault(seen, Fault::DropAfter(k));
+            }
+            // Closed with the client's next bytes unread, the socket sends
+            // a reset: the client's next write fails with ECONNRESET, as
+            // when a connection is lost (a FIN first would give EPIPE).
+            thread::sleep(Duration::from_millis(20));
+            if let Some(u) = &up {
+                let _ = u.writer.shutdown(Shutdown::Both);
+            }
+            return Ok(());
+        }
+        if let Err(e) = sent {
+            if failed {
+                // The registry answered early and closed (a 401 before the
+                // body, say): pass its answer on if there is one.
+                let _ = pass_response(u, &mut client_writer, &method, None, delay);
+            }
+            close_all(&client_writer, &up);
+            return Err(e);
+        }
+        u.writer.flush()?;
+        let close = pass_response(u, &mut client_writer, &method, None, delay)?;
+        if close || client_close {
+            close_all(&client_writer, &up);
+            return Ok(());
+        }
+    }
+}
