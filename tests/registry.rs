@@ -5,7 +5,7 @@
 //! The `harness_*` tests check the harness itself against real peers
 //! (skopeo, docker). The other tests drive imgbuild's registry commands
 //! (`push`, `build --push`, `tag`, `copy`, `digest`, `ls`, `delete`,
-//! `inspect`, `login`)).
+//! `inspect`, `login`).
 //!
 //! Needs: docker-registry, skopeo, openssl, busybox-static, and a reachable
 //! Docker daemon for the tests that `docker pull`.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use imgbuild::build::ImageOutcome;
 use imgbuild::registry::Reference;
 use imgbuild::registry::transfer::{self, PushStats};
-use imgbuild::spec::Spec;
+use imgbuild::spec::{Parent, Spec};
 use imgbuild::store::Store;
 
 use super::{Failure, print_json};
@@ -100,7 +100,23 @@ pub fn push_images(
     let (client, known, rt) = (&net.client, &net.known, &net.rt);
     let mut out = Vec::new();
     for image in images {
-        let tags = &spec.images[&image.name].tags;
+        let spec_image = &spec.images[&image.name];
+        // The parent's layers most likely sit in the parent's repository
+        // already: offer it as the mount source (an upload if it is not).
+        if let Parent::Image(parent) = &spec_image.parent {
+            let inherited = image
+                .record
+                .layers
+                .len()
+                .saturating_sub(spec_image.layers.len());
+            let from = format!("{prefix}/{parent}");
+            if let Ok(r) = format!("{from}:latest").parse::<Reference>() {
+                for l in &image.record.layers[..inherited] {
+                    known.guess(&r.registry, &l.digest, &r.repository);
+                }
+            }
+        }
+        let tags = &spec_image.tags;
         for (repo, tags) in destinations(&prefix, &image.name, tags, &args.tags)? {
             let dest: Reference = format!("{repo}:{}", tags[0])
                 .parse()

@@ -358,19 +358,23 @@ impl Client {
     ) -> Result<bool, RegistryError> {
         let url = self.url(r, "blobs/uploads/");
         let scopes = [Scope::push(&r.repository), Scope::pull(from)];
-        let resp = self
+        let sent = self
             .send(r, &scopes, "mounting a blob", &|h| {
                 h.post(&url)
                     .query(&[("mount", digest), ("from", from)])
                     .header(header::CONTENT_LENGTH, 0)
             })
-            .await?;
+            .await;
+        // No right to read the source is no reason to fail: upload instead.
+        let resp = match sent {
+            Err(RegistryError::Denied { .. }) => return Ok(false),
+            other => other?,
+        };
         match resp.status() {
             StatusCode::CREATED => Ok(true),
-            StatusCode::ACCEPTED => {
-                // An upload session was opened; leave it to expire.
-                Ok(false)
-            }
+            // An upload session was opened instead (leave it to expire), or
+            // the source cannot be read with these credentials.
+            StatusCode::ACCEPTED | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(false),
             s => Err(status_error(r, "mounting a blob", s, resp).await),
         }
     }

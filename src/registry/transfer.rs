@@ -38,7 +38,18 @@ impl Known {
             .cloned()
     }
 
+    /// Records where a blob was seen; replaces a guess.
     pub fn add(&self, registry: &str, digest: &str, repository: &str) {
+        if let Ok(mut m) = self.by_digest.lock() {
+            m.insert(
+                (registry.to_string(), digest.to_string()),
+                repository.to_string(),
+            );
+        }
+    }
+
+    /// Records where a blob probably is, unless its place is known.
+    pub fn guess(&self, registry: &str, digest: &str, repository: &str) {
         if let Ok(mut m) = self.by_digest.lock() {
             m.entry((registry.to_string(), digest.to_string()))
                 .or_insert_with(|| repository.to_string());
