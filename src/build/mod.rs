@@ -150,6 +150,9 @@ pub struct Session<'a> {
     pub graph: String,
     pub puller: Option<&'a dyn Puller>,
     pub cache: Option<&'a dyn LayerCache>,
+    /// One writer per layer key: images built side by side often share a
+    /// layer (two Moodle releases, one config tree).
+    writing: Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>,
 }
 
 impl<'a> Session<'a> {
@@ -161,6 +164,7 @@ impl<'a> Session<'a> {
             graph: crate::store::graph_id(&spec.file_abs()),
             puller: None,
             cache: None,
+            writing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -400,6 +404,14 @@ impl<'a> Session<'a> {
             let started = Instant::now();
             let ids = self.ids(image, l, &accounts)?;
             let (entries, key) = self.walk(image, i, l, ids)?;
+            let key_lock = self
+                .writing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.clone())
+                .or_default()
+                .clone();
+            let _writing = key_lock.lock().unwrap_or_else(|e| e.into_inner());
             let (record, built, fetched) = match self.cached_layer(&key)? {
                 Some(r) => (r, false, false),
                 None => match self.remote_layer(&key, reporter)? {
