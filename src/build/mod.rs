@@ -55,7 +55,7 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("image {image}: pulling {reference}: {reason}")]
+    #[error("image {image}: {reason}")]
     Pull {
         image: String,
         reference: String,
@@ -535,7 +535,7 @@ impl<'a> Session<'a> {
                 let puller = self.puller.ok_or_else(|| BuildError::Pull {
                     image: name.clone(),
                     reference: r.clone(),
-                    reason: "this command does not reach registries".into(),
+                    reason: format!("{r}: this command does not reach registries"),
                 })?;
                 let record = puller.pull(r).map_err(|reason| BuildError::Pull {
                     image: name.clone(),

@@ -15,7 +15,10 @@ pub struct Net<'a> {
     pub rt: tokio::runtime::Runtime,
     /// Where blobs were seen this run, for mounts.
     pub known: Known,
-    cache_repo: Option<Reference>,
+    pub cache_repo: Option<Reference>,
+    /// Set once the cache failed: a cache that cannot be reached is given
+    /// up for the run instead of costing retries on every layer.
+    cache_down: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Net<'a> {
@@ -42,11 +45,29 @@ impl<'a> Net<'a> {
             rt: runtime()?,
             known: Known::default(),
             cache_repo,
+            cache_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn has_cache(&self) -> bool {
         self.cache_repo.is_some()
+    }
+
+    fn cache(&self) -> Option<&Reference> {
+        if self.cache_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.cache_repo.as_ref()
+    }
+
+    fn cache_failed(&self, e: &imgbuild::registry::RegistryError) -> String {
+        if e.is_unreachable() {
+            self.cache_down
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            format!("{e} (not using the cache for the rest of this run)")
+        } else {
+            e.to_string()
+        }
     }
 }
 
@@ -60,6 +81,7 @@ impl Puller for Net<'_> {
             .block_on(pull(&self.client, self.store, &r, "linux", host_arch()))
         {
             Ok(record) => Ok(record),
+            Err(e) if !e.is_unreachable() => Err(e.to_string()),
             Err(e) => match last_pull(self.store, &r) {
                 // Offline, or the registry is down: the last pull will do.
                 Ok(Some(p)) if p.record.blobs().iter().all(|b| self.store.has_blob(b)) => {
@@ -77,13 +99,13 @@ impl Puller for Net<'_> {
 
 impl LayerCache for Net<'_> {
     fn get(&self, key: &str) -> Result<Option<LayerRecord>, String> {
-        let Some(repo) = &self.cache_repo else {
+        let Some(repo) = self.cache() else {
             return Ok(None);
         };
         let entry = self
             .rt
             .block_on(cache::get(&self.client, self.store, repo, key))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.cache_failed(&e))?;
         Ok(entry.map(|e| {
             self.known
                 .add(&repo.registry, &e.desc.digest, &repo.repository);
@@ -95,7 +117,7 @@ impl LayerCache for Net<'_> {
     }
 
     fn put(&self, key: &str, record: &LayerRecord) -> Result<(), String> {
-        let Some(repo) = &self.cache_repo else {
+        let Some(repo) = self.cache() else {
             return Ok(());
         };
         let entry = cache::Entry {

@@ -101,6 +101,13 @@ pub fn push_images(
     let mut out = Vec::new();
     for image in images {
         let spec_image = &spec.images[&image.name];
+        // Layers built or fetched with a cache repository are in it: mount
+        // from there when it is on the same registry.
+        if let Some(cache) = &net.cache_repo {
+            for l in &image.record.layers {
+                known.guess(&cache.registry, &l.digest, &cache.repository);
+            }
+        }
         // The parent's layers most likely sit in the parent's repository
         // already: offer it as the mount source (an upload if it is not).
         if let Parent::Image(parent) = &spec_image.parent {

@@ -11,6 +11,20 @@ use std::path::PathBuf;
 pub use client::Client;
 pub use reference::{Reference, ReferenceError};
 
+impl RegistryError {
+    /// True when the registry could not be reached or did not work (as
+    /// opposed to answering: not found, denied, or wrong content).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            RegistryError::Http { .. } => true,
+            RegistryError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error(transparent)]

@@ -51,6 +51,7 @@ pub async fn pull(
         reason,
     };
     let (mut bytes, mut media_type) = client.get_manifest(r).await?;
+    verify_pinned(r, &bytes)?;
     let mut at = r.clone();
     if media_type.contains("index") || media_type.contains("manifest.list") {
         let index: ImageIndex =
@@ -77,17 +78,7 @@ pub async fn pull(
             })?;
         at = r.with_digest(chosen.digest().as_ref());
         (bytes, media_type) = client.get_manifest(&at).await?;
-    }
-    if let Some(pinned) = &at.digest {
-        let actual = format!("sha256:{}", sha256_hex(&bytes));
-        if &actual != pinned {
-            return Err(RegistryError::Mismatch {
-                reference: at.to_string(),
-                digest: pinned.clone(),
-                expected: pinned.clone(),
-                actual,
-            });
-        }
+        verify_pinned(&at, &bytes)?;
     }
     let _ = media_type;
     let manifest: ImageManifest =
@@ -135,6 +126,22 @@ pub async fn pull(
         },
     )?;
     Ok(record)
+}
+
+/// A manifest fetched by digest must be the bytes that digest names.
+fn verify_pinned(r: &Reference, bytes: &[u8]) -> Result<(), RegistryError> {
+    if let Some(pinned) = &r.digest {
+        let actual = format!("sha256:{}", sha256_hex(bytes));
+        if &actual != pinned {
+            return Err(RegistryError::Mismatch {
+                reference: r.to_string(),
+                digest: pinned.clone(),
+                expected: pinned.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Streams a blob into the store unless it is there, checking it.

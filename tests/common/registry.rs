@@ -711,6 +711,17 @@ impl Registry {
         fs::metadata(p).ok().map(|m| m.len())
     }
 
+    /// Where the bytes of a stored blob (`sha256:…` or hex) are, or would
+    /// be: a test may corrupt them there, as a failing disk would.
+    pub fn stored_blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(hex.get(..2).unwrap_or(hex))
+            .join(hex)
+            .join("data")
+    }
+
     /// The `Authorization` value for a request to `target`: Basic, or a
     /// bearer token for the repository it names (pull, push and delete),
     /// or none.
