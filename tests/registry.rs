@@ -24,7 +24,9 @@ use serde_json::Value;
 
 use common::proxy::Proxy;
 use common::registry::{Registry, TokenOptions, basic_auth, http, write_docker_config};
-use common::{Ctx, Report, Run, ValidImage, require_tool, run_command, validate_layout};
+use common::{
+    Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
+};
 
 const USER: &str = "ci-bot";
 /// Distinctive, so that a leak into any output is found.
@@ -66,30 +68,6 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// /bin/busybox, which must be static (a scratch image has no loader).
-fn static_busybox() -> PathBuf {
-    let path = PathBuf::from("/bin/busybox");
-    let bytes = fs::read(&path).unwrap_or_else(|_| {
-        panic!("/bin/busybox is missing: install it with `apt-get install busybox-static`")
-    });
-    assert!(
-        bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "/bin/busybox is not a 64-bit little-endian ELF"
-    );
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    let dynamic = (0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) == 3
-    });
-    assert!(
-        !dynamic,
-        "/bin/busybox is dynamically linked: install `busybox-static` (apt-get install busybox-static)"
-    );
-    path
 }
 
 /// base (busybox) ← app, web: app and web share base's layer. app has a

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use common::registry::{Access, Registry, free_port};
 use common::{
     CONFIG, Ctx, INDEX, LAYER_GZIP, MANIFEST, REF_NAME, Report, Run, ValidImage, require_root,
-    require_tool, run_command, sha256_hex, validate_layout,
+    require_tool, run_command, sha256_hex, static_busybox, validate_layout,
 };
 
 /// Variables that would send loopback traffic elsewhere, or lend
@@ -147,30 +147,6 @@ impl Drop for DockerImages {
 /// daemon).
 fn unique(name: &str) -> String {
     format!("pull{}-{name}", std::process::id())
-}
-
-/// /bin/busybox, which must be static (a scratch image has no loader).
-fn static_busybox() -> PathBuf {
-    let path = PathBuf::from("/bin/busybox");
-    let bytes = fs::read(&path).unwrap_or_else(|_| {
-        panic!("/bin/busybox is missing: install it with `apt-get install busybox-static`")
-    });
-    assert!(
-        bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "/bin/busybox is not a 64-bit little-endian ELF"
-    );
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    let dynamic = (0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) == 3
-    });
-    assert!(
-        !dynamic,
-        "/bin/busybox is dynamically linked: install `busybox-static` (apt-get install busybox-static)"
-    );
-    path
 }
 
 /// A busybox root under `dir` of the project, with www-data and a marker

@@ -14,7 +14,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Ctx, Report, Run, ValidImage, require_tool, run_command, validate_layout};
+use common::{
+    Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
+};
 
 const EPOCH: i64 = 1_700_000_000;
 
@@ -41,32 +43,6 @@ struct Fixture {
 fn names() -> (String, String) {
     let prefix = format!("imgbuild-it{}", std::process::id());
     (format!("{prefix}-base"), format!("{prefix}-child"))
-}
-
-/// Fails unless /bin/busybox exists and is statically linked (a dynamic one
-/// cannot run in a scratch image).
-fn static_busybox() -> PathBuf {
-    let path = PathBuf::from("/bin/busybox");
-    let bytes = fs::read(&path).unwrap_or_else(|_| {
-        panic!("/bin/busybox is missing: install it with `apt-get install busybox-static`")
-    });
-    assert!(
-        bytes.starts_with(b"\x7fELF") && bytes[4] == 2 && bytes[5] == 1,
-        "/bin/busybox is not a 64-bit little-endian ELF"
-    );
-    // Program headers: no PT_INTERP (3) means no dynamic loader is needed.
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
-    let dynamic = (0..phnum).any(|i| {
-        let o = phoff + i * phentsize;
-        u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) == 3
-    });
-    assert!(
-        !dynamic,
-        "/bin/busybox is dynamically linked: install `busybox-static` (apt-get install busybox-static)"
-    );
-    path
 }
 
 fn fixture(compression: &str) -> Fixture {

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::transfer::Known;
 use super::{Client, Reference, RegistryError};
-use crate::oci::digest::{HashingWriter, sha256_hex};
-use crate::oci::image::{LayerDesc, canonical_json, hex_of};
+use crate::oci::digest::sha256_hex;
+use crate::oci::image::{LayerDesc, canonical_json};
 use crate::store::Store;
 
 /// The config media type of a cache entry.
@@ -74,28 +74,7 @@ pub async fn get(
     {
         return Err(err(&at, "cache entry disagrees with its manifest".into()));
     }
-    let hex = hex_of(&entry.desc.digest);
-    if store.blob_size(&hex) != Some(entry.desc.size) {
-        let tmp = store.temp_file()?;
-        let mut file = tmp.reopen().map_err(|e| RegistryError::Io {
-            path: tmp.path().to_path_buf(),
-            source: e,
-        })?;
-        let mut hashing = HashingWriter::new(&mut file);
-        client
-            .get_blob(&at, &entry.desc.digest, &mut hashing)
-            .await?;
-        let (_, actual, n) = hashing.finish();
-        if actual != hex || n != entry.desc.size {
-            return Err(RegistryError::Mismatch {
-                reference: at.to_string(),
-                digest: entry.desc.digest.clone(),
-                expected: format!("{}, {} bytes", entry.desc.digest, entry.desc.size),
-                actual: format!("sha256:{actual}, {n} bytes"),
-            });
-        }
-        store.commit_blob(tmp, &hex)?;
-    }
+    super::pull::fetch_blob(client, store, &at, &entry.desc.digest, entry.desc.size).await?;
     Ok(Some(entry))
 }
 

@@ -145,7 +145,7 @@ fn verify_pinned(r: &Reference, bytes: &[u8]) -> Result<(), RegistryError> {
 }
 
 /// Streams a blob into the store unless it is there, checking it.
-async fn fetch_blob(
+pub(super) async fn fetch_blob(
     client: &Client,
     store: &Store,
     r: &Reference,
