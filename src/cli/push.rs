@@ -98,7 +98,21 @@ pub fn push_images(
 ) -> Result<Vec<Pushed>, Failure> {
     let prefix = prefix(args, spec)?;
     let (client, known, rt) = (&net.client, &net.known, &net.rt);
-    let mut out = Vec::new();
+    // Parents first: a shared blob's first home is the image that adds it,
+    // and children mount it from there.
+    let depth = |name: &str| {
+        let mut d = 0;
+        let mut cur = &spec.images[name].parent;
+        while let Parent::Image(p) = cur {
+            d += 1;
+            cur = &spec.images[p].parent;
+        }
+        d
+    };
+    let mut images: Vec<&&ImageOutcome> = images.iter().collect();
+    images.sort_by_key(|i| depth(&i.name));
+    let mut items = Vec::new();
+    let mut meta = Vec::new();
     for image in images {
         let spec_image = &spec.images[&image.name];
         // Layers built or fetched with a cache repository are in it: mount
@@ -116,38 +130,43 @@ pub fn push_images(
                 .layers
                 .len()
                 .saturating_sub(spec_image.layers.len());
-            let from = format!("{prefix}/{parent}");
-            if let Ok(r) = format!("{from}:latest").parse::<Reference>() {
+            if let Ok(r) = format!("{prefix}/{parent}:latest").parse::<Reference>() {
                 for l in &image.record.layers[..inherited] {
                     known.guess(&r.registry, &l.digest, &r.repository);
                 }
             }
         }
-        let tags = &spec_image.tags;
-        for (repo, tags) in destinations(&prefix, &image.name, tags, &args.tags)? {
+        for (repo, tags) in destinations(&prefix, &image.name, &spec_image.tags, &args.tags)? {
             let dest: Reference = format!("{repo}:{}", tags[0])
                 .parse()
                 .map_err(Failure::usage)?;
-            let stats = rt
-                .block_on(transfer::push(
-                    client,
-                    store,
-                    &image.record,
-                    &dest,
-                    &tags[1..],
-                    known,
-                ))
-                .map_err(Failure::failed)?;
-            out.push(Pushed {
-                name: image.name.clone(),
-                reference: dest.to_string(),
-                digest: image.manifest.clone(),
-                tags,
-                stats,
+            items.push(transfer::PushItem {
+                record: &image.record,
+                dest: dest.clone(),
+                tags: tags[1..].to_vec(),
             });
+            meta.push((
+                image.name.clone(),
+                dest.to_string(),
+                image.manifest.clone(),
+                tags,
+            ));
         }
     }
-    Ok(out)
+    let stats = rt
+        .block_on(transfer::push_many(client, store, &items, known))
+        .map_err(Failure::failed)?;
+    Ok(meta
+        .into_iter()
+        .zip(stats)
+        .map(|((name, reference, digest, tags), stats)| Pushed {
+            name,
+            reference,
+            digest,
+            tags,
+            stats,
+        })
+        .collect())
 }
 
 pub fn report(json: bool, quiet: bool, pushed: &[Pushed]) {

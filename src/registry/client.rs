@@ -434,6 +434,20 @@ impl Client {
         if resp.status() != StatusCode::CREATED {
             return Err(status_error(r, "finishing an upload", resp.status(), resp).await);
         }
+        // The registry names what it stored; anything else is not our blob.
+        if let Some(stored) = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            && stored != digest
+        {
+            return Err(RegistryError::Mismatch {
+                reference: r.to_string(),
+                digest: digest.to_string(),
+                expected: digest.to_string(),
+                actual: stored.to_string(),
+            });
+        }
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Moving images: push from the store, tag, copy between repositories.
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use tokio::sync::Semaphore;
@@ -57,18 +57,14 @@ impl Known {
     }
 }
 
-/// Pushes an image from the store to `dest` and each of `tags` (same
-/// repository). Blobs first, in parallel; the manifest only after every
-/// blob is confirmed, so no tag ever names a missing blob.
-pub async fn push(
-    client: &Client,
-    store: &Store,
-    record: &ImageRecord,
-    dest: &Reference,
-    tags: &[String],
-    known: &Known,
-) -> Result<PushStats, RegistryError> {
-    let stats = Arc::new(Mutex::new(PushStats::default()));
+/// One image to push: where, and under which further tags (same repository).
+pub struct PushItem<'a> {
+    pub record: &'a ImageRecord,
+    pub dest: Reference,
+    pub tags: Vec<String>,
+}
+
+fn blobs_of(record: &ImageRecord) -> Vec<(String, u64)> {
     let mut blobs: Vec<(String, u64)> = record
         .layers
         .iter()
@@ -77,31 +73,115 @@ pub async fn push(
     blobs.push((record.config.clone(), record.config_size));
     let mut seen = BTreeSet::new();
     blobs.retain(|(d, _)| seen.insert(d.clone()));
-    let sem = Arc::new(Semaphore::new(PARALLEL));
-    let tasks = blobs.iter().map(|(digest, size)| {
-        let sem = sem.clone();
-        let stats = stats.clone();
-        async move {
-            let _permit = sem
-                .acquire()
-                .await
-                .map_err(|e| RegistryError::Setup(e.to_string()))?;
-            push_blob(client, store, dest, digest, *size, known, &stats).await
-        }
+    blobs
+}
+
+/// Runs `jobs` at most `PARALLEL` at a time; the first error wins.
+async fn bounded<F>(jobs: Vec<F>) -> Result<(), RegistryError>
+where
+    F: std::future::Future<Output = Result<(), RegistryError>>,
+{
+    let sem = Semaphore::new(PARALLEL);
+    let sem = &sem;
+    let all = jobs.into_iter().map(|job| async move {
+        let _permit = sem
+            .acquire()
+            .await
+            .map_err(|e| RegistryError::Setup(e.to_string()))?;
+        job.await
     });
-    for r in futures_join_all(tasks).await {
-        r?;
+    futures_util::future::join_all(all)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Pushes several images at once, in three phases so a fleet's shared
+/// blobs go up once and side by side: (1) each distinct blob to the first
+/// repository that needs it, all in parallel, so a big Moodle layer does
+/// not hold up fifty small clients; (2) every other repository mounts what
+/// phase 1 put; (3) manifests, only after every blob is confirmed, so no
+/// tag ever names a missing blob.
+pub async fn push_many(
+    client: &Client,
+    store: &Store,
+    items: &[PushItem<'_>],
+    known: &Known,
+) -> Result<Vec<PushStats>, RegistryError> {
+    let stats: Vec<Mutex<PushStats>> = items
+        .iter()
+        .map(|_| Mutex::new(PushStats::default()))
+        .collect();
+    let mut first: Vec<(usize, String, u64)> = Vec::new();
+    let mut rest: Vec<(usize, String, u64)> = Vec::new();
+    let mut homes: BTreeSet<(String, String)> = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        for (digest, size) in blobs_of(item.record) {
+            let home = (item.dest.registry.clone(), digest.clone());
+            if homes.insert(home) {
+                first.push((i, digest, size));
+            } else {
+                rest.push((i, digest, size));
+            }
+        }
     }
-    let manifest = store.read_blob(&hex_of(&record.manifest))?;
+    // Biggest first: the long uploads start at once.
+    first.sort_by_key(|b| std::cmp::Reverse(b.2));
+    for phase in [first, rest] {
+        let jobs = phase
+            .iter()
+            .map(|(i, digest, size)| {
+                push_blob(
+                    client,
+                    store,
+                    &items[*i].dest,
+                    digest,
+                    *size,
+                    known,
+                    &stats[*i],
+                )
+            })
+            .collect();
+        bounded(jobs).await?;
+    }
     let media = MediaType::ImageManifest.to_string();
-    let mut targets: Vec<Reference> = vec![dest.clone()];
-    targets.extend(tags.iter().map(|t| dest.with_tag(t)));
-    for t in &targets {
-        client.put_manifest(t, &manifest, &media).await?;
+    let mut puts = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let manifest = store.read_blob(&hex_of(&item.record.manifest))?;
+        let mut targets: Vec<Reference> = vec![item.dest.clone()];
+        targets.extend(item.tags.iter().map(|t| item.dest.with_tag(t)));
+        if let Ok(mut s) = stats[i].lock() {
+            s.manifests = targets.len() as u64;
+        }
+        for t in targets {
+            let manifest = manifest.clone();
+            let media = media.clone();
+            puts.push(async move { client.put_manifest(&t, &manifest, &media).await });
+        }
     }
-    let mut s = stats.lock().map(|s| s.clone()).unwrap_or_default();
-    s.manifests = targets.len() as u64;
-    Ok(s)
+    bounded(puts).await?;
+    Ok(stats
+        .into_iter()
+        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect())
+}
+
+/// Pushes an image from the store to `dest` and each of `tags`.
+pub async fn push(
+    client: &Client,
+    store: &Store,
+    record: &ImageRecord,
+    dest: &Reference,
+    tags: &[String],
+    known: &Known,
+) -> Result<PushStats, RegistryError> {
+    let item = PushItem {
+        record,
+        dest: dest.clone(),
+        tags: tags.to_vec(),
+    };
+    let mut stats = push_many(client, store, std::slice::from_ref(&item), known).await?;
+    Ok(stats.pop().unwrap_or_default())
 }
 
 /// Makes sure `dest`'s repository has a blob from the store: present,
@@ -153,25 +233,14 @@ async fn push_blob(
         return Ok(());
     }
     let path = store.blob_path(&hex_of(digest));
+    // The upload's 201, naming this digest, confirms it.
     client.upload(dest, digest, size, &path, &|_| {}).await?;
-    // Confirm before anything names it.
-    if client.blob_size(dest, digest).await? != Some(size) {
-        return Err(RegistryError::Protocol {
-            reference: dest.to_string(),
-            reason: format!("blob {digest} is not there after its upload"),
-        });
-    }
     known.add(&dest.registry, digest, &dest.repository);
     bump(&|s| {
         s.blobs_uploaded += 1;
         s.bytes_uploaded += size;
     });
     Ok(())
-}
-
-/// Awaits futures side by side, results in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    futures_util::future::join_all(futs).await
 }
 
 /// Points `dst` (a tag in any repository of the same registry, or another
