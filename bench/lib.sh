@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # variables set here are read by the scripts that source this
-# Shared helpers for bench/core.sh and bench/fleet.sh. Source it; do not run it.
+# Shared helpers for bench/core.sh, bench/fleet.sh and bench/push.sh. Source it; do not run it.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
@@ -43,6 +43,22 @@ ensure_moodle_tree() {
     rm -rf --one-file-system "$tree" "$stamp" "$WORK/moodle-tree.params"
     python3 "$BENCH_DIR/gen-moodle-tree.py" "$tree" --seed "$SEED" --files "$FILES" --mib "$MIB" --stats "$stamp"
     printf '%s\n' "$want" >"$WORK/moodle-tree.params"
+}
+
+# ensure_clients N: generate the client trees $WORK/clients/client-01..client-NN that
+# are missing (as fleet.sh does: seed NN, name clientNN) and set CLIENT_NAMES to them.
+ensure_clients() {
+    local i n
+    CLIENT_NAMES=()
+    for ((i = 1; i <= $1; i++)); do CLIENT_NAMES+=("$(printf 'client-%02d' "$i")"); done
+    for n in "${CLIENT_NAMES[@]}"; do
+        if [[ ! -f $WORK/clients/$n.stats.json ]]; then
+            rm -rf --one-file-system "${WORK:?}/clients/$n"
+            python3 "$BENCH_DIR/gen-client-tree.py" "$WORK/clients/$n" --seed "$((10#${n#client-}))" \
+                --name "${n//-/}" --stats "$WORK/clients/$n.stats.json" --quiet
+        fi
+    done
+    log "clients: ${#CLIENT_NAMES[@]} trees under $WORK/clients"
 }
 
 # warm_cache DIR: read a tree once so every tool starts from a warm page cache.
@@ -156,6 +172,8 @@ print(json.dumps({
     "git_rev": rev,
     "buildah": out("buildah", "--version"),
     "pigz": out("pigz", "--version"),
+    "skopeo": out("skopeo", "--version"),
+    "docker_registry": out("docker-registry", "--version"),
     "tar": out("tar", "--version"),
     "kernel": os.uname().release,
     "nproc": os.cpu_count(),

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Print the table of a benchmark run and write it as JSON.
 
-usage: report.py core|fleet WORK_DIR VERSIONS_JSON
+usage: report.py core|fleet|push WORK_DIR VERSIONS_JSON
 
-Reads the measure.py results under WORK_DIR/<bench>/ and writes WORK_DIR/<bench>.json.
+Reads the measure.py results under WORK_DIR/<bench>/ (for push, also what
+registry.py recorded about each push: runs.jsonl, layout.json, ...) and writes
+WORK_DIR/<bench>.json.
 Targets are reported as met / missed / n/a; nothing here fails a run.
 """
 
@@ -55,6 +57,164 @@ def ratio(num, den):
     return num / den
 
 
+def load_lines(path):
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    out.append(json.loads(line))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def push_details(d):
+    """What registry.py recorded about the pushes of bench/push.sh."""
+    return {"layout": load(os.path.join(d, "layout.json")),
+            "big_layout": load(os.path.join(d, "big-layout.json")),
+            "tags_imgbuild": load(os.path.join(d, "tags-imgbuild.json")),
+            "tags_skopeo": load(os.path.join(d, "tags-skopeo.json")),
+            "records": load_lines(os.path.join(d, "runs.jsonl"))}
+
+
+def records(push, kind):
+    return [x for x in push["records"] if x.get("kind") == kind]
+
+
+def counted(push, kind):
+    """The proxy's counters of the (untimed) counted push of this kind."""
+    rec = records(push, kind)
+    return rec[-1].get("counts") if rec else None
+
+
+def span(values, fmt="{:.0f}"):
+    """One value, or lo..hi when the runs differ."""
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}..{fmt.format(hi)}"
+
+
+def mib(n):
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def over(sent, base):
+    """How much more than `base` was sent, in per cent."""
+    if sent is None or not base:
+        return None
+    return (sent / base - 1) * 100
+
+
+# result name -> (kind of its timed records, kind of its counted record)
+PUSH_KINDS = {"imgbuild-push-fleet": ("imgbuild-push", "imgbuild-push-counted"),
+              "imgbuild-push-fleet-again": ("imgbuild-again", "imgbuild-again-counted"),
+              "skopeo-push-fleet": ("skopeo-push", "skopeo-push-counted"),
+              "imgbuild-tag": ("imgbuild-tag", None),
+              "skopeo-tag": ("skopeo-tag", None),
+              "imgbuild-push-big": ("imgbuild-big", "imgbuild-big-counted"),
+              "skopeo-push-big": ("skopeo-big", "skopeo-big-counted")}
+
+
+def push_rows(r, extra, push):
+    n = extra.get("clients", 50)
+    big = extra.get("big_mib", 300)
+    tag = (push.get("tags_imgbuild") or push.get("tags_skopeo") or {}).get("tag", "5.1.4")
+    rows = [(f"imgbuild push --all, {n + 1} images", r.get("imgbuild-push-fleet")),
+            ("imgbuild push --all again", r.get("imgbuild-push-fleet-again")),
+            (f"skopeo copy x {n + 1} (loop)", r.get("skopeo-push-fleet")),
+            (f"imgbuild tag x {n} (loop)", r.get("imgbuild-tag")),
+            (f"skopeo copy :latest :{tag} x {n} (loop)", r.get("skopeo-tag")),
+            (f"imgbuild push, one {big} MiB layer", r.get("imgbuild-push-big")),
+            (f"skopeo copy, one {big} MiB layer", r.get("skopeo-push-big"))]
+    sent, blobs, cpu, reg_cpu = {}, {}, {}, {}
+    for name, (kind, ckind) in PUSH_KINDS.items():
+        c = counted(push, ckind) if ckind else None
+        if c:
+            sent[name] = mib(c["up_bytes"])
+        x = r.get(name)
+        if x and x.get("ok") and x.get("runs"):
+            cpu[name] = f"{sum(y['user_s'] + y['sys_s'] for y in x['runs']) / len(x['runs']):.2f} s"
+        recs = records(push, kind)
+        if recs:
+            # tag records cover all the timed loops: per loop
+            per = [max(y.get("round") or 1, 1) if kind.endswith("-tag") else 1 for y in recs]
+            blobs[name] = (span([y["log"]["uploads"] / p for y, p in zip(recs, per)]) + "/"
+                           + span([y["log"]["mounts"] / p for y, p in zip(recs, per)]))
+            rc = [y["registry_cpu_s"] / p for y, p in zip(recs, per) if y.get("registry_cpu_s") is not None]
+            if rc:
+                reg_cpu[name] = f"{sum(rc) / len(rc):.2f} s"
+    cols = [("CPU", 7, cpu), ("reg. CPU", 8, reg_cpu), ("sent", 10, sent), ("up/mnt", 9, blobs)]
+
+    lay = push.get("layout") or {}
+    blay = push.get("big_layout") or {}
+    ic, sc = counted(push, "imgbuild-push-counted"), counted(push, "skopeo-push-counted")
+    again = [x["log"]["uploads"] for x in records(push, "imgbuild-again")]
+    ac = counted(push, "imgbuild-again-counted")
+    bic, bsc = counted(push, "imgbuild-big-counted"), counted(push, "skopeo-big-counted")
+    rss = lambda x: x.get("max_rss_mib") if x and x.get("ok") else None  # noqa: E731
+    ti, ts = push.get("tags_imgbuild"), push.get("tags_skopeo")
+    figures = [
+        ("imgbuild push --all / skopeo loop", ratio(mean(r.get("imgbuild-push-fleet")),
+                                                    mean(r.get("skopeo-push-fleet"))), "<=", 0.5, "x", "{:.2f}"),
+        ("imgbuild bytes sent over unique blobs", over(ic and ic["up_bytes"], lay.get("blob_bytes")),
+         "<=", 2.0, "%", "{:+.2f}"),
+        ("imgbuild blob bodies over unique blobs", over(ic and ic["blob_body_bytes"], lay.get("blob_bytes")),
+         None, None, "%", "{:+.2f}"),
+        ("skopeo bytes sent over unique blobs", over(sc and sc["up_bytes"], lay.get("blob_bytes")),
+         None, None, "%", "{:+.2f}"),
+        ("blobs uploaded by push --all again", max(again) if again else None, "==", 0, "", "{:.0f}"),
+        ("bytes sent by push --all again", ac["up_bytes"] / 1024 if ac else None, None, None, "KiB", "{:.0f}"),
+        (f"imgbuild tag x {n}, total", mean(r.get("imgbuild-tag")), "<=", 2.0, "s"),
+        (f"tags :{tag} = :latest after imgbuild tag", ti["same"] if ti else None, "==", n, "", "{:.0f}"),
+        ("skopeo tag loop / imgbuild tag loop", ratio(mean(r.get("skopeo-tag")), mean(r.get("imgbuild-tag"))),
+         None, None, "x"),
+        (f"imgbuild peak RSS, {big} MiB layer push", rss(r.get("imgbuild-push-big")), "<=", 256.0, "MiB"),
+        (f"skopeo peak RSS, {big} MiB layer push", rss(r.get("skopeo-push-big")), None, None, "MiB"),
+        (f"imgbuild / skopeo, {big} MiB layer push", ratio(mean(r.get("imgbuild-push-big")),
+                                                       mean(r.get("skopeo-push-big"))), None, None, "x", "{:.2f}"),
+        (f"imgbuild bytes sent over blobs, {big} MiB", over(bic and bic["up_bytes"], blay.get("blob_bytes")),
+         None, None, "%", "{:+.2f}"),
+        (f"skopeo bytes sent over blobs, {big} MiB", over(bsc and bsc["up_bytes"], blay.get("blob_bytes")),
+         None, None, "%", "{:+.2f}"),
+    ]
+    if ts:
+        figures.insert(8, (f"tags :{tag} = :latest after skopeo copy", ts["same"], None, None, "", "{:.0f}"))
+    return rows, figures, cols
+
+
+def push_notes(push, extra):
+    """Lines under the header: what is pushed, and what the registry received."""
+    out = []
+    lay, blay = push.get("layout"), push.get("big_layout")
+    if lay:
+        out.append(f"unique blobs of the {lay['images']} images: {lay['blobs']} (configs and layers), "
+                   f"{mib(lay['blob_bytes'])}, largest {mib(lay['largest_blob'])}; "
+                   f"{lay['manifests']} manifests, {mib(lay['manifest_bytes'])}")
+    if blay:
+        out.append(f"big image: {extra.get('big_mib', '?')} MiB of random bytes, blobs {mib(blay['blob_bytes'])}")
+    out.append("CPU: user + system of the command; reg. CPU: of docker-registry meanwhile; sent: bytes the "
+               "registry received (counted push); up/mnt: blobs uploaded / mounted (registry log)")
+    for kind, what in (("imgbuild-push-counted", "imgbuild push --all"),
+                       ("imgbuild-again-counted", "imgbuild push --all again"),
+                       ("skopeo-push-counted", "skopeo loop"),
+                       ("imgbuild-big-counted", "imgbuild push big"),
+                       ("skopeo-big-counted", "skopeo copy big")):
+        rec = records(push, kind)
+        if not rec or not rec[-1].get("counts"):
+            continue
+        if not any(line.startswith("  ") for line in out):
+            out.append("through the counting proxy (one more push per tool, not timed):")
+        c, lg = rec[-1]["counts"], rec[-1]["log"]
+        out.append(f"  {what}: {c['requests']} requests on {c['connections']} connections, "
+                   f"sent {c['up_bytes']:,} B (heads {c['head_bytes']:,}, blob bodies "
+                   f"{c['blob_body_bytes']:,}, manifests {c['manifest_body_bytes']:,}), "
+                   f"received {c['down_bytes']:,} B; {lg['uploads']} uploads, {lg['mounts']} mounts, "
+                   f"{lg['blob_heads']} blob HEADs")
+    return out
+
+
 def main():
     bench, work, versions = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     d = os.path.join(work, bench)
@@ -69,7 +229,9 @@ def main():
     sizes = load(os.path.join(d, "sizes.json")) or {}
 
     rows = []  # (label, result)
-    figures = []  # (label, value, op, target, unit)
+    figures = []  # (label, value, op, target, unit[, format of the value])
+    cols = []  # more columns: (header, width, {result name: text})
+    push = None
     if bench == "core":
         bp = combine("buildah-bud+push", [r.get("buildah-bud"), r.get("buildah-push-oci")],
                      "sum of the two means")
@@ -90,6 +252,9 @@ def main():
             ("imgbuild peak RSS", max(rss) if rss else None, "<=", 256.0, "MiB"),
             ("buildah bud / pigz pipeline", ratio(mean(r.get("buildah-bud")), mean(r.get("pigz-pipeline"))), None, None, "x"),
         ]
+    elif bench == "push":
+        push = push_details(d)
+        rows, figures, cols = push_rows(r, extra, push)
     else:
         n = extra.get("clients", 50)
         bt = combine("buildah-fleet-total", [r.get("buildah-moodle"), r.get("buildah-clients")],
@@ -130,26 +295,35 @@ def main():
     if loads and max(loads) > 1.25 * (versions.get("nproc") or 1):
         print(f"note: the machine was busy (1-min load {min(loads):.1f}..{max(loads):.1f} during runs); "
               "absolute times are inflated, the ratios less so")
+    if push:
+        for line in push_notes(push, extra):
+            print(line)
     print()
     w = max(len(x[0]) for x in rows) + 2
-    sizecol = any(isinstance(v, (int, float)) for v in sizes.values())
-    print(f"{'tool':<{w}}{'wall (mean ± sd)':<22}{'runs':>5}  {'peak RSS':>9}" + (f"  {'layer':>10}" if sizecol else ""))
+    if any(isinstance(v, (int, float)) for v in sizes.values()):
+        cols.append(("layer", 10, {k: f"{v / 2**20:.1f} MiB" for k, v in sizes.items()
+                                   if isinstance(v, (int, float))}))
+    print(f"{'tool':<{w}}{'wall (mean ± sd)':<22}{'runs':>5}  {'peak RSS':>9}"
+          + "".join(f"  {h:>{cw}}" for h, cw, _ in cols))
     for label, x in rows:
         runs = len(x["runs"]) if x and x.get("runs") else ("-" if x and x.get("derived") else "")
         rss = f"{x['max_rss_mib']:.0f} MiB" if x and x.get("ok") and x.get("max_rss_mib") else ""
-        size = sizes.get(x["name"]) if x else None
-        size = f"{size / 2**20:.1f} MiB" if isinstance(size, (int, float)) else ""
-        print(f"{label:<{w}}{fmt_s(x):<22}{runs!s:>5}  {rss:>9}" + (f"  {size:>10}" if sizecol else ""))
+        more = "".join(f"  {(vals.get(x['name'], '') if x else ''):>{cw}}" for _, cw, vals in cols)
+        print(f"{label:<{w}}{fmt_s(x):<22}{runs!s:>5}  {rss:>9}" + more)
     print()
     w = max(len(f[0]) for f in figures) + 2
     print(f"{'figure':<{w}}{'value':>10}  {'target':<9}{'':<6}")
     out_figs = []
-    for label, val, op, target, unit in figures:
+    for label, val, op, target, unit, *fmt in figures:
         if val is None:
             vs, met = "n/a", None
         else:
-            vs = f"{val:.1f} {unit}" if unit != "s" else f"{val:.3f} s"
-            met = None if op is None else (val <= target if op == "<=" else val >= target)
+            if fmt:
+                vs = f"{fmt[0].format(val)} {unit}".strip()
+            else:
+                vs = f"{val:.1f} {unit}" if unit != "s" else f"{val:.3f} s"
+            met = None if op is None else (val <= target if op == "<=" else
+                                           val >= target if op == ">=" else val == target)
         ts = f"{op} {target:g}" if op else "(info)"
         ms = "" if met is None else ("met" if met else "MISSED")
         print(f"{label:<{w}}{vs:>10}  {ts:<9}{ms}")
@@ -164,6 +338,8 @@ def main():
                   for k, v in r.items()},
               "derived": {x["name"]: x for _, x in rows if x and x.get("derived")},
               "figures": out_figs}
+    if push:
+        report["push"] = push
     path = os.path.join(work, f"{bench}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
