@@ -1,9 +1,11 @@
 //! Deterministic layers: walk a tree into sorted entries, then tar, compress
 //! and hash them in one streaming pass.
 pub mod compress;
+pub mod diff;
 pub mod scan;
 pub mod statcache;
 pub mod tar;
+pub mod unpack;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

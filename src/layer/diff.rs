@@ -1,0 +1,1 @@
+//! The difference between two trees, as layer entries (see the sandbox issue).

@@ -1,0 +1,1 @@
+//! Unpacking layers onto a directory (see the sandbox issue).
