@@ -688,16 +688,6 @@ pub fn strip_credentials(url: &str) -> String {
     }
 }
 
-impl Spec {
-    /// The absolute path of images.yaml.
-    pub fn file_abs(&self) -> PathBuf {
-        match self.file.file_name() {
-            Some(n) => self.dir.join(n),
-            None => self.file.clone(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

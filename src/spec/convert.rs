@@ -1,6 +1,6 @@
 //! From the positioned node tree to validated `Image`s.
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::vars::{self, VarError};
 use super::yaml::{self, Kind, Node, Pos};
@@ -896,11 +896,6 @@ fn check_tag(t: &str) -> Result<(), &'static str> {
     }
 }
 
-/// Used by tests of other modules to build small specs.
-#[allow(dead_code)]
-pub(crate) fn dir_join(dir: &Path, p: &str) -> PathBuf {
-    dir.join(p)
-}
 
 #[cfg(test)]
 mod tests {

@@ -198,4 +198,12 @@ impl Spec {
     pub fn image(&self, name: &str) -> Option<&Image> {
         self.images.get(name)
     }
+
+    /// The absolute path of images.yaml.
+    pub fn file_abs(&self) -> PathBuf {
+        match self.file.file_name() {
+            Some(n) => self.dir.join(n),
+            None => self.file.clone(),
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //! Every file is written under a temporary name and renamed, blobs after an
 //! fsync, and records only after the blobs they name, so a kill at any point
 //! leaves either the old state or the new one.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -419,8 +419,6 @@ pub fn graph_id(file: &Path) -> String {
     crate::oci::digest::sha256_hex(abs.as_os_str().as_encoded_bytes())[..32].to_string()
 }
 
-/// Sorted map helper for records.
-pub type Annotations = BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {
