@@ -78,6 +78,10 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         .map(|o| o.parse().map_err(Failure::usage))
         .collect::<Result<_, _>>()?;
     let opts = args.layer.options(&spec)?;
+    if args.push {
+        // Before building: where to push is known, or the push cannot be.
+        super::push::prefix(&args.remote, &spec)?;
+    }
     let store = open_store()?;
     let net = super::net::Net::new(
         &store,

@@ -253,11 +253,10 @@ pub fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if cli.json && !f.reported {
-                print_json(
-                    &serde_json::json!({ "error": format!("{:#}", f.error), "exit": f.code }),
-                );
+                print_json(&serde_json::json!({ "error": f.error.to_string(), "exit": f.code }));
             }
-            eprintln!("error: {:#}", f.error);
+            // Our errors name their cause in their own message.
+            eprintln!("error: {}", f.error);
             ExitCode::from(f.code)
         }
     }

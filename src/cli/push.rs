@@ -42,7 +42,7 @@ pub struct Pushed {
 }
 
 /// The prefix to push under.
-fn prefix(args: &PushArgs, spec: &Spec) -> Result<String, Failure> {
+pub fn prefix(args: &PushArgs, spec: &Spec) -> Result<String, Failure> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     args.registry
         .clone()

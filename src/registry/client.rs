@@ -169,7 +169,7 @@ impl Client {
                     return Err(RegistryError::Http {
                         what: what.to_string(),
                         reference: r.to_string(),
-                        reason: redact(&e.to_string()),
+                        reason: describe(&e),
                     });
                 }
             };
@@ -279,7 +279,7 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| RegistryError::Denied {
             host: host.to_string(),
-            reason: format!("token request failed: {}", redact(&e.to_string())),
+            reason: format!("token request failed: {}", describe(&e)),
         })?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
             return Err(match cred {
@@ -299,7 +299,7 @@ impl Client {
         }
         let reply: TokenReply = resp.json().await.map_err(|e| RegistryError::Denied {
             host: host.to_string(),
-            reason: format!("unreadable token reply: {}", redact(&e.to_string())),
+            reason: format!("unreadable token reply: {}", describe(&e)),
         })?;
         let value = reply
             .token
@@ -513,7 +513,7 @@ impl Client {
         let resp = req.send().await.map_err(|e| RegistryError::Http {
             what: "uploading a chunk".into(),
             reference: r.to_string(),
-            reason: redact(&e.to_string()),
+            reason: describe(&e),
         })?;
         match resp.status() {
             StatusCode::ACCEPTED | StatusCode::NO_CONTENT => self.location(r, &resp),
@@ -772,6 +772,22 @@ fn no_credentials(host: &str) -> RegistryError {
         host: host.to_string(),
         reason: "the registry wants credentials and none are configured; run `imgbuild login`, set CI_REGISTRY_USER and CI_REGISTRY_PASSWORD, or add the host to config.json".into(),
     }
+}
+
+/// A reqwest error with its causes ("connection refused" hides below
+/// "error sending request"), without credentials.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cur = c.source();
+    }
+    redact(&text)
 }
 
 /// Drops anything that looks like userinfo from URLs in a message.

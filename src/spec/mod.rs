@@ -132,7 +132,7 @@ pub struct Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {}: {source}", file.display())]
+    #[error("cannot read {}: {source}{}", file.display(), if source.kind() == std::io::ErrorKind::NotFound { "\n  hint: run imgbuild where images.yaml is, or name it with -f FILE" } else { "" })]
     Read {
         file: PathBuf,
         source: std::io::Error,
