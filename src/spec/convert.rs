@@ -896,7 +896,6 @@ fn check_tag(t: &str) -> Result<(), &'static str> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::super::{Spec, SpecError};

@@ -419,7 +419,6 @@ pub fn graph_id(file: &Path) -> String {
     crate::oci::digest::sha256_hex(abs.as_os_str().as_encoded_bytes())[..32].to_string()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
