@@ -6,6 +6,7 @@ pub mod graph;
 pub mod layer;
 pub mod oci;
 pub mod registry;
+pub mod sandbox;
 pub mod spec;
 pub mod store;
 pub mod suggest;

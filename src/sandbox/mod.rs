@@ -1,0 +1,485 @@
+//! Running a command inside a root filesystem, without a daemon.
+//!
+//! Three ways, by what the environment allows:
+//! - `namespace`: root with full rights (a VM, a laptop): new mount, PID,
+//!   IPC and UTS namespaces, a private /proc, a minimal /dev, tmpfs /tmp and
+//!   /run, then chroot. Nothing mounted is visible outside.
+//! - `chroot`: root inside an ordinary unprivileged container (a GitLab
+//!   runner's default Docker executor), where chroot is allowed but mount and
+//!   unshare are not. No /proc inside.
+//! - `userns`: a normal user where unprivileged user namespaces are allowed;
+//!   the user is root inside.
+//!
+//! The work is done by Debian's own `unshare` (util-linux) and `chroot`
+//! (coreutils), which keeps raw system calls out of this crate.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Namespace,
+    Chroot,
+    Userns,
+}
+
+/// `--isolation`: a mode, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Auto,
+    Exactly(Isolation),
+}
+
+impl FromStr for Request {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Request, String> {
+        Ok(match s {
+            "auto" => Request::Auto,
+            "namespace" => Request::Exactly(Isolation::Namespace),
+            "chroot" => Request::Exactly(Isolation::Chroot),
+            "userns" => Request::Exactly(Isolation::Userns),
+            other => {
+                return Err(format!(
+                    "unknown isolation `{other}`; use auto, namespace, chroot or userns"
+                ));
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Namespace => "namespace",
+            Isolation::Chroot => "chroot",
+            Isolation::Userns => "userns",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no way to run commands here: {0}")]
+    Impossible(String),
+    #[error("isolation `{wanted}` is not possible here: {why}")]
+    NotPossible { wanted: Isolation, why: String },
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What this process may do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Abilities {
+    pub root: bool,
+    pub chroot: bool,
+    pub namespaces: bool,
+    pub userns: bool,
+    /// Why each missing ability is missing, for the error message.
+    pub notes: Vec<String>,
+}
+
+fn succeeds(program: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Err(format!("{program}: {e}")),
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Probes the environment: cheap (a few process starts), done once a build.
+pub fn detect() -> Abilities {
+    let root = is_root();
+    let mut notes = Vec::new();
+    let chroot = root
+        && match succeeds("chroot", &["/", "true"]) {
+            Ok(()) => true,
+            Err(e) => {
+                notes.push(format!("chroot: {e}"));
+                false
+            }
+        };
+    if !root {
+        notes.push("chroot and namespace need root".into());
+    }
+    let namespaces = root
+        && match succeeds(
+            "unshare",
+            &["--mount", "--pid", "--ipc", "--uts", "--fork", "true"],
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                notes.push(format!("unshare (mount, pid namespaces): {e}"));
+                false
+            }
+        };
+    let userns = !root
+        && match succeeds(
+            "unshare",
+            &["--user", "--map-root-user", "--mount", "--fork", "true"],
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                notes.push(format!("unshare --user: {e}"));
+                false
+            }
+        };
+    Abilities {
+        root,
+        chroot,
+        namespaces,
+        userns,
+        notes,
+    }
+}
+
+impl Abilities {
+    /// The isolation to use for `request`.
+    pub fn choose(&self, request: Request) -> Result<Isolation, SandboxError> {
+        let possible = |i: Isolation| match i {
+            Isolation::Namespace => self.namespaces,
+            Isolation::Chroot => self.chroot,
+            Isolation::Userns => self.userns,
+        };
+        match request {
+            Request::Exactly(i) if possible(i) => Ok(i),
+            Request::Exactly(wanted) => Err(SandboxError::NotPossible {
+                wanted,
+                why: self.notes.join("; "),
+            }),
+            Request::Auto => [Isolation::Namespace, Isolation::Userns, Isolation::Chroot]
+                .into_iter()
+                .find(|i| possible(*i))
+                .ok_or_else(|| {
+                    SandboxError::Impossible(format!(
+                        "{}. Run as root (in a container: the default Docker executor allows chroot), or as a user where unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone=1)",
+                        self.notes.join("; ")
+                    ))
+                }),
+        }
+    }
+}
+
+/// One command to run in a root filesystem.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub root: PathBuf,
+    /// Run by `/bin/sh -c` inside the root.
+    pub command: String,
+    /// The whole environment inside (nothing leaks from the host).
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    /// USER[:GROUP], names or ids, as the image's config says.
+    pub user: Option<String>,
+    pub network: bool,
+}
+
+/// Where a line of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Single quotes for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The shell script that prepares mounts in the new mount namespace, then
+/// enters the root. `$1` is the root.
+const NAMESPACE_SETUP: &str = r#"set -e
+root=$1; shift
+mount -t proc proc "$root/proc" 2>/dev/null || { mkdir -p "$root/proc" && mount -t proc proc "$root/proc"; }
+mkdir -p "$root/dev" "$root/tmp" "$root/run"
+mount -t tmpfs -o mode=755,nosuid tmpfs "$root/dev"
+for d in null zero full random urandom tty; do
+  : > "$root/dev/$d"; mount --bind "/dev/$d" "$root/dev/$d"
+done
+ln -s /proc/self/fd "$root/dev/fd"
+mkdir -p "$root/dev/pts" "$root/dev/shm"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
+exec chroot "$@"
+"#;
+
+/// Runs `step`, passing each output line to `line`; the command's exit code.
+pub fn run(
+    step: &Step,
+    isolation: Isolation,
+    line: &(dyn Fn(Stream, &str) + Sync),
+) -> Result<i32, SandboxError> {
+    let root = step
+        .root
+        .canonicalize()
+        .map_err(|source| SandboxError::Io {
+            path: step.root.clone(),
+            source,
+        })?;
+    let script = match &step.workdir {
+        Some(w) => format!("cd {} && {}", quote(w), step.command),
+        None => step.command.clone(),
+    };
+    let mut chroot_args: Vec<String> = Vec::new();
+    if let Some(u) = &step.user {
+        chroot_args.push(format!("--userspec={u}"));
+    }
+    chroot_args.push(root.display().to_string());
+    chroot_args.extend(["/bin/sh".to_string(), "-c".to_string(), script]);
+    let mut cmd = match isolation {
+        Isolation::Chroot => {
+            let mut c = Command::new("chroot");
+            c.args(&chroot_args);
+            c
+        }
+        Isolation::Namespace | Isolation::Userns => {
+            let mut c = Command::new("unshare");
+            if isolation == Isolation::Userns {
+                c.args(["--user", "--map-root-user"]);
+            }
+            c.args([
+                "--mount",
+                "--pid",
+                "--ipc",
+                "--uts",
+                "--fork",
+                "--kill-child",
+            ]);
+            if !step.network {
+                c.arg("--net");
+            }
+            c.args(["--", "/bin/sh", "-c", NAMESPACE_SETUP, "setup"]);
+            c.arg(&root);
+            c.args(&chroot_args);
+            c
+        }
+    };
+    // The host's environment stays outside; the image's goes in. The tools
+    // that enter the root are found on the host's PATH.
+    cmd.env_clear();
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for (k, v) in &step.env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let program = format!("{isolation} sandbox");
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| SandboxError::Spawn { program, source })?;
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    std::thread::scope(|s| {
+        if let Some(o) = out {
+            s.spawn(move || {
+                for l in BufReader::new(o).lines().map_while(Result::ok) {
+                    line(Stream::Stdout, &l);
+                }
+            });
+        }
+        if let Some(e) = err {
+            s.spawn(move || {
+                for l in BufReader::new(e).lines().map_while(Result::ok) {
+                    line(Stream::Stderr, &l);
+                }
+            });
+        }
+    });
+    let status = child.wait().map_err(|source| SandboxError::Io {
+        path: root.clone(),
+        source,
+    })?;
+    Ok(status.code().unwrap_or(128 + 9))
+}
+
+/// True when `root` looks like it can run `/bin/sh`.
+pub fn has_shell(root: &Path) -> bool {
+    std::fs::symlink_metadata(root.join("bin/sh")).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A root filesystem of Debian's static busybox.
+    fn busybox_root() -> Option<tempfile::TempDir> {
+        let bb = Path::new("/bin/busybox");
+        if !bb.exists() {
+            return None;
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("bin")).unwrap();
+        std::fs::copy(bb, d.path().join("bin/busybox")).unwrap();
+        for app in [
+            "sh", "id", "cat", "ls", "touch", "mount", "env", "pwd", "hostname",
+        ] {
+            std::os::unix::fs::symlink("busybox", d.path().join("bin").join(app)).unwrap();
+        }
+        for dir in ["proc", "tmp", "etc", "srv"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nwww-data:x:33:\n").unwrap();
+        Some(d)
+    }
+
+    fn run_collect(step: &Step, iso: Isolation) -> (i32, Vec<String>) {
+        let lines = Mutex::new(Vec::new());
+        let code = run(step, iso, &|_, l| lines.lock().unwrap().push(l.to_string())).unwrap();
+        (code, lines.into_inner().unwrap())
+    }
+
+    #[test]
+    fn requests_parse_and_choices_explain() {
+        assert_eq!("auto".parse::<Request>(), Ok(Request::Auto));
+        assert!("docker".parse::<Request>().is_err());
+        let none = Abilities {
+            root: false,
+            chroot: false,
+            namespaces: false,
+            userns: false,
+            notes: vec!["unshare --user: Operation not permitted".into()],
+        };
+        let e = none.choose(Request::Auto).unwrap_err().to_string();
+        assert!(
+            e.contains("Operation not permitted") && e.contains("user namespaces"),
+            "{e}"
+        );
+        let chroot_only = Abilities {
+            chroot: true,
+            root: true,
+            ..none
+        };
+        assert_eq!(
+            chroot_only.choose(Request::Auto).unwrap(),
+            Isolation::Chroot
+        );
+        assert!(
+            chroot_only
+                .choose(Request::Exactly(Isolation::Namespace))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn runs_in_every_mode_this_machine_allows() {
+        let Some(root) = busybox_root() else {
+            panic!("/bin/busybox is missing: apt-get install busybox-static");
+        };
+        let abilities = detect();
+        let mut tried = 0;
+        for iso in [Isolation::Namespace, Isolation::Chroot, Isolation::Userns] {
+            if abilities.choose(Request::Exactly(iso)).is_err() {
+                continue;
+            }
+            tried += 1;
+            let step = Step {
+                root: root.path().to_path_buf(),
+                command: "echo \"$GREETING from $(pwd)\"; id -u; touch /srv/made-by-$MODE; exit 3"
+                    .into(),
+                env: vec![
+                    ("GREETING".into(), "hello".into()),
+                    ("MODE".into(), iso.to_string()),
+                ],
+                workdir: Some("/etc".into()),
+                user: None,
+                network: false,
+            };
+            let (code, lines) = run_collect(&step, iso);
+            assert_eq!(code, 3, "{iso}: {lines:?}");
+            assert_eq!(lines[0], "hello from /etc", "{iso}: {lines:?}");
+            assert_eq!(lines[1], "0", "{iso}: {lines:?}");
+            assert!(
+                root.path().join(format!("srv/made-by-{iso}")).exists(),
+                "{iso}"
+            );
+            // The host environment does not leak in.
+            let (_, env) = run_collect(
+                &Step {
+                    command: "env".into(),
+                    env: vec![],
+                    workdir: None,
+                    ..step.clone()
+                },
+                iso,
+            );
+            assert!(
+                !env.iter()
+                    .any(|l| l.starts_with("HOME=") || l.starts_with("CARGO")),
+                "{iso}: {env:?}"
+            );
+            if iso == Isolation::Namespace {
+                // A private /proc: the step is PID 1's child in its own namespace.
+                let (_, ps) = run_collect(
+                    &Step {
+                        command: "ls /proc | grep -c '^[0-9]'".into(),
+                        ..step.clone()
+                    },
+                    iso,
+                );
+                let n: usize = ps[0].trim().parse().unwrap();
+                assert!(n < 10, "few processes visible: {ps:?}");
+                // Nothing stays mounted in the root afterwards.
+                assert!(
+                    std::fs::read_dir(root.path().join("proc"))
+                        .unwrap()
+                        .next()
+                        .is_none()
+                );
+            }
+        }
+        assert!(tried > 0, "no isolation possible here: {abilities:?}");
+        // As another user, by name from the root's /etc/passwd.
+        if abilities.chroot {
+            let (code, lines) = run_collect(
+                &Step {
+                    root: root.path().to_path_buf(),
+                    command: "id -u".into(),
+                    env: vec![],
+                    workdir: None,
+                    user: Some("33:33".into()),
+                    network: false,
+                },
+                Isolation::Chroot,
+            );
+            assert_eq!((code, lines[0].as_str()), (0, "33"));
+        }
+    }
+}
