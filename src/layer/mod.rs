@@ -37,6 +37,8 @@ pub enum LayerError {
     },
     #[error("writing the layer: {0}")]
     Write(std::io::Error),
+    #[error("path pattern {pattern:?}: {reason}")]
+    Pattern { pattern: String, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
@@ -63,6 +65,23 @@ pub enum EntryKind {
     /// A second name for a file earlier in the same layer.
     Hardlink {
         target: String,
+    },
+    /// The path is deleted: an empty `.wh.<name>` file beside where it was.
+    Whiteout,
+    /// The directory at the path hides everything lower layers put in it:
+    /// an empty `.wh..wh..opq` file inside it.
+    Opaque,
+    /// A named pipe.
+    Fifo,
+    #[serde(rename = "chardev")]
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    #[serde(rename = "blockdev")]
+    BlockDevice {
+        major: u32,
+        minor: u32,
     },
 }
 
@@ -112,6 +131,11 @@ impl Entries {
                 EntryKind::File { size, sha256, .. } => format!("f {size} {sha256}"),
                 EntryKind::Symlink { target } => format!("l {target}"),
                 EntryKind::Hardlink { target } => format!("h {target}"),
+                EntryKind::Whiteout => "w".to_string(),
+                EntryKind::Opaque => "o".to_string(),
+                EntryKind::Fifo => "p".to_string(),
+                EntryKind::CharDevice { major, minor } => format!("c {major} {minor}"),
+                EntryKind::BlockDevice { major, minor } => format!("b {major} {minor}"),
             };
             // Paths may hold any byte but NUL; the length prefix keeps
             // records unambiguous even with newlines in names.

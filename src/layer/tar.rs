@@ -9,6 +9,29 @@ use super::{Entries, EntryKind, LayerError};
 /// Calls `progress` with the file bytes written so far, every so often.
 const PROGRESS_STEP: u64 = 8 << 20;
 
+/// The name prefix of a whiteout file (OCI image spec, "Whiteouts").
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// The name of the opaque-directory marker.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// The tar name of the whiteout that deletes `path`: `.wh.<name>` in its
+/// parent directory.
+pub fn whiteout_name(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/{WHITEOUT_PREFIX}{name}"),
+        None => format!("{WHITEOUT_PREFIX}{path}"),
+    }
+}
+
+/// The tar name of the marker that makes the directory `path` opaque.
+pub fn opaque_name(path: &str) -> String {
+    if path.is_empty() {
+        OPAQUE_MARKER.to_string()
+    } else {
+        format!("{path}/{OPAQUE_MARKER}")
+    }
+}
+
 /// Writes `entries` as a tar stream into `out`; every mtime is `epoch`,
 /// user and group names are empty, ids and modes are the entries' own.
 pub fn write<W: Write>(
@@ -42,6 +65,35 @@ pub fn write<W: Write>(
             EntryKind::Hardlink { target } => {
                 h.set_entry_type(EntryType::Link);
                 b.append_link(&mut h, &e.path, target)
+                    .map_err(LayerError::Write)?;
+            }
+            // Whiteouts and opaque markers are empty regular files whose
+            // metadata the spec says to ignore; the entry's own (0, 0:0, as
+            // containerd writes them) goes in.
+            EntryKind::Whiteout => {
+                h.set_entry_type(EntryType::Regular);
+                b.append_data(&mut h, whiteout_name(&e.path), io::empty())
+                    .map_err(LayerError::Write)?;
+            }
+            EntryKind::Opaque => {
+                h.set_entry_type(EntryType::Regular);
+                b.append_data(&mut h, opaque_name(&e.path), io::empty())
+                    .map_err(LayerError::Write)?;
+            }
+            EntryKind::Fifo => {
+                h.set_entry_type(EntryType::Fifo);
+                b.append_data(&mut h, &e.path, io::empty())
+                    .map_err(LayerError::Write)?;
+            }
+            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+                h.set_entry_type(if matches!(e.kind, EntryKind::CharDevice { .. }) {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                });
+                h.set_device_major(*major).map_err(LayerError::Write)?;
+                h.set_device_minor(*minor).map_err(LayerError::Write)?;
+                b.append_data(&mut h, &e.path, io::empty())
                     .map_err(LayerError::Write)?;
             }
             EntryKind::File { src, size, .. } => {
@@ -167,6 +219,72 @@ mod tests {
         assert_eq!(names[0], "srv/");
         assert!(names.contains(&format!("srv/{long}/f")));
         assert!(names.contains(&"srv/l".to_string()));
+    }
+
+    #[test]
+    fn whiteouts_opaque_markers_and_devices() {
+        let e = |path: &str, kind: EntryKind, mode: u32| Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        let entries = Entries(vec![
+            e("gone", EntryKind::Whiteout, 0),
+            e("d", EntryKind::Dir, 0o755),
+            e("d", EntryKind::Opaque, 0),
+            e("d/x", EntryKind::Whiteout, 0),
+            e("d/p", EntryKind::Fifo, 0o600),
+            e("d/c", EntryKind::CharDevice { major: 1, minor: 3 }, 0o666),
+            e(
+                "d/b",
+                EntryKind::BlockDevice {
+                    major: 259,
+                    minor: 300,
+                },
+                0o660,
+            ),
+        ]);
+        let t = write(&entries, 0, Vec::new(), &mut |_| {}).unwrap();
+        let mut ar = tar::Archive::new(&t[..]);
+        let got: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let h = entry.header();
+                let dev =
+                    if h.entry_type().is_character_special() || h.entry_type().is_block_special() {
+                        format!(
+                            " {}:{}",
+                            h.device_major().unwrap().unwrap(),
+                            h.device_minor().unwrap().unwrap()
+                        )
+                    } else {
+                        String::new()
+                    };
+                format!(
+                    "{} {:?} {:o} {}{dev}",
+                    entry.path().unwrap().display(),
+                    h.entry_type(),
+                    h.mode().unwrap(),
+                    h.size().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ".wh.gone Regular 0 0",
+                "d/ Directory 755 0",
+                "d/.wh..wh..opq Regular 0 0",
+                "d/.wh.x Regular 0 0",
+                "d/p Fifo 600 0",
+                "d/c Char 666 0 1:3",
+                "d/b Block 660 0 259:300",
+            ]
+        );
     }
 
     #[test]
