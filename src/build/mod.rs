@@ -7,6 +7,7 @@
 mod ids;
 pub mod plan;
 pub mod report;
+mod run;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,15 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("image {image}: run: {reason}")]
+    Run { image: String, reason: String },
+    #[error("image {image}: `{command}` failed with exit status {code}{}", if output.is_empty() { String::new() } else { format!("; its last output:\n{output}") })]
+    Step {
+        image: String,
+        command: String,
+        code: i32,
+        output: String,
+    },
     #[error("image {image}: {reason}")]
     Pull {
         image: String,
@@ -80,6 +90,8 @@ pub struct Options {
     /// Images built at once.
     pub jobs: usize,
     pub stamp: Stamp,
+    /// How `run:` steps are isolated.
+    pub isolation: crate::sandbox::Request,
 }
 
 /// A layer as built or reused.
@@ -153,6 +165,7 @@ pub struct Session<'a> {
     /// One writer per layer key: images built side by side often share a
     /// layer (two Moodle releases, one config tree).
     writing: Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>,
+    abilities: std::sync::OnceLock<crate::sandbox::Abilities>,
 }
 
 impl<'a> Session<'a> {
@@ -165,6 +178,7 @@ impl<'a> Session<'a> {
             puller: None,
             cache: None,
             writing: Mutex::new(HashMap::new()),
+            abilities: std::sync::OnceLock::new(),
         }
     }
 
@@ -350,10 +364,34 @@ impl<'a> Session<'a> {
         key: &str,
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
+        let created_by = format!("imgbuild: copy {} {}", layer.src_text, layer.dest);
+        self.write_entries(
+            image,
+            index,
+            &layer.src_text,
+            entries,
+            key,
+            created_by,
+            reporter,
+        )
+    }
+
+    /// Writes entries as a layer blob and records it under `key`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_entries(
+        &self,
+        image: &Image,
+        index: usize,
+        what: &str,
+        entries: &Entries,
+        key: &str,
+        created_by: String,
+        reporter: &dyn Reporter,
+    ) -> Result<LayerRecord, BuildError> {
         let layer_err = |source| BuildError::Layer {
             image: image.name.clone(),
             layer: index,
-            src: layer.src_text.clone(),
+            src: what.to_string(),
             source,
         };
         reporter.layer_started(&image.name, index, entries.content_bytes());
@@ -376,11 +414,114 @@ impl<'a> Session<'a> {
                 size: blob.size,
                 media_type: self.opts.compression.media_type().to_string(),
             },
-            created_by: format!("imgbuild: copy {} {}", layer.src_text, layer.dest),
+            created_by,
         };
         self.store.put(Kind::Entries, key, entries)?;
         self.store.put(Kind::Layers, key, &record)?;
         Ok(record)
+    }
+
+    /// Materialises the image so far, runs its steps in a copy, and writes
+    /// the difference as a layer.
+    fn run_steps(
+        &self,
+        image: &Image,
+        index: usize,
+        below: &[LayerDesc],
+        context: &run::Context,
+        key: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<LayerRecord, BuildError> {
+        let isolation = self.isolation()?;
+        reporter.isolation(&image.name, isolation);
+        let work = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(|source| BuildError::Io {
+                path: self.store.root().join("tmp"),
+                source,
+            })?;
+        let lower = work.path().join("lower");
+        let upper = work.path().join("upper");
+        let blobs: Vec<(PathBuf, String)> = below
+            .iter()
+            .map(|l| {
+                (
+                    self.store.blob_path(&hex_of(&l.digest)),
+                    l.media_type.clone(),
+                )
+            })
+            .collect();
+        let opts = layer::unpack::UnpackOptions::for_current_user();
+        layer::unpack::unpack_image(&blobs, &lower, &opts).map_err(|e| BuildError::Run {
+            image: image.name.clone(),
+            reason: format!("materialising the image: {e}"),
+        })?;
+        // The sandbox mounts over these; made in both trees first, so an
+        // image that lacks them does not get them from the sandbox.
+        run::mount_points(&lower).map_err(|reason| BuildError::Run {
+            image: image.name.clone(),
+            reason,
+        })?;
+        run::copy_tree(&lower, &upper).map_err(|reason| BuildError::Run {
+            image: image.name.clone(),
+            reason,
+        })?;
+        for command in &image.run {
+            let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
+            let step = crate::sandbox::Step {
+                root: upper.clone(),
+                command: command.clone(),
+                env: context.env.clone(),
+                workdir: context.workdir.clone(),
+                user: context.user.clone(),
+                network: true,
+            };
+            let code = crate::sandbox::run(&step, isolation, &|_, line| {
+                reporter.step_output(&image.name, line);
+                if let Ok(mut t) = tail.lock() {
+                    t.push_back(line.to_string());
+                    if t.len() > 20 {
+                        t.pop_front();
+                    }
+                }
+            })
+            .map_err(|e| BuildError::Run {
+                image: image.name.clone(),
+                reason: e.to_string(),
+            })?;
+            if code != 0 {
+                let output: Vec<String> = tail.into_inner().unwrap_or_default().into();
+                return Err(BuildError::Step {
+                    image: image.name.clone(),
+                    command: command.clone(),
+                    code,
+                    output: output.join("\n"),
+                });
+            }
+        }
+        let (entries, _report) =
+            layer::diff::diff(&lower, &upper, &layer::diff::DiffOptions::default()).map_err(
+                |source| BuildError::Layer {
+                    image: image.name.clone(),
+                    layer: index,
+                    src: "run".into(),
+                    source,
+                },
+            )?;
+        let created_by = format!("imgbuild: run {}", image.run.join(" && "));
+        self.write_entries(image, index, "run", &entries, key, created_by, reporter)
+    }
+
+    /// The isolation this build runs steps with, detected once.
+    fn isolation(&self) -> Result<crate::sandbox::Isolation, BuildError> {
+        let abilities = self.abilities.get_or_init(crate::sandbox::detect);
+        abilities
+            .choose(self.opts.isolation)
+            .map_err(|e| BuildError::Run {
+                image: String::new(),
+                reason: e.to_string(),
+            })
     }
 
     /// Builds (or reuses) one image whose parent is `base`.
@@ -439,6 +580,46 @@ impl<'a> Session<'a> {
                 seconds: started.elapsed().as_secs_f64(),
             };
             reporter.layer_finished(&image.name, i, &outcome);
+            outcomes.push(outcome);
+            keys.push(key);
+            layers.push(record);
+        }
+        if !image.run.is_empty() {
+            let started = Instant::now();
+            let index = layers.len();
+            let mut below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
+            below.extend(layers.iter().map(|r| r.desc.clone()));
+            let parent_config = match base {
+                Some((_, rec)) => Some(image::parse_config(
+                    &self.store.read_blob(&hex_of(&rec.config))?,
+                    &format!("config of {}", rec.manifest),
+                )?),
+                None => None,
+            };
+            let context = run::Context::new(parent_config.as_ref(), &image.config);
+            let key = run::key(
+                &below,
+                &image.run,
+                &context,
+                self.opts.compression,
+                self.opts.stamp.epoch,
+            );
+            let (record, built) = match self.cached_layer(&key)? {
+                Some(r) => (r, false),
+                None => (
+                    self.run_steps(image, index, &below, &context, &key, reporter)?,
+                    true,
+                ),
+            };
+            let outcome = LayerOutcome {
+                key: key.clone(),
+                digest: record.desc.digest.clone(),
+                size: record.desc.size,
+                built,
+                fetched: false,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            reporter.layer_finished(&image.name, index, &outcome);
             outcomes.push(outcome);
             keys.push(key);
             layers.push(record);
@@ -615,12 +796,16 @@ fn etc_files(entries: &Entries) -> Result<EtcFiles, BuildError> {
             "etc/group" => &mut etc.group,
             _ => continue,
         };
-        if let EntryKind::File { src, .. } = &e.kind {
-            let text = std::fs::read_to_string(src).map_err(|source| BuildError::Io {
-                path: src.clone(),
-                source,
-            })?;
-            *slot = Found::Content(text);
+        match &e.kind {
+            EntryKind::File { src, .. } => {
+                let text = std::fs::read_to_string(src).map_err(|source| BuildError::Io {
+                    path: src.clone(),
+                    source,
+                })?;
+                *slot = Found::Content(text);
+            }
+            EntryKind::Whiteout => *slot = Found::Deleted,
+            _ => {}
         }
     }
     Ok(etc)

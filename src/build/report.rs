@@ -10,6 +10,10 @@ pub trait Reporter: Send + Sync {
     fn layer_finished(&self, _image: &str, _layer: usize, _outcome: &LayerOutcome) {}
     fn image_finished(&self, _image: &str, _outcome: &ImageOutcome) {}
     fn image_failed(&self, _image: &str, _error: &str) {}
+    /// The isolation `run:` steps of `image` use.
+    fn isolation(&self, _image: &str, _isolation: crate::sandbox::Isolation) {}
+    /// A line a `run:` step printed.
+    fn step_output(&self, _image: &str, _line: &str) {}
     /// Something worth telling that does not fail the build.
     fn warning(&self, _message: &str) {}
 }

@@ -33,6 +33,7 @@ pub fn run(cli: &Cli, args: &InspectArgs) -> Result<(), Failure> {
     let opts = LayerArgs {
         compression: imgbuild::layer::Compression::Gzip,
         jobs: None,
+        isolation: imgbuild::sandbox::Request::Auto,
     }
     .options(&spec)?;
     let store = open_store()?;

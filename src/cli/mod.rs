@@ -119,6 +119,10 @@ struct LayerArgs {
     /// Images built at once (default: the number of cores).
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
+    /// How `run:` steps are isolated: auto, namespace (root with full
+    /// rights), chroot (root in an unprivileged container) or userns.
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    isolation: imgbuild::sandbox::Request,
 }
 
 impl LayerArgs {
@@ -130,6 +134,7 @@ impl LayerArgs {
             threads: cores,
             jobs: self.jobs.unwrap_or(cores).max(1),
             stamp,
+            isolation: self.isolation,
         })
     }
 }

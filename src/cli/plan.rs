@@ -10,6 +10,7 @@ pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
     let layer_args = LayerArgs {
         compression: imgbuild::layer::Compression::Gzip,
         jobs: None,
+        isolation: imgbuild::sandbox::Request::Auto,
     };
     let opts = layer_args.options(&spec)?;
     let store = open_store()?;

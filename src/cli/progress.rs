@@ -120,6 +120,14 @@ impl Reporter for Progress {
         self.line(format!("{image}: FAILED: {error}"));
     }
 
+    fn isolation(&self, image: &str, isolation: imgbuild::sandbox::Isolation) {
+        self.line(format!("{image}: running steps with {isolation} isolation"));
+    }
+
+    fn step_output(&self, image: &str, line: &str) {
+        self.line(format!("{image} | {line}"));
+    }
+
     fn warning(&self, message: &str) {
         // Warnings show even with -q.
         match &self.bars {

@@ -245,7 +245,13 @@ pub fn run(
             source,
         })?;
     let script = match &step.workdir {
-        Some(w) => format!("cd {} && {}", quote(w), step.command),
+        // Created if missing, as a Dockerfile's WORKDIR is; from inside the
+        // root, where the image's own symlinks cannot lead out of it.
+        Some(w) => format!(
+            "{{ [ -d {w} ] || mkdir -p {w}; }} && cd {w} && {}",
+            step.command,
+            w = quote(w)
+        ),
         None => step.command.clone(),
     };
     let mut chroot_args: Vec<String> = Vec::new();

@@ -14,7 +14,6 @@ const IMAGE_KEYS: &[&str] = &[
 /// Keys of the contract whose features this build of imgbuild does not do yet.
 const NOT_YET: &[(&str, &str)] = &[
     ("debian", "installing Debian packages"),
-    ("run", "running commands in the image"),
     ("test", "smoke tests"),
     ("secrets", "build secrets"),
 ];
@@ -66,6 +65,7 @@ struct RawImage {
     pos: Pos,
     from: Option<S>,
     layers: Vec<RawLayer>,
+    run: Vec<S>,
     config: RawConfig,
     tags: Vec<S>,
     vars: Vec<(S, S)>,
@@ -338,6 +338,7 @@ fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
             },
             "config" => image.config = raw_config(cx, value),
             "tags" => image.tags = cx.list(value, "`tags`"),
+            "run" => image.run = cx.list(value, "`run`"),
             "vars" => image.vars = cx.pairs(value, "vars"),
             other => {
                 let what = NOT_YET
@@ -615,6 +616,7 @@ fn finish_image(
     let volumes: Vec<(String, Pos)> = c.volumes.iter().map(|s| (x(s), s.pos)).collect();
     let stop_signal = c.stop_signal.as_ref().map(&mut x);
     let tags: Vec<(String, Pos)> = raw.tags.iter().map(|s| (x(s), s.pos)).collect();
+    let run: Vec<String> = raw.run.iter().map(&mut x).collect();
 
     let mut config = ConfigSpec {
         entrypoint,
@@ -680,6 +682,7 @@ fn finish_image(
         pos: raw.pos,
         parent,
         layers,
+        run,
         config,
         tags: out_tags,
         vars,
@@ -1026,7 +1029,7 @@ images:
         let d = tree();
         let p = parse_in(
             d.path(),
-            "images:\n  a:\n    from: scratch\n    run: [\"true\"]\n",
+            "images:\n  a:\n    from: scratch\n    test: [\"true\"]\n",
         )
         .unwrap_err();
         assert!(p[0].message.contains("not supported"), "{p:?}");

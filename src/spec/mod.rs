@@ -100,6 +100,9 @@ pub struct Image {
     pub pos: Pos,
     pub parent: Parent,
     pub layers: Vec<LayerSpec>,
+    /// Shell commands run in the image after its file layers; what they
+    /// change becomes one layer.
+    pub run: Vec<String>,
     pub config: ConfigSpec,
     /// `repo:tag` or `tag` (repository = the image's name), vars expanded.
     pub tags: Vec<String>,

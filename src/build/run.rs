@@ -1,0 +1,143 @@
+//! `run:` steps: what they run with, and their cache key.
+use oci_spec::image::ImageConfiguration;
+use sha2::{Digest as _, Sha256};
+
+use crate::layer::Compression;
+use crate::oci::image::LayerDesc;
+use crate::spec::ConfigSpec;
+
+/// What steps run with: the image's env, workdir and user (the parent's
+/// config with this image's over it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+impl Context {
+    pub fn new(parent: Option<&ImageConfiguration>, spec: &ConfigSpec) -> Context {
+        let run = parent.and_then(|p| p.config().as_ref());
+        let mut env: Vec<(String, String)> = run
+            .and_then(|c| c.env().clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        for (k, v) in &spec.env {
+            match env.iter_mut().find(|(ek, _)| ek == k) {
+                Some(e) => e.1 = v.clone(),
+                None => env.push((k.clone(), v.clone())),
+            }
+        }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push((
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ));
+        }
+        Context {
+            env,
+            workdir: spec
+                .workdir
+                .clone()
+                .or_else(|| run.and_then(|c| c.working_dir().clone())),
+            user: spec
+                .user
+                .clone()
+                .or_else(|| run.and_then(|c| c.user().clone())),
+        }
+    }
+}
+
+/// The key of a run layer: the layers below (by diff_id: what the steps see),
+/// the commands, what they run with, and how the layer is written.
+pub fn key(
+    below: &[LayerDesc],
+    commands: &[String],
+    cx: &Context,
+    compression: Compression,
+    epoch: i64,
+) -> String {
+    let input = serde_json::json!({
+        "v": 1,
+        "below": below.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
+        "run": commands,
+        "env": cx.env,
+        "workdir": cx.workdir,
+        "user": cx.user,
+        "compression": compression.to_string(),
+        "epoch": epoch,
+    });
+    hex::encode(Sha256::digest(crate::oci::image::canonical_json(&input)))
+}
+
+/// Makes the directories the sandbox mounts over, where the image has
+/// nothing of that name.
+pub fn mount_points(root: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+        ("run", 0o755),
+    ] {
+        let path = root.join(dir);
+        if std::fs::symlink_metadata(&path).is_err() {
+            std::fs::create_dir(&path)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a root filesystem for steps to change (reflinks where the
+/// filesystem has them); the copy keeps owners, modes, links and times.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "copying the root filesystem: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_merges_env_and_keys_change_with_inputs() {
+        let mut spec = ConfigSpec::default();
+        spec.env.insert("A".into(), "1".into());
+        let cx = Context::new(None, &spec);
+        assert!(cx.env.iter().any(|(k, _)| k == "PATH"));
+        let below = vec![];
+        let k1 = key(&below, &["true".into()], &cx, Compression::Gzip, 0);
+        assert_eq!(k1, key(&below, &["true".into()], &cx, Compression::Gzip, 0));
+        assert_ne!(
+            k1,
+            key(&below, &["false".into()], &cx, Compression::Gzip, 0)
+        );
+        let mut cx2 = cx.clone();
+        cx2.env[0].1 = "2".into();
+        assert_ne!(
+            k1,
+            key(&below, &["true".into()], &cx2, Compression::Gzip, 0)
+        );
+    }
+}

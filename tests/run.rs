@@ -1,0 +1,112 @@
+//! `run:` steps: commands run in the image's root filesystem, what they
+//! change becomes one layer, judged by umoci and the layer's own entries.
+mod common;
+
+use std::fs;
+
+use common::{Ctx, require_tool, run_command, static_busybox, validate_layout};
+
+/// A busybox base with a few applets, and a child whose steps write, chmod,
+/// delete and append.
+fn project() -> Ctx {
+    let cx = Ctx::new();
+    cx.mkdir("busybox/bin");
+    fs::copy(static_busybox(), cx.path("busybox/bin/busybox")).unwrap();
+    for app in ["sh", "echo", "rm", "chmod", "mkdir", "cat", "pwd", "id"] {
+        cx.symlink("busybox", &format!("busybox/bin/{app}"));
+    }
+    cx.write("site/etc/motd", "welcome\n");
+    cx.write("site/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
+    cx.mkdir("site/srv");
+    cx.yaml(concat!(
+        "images:\n",
+        "  base:\n",
+        "    from: scratch\n",
+        "    layers: [busybox, site]\n",
+        "  stepped:\n",
+        "    from: base\n",
+        "    config:\n",
+        "      env: {GREETING: hi}\n",
+        "      workdir: /srv/app\n",
+        "    run:\n",
+        "      - echo \"$GREETING from $(pwd)\" > hello.txt && chmod 600 hello.txt\n",
+        "      - rm /etc/motd\n",
+        "      - echo \"www-data:x:33:33::/var/www:/bin/sh\" >> /etc/passwd\n",
+    ));
+    cx
+}
+
+#[test]
+fn steps_become_one_layer_with_changes_and_deletions() {
+    let cx = project();
+    let out = cx.scratch.join("oci");
+    let report = cx.build(&["stepped", "-o", &format!("oci:{}", out.display())]);
+    let image = validate_layout(&out, "stepped");
+    assert_eq!(image.layers.len(), 3, "two file layers and one run layer");
+    let layer = &image.layers[2];
+    let hello = layer.entry("srv/app/hello.txt");
+    assert_eq!(hello.data, b"hi from /srv/app\n");
+    assert_eq!(hello.mode & 0o7777, 0o600);
+    layer.entry("etc/.wh.motd");
+    assert!(String::from_utf8_lossy(&layer.entry("etc/passwd").data).contains("www-data:x:33:33"));
+    // Nothing else: no /proc, /dev, /tmp residue from the sandbox.
+    let names: Vec<String> = layer.entries().iter().map(|e| e.path.clone()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| ["etc", "srv"].iter().any(|p| n.starts_with(p))),
+        "{names:?}"
+    );
+    // umoci applies the whiteout.
+    require_tool("umoci", "umoci");
+    let bundle = cx.scratch.join("bundle");
+    let mut c = std::process::Command::new("umoci");
+    c.args(["unpack", "--image", &format!("{}:stepped", out.display())])
+        .arg(&bundle);
+    run_command(c).success();
+    assert!(!bundle.join("rootfs/etc/motd").exists());
+    assert!(bundle.join("rootfs/srv/app/hello.txt").exists());
+    // An unchanged step is not run again.
+    let again = cx.build(&["stepped"]);
+    assert_eq!(again.manifest("stepped"), report.manifest("stepped"));
+    assert!(again.layers("stepped").iter().all(|l| l["built"] == false));
+}
+
+#[test]
+fn the_same_steps_give_the_same_digest_in_a_fresh_store() {
+    let cx = project();
+    let first = cx.build(&["stepped"]).manifest("stepped");
+    let mut other = project();
+    other.home = other.scratch.join("other-home");
+    assert_eq!(other.build(&["stepped"]).manifest("stepped"), first);
+}
+
+#[test]
+fn a_failing_step_fails_the_build_with_its_command_and_output() {
+    let cx = project();
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&yaml.replace("rm /etc/motd", "echo about to fail; cat /nonexistent"));
+    let run = cx.run(&["build", "stepped"]).exit(1);
+    run.stderr_has(&[
+        "`echo about to fail; cat /nonexistent` failed with exit status 1",
+        "about to fail",
+    ]);
+    // A step that changes makes the layer, and the build, anew.
+    let cx2 = project();
+    let a = cx2.build(&["stepped"]).manifest("stepped");
+    let yaml = fs::read_to_string(cx2.path("images.yaml")).unwrap();
+    cx2.yaml(&yaml.replace("GREETING: hi", "GREETING: hello"));
+    let b = cx2.build(&["stepped"]);
+    assert_ne!(b.manifest("stepped"), a);
+    assert_eq!(b.layers("stepped")[0]["built"], true);
+}
+
+#[test]
+fn an_impossible_isolation_is_explained() {
+    let cx = project();
+    // As root, userns is not what this machine offers root.
+    let run = cx
+        .run(&["build", "stepped", "--isolation", "userns"])
+        .exit(1);
+    run.stderr_has(&["isolation `userns` is not possible here"]);
+}
