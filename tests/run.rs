@@ -110,3 +110,51 @@ fn an_impossible_isolation_is_explained() {
         .exit(1);
     run.stderr_has(&["isolation `userns` is not possible here"]);
 }
+
+#[test]
+fn smoke_tests_run_once_per_image_and_fail_the_build() {
+    let cx = project();
+    for app in ["test", "["] {
+        cx.symlink("busybox", &format!("busybox/bin/{app}"));
+    }
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&format!(
+        "{yaml}    test:\n      - cat /srv/app/hello.txt\n      - \"[ ! -e /etc/motd ]\"\n"
+    ));
+    let run = cx.run(&["build", "stepped"]).success();
+    run.stderr_has(&["stepped: running its tests", "stepped | hi from /srv/app"]);
+    // Passed before: not run again by build, run again by `test`.
+    let again = cx.run(&["build", "stepped"]).success();
+    assert!(!again.stderr.contains("running its tests"), "{again}");
+    cx.run(&["test", "stepped"])
+        .success()
+        .stderr_has(&["running its tests"]);
+    // A failing test fails the image, and no output is written.
+    cx.yaml(&format!("{yaml}    test:\n      - \"[ -e /etc/motd ]\"\n"));
+    let out = cx.scratch.join("oci-failed");
+    let failed = cx
+        .run(&["build", "stepped", "-o", &format!("oci:{}", out.display())])
+        .exit(1);
+    failed.stderr_has(&["test `[ -e /etc/motd ]` failed with exit status 1"]);
+    assert!(!out.join("index.json").exists());
+}
+
+#[test]
+fn run_passes_the_exit_status_and_uses_the_image_config() {
+    let cx = project();
+    let run = cx.run(&[
+        "run",
+        "stepped",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING in $(pwd) as $(id -u)\"; exit 7",
+    ]);
+    let run = run.exit(7);
+    assert_eq!(run.stdout.trim(), "hi in /srv/app as 0");
+    // Arguments are passed as they are, not expanded twice.
+    let echo = cx
+        .run(&["run", "stepped", "--", "echo", "$HOME and 'quotes'"])
+        .success();
+    assert_eq!(echo.stdout.trim(), "$HOME and 'quotes'");
+}

@@ -65,6 +65,13 @@ pub enum BuildError {
         code: i32,
         output: String,
     },
+    #[error("image {image}: test `{command}` failed with exit status {code}{}", if output.is_empty() { String::new() } else { format!("; its last output:\n{output}") })]
+    Test {
+        image: String,
+        command: String,
+        code: i32,
+        output: String,
+    },
     #[error("image {image}: {reason}")]
     Pull {
         image: String,
@@ -92,6 +99,8 @@ pub struct Options {
     pub stamp: Stamp,
     /// How `run:` steps are isolated.
     pub isolation: crate::sandbox::Request,
+    /// Run `test:` even when this image passed them before.
+    pub force_tests: bool,
 }
 
 /// A layer as built or reused.
@@ -501,7 +510,18 @@ impl<'a> Session<'a> {
             }
         }
         let (entries, _report) =
-            layer::diff::diff(&lower, &upper, &layer::diff::DiffOptions::default()).map_err(
+            // Our own `cp -a` copy keeps mtimes: size and mtime decide without
+            // reading both trees whole (a step that restores an mtime after a
+            // same-size edit is not seen, as with buildah and kaniko).
+            layer::diff::diff(
+                &lower,
+                &upper,
+                &layer::diff::DiffOptions {
+                    trust_mtime: true,
+                    ..layer::diff::DiffOptions::default()
+                },
+            )
+            .map_err(
                 |source| BuildError::Layer {
                     image: image.name.clone(),
                     layer: index,
@@ -511,6 +531,119 @@ impl<'a> Session<'a> {
             )?;
         let created_by = format!("imgbuild: run {}", image.run.join(" && "));
         self.write_entries(image, index, "run", &entries, key, created_by, reporter)
+    }
+
+    /// Runs `commands` one after the other in a throw-away root filesystem
+    /// of `record`, with the image's own env, workdir and user. Each line of
+    /// output goes to `line`; the first failure's command and exit code, or
+    /// None when all succeed.
+    pub fn run_in_image(
+        &self,
+        name: &str,
+        record: &ImageRecord,
+        commands: &[String],
+        line: &(dyn Fn(crate::sandbox::Stream, &str) + Sync),
+    ) -> Result<Option<(String, i32)>, BuildError> {
+        let isolation = self.isolation()?;
+        let work = tempfile::Builder::new()
+            .prefix("test-")
+            .tempdir_in(self.store.root().join("tmp"))
+            .map_err(|source| BuildError::Io {
+                path: self.store.root().join("tmp"),
+                source,
+            })?;
+        let root = work.path().join("rootfs");
+        let blobs: Vec<(PathBuf, String)> = record
+            .layers
+            .iter()
+            .map(|l| {
+                (
+                    self.store.blob_path(&hex_of(&l.digest)),
+                    l.media_type.clone(),
+                )
+            })
+            .collect();
+        let opts = layer::unpack::UnpackOptions::for_current_user();
+        layer::unpack::unpack_image(&blobs, &root, &opts).map_err(|e| BuildError::Run {
+            image: name.to_string(),
+            reason: format!("materialising the image: {e}"),
+        })?;
+        run::mount_points(&root).map_err(|reason| BuildError::Run {
+            image: name.to_string(),
+            reason,
+        })?;
+        let config = image::parse_config(
+            &self.store.read_blob(&hex_of(&record.config))?,
+            &format!("config of {}", record.manifest),
+        )?;
+        let context = run::Context::new(Some(&config), &crate::spec::ConfigSpec::default());
+        for command in commands {
+            let step = crate::sandbox::Step {
+                root: root.clone(),
+                command: command.clone(),
+                env: context.env.clone(),
+                workdir: context.workdir.clone(),
+                user: context.user.clone(),
+                network: true,
+            };
+            let code =
+                crate::sandbox::run(&step, isolation, line).map_err(|e| BuildError::Run {
+                    image: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+            if code != 0 {
+                return Ok(Some((command.clone(), code)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs an image's `test:` unless this image passed these tests before.
+    fn smoke_test(
+        &self,
+        image: &Image,
+        record: &ImageRecord,
+        reporter: &dyn Reporter,
+    ) -> Result<(), BuildError> {
+        let key = sha256_hex(format!("{}\n{}", record.manifest, image.test.join("\n")).as_bytes());
+        if !self.opts.force_tests
+            && self
+                .store
+                .get::<serde_json::Value>(Kind::Tested, &key)?
+                .is_some()
+        {
+            return Ok(());
+        }
+        reporter.testing(&image.name);
+        let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
+        let failed = self.run_in_image(&image.name, record, &image.test, &|_, l| {
+            reporter.step_output(&image.name, l);
+            if let Ok(mut t) = tail.lock() {
+                t.push_back(l.to_string());
+                if t.len() > 20 {
+                    t.pop_front();
+                }
+            }
+        })?;
+        match failed {
+            Some((command, code)) => {
+                let output: Vec<String> = tail.into_inner().unwrap_or_default().into();
+                Err(BuildError::Test {
+                    image: image.name.clone(),
+                    command,
+                    code,
+                    output: output.join("\n"),
+                })
+            }
+            None => {
+                self.store.put(
+                    Kind::Tested,
+                    &key,
+                    &serde_json::json!({ "manifest": record.manifest, "tests": image.test }),
+                )?;
+                Ok(())
+            }
+        }
     }
 
     /// The isolation this build runs steps with, detected once.
@@ -662,6 +795,9 @@ impl<'a> Session<'a> {
                 (a.record, true)
             }
         };
+        if !image.test.is_empty() {
+            self.smoke_test(image, &record, reporter)?;
+        }
         let ref_record = RefRecord {
             key: key.clone(),
             layer_keys: keys,

@@ -12,7 +12,9 @@ pub trait Reporter: Send + Sync {
     fn image_failed(&self, _image: &str, _error: &str) {}
     /// The isolation `run:` steps of `image` use.
     fn isolation(&self, _image: &str, _isolation: crate::sandbox::Isolation) {}
-    /// A line a `run:` step printed.
+    /// `image`'s smoke tests start.
+    fn testing(&self, _image: &str) {}
+    /// A line a `run:` step or a test printed.
     fn step_output(&self, _image: &str, _line: &str) {}
     /// Something worth telling that does not fail the build.
     fn warning(&self, _message: &str) {}

@@ -27,6 +27,25 @@ pub struct BuildArgs {
     /// Report as `push` does (set by the `push` command).
     #[arg(skip)]
     push_report: bool,
+    /// Run tests even when they passed (set by the `test` command).
+    #[arg(skip)]
+    force_tests: bool,
+}
+
+/// `imgbuild test`: build, and run the smoke tests even if they passed.
+pub fn test_command(cli: &Cli, select: &Selection, layer: &LayerArgs) -> Result<(), Failure> {
+    run(
+        cli,
+        &BuildArgs {
+            select: select.clone(),
+            layer: layer.clone(),
+            output: Vec::new(),
+            push: false,
+            remote: PushArgs::default(),
+            push_report: false,
+            force_tests: true,
+        },
+    )
 }
 
 /// `imgbuild push`: `build --push` without outputs.
@@ -45,6 +64,7 @@ pub fn push_command(
             push: true,
             remote: remote.clone(),
             push_report: true,
+            force_tests: false,
         },
     )
 }
@@ -77,7 +97,8 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         .iter()
         .map(|o| o.parse().map_err(Failure::usage))
         .collect::<Result<_, _>>()?;
-    let opts = args.layer.options(&spec)?;
+    let mut opts = args.layer.options(&spec)?;
+    opts.force_tests = args.force_tests;
     if args.push {
         // Before building: where to push is known, or the push cannot be.
         super::push::prefix(&args.remote, &spec)?;

@@ -9,6 +9,7 @@ mod plan;
 mod progress;
 mod push;
 mod remote;
+mod run;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,20 @@ enum Command {
     Delete(remote::RefArgs),
     /// Save registry credentials in Docker's config.json.
     Login(remote::LoginArgs),
+    /// Build the named images and run their smoke tests (`test:`), even
+    /// when they passed before.
+    Test(TestCommand),
+    /// Run a command in a built image (built first if needed), throw-away,
+    /// with the image's env, workdir and user; its exit status is passed on.
+    Run(run::RunArgs),
+}
+
+#[derive(Args)]
+struct TestCommand {
+    #[command(flatten)]
+    select: Selection,
+    #[command(flatten)]
+    layer: LayerArgs,
 }
 
 #[derive(Args)]
@@ -135,6 +150,7 @@ impl LayerArgs {
             jobs: self.jobs.unwrap_or(cores).max(1),
             stamp,
             isolation: self.isolation,
+            force_tests: false,
         })
     }
 }
@@ -145,6 +161,17 @@ pub struct Failure {
     error: anyhow::Error,
     /// The command already printed its JSON document, which says it failed.
     reported: bool,
+}
+
+impl Failure {
+    /// Exit with `code` and say nothing (the command said it all).
+    fn silent(code: u8) -> Failure {
+        Failure {
+            code,
+            error: anyhow::anyhow!(""),
+            reported: true,
+        }
+    }
 }
 
 impl Failure {
@@ -253,6 +280,8 @@ pub fn run() -> ExitCode {
         Command::Ls(a) => remote::ls(&cli, a),
         Command::Delete(a) => remote::delete(&cli, a),
         Command::Login(a) => remote::login(&cli, a),
+        Command::Test(a) => build::test_command(&cli, &a.select, &a.layer),
+        Command::Run(a) => run::run(&cli, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -261,7 +290,10 @@ pub fn run() -> ExitCode {
                 print_json(&serde_json::json!({ "error": f.error.to_string(), "exit": f.code }));
             }
             // Our errors name their cause in their own message.
-            eprintln!("error: {}", f.error);
+            let text = f.error.to_string();
+            if !text.is_empty() {
+                eprintln!("error: {text}");
+            }
             ExitCode::from(f.code)
         }
     }

@@ -124,6 +124,10 @@ impl Reporter for Progress {
         self.line(format!("{image}: running steps with {isolation} isolation"));
     }
 
+    fn testing(&self, image: &str) {
+        self.line(format!("{image}: running its tests"));
+    }
+
     fn step_output(&self, image: &str, line: &str) {
         self.line(format!("{image} | {line}"));
     }

@@ -14,7 +14,6 @@ const IMAGE_KEYS: &[&str] = &[
 /// Keys of the contract whose features this build of imgbuild does not do yet.
 const NOT_YET: &[(&str, &str)] = &[
     ("debian", "installing Debian packages"),
-    ("test", "smoke tests"),
     ("secrets", "build secrets"),
 ];
 const LAYER_KEYS: &[&str] = &["src", "dest", "owner", "mode", "exclude"];
@@ -66,6 +65,7 @@ struct RawImage {
     from: Option<S>,
     layers: Vec<RawLayer>,
     run: Vec<S>,
+    test: Vec<S>,
     config: RawConfig,
     tags: Vec<S>,
     vars: Vec<(S, S)>,
@@ -339,6 +339,7 @@ fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
             "config" => image.config = raw_config(cx, value),
             "tags" => image.tags = cx.list(value, "`tags`"),
             "run" => image.run = cx.list(value, "`run`"),
+            "test" => image.test = cx.list(value, "`test`"),
             "vars" => image.vars = cx.pairs(value, "vars"),
             other => {
                 let what = NOT_YET
@@ -617,6 +618,7 @@ fn finish_image(
     let stop_signal = c.stop_signal.as_ref().map(&mut x);
     let tags: Vec<(String, Pos)> = raw.tags.iter().map(|s| (x(s), s.pos)).collect();
     let run: Vec<String> = raw.run.iter().map(&mut x).collect();
+    let test: Vec<String> = raw.test.iter().map(&mut x).collect();
 
     let mut config = ConfigSpec {
         entrypoint,
@@ -683,6 +685,7 @@ fn finish_image(
         parent,
         layers,
         run,
+        test,
         config,
         tags: out_tags,
         vars,
@@ -1029,7 +1032,7 @@ images:
         let d = tree();
         let p = parse_in(
             d.path(),
-            "images:\n  a:\n    from: scratch\n    test: [\"true\"]\n",
+            "images:\n  a:\n    from: scratch\n    secrets: {}\n",
         )
         .unwrap_err();
         assert!(p[0].message.contains("not supported"), "{p:?}");

@@ -103,6 +103,9 @@ pub struct Image {
     /// Shell commands run in the image after its file layers; what they
     /// change becomes one layer.
     pub run: Vec<String>,
+    /// Smoke tests: shell commands run in a throw-away copy of the built
+    /// image; a failing one fails the build.
+    pub test: Vec<String>,
     pub config: ConfigSpec,
     /// `repo:tag` or `tag` (repository = the image's name), vars expanded.
     pub tags: Vec<String>,

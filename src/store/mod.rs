@@ -52,6 +52,8 @@ pub enum Kind {
     Meta,
     /// Images pulled from registries, by reference.
     Pulled,
+    /// Images that passed their smoke tests, by manifest and tests.
+    Tested,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
             Kind::Images => "images",
             Kind::Meta => "meta",
             Kind::Pulled => "pulled",
+            Kind::Tested => "tested",
         }
     }
 }
@@ -120,6 +123,7 @@ impl Store {
             "meta",
             "pulled",
             "refs",
+            "tested",
             "statcache",
             "tmp",
         ] {
@@ -323,7 +327,13 @@ impl Store {
             }
         }
         // Records are kept only while every blob they name is.
-        for kind in [Kind::Layers, Kind::Images, Kind::Meta, Kind::Pulled] {
+        for kind in [
+            Kind::Layers,
+            Kind::Images,
+            Kind::Meta,
+            Kind::Pulled,
+            Kind::Tested,
+        ] {
             let dir = self.root.join(kind.dir());
             for name in read_dir_names(&dir)? {
                 let p = dir.join(&name);
