@@ -100,20 +100,23 @@ pub fn mount_points(root: &std::path::Path) -> Result<(), String> {
 /// Copies a root filesystem for steps to change (reflinks where the
 /// filesystem has them); the copy keeps owners, modes, links and times.
 pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
-    let out = std::process::Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(from)
-        .arg(to)
-        .output()
-        .map_err(|e| format!("cannot run cp: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "copying the root filesystem: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+    // GNU cp shares extents where the filesystem can; busybox's cp (in
+    // minimal CI images) has no --reflink, so plain -a is the fallback.
+    let mut last = String::new();
+    for args in [&["-a", "--reflink=auto"][..], &["-a"][..]] {
+        let out = std::process::Command::new("cp")
+            .args(args)
+            .arg(from)
+            .arg(to)
+            .output()
+            .map_err(|e| format!("cannot run cp: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let _ = std::fs::remove_dir_all(to);
     }
+    Err(format!("copying the root filesystem: {last}"))
 }
 
 #[cfg(test)]

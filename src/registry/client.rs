@@ -72,7 +72,9 @@ struct Token {
 
 /// One client for all registries of a run.
 pub struct Client {
-    http: reqwest::Client,
+    /// Made on first use: building a client loads the system's TLS roots,
+    /// which a build that never reaches a registry must not need.
+    http: std::sync::OnceLock<reqwest::Client>,
     sources: Sources,
     /// Hosts spoken to over plain HTTP (loopback always is).
     insecure: Vec<String>,
@@ -95,21 +97,33 @@ struct TokenReply {
 
 impl Client {
     pub fn new(sources: Sources, insecure: Vec<String>) -> Result<Client, RegistryError> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
-            // Redirects to blob storage must not carry our Authorization.
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(|e| RegistryError::Setup(e.to_string()))?;
         Ok(Client {
-            http,
+            http: std::sync::OnceLock::new(),
             sources,
             insecure,
             retry: Retry::default(),
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, RegistryError> {
+        if let Some(h) = self.http.get() {
+            return Ok(h);
+        }
+        let built = reqwest::Client::builder()
+            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            // Redirects to blob storage must not carry our Authorization.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| {
+                RegistryError::Setup(format!(
+                    "{}; is the ca-certificates package installed?",
+                    describe(&e)
+                ))
+            })?;
+        Ok(self.http.get_or_init(|| built))
     }
 
     fn base(&self, r: &Reference) -> String {
@@ -139,7 +153,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = build(&self.http);
+            let mut req = build(self.http()?);
             if let Some(t) = self.cached_token(&host, &scopes) {
                 req = req.bearer_auth(t.expose());
             } else if self.wants_basic(&host)
@@ -260,7 +274,8 @@ impl Client {
         }
         let cred = self.credential(host)?;
         let started = Instant::now();
-        let mut req = self.http.get(realm).query(&query);
+        let http = self.http()?;
+        let mut req = http.get(realm).query(&query);
         match &cred {
             Some(Credential::Basic { username, password }) => {
                 req = req.basic_auth(username, Some(password.expose()));
@@ -273,7 +288,7 @@ impl Client {
                     ("client_id", "imgbuild".into()),
                 ];
                 form.extend(query.iter().cloned());
-                req = self.http.post(realm).form(&form);
+                req = http.post(realm).form(&form);
             }
             None => {}
         }
@@ -496,7 +511,7 @@ impl Client {
         // Not through `send`: a streamed body cannot be replayed; the caller
         // resumes from the registry's upload status instead.
         let mut req = self
-            .http
+            .http()?
             .patch(location)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(header::CONTENT_LENGTH, end - start)
