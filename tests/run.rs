@@ -158,3 +158,23 @@ fn run_passes_the_exit_status_and_uses_the_image_config() {
         .success();
     assert_eq!(echo.stdout.trim(), "$HOME and 'quotes'");
 }
+
+#[test]
+fn plan_knows_run_layers() {
+    let cx = project();
+    let action = |plan: &serde_json::Value| {
+        common::plan_of(plan, "stepped")["action"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(action(&cx.plan(&["stepped"])), "build");
+    cx.build(&["stepped"]);
+    assert_eq!(action(&cx.plan(&["stepped"])), "reuse");
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&yaml.replace("rm /etc/motd", "rm -f /etc/motd"));
+    let plan = cx.plan(&["stepped"]);
+    assert_eq!(action(&plan), "build");
+    let reasons = common::plan_of(&plan, "stepped")["reasons"].to_string();
+    assert!(reasons.contains("(run)"), "{reasons}");
+}

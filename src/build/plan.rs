@@ -122,6 +122,14 @@ impl Session<'_> {
                 });
                 keys.push(key);
             }
+            if !image.run.is_empty() {
+                let plan = self.plan_run(image, base.as_ref(), &layers, &keys)?;
+                if let Some(r) = &plan.reason {
+                    reasons.push(format!("layer {} (run): {r}", plan.index));
+                }
+                keys.push(plan.key.clone());
+                layers.push(plan);
+            }
             let parent_unknown = matches!(&base, Some((_, None)));
             let (action, record) = if layers.iter().any(|l| l.build) {
                 (Action::Build, None)
@@ -155,6 +163,80 @@ impl Session<'_> {
             });
         }
         Ok(plans)
+    }
+
+    /// The run layer: its key when everything below it is known.
+    fn plan_run(
+        &self,
+        image: &crate::spec::Image,
+        base: Option<&(String, Option<ImageRecord>)>,
+        layers: &[LayerPlan],
+        keys: &[String],
+    ) -> Result<LayerPlan, BuildError> {
+        let index = layers.len();
+        let plan = |build: bool, key: String, reason: Option<String>| LayerPlan {
+            index,
+            src: "run".into(),
+            dest: "/".into(),
+            build,
+            key,
+            reason,
+        };
+        let base_record = match base {
+            None => None,
+            Some((_, Some(r))) => Some(r),
+            Some((p, None)) => {
+                return Ok(plan(
+                    true,
+                    String::new(),
+                    Some(format!("runs on {p}, which changes")),
+                ));
+            }
+        };
+        if layers.iter().any(|l| l.build) {
+            return Ok(plan(
+                true,
+                String::new(),
+                Some("a layer below changes".into()),
+            ));
+        }
+        let mut below: Vec<crate::oci::image::LayerDesc> =
+            base_record.map(|b| b.layers.clone()).unwrap_or_default();
+        for k in keys {
+            match self.cached_layer(k)? {
+                Some(r) => below.push(r.desc),
+                None => {
+                    return Ok(plan(
+                        true,
+                        String::new(),
+                        Some("a layer below changes".into()),
+                    ));
+                }
+            }
+        }
+        let parent_config = match base_record {
+            Some(rec) => Some(crate::oci::image::parse_config(
+                &self
+                    .store
+                    .read_blob(&crate::oci::image::hex_of(&rec.config))?,
+                &format!("config of {}", rec.manifest),
+            )?),
+            None => None,
+        };
+        let context = super::run::Context::new(parent_config.as_ref(), &image.config);
+        let key = super::run::key(
+            &below,
+            &image.run,
+            &context,
+            self.opts.compression,
+            self.opts.stamp.epoch,
+        );
+        let cached = self.cached_layer(&key)?.is_some();
+        Ok(plan(
+            !cached,
+            key,
+            (!cached).then(|| "its commands, their environment or the layers below changed".into()),
+        ))
     }
 
     fn layer_reason(&self, last: Option<&RefRecord>, index: usize, entries: &Entries) -> String {
