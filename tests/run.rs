@@ -178,3 +178,29 @@ fn plan_knows_run_layers() {
     let reasons = common::plan_of(&plan, "stepped")["reasons"].to_string();
     assert!(reasons.contains("(run)"), "{reasons}");
 }
+
+#[test]
+fn the_image_user_is_looked_up_in_the_image() {
+    let cx = project();
+    cx.write(
+        "site/etc/passwd",
+        "root:x:0:0::/root:/bin/sh\nappuser:x:1234:1235::/srv:/bin/sh\n",
+    );
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&format!(
+        "{yaml}  asuser:\n    from: base\n    config:\n      user: appuser\n"
+    ));
+    let run = cx
+        .run(&["run", "asuser", "--", "sh", "-c", "id -u; id -g"])
+        .success();
+    assert_eq!(
+        run.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["1234", "1235"]
+    );
+    cx.yaml(&format!(
+        "{yaml}  asuser:\n    from: base\n    config:\n      user: nobody-here\n"
+    ));
+    cx.run(&["run", "asuser", "--", "true"])
+        .exit(1)
+        .stderr_has(&["user `nobody-here`: not in the image's /etc/passwd"]);
+}

@@ -72,6 +72,8 @@ pub enum SandboxError {
         program: String,
         source: std::io::Error,
     },
+    #[error("user `{user}`: {why}")]
+    User { user: String, why: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -256,7 +258,8 @@ pub fn run(
     };
     let mut chroot_args: Vec<String> = Vec::new();
     if let Some(u) = &step.user {
-        chroot_args.push(format!("--userspec={u}"));
+        let (uid, gid) = resolve_user(&root, u)?;
+        chroot_args.push(format!("--userspec={uid}:{gid}"));
     }
     chroot_args.push(root.display().to_string());
     chroot_args.extend(["/bin/sh".to_string(), "-c".to_string(), script]);
@@ -330,6 +333,68 @@ pub fn run(
     Ok(status.code().unwrap_or(128 + 9))
 }
 
+/// A file of the image's /etc, never through a symlink (which could name a
+/// file of the host).
+fn read_etc(root: &Path, name: &str) -> Option<String> {
+    let plain = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink());
+    let etc = root.join("etc");
+    let file = etc.join(name);
+    (plain(&etc) && plain(&file))
+        .then(|| std::fs::read_to_string(file).ok())
+        .flatten()
+}
+
+/// `USER[:GROUP]` (names or ids) to numeric ids, by the image's own
+/// /etc/passwd and /etc/group: the host's `chroot` would look names up in
+/// the host's.
+pub fn resolve_user(root: &Path, spec: &str) -> Result<(u32, u32), SandboxError> {
+    let err = |why: String| SandboxError::User {
+        user: spec.to_string(),
+        why,
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_etc(root, "passwd");
+    let by_passwd = |name: &str| {
+        passwd
+            .as_deref()
+            .and_then(|p| crate::layer::scan::passwd_lookup(p, name))
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => {
+            // A numeric user's group is its passwd entry's, else 0 (as runc).
+            let primary = passwd
+                .as_deref()
+                .and_then(|p| {
+                    p.lines().find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 4 && f[2] == uid.to_string()).then(|| f[3].parse().ok())?
+                    })
+                })
+                .unwrap_or(0);
+            (uid, primary)
+        }
+        Err(_) => by_passwd(user).ok_or_else(|| {
+            err(format!(
+                "not in the image's /etc/passwd; use numeric ids or add `{user}` in an earlier step"
+            ))
+        })?,
+    };
+    let gid = match group {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_etc(root, "group")
+                .as_deref()
+                .and_then(|t| crate::layer::scan::group_lookup(t, g))
+                .ok_or_else(|| err(format!("group `{g}` is not in the image's /etc/group")))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
 /// True when `root` looks like it can run `/bin/sh`.
 pub fn has_shell(root: &Path) -> bool {
     std::fs::symlink_metadata(root.join("bin/sh")).is_ok()
@@ -370,6 +435,29 @@ mod tests {
         let lines = Mutex::new(Vec::new());
         let code = run(step, iso, &|_, l| lines.lock().unwrap().push(l.to_string())).unwrap();
         (code, lines.into_inner().unwrap())
+    }
+
+    #[test]
+    fn users_resolve_in_the_image_not_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "app:x:1234:1235::/srv:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "web:x:33:\n").unwrap();
+        assert_eq!(resolve_user(d.path(), "app").unwrap(), (1234, 1235));
+        assert_eq!(resolve_user(d.path(), "app:web").unwrap(), (1234, 33));
+        assert_eq!(resolve_user(d.path(), "1234").unwrap(), (1234, 1235));
+        assert_eq!(resolve_user(d.path(), "77:78").unwrap(), (77, 78));
+        assert_eq!(resolve_user(d.path(), "77").unwrap(), (77, 0));
+        let e = resolve_user(d.path(), "root").unwrap_err().to_string();
+        assert!(e.contains("not in the image's /etc/passwd"), "{e}");
+        // A symlinked /etc/passwd is not followed to the host's.
+        std::fs::remove_file(d.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("etc/passwd")).unwrap();
+        assert!(resolve_user(d.path(), "root").is_err());
     }
 
     #[test]
