@@ -443,29 +443,8 @@ impl<'a> Session<'a> {
     ) -> Result<LayerRecord, BuildError> {
         let isolation = self.isolation()?;
         reporter.isolation(&image.name, isolation);
-        let work = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(self.store.root().join("tmp"))
-            .map_err(|source| BuildError::Io {
-                path: self.store.root().join("tmp"),
-                source,
-            })?;
-        let lower = work.path().join("lower");
+        let (work, lower) = self.materialise(&image.name, "run-", below)?;
         let upper = work.path().join("upper");
-        let blobs: Vec<(PathBuf, String)> = below
-            .iter()
-            .map(|l| {
-                (
-                    self.store.blob_path(&hex_of(&l.digest)),
-                    l.media_type.clone(),
-                )
-            })
-            .collect();
-        let opts = layer::unpack::UnpackOptions::for_current_user();
-        layer::unpack::unpack_image(&blobs, &lower, &opts).map_err(|e| BuildError::Run {
-            image: image.name.clone(),
-            reason: format!("materialising the image: {e}"),
-        })?;
         // The sandbox mounts over these; made in both trees first, so an
         // image that lacks them does not get them from the sandbox.
         run::mount_points(&lower).map_err(|reason| BuildError::Run {
@@ -477,7 +456,7 @@ impl<'a> Session<'a> {
             reason,
         })?;
         for command in &image.run {
-            let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
+            let tail = run::Tail::default();
             let step = crate::sandbox::Step {
                 root: upper.clone(),
                 command: command.clone(),
@@ -488,24 +467,18 @@ impl<'a> Session<'a> {
             };
             let code = crate::sandbox::run(&step, isolation, &|_, line| {
                 reporter.step_output(&image.name, line);
-                if let Ok(mut t) = tail.lock() {
-                    t.push_back(line.to_string());
-                    if t.len() > 20 {
-                        t.pop_front();
-                    }
-                }
+                tail.push(line);
             })
             .map_err(|e| BuildError::Run {
                 image: image.name.clone(),
                 reason: e.to_string(),
             })?;
             if code != 0 {
-                let output: Vec<String> = tail.into_inner().unwrap_or_default().into();
                 return Err(BuildError::Step {
                     image: image.name.clone(),
                     command: command.clone(),
                     code,
-                    output: output.join("\n"),
+                    output: tail.text(),
                 });
             }
         }
@@ -533,6 +506,37 @@ impl<'a> Session<'a> {
         self.write_entries(image, index, "run", &entries, key, created_by, reporter)
     }
 
+    /// Unpacks `layers` into a new work directory of the store; the
+    /// directory (removed on drop) and the root filesystem in it.
+    fn materialise(
+        &self,
+        image: &str,
+        prefix: &str,
+        layers: &[LayerDesc],
+    ) -> Result<(tempfile::TempDir, PathBuf), BuildError> {
+        let tmp = self.store.root().join("tmp");
+        let work = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&tmp)
+            .map_err(|source| BuildError::Io { path: tmp, source })?;
+        let root = work.path().join("rootfs");
+        let blobs: Vec<(PathBuf, String)> = layers
+            .iter()
+            .map(|l| {
+                (
+                    self.store.blob_path(&hex_of(&l.digest)),
+                    l.media_type.clone(),
+                )
+            })
+            .collect();
+        let opts = layer::unpack::UnpackOptions::for_current_user();
+        layer::unpack::unpack_image(&blobs, &root, &opts).map_err(|e| BuildError::Run {
+            image: image.to_string(),
+            reason: format!("materialising the image: {e}"),
+        })?;
+        Ok((work, root))
+    }
+
     /// Runs `commands` one after the other in a throw-away root filesystem
     /// of `record`, with the image's own env, workdir and user. Each line of
     /// output goes to `line`; the first failure's command and exit code, or
@@ -545,29 +549,7 @@ impl<'a> Session<'a> {
         line: &(dyn Fn(crate::sandbox::Stream, &str) + Sync),
     ) -> Result<Option<(String, i32)>, BuildError> {
         let isolation = self.isolation()?;
-        let work = tempfile::Builder::new()
-            .prefix("test-")
-            .tempdir_in(self.store.root().join("tmp"))
-            .map_err(|source| BuildError::Io {
-                path: self.store.root().join("tmp"),
-                source,
-            })?;
-        let root = work.path().join("rootfs");
-        let blobs: Vec<(PathBuf, String)> = record
-            .layers
-            .iter()
-            .map(|l| {
-                (
-                    self.store.blob_path(&hex_of(&l.digest)),
-                    l.media_type.clone(),
-                )
-            })
-            .collect();
-        let opts = layer::unpack::UnpackOptions::for_current_user();
-        layer::unpack::unpack_image(&blobs, &root, &opts).map_err(|e| BuildError::Run {
-            image: name.to_string(),
-            reason: format!("materialising the image: {e}"),
-        })?;
+        let (_work, root) = self.materialise(name, "test-", &record.layers)?;
         run::mount_points(&root).map_err(|reason| BuildError::Run {
             image: name.to_string(),
             reason,
@@ -615,26 +597,18 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         reporter.testing(&image.name);
-        let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
+        let tail = run::Tail::default();
         let failed = self.run_in_image(&image.name, record, &image.test, &|_, l| {
             reporter.step_output(&image.name, l);
-            if let Ok(mut t) = tail.lock() {
-                t.push_back(l.to_string());
-                if t.len() > 20 {
-                    t.pop_front();
-                }
-            }
+            tail.push(l);
         })?;
         match failed {
-            Some((command, code)) => {
-                let output: Vec<String> = tail.into_inner().unwrap_or_default().into();
-                Err(BuildError::Test {
-                    image: image.name.clone(),
-                    command,
-                    code,
-                    output: output.join("\n"),
-                })
-            }
+            Some((command, code)) => Err(BuildError::Test {
+                image: image.name.clone(),
+                command,
+                code,
+                output: tail.text(),
+            }),
             None => {
                 self.store.put(
                     Kind::Tested,

@@ -75,6 +75,28 @@ pub fn key(
     hex::encode(Sha256::digest(crate::oci::image::canonical_json(&input)))
 }
 
+/// The last lines a step printed, for its error message.
+#[derive(Default)]
+pub struct Tail(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+impl Tail {
+    const LINES: usize = 20;
+
+    pub fn push(&self, line: &str) {
+        if let Ok(mut t) = self.0.lock() {
+            t.push_back(line.to_string());
+            if t.len() > Self::LINES {
+                t.pop_front();
+            }
+        }
+    }
+
+    pub fn text(self) -> String {
+        let lines: Vec<String> = self.0.into_inner().unwrap_or_default().into();
+        lines.join("\n")
+    }
+}
+
 /// Makes the directories the sandbox mounts over, where the image has
 /// nothing of that name.
 pub fn mount_points(root: &std::path::Path) -> Result<(), String> {
