@@ -27,6 +27,7 @@ use common::registry::{Registry, TokenOptions, basic_auth, http, write_docker_co
 use common::{
     Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
 };
+use common::{DockerImages, docker, require_docker};
 
 const USER: &str = "ci-bot";
 /// Distinctive, so that a leak into any output is found.
@@ -235,36 +236,6 @@ fn pull_back_and_validate(cx: &Ctx, reference: &str, creds: Option<&str>) -> Val
     args.extend([src.as_str(), dest.as_str()]);
     skopeo(cx, &args).success();
     validate_layout(&dir, "pulled")
-}
-
-fn require_docker() {
-    require_tool("docker", "docker.io");
-    let mut c = Command::new("docker");
-    c.args(["info", "--format", "{{.ServerVersion}}"]);
-    let info = run_command(c);
-    assert_eq!(
-        info.code, 0,
-        "the docker daemon is not reachable (start it, or run where it runs): {info}"
-    );
-}
-
-fn docker(args: &[&str]) -> Run {
-    let mut c = Command::new("docker");
-    c.args(args);
-    run_command(c)
-}
-
-/// Removes the docker images it names when dropped, even on panic.
-struct DockerImages(Vec<String>);
-
-impl Drop for DockerImages {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            let mut c = Command::new("docker");
-            c.arg("rmi").arg("--force").args(&self.0);
-            let _ = c.output();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

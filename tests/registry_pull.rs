@@ -30,6 +30,7 @@ use common::{
     CONFIG, Ctx, INDEX, LAYER_GZIP, MANIFEST, REF_NAME, Report, Run, ValidImage, require_root,
     require_tool, run_command, sha256_hex, static_busybox, validate_layout,
 };
+use common::{DockerImages, docker, require_docker};
 
 /// Variables that would send loopback traffic elsewhere, or lend
 /// credentials or a cache the test did not give.
@@ -111,36 +112,6 @@ fn skopeo_copy(cx: &Ctx, src: &str, dest: &str, extra: &[&str]) -> Run {
     args.extend_from_slice(extra);
     args.extend([src, dest]);
     skopeo(cx, &args)
-}
-
-fn require_docker() {
-    require_tool("docker", "docker.io");
-    let mut c = Command::new("docker");
-    c.args(["info", "--format", "{{.ServerVersion}}"]);
-    let info = run_command(c);
-    assert_eq!(
-        info.code, 0,
-        "the docker daemon is not reachable (start it, or run where it runs): {info}"
-    );
-}
-
-fn docker(args: &[&str]) -> Run {
-    let mut c = Command::new("docker");
-    c.args(args);
-    run_command(c)
-}
-
-/// Removes the docker images it names when dropped, even on panic.
-struct DockerImages(Vec<String>);
-
-impl Drop for DockerImages {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            let mut c = Command::new("docker");
-            c.arg("rmi").arg("--force").args(&self.0);
-            let _ = c.output();
-        }
-    }
 }
 
 /// An image name unique to this process (parallel runs share the docker

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Ctx, require_tool, run_command, static_busybox};
+use common::{Ctx, DockerImages, require_docker, run_command, static_busybox};
 
 const STEPPED: &str = concat!(
     "images:\n",
@@ -52,7 +52,7 @@ fn libraries(binary: &Path) -> Vec<String> {
 
 #[test]
 fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
-    require_tool("docker", "docker.io");
+    require_docker();
     let cx = Ctx::new();
     // The project, built on the host first (namespace isolation here).
     let project = |root: &str| {
@@ -95,7 +95,7 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
     let mut load = Command::new("docker");
     load.args(["load", "-q", "-i"]).arg(&archive);
     run_command(load).success();
-    let _cleanup = Rmi(format!("{tag}:latest"));
+    let _cleanup = DockerImages(vec![format!("{tag}:latest")]);
     // Docker's defaults: not --privileged, no added capabilities.
     let mut c = Command::new("docker");
     c.args([
@@ -121,13 +121,4 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
         host.manifest("stepped"),
         "the same image under chroot in a container as under namespaces on the host"
     );
-}
-
-/// Removes a docker image at the end of the test, passed or not.
-struct Rmi(String);
-
-impl Drop for Rmi {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
 }

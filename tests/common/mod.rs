@@ -721,3 +721,33 @@ pub fn static_busybox() -> PathBuf {
     );
     path
 }
+
+pub fn require_docker() {
+    require_tool("docker", "docker.io");
+    let mut c = Command::new("docker");
+    c.args(["info", "--format", "{{.ServerVersion}}"]);
+    let info = run_command(c);
+    assert_eq!(
+        info.code, 0,
+        "the docker daemon is not reachable (start it, or run where it runs): {info}"
+    );
+}
+
+pub fn docker(args: &[&str]) -> Run {
+    let mut c = Command::new("docker");
+    c.args(args);
+    run_command(c)
+}
+
+/// Removes the docker images it names when dropped, even on panic.
+pub struct DockerImages(pub Vec<String>);
+
+impl Drop for DockerImages {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let mut c = Command::new("docker");
+            c.arg("rmi").arg("--force").args(&self.0);
+            let _ = c.output();
+        }
+    }
+}
