@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,32 +27,11 @@ use common::registry::{Registry, TokenOptions, basic_auth, http, write_docker_co
 use common::{
     Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
 };
-use common::{DockerImages, docker, require_docker};
+use common::{DockerImages, FOREIGN_ENV, docker, require_docker, skopeo};
 
 const USER: &str = "ci-bot";
 /// Distinctive, so that a leak into any output is found.
 const PASSWORD: &str = "pw-Zq81-never-printed";
-
-/// Variables that would send loopback traffic elsewhere, or lend
-/// credentials the test did not give.
-const FOREIGN_ENV: &[&str] = &[
-    "DOCKER_CONFIG",
-    "REGISTRY_AUTH_FILE",
-    "CI_REGISTRY",
-    "CI_REGISTRY_USER",
-    "CI_REGISTRY_PASSWORD",
-    "CI_JOB_TOKEN",
-    "CI_REGISTRY_IMAGE",
-    "IMGBUILD_REGISTRY",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-];
 
 // ---------------------------------------------------------------------------
 // Fixtures
@@ -185,20 +164,6 @@ fn blob_sizes(img: &ValidImage) -> Vec<(String, u64)> {
 
 // ---------------------------------------------------------------------------
 // Peers
-
-fn skopeo(cx: &Ctx, args: &[&str]) -> Run {
-    let (sub, rest) = args.split_first().expect("a skopeo command");
-    let mut c = Command::new("skopeo");
-    // An auth file that does not exist: no credentials but the ones given.
-    c.arg(sub)
-        .arg("--authfile")
-        .arg(cx.scratch.join("no-auth.json"))
-        .args(rest);
-    for k in FOREIGN_ENV {
-        c.env_remove(k);
-    }
-    run_command(c)
-}
 
 fn skopeo_copy(cx: &Ctx, src: &str, dest: &str, creds: Option<&str>, extra: &[&str]) -> Run {
     let mut args = vec!["copy", "--dest-tls-verify=false"];

@@ -30,29 +30,7 @@ use common::{
     CONFIG, Ctx, INDEX, LAYER_GZIP, MANIFEST, REF_NAME, Report, Run, ValidImage, require_root,
     require_tool, run_command, sha256_hex, static_busybox, validate_layout,
 };
-use common::{DockerImages, docker, require_docker};
-
-/// Variables that would send loopback traffic elsewhere, or lend
-/// credentials or a cache the test did not give.
-const FOREIGN_ENV: &[&str] = &[
-    "DOCKER_CONFIG",
-    "REGISTRY_AUTH_FILE",
-    "CI_REGISTRY",
-    "CI_REGISTRY_USER",
-    "CI_REGISTRY_PASSWORD",
-    "CI_JOB_TOKEN",
-    "CI_REGISTRY_IMAGE",
-    "IMGBUILD_REGISTRY",
-    "IMGBUILD_CACHE_REPO",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-];
+use common::{DockerImages, FOREIGN_ENV, docker, require_docker, skopeo};
 
 const EPOCH: i64 = 1_700_000_000;
 /// www-data in the base's /etc/passwd and /etc/group: not Debian's 33, so
@@ -90,20 +68,6 @@ fn build_json(cx: &Ctx, args: &[&str]) -> (Run, Report) {
     let run = imgbuild(cx, &all).success();
     let report = Report(run.json());
     (run, report)
-}
-
-fn skopeo(cx: &Ctx, args: &[&str]) -> Run {
-    let (sub, rest) = args.split_first().expect("a skopeo command");
-    let mut c = Command::new("skopeo");
-    // An auth file that does not exist: no credentials but the ones given.
-    c.arg(sub)
-        .arg("--authfile")
-        .arg(cx.scratch.join("no-auth.json"))
-        .args(rest);
-    for k in FOREIGN_ENV {
-        c.env_remove(k);
-    }
-    run_command(c)
 }
 
 /// `skopeo copy [EXTRA…] SRC DEST` to a plain-HTTP registry.

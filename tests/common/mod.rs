@@ -751,3 +751,36 @@ impl Drop for DockerImages {
         }
     }
 }
+
+/// Environment that would let a peer or imgbuild find credentials or
+/// proxies of the machine instead of the test's own.
+pub const FOREIGN_ENV: &[&str] = &[
+    "DOCKER_CONFIG",
+    "REGISTRY_AUTH_FILE",
+    "CI_REGISTRY",
+    "CI_REGISTRY_USER",
+    "CI_REGISTRY_PASSWORD",
+    "CI_JOB_TOKEN",
+    "CI_REGISTRY_IMAGE",
+    "IMGBUILD_REGISTRY",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "IMGBUILD_CACHE_REPO",
+];
+
+/// skopeo with no credentials but the ones a test gives it.
+pub fn skopeo(cx: &Ctx, args: &[&str]) -> Run {
+    let (sub, rest) = args.split_first().expect("a skopeo command");
+    let mut c = Command::new("skopeo");
+    // An auth file that does not exist: no credentials but the ones given.
+    c.arg(sub)
+        .arg("--authfile")
+        .arg(cx.scratch.join("no-auth.json"))
+        .args(rest);
+    for k in FOREIGN_ENV {
+        c.env_remove(k);
+    }
+    run_command(c)
+}

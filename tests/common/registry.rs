@@ -1010,28 +1010,6 @@ pub fn libtrust_key_id(spki_der: &[u8]) -> String {
         .join(":")
 }
 
-/// RFC 3339 (UTC, whole seconds) of a Unix time.
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1360,7 +1338,7 @@ fn serve_token(mut conn: TcpStream, state: &TokenState) -> io::Result<()> {
             "token": token,
             "access_token": token,
             "expires_in": state.lifetime_secs,
-            "issued_at": rfc3339(now),
+            "issued_at": imgbuild::oci::image::rfc3339(now as i64),
         }),
     );
     Ok(())
