@@ -1,6 +1,7 @@
 //! imgbuild: build a graph of layered OCI images from one `images.yaml`,
 //! without a daemon and without privileges.
 pub mod build;
+pub mod debian;
 pub mod fsutil;
 pub mod graph;
 pub mod layer;

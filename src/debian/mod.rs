@@ -1,0 +1,12 @@
+//! Debian from the archive: sources, signed index verification, version
+//! order, the resolver, the lock, the download cache and installation.
+//!
+//! Nothing here runs a package's code: installation hands the chosen
+//! `.deb`s to the target's own dpkg inside the sandbox.
+pub mod control;
+pub mod fetch;
+pub mod package;
+pub mod release;
+pub mod resolve;
+pub mod sources;
+pub mod version;
