@@ -19,6 +19,30 @@ pub fn parent_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Removes a tree, also where read-only directories of an unpacked image
+/// (a user's copy of a 0555 `/proc`) would stop `remove_dir_all`.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            fn open_up(dir: &Path) -> io::Result<()> {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+                for e in std::fs::read_dir(dir)? {
+                    let e = e?;
+                    if e.file_type()?.is_dir() {
+                        open_up(&e.path())?;
+                    }
+                }
+                Ok(())
+            }
+            open_up(path)?;
+            std::fs::remove_dir_all(path)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,3 +204,139 @@ fn the_image_user_is_looked_up_in_the_image() {
         .exit(1)
         .stderr_has(&["user `nobody-here`: not in the image's /etc/passwd"]);
 }
+
+/// Every path under srv and etc of a tree (run in its root), with its
+/// type, mode, owner, and a file's content hash or a link's target, by
+/// busybox's applets.
+const LISTING: &str = "find srv etc | sort | while read -r p; do \
+     stat -c '%n %F %a %u:%g' \"$p\"; \
+     if [ -L \"$p\" ]; then readlink \"$p\"; elif [ -f \"$p\" ]; then md5sum \"$p\"; fi; \
+     done\n";
+
+/// Steps that create, change, chmod, chown, delete, hard-link and replace
+/// a directory wholesale, over a base holding what they change; the last
+/// step prints the tree they left.
+fn round_trip_project() -> Ctx {
+    let cx = project();
+    for app in [
+        "chown", "find", "sort", "stat", "md5sum", "ln", "readlink", "[", "true",
+    ] {
+        cx.symlink("busybox", &format!("busybox/bin/{app}"));
+    }
+    cx.write("site/usr/local/bin/listing", LISTING);
+    cx.write("site/srv/keep/file", "kept\n");
+    cx.write("site/srv/data.txt", "data\n");
+    cx.write("site/srv/gone.txt", "gone\n");
+    cx.write("site/srv/replaced/x", "x\n");
+    cx.write("site/srv/replaced/y", "y\n");
+    cx.write("site/srv/emptied/a", "a\n");
+    cx.write("site/srv/partial/a", "a\n");
+    cx.write("site/srv/partial/b", "b\n");
+    cx.yaml(concat!(
+        "images:\n",
+        "  base:\n",
+        "    from: scratch\n",
+        "    layers: [busybox, site]\n",
+        "  stepped:\n",
+        "    from: base\n",
+        "    run:\n",
+        "      - mkdir -p /srv/new/deep && echo made > /srv/new/deep/file && ln /srv/new/deep/file /srv/new/link\n",
+        "      - echo more >> /etc/motd && chmod 700 /srv/keep && chmod 640 /srv/keep/file\n",
+        "      - chown 33:33 /srv/data.txt && rm /srv/gone.txt /srv/partial/a\n",
+        "      - rm -rf /srv/replaced && mkdir /srv/replaced && echo fresh > /srv/replaced/x\n",
+        "      - rm /srv/emptied/a && echo new > /srv/emptied/b\n",
+        "      - cd / && sh /usr/local/bin/listing\n",
+    ));
+    cx
+}
+
+/// The listing the last step printed.
+fn listing_of(run: &common::Run) -> Vec<String> {
+    run.stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("stepped | "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn steps_round_trip_through_umoci_in_every_isolation() {
+    require_tool("umoci", "umoci");
+    let abilities: Vec<&str> = ["namespace", "chroot"]
+        .into_iter()
+        .filter(|iso| {
+            // What this machine allows (root: both; in a container: chroot).
+            project()
+                .run(&["run", "base", "--isolation", iso, "--", "true"])
+                .code
+                == 0
+        })
+        .collect();
+    assert!(!abilities.is_empty());
+    let mut digests = Vec::new();
+    for iso in &abilities {
+        let cx = round_trip_project();
+        let out = cx.scratch.join("oci");
+        let run = cx
+            .run(&[
+                "build",
+                "stepped",
+                "--isolation",
+                iso,
+                "-o",
+                &format!("oci:{}", out.display()),
+            ])
+            .success();
+        if *iso == "namespace"
+            && fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"))
+        {
+            run.stderr_has(&["with namespace isolation, on an overlay"]);
+        }
+        let left = listing_of(&run);
+        assert!(
+            left.iter()
+                .any(|l| l == "srv/data.txt regular file 644 33:33"),
+            "{iso}: {left:?}"
+        );
+        let image = validate_layout(&out, "stepped");
+        let layer = image.layers.last().unwrap();
+        // Every old name gone: opaque; some left: whiteouts, whether the
+        // directory was replaced or emptied (the same rules for overlay's
+        // upper directory and a copy).
+        layer.entry("srv/emptied/.wh..wh..opq");
+        layer.entry("srv/replaced/.wh.y");
+        layer.entry("srv/partial/.wh.a");
+        layer.entry("srv/.wh.gone.txt");
+        let bundle = cx.scratch.join("bundle");
+        let mut c = std::process::Command::new("umoci");
+        c.args(["unpack", "--image", &format!("{}:stepped", out.display())])
+            .arg(&bundle);
+        run_command(c).success();
+        let mut sh = std::process::Command::new(static_busybox());
+        sh.args(["sh", "-c", LISTING])
+            .env("LC_ALL", "C")
+            .current_dir(bundle.join("rootfs"));
+        let unpacked = run_command(sh).success();
+        let unpacked: Vec<String> = unpacked.stdout.lines().map(str::to_string).collect();
+        assert_eq!(
+            unpacked, left,
+            "{iso}: umoci's tree differs from the steps'"
+        );
+        // A second build in a fresh store gives the same digest.
+        let mut again = cx.command(&["--json", "-q", "build", "stepped", "--isolation", iso]);
+        again.env("IMGBUILD_HOME", cx.scratch.join("second-home"));
+        let again = common::Report(run_command(again).success().json()).manifest("stepped");
+        assert_eq!(
+            again,
+            common::Report(
+                cx.run(&["--json", "-q", "build", "stepped"])
+                    .success()
+                    .json()
+            )
+            .manifest("stepped")
+        );
+        digests.push(again);
+    }
+    digests.dedup();
+    assert_eq!(digests.len(), 1, "{abilities:?} gave {digests:?}");
+}

@@ -175,6 +175,8 @@ pub struct Session<'a> {
     /// layer (two Moodle releases, one config tree).
     writing: Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>,
     abilities: std::sync::OnceLock<crate::sandbox::Abilities>,
+    /// Whether steps can run on an overlay, probed once.
+    overlay: std::sync::OnceLock<bool>,
 }
 
 impl<'a> Session<'a> {
@@ -188,6 +190,7 @@ impl<'a> Session<'a> {
             cache: None,
             writing: Mutex::new(HashMap::new()),
             abilities: std::sync::OnceLock::new(),
+            overlay: std::sync::OnceLock::new(),
         }
     }
 
@@ -430,8 +433,8 @@ impl<'a> Session<'a> {
         Ok(record)
     }
 
-    /// Materialises the image so far, runs its steps in a copy, and writes
-    /// the difference as a layer.
+    /// Runs the image's steps over the image so far, and writes what they
+    /// changed as a layer.
     fn run_steps(
         &self,
         image: &Image,
@@ -442,29 +445,11 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
         let isolation = self.isolation()?;
-        reporter.isolation(&image.name, isolation);
-        let (work, lower) = self.materialise(&image.name, "run-", below)?;
-        let upper = work.path().join("upper");
-        // The sandbox mounts over these; made in both trees first, so an
-        // image that lacks them does not get them from the sandbox.
-        run::mount_points(&lower).map_err(|reason| BuildError::Run {
-            image: image.name.clone(),
-            reason,
-        })?;
-        run::copy_tree(&lower, &upper).map_err(|reason| BuildError::Run {
-            image: image.name.clone(),
-            reason,
-        })?;
+        let scratch = self.scratch(&image.name, "run-", below, isolation)?;
+        reporter.isolation(&image.name, isolation, scratch.is_overlay());
         for command in &image.run {
             let tail = run::Tail::default();
-            let step = crate::sandbox::Step {
-                root: upper.clone(),
-                command: command.clone(),
-                env: context.env.clone(),
-                workdir: context.workdir.clone(),
-                user: context.user.clone(),
-                network: true,
-            };
+            let step = scratch.step(command, context);
             let code = crate::sandbox::run(&step, isolation, &|_, line| {
                 reporter.step_output(&image.name, line);
                 tail.push(line);
@@ -483,58 +468,92 @@ impl<'a> Session<'a> {
             }
         }
         let (entries, _report) =
-            // Our own `cp -a` copy keeps mtimes: size and mtime decide without
-            // reading both trees whole (a step that restores an mtime after a
-            // same-size edit is not seen, as with buildah and kaniko).
-            layer::diff::diff(
-                &lower,
-                &upper,
-                &layer::diff::DiffOptions {
-                    trust_mtime: true,
-                    ..layer::diff::DiffOptions::default()
-                },
-            )
-            .map_err(
-                |source| BuildError::Layer {
+            scratch
+                .snapshot(isolation, self.opts.threads)
+                .map_err(|source| BuildError::Layer {
                     image: image.name.clone(),
                     layer: index,
                     src: "run".into(),
                     source,
-                },
-            )?;
+                })?;
         let created_by = format!("imgbuild: run {}", image.run.join(" && "));
         self.write_entries(image, index, "run", &entries, key, created_by, reporter)
     }
 
-    /// Unpacks `layers` into a new work directory of the store; the
-    /// directory (removed on drop) and the root filesystem in it.
-    fn materialise(
+    /// The root filesystem of `layers`, unpacked once per chain of layers
+    /// and kept in the store for later builds. Nothing runs in it: steps
+    /// get a [`run::Scratch`] over it.
+    fn rootfs(&self, image: &str, layers: &[LayerDesc]) -> Result<PathBuf, BuildError> {
+        let opts = layer::unpack::UnpackOptions::for_current_user();
+        let hexes: Vec<String> = layers.iter().map(|l| hex_of(&l.digest)).collect();
+        // Unpacked by root (owners kept) and by a user (not) differ.
+        let chain = sha256_hex(format!("v1 chown={}\n{}", opts.chown, hexes.join("\n")).as_bytes());
+        let dir = self.store.root().join("rootfs");
+        let done = dir.join(&chain);
+        if done.is_dir() {
+            return Ok(done);
+        }
+        let err = |reason: String| BuildError::Run {
+            image: image.to_string(),
+            reason,
+        };
+        let tmp = self.store.root().join("tmp");
+        let work = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .tempdir_in(&tmp)
+            .map_err(|source| BuildError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+        let root = work.path().join("rootfs");
+        let blobs: Vec<(PathBuf, String)> = layers
+            .iter()
+            .zip(&hexes)
+            .map(|(l, hex)| (self.store.blob_path(hex), l.media_type.clone()))
+            .collect();
+        layer::unpack::unpack_image(&blobs, &root, &opts)
+            .map_err(|e| err(format!("materialising the image: {e}")))?;
+        // The sandbox mounts over these; made here, so an image that lacks
+        // them does not get them from the sandbox.
+        run::mount_points(&root).map_err(err)?;
+        std::fs::create_dir_all(&dir).map_err(|source| BuildError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        // Which blobs it came from, so gc can drop it with them.
+        let list = dir.join(format!("{chain}.layers"));
+        crate::fsutil::write_atomic(&tmp, &list, hexes.join("\n").as_bytes()).map_err(
+            |source| BuildError::Io {
+                path: list.clone(),
+                source,
+            },
+        )?;
+        match std::fs::rename(&root, &done) {
+            Ok(()) => Ok(done),
+            // Another build of the same chain got there first.
+            Err(_) if done.is_dir() => Ok(done),
+            Err(source) => Err(BuildError::Io { path: done, source }),
+        }
+    }
+
+    /// A writable view of `layers`' root filesystem for steps to change:
+    /// an overlay where the sandbox can mount one, else a copy.
+    fn scratch(
         &self,
         image: &str,
         prefix: &str,
         layers: &[LayerDesc],
-    ) -> Result<(tempfile::TempDir, PathBuf), BuildError> {
+        isolation: crate::sandbox::Isolation,
+    ) -> Result<run::Scratch, BuildError> {
+        let lower = self.rootfs(image, layers)?;
         let tmp = self.store.root().join("tmp");
-        let work = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(&tmp)
-            .map_err(|source| BuildError::Io { path: tmp, source })?;
-        let root = work.path().join("rootfs");
-        let blobs: Vec<(PathBuf, String)> = layers
-            .iter()
-            .map(|l| {
-                (
-                    self.store.blob_path(&hex_of(&l.digest)),
-                    l.media_type.clone(),
-                )
-            })
-            .collect();
-        let opts = layer::unpack::UnpackOptions::for_current_user();
-        layer::unpack::unpack_image(&blobs, &root, &opts).map_err(|e| BuildError::Run {
+        let overlay = *self
+            .overlay
+            .get_or_init(|| crate::sandbox::overlay_works(isolation, &tmp));
+        run::Scratch::new(&tmp, prefix, lower, overlay).map_err(|reason| BuildError::Run {
             image: image.to_string(),
-            reason: format!("materialising the image: {e}"),
-        })?;
-        Ok((work, root))
+            reason,
+        })
     }
 
     /// Runs `commands` one after the other in a throw-away root filesystem
@@ -549,25 +568,14 @@ impl<'a> Session<'a> {
         line: &(dyn Fn(crate::sandbox::Stream, &str) + Sync),
     ) -> Result<Option<(String, i32)>, BuildError> {
         let isolation = self.isolation()?;
-        let (_work, root) = self.materialise(name, "test-", &record.layers)?;
-        run::mount_points(&root).map_err(|reason| BuildError::Run {
-            image: name.to_string(),
-            reason,
-        })?;
+        let scratch = self.scratch(name, "test-", &record.layers, isolation)?;
         let config = image::parse_config(
             &self.store.read_blob(&hex_of(&record.config))?,
             &format!("config of {}", record.manifest),
         )?;
         let context = run::Context::new(Some(&config), &crate::spec::ConfigSpec::default());
         for command in commands {
-            let step = crate::sandbox::Step {
-                root: root.clone(),
-                command: command.clone(),
-                env: context.env.clone(),
-                workdir: context.workdir.clone(),
-                user: context.user.clone(),
-                network: true,
-            };
+            let step = scratch.step(command, &context);
             let code =
                 crate::sandbox::run(&step, isolation, line).map_err(|e| BuildError::Run {
                     image: name.to_string(),

@@ -11,7 +11,7 @@ pub trait Reporter: Send + Sync {
     fn image_finished(&self, _image: &str, _outcome: &ImageOutcome) {}
     fn image_failed(&self, _image: &str, _error: &str) {}
     /// The isolation `run:` steps of `image` use.
-    fn isolation(&self, _image: &str, _isolation: crate::sandbox::Isolation) {}
+    fn isolation(&self, _image: &str, _isolation: crate::sandbox::Isolation, _overlay: bool) {}
     /// `image`'s smoke tests start.
     fn testing(&self, _image: &str) {}
     /// A line a `run:` step or a test printed.

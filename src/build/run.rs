@@ -4,6 +4,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::layer::Compression;
 use crate::oci::image::LayerDesc;
+use std::path::{Path, PathBuf};
+
 use crate::spec::ConfigSpec;
 
 /// What steps run with: the image's env, workdir and user (the parent's
@@ -139,6 +141,97 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), Str
         let _ = std::fs::remove_dir_all(to);
     }
     Err(format!("copying the root filesystem: {last}"))
+}
+
+/// A writable view of a cached root filesystem, removed on drop: an
+/// overlay (the cached tree is its read-only lower) or a copy of it.
+pub struct Scratch {
+    _dir: tempfile::TempDir,
+    lower: PathBuf,
+    /// Where steps see the tree.
+    root: PathBuf,
+    overlay: Option<crate::sandbox::Overlay>,
+}
+
+impl Scratch {
+    pub fn new(tmp: &Path, prefix: &str, lower: PathBuf, overlay: bool) -> Result<Scratch, String> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mk = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::create_dir(&p)
+                .map(|()| p.clone())
+                .map_err(|e| format!("{}: {e}", p.display()))
+        };
+        if overlay {
+            let ovl = crate::sandbox::Overlay {
+                lower: lower.clone(),
+                upper: mk("upper")?,
+                work: mk("work")?,
+            };
+            Ok(Scratch {
+                root: mk("merged")?,
+                _dir: dir,
+                lower,
+                overlay: Some(ovl),
+            })
+        } else {
+            let root = dir.path().join("rootfs");
+            copy_tree(&lower, &root)?;
+            Ok(Scratch {
+                _dir: dir,
+                lower,
+                root,
+                overlay: None,
+            })
+        }
+    }
+
+    pub fn is_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// `command` as a step in this tree, with `cx`.
+    pub fn step(&self, command: &str, cx: &Context) -> crate::sandbox::Step {
+        crate::sandbox::Step {
+            root: self.root.clone(),
+            command: command.to_string(),
+            env: cx.env.clone(),
+            workdir: cx.workdir.clone(),
+            user: cx.user.clone(),
+            network: true,
+            overlay: self.overlay.clone(),
+        }
+    }
+
+    /// What the steps changed, as layer entries.
+    pub fn snapshot(
+        &self,
+        isolation: crate::sandbox::Isolation,
+        threads: usize,
+    ) -> Result<(crate::layer::Entries, crate::layer::diff::DiffReport), crate::layer::LayerError>
+    {
+        let opts = crate::layer::diff::DiffOptions {
+            // The copy keeps mtimes, and overlay's copy-up too: size and
+            // mtime decide without reading both trees whole (a step that
+            // restores an mtime after a same-size edit is not seen, as with
+            // buildah and kaniko).
+            trust_mtime: true,
+            threads,
+            ..crate::layer::diff::DiffOptions::default()
+        };
+        match &self.overlay {
+            Some(o) => crate::layer::diff::diff_overlay(
+                &self.lower,
+                &o.upper,
+                crate::sandbox::Overlay::opaque_xattr(isolation),
+                &opts,
+            ),
+            None => crate::layer::diff::diff(&self.lower, &self.root, &opts),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -120,8 +120,15 @@ impl Reporter for Progress {
         self.line(format!("{image}: FAILED: {error}"));
     }
 
-    fn isolation(&self, image: &str, isolation: imgbuild::sandbox::Isolation) {
-        self.line(format!("{image}: running steps with {isolation} isolation"));
+    fn isolation(&self, image: &str, isolation: imgbuild::sandbox::Isolation, overlay: bool) {
+        let tree = if overlay {
+            "on an overlay"
+        } else {
+            "in a copy"
+        };
+        self.line(format!(
+            "{image}: running steps with {isolation} isolation, {tree}"
+        ));
     }
 
     fn testing(&self, image: &str) {

@@ -130,21 +130,66 @@ pub fn diff(
     }
     let mut d = Differ::new(opts, Some(&residue));
     d.dir("", Some(lower), upper, None)?;
-    d.resolve_compares(opts.threads)?;
-    d.link_groups();
-    d.parents();
-    d.hash(opts.threads)?;
-    let Differ {
-        nodes, mut report, ..
-    } = d;
-    report.dropped.sort();
-    report.sockets.sort();
-    let entries = nodes
-        .into_iter()
-        .filter(|n| n.state == State::Emit)
-        .map(|n| n.entry)
-        .collect();
-    Ok((Entries(entries), report))
+    d.finish(opts.threads)
+}
+
+/// Like [`diff`], where `upper` is the upper directory of an overlayfs
+/// mounted over `lower`: it holds only what the steps touched (new and
+/// copied-up entries, whiteouts as 0/0 character devices, replaced
+/// directories marked by the `opaque_xattr` extended attribute), so only
+/// those are visited. The layer is the one [`diff`] gives for the merged
+/// tree: overlay's own markers are not copied but decided by the same
+/// rules, so a step leaves the same layer whichever way it ran.
+pub fn diff_overlay(
+    lower: &Path,
+    upper: &Path,
+    opaque_xattr: &str,
+    opts: &DiffOptions,
+) -> Result<(Entries, DiffReport), LayerError> {
+    let residue = residue_set(&opts.residue)?;
+    let mut d = Differ::new(opts, Some(&residue));
+    d.overlay = Some(opaque_xattr);
+    d.dir("", Some(lower), upper, None)?;
+    d.finish(opts.threads)
+}
+
+impl Differ<'_> {
+    fn finish(mut self, threads: usize) -> Result<(Entries, DiffReport), LayerError> {
+        let d = &mut self;
+        d.resolve_compares(threads)?;
+        d.link_groups();
+        d.parents();
+        d.hash(threads)?;
+        let Differ {
+            nodes, mut report, ..
+        } = self;
+        report.dropped.sort();
+        report.sockets.sort();
+        let entries = nodes
+            .into_iter()
+            .filter(|n| n.state == State::Emit)
+            .map(|n| n.entry)
+            .collect();
+        Ok((Entries(entries), report))
+    }
+}
+
+/// An overlayfs whiteout: a character device numbered 0/0.
+fn is_whiteout(meta: &Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// Whether overlayfs marked the directory `dir` opaque.
+fn is_opaque(dir: &Path, xattr: &str) -> Result<bool, LayerError> {
+    let mut buf = [0u8; 8];
+    match rustix::fs::lgetxattr(dir, xattr, &mut buf[..]) {
+        Ok(n) => Ok(&buf[..n] == b"y"),
+        Err(rustix::io::Errno::NODATA) => Ok(false),
+        Err(e) => Err(LayerError::Io {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        }),
+    }
 }
 
 fn residue_set(patterns: &[String]) -> Result<GlobSet, LayerError> {
@@ -195,6 +240,8 @@ struct Differ<'a> {
     /// (node, (lower dev, lower inode)).
     lower_links: Vec<(usize, (u64, u64))>,
     report: DiffReport,
+    /// Upper is an overlayfs upper directory; its opaque attribute's name.
+    overlay: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +318,7 @@ impl<'a> Differ<'a> {
             upper_links: Vec::new(),
             lower_links: Vec::new(),
             report: DiffReport::default(),
+            overlay: None,
         }
     }
 
@@ -307,11 +355,38 @@ impl<'a> Differ<'a> {
         upper: &Path,
         node: Option<usize>,
     ) -> Result<(), LayerError> {
-        let uppers = sorted_children(upper)?;
+        let mut uppers = sorted_children(upper)?;
         let mut lowers = match lower {
             Some(l) => sorted_children(l)?,
             None => Vec::new(),
         };
+        // An overlay upper holds what changed; the rest of the merged
+        // directory is lower's, untouched. Such names are left out of the
+        // comparison, but still count as old names left (no opaque).
+        let mut untouched = false;
+        if let Some(xattr) = self.overlay {
+            let mut deleted = std::collections::HashSet::new();
+            let mut kept = Vec::with_capacity(uppers.len());
+            for u in uppers {
+                let meta = u.metadata().map_err(io_err(&u.path()))?;
+                if is_whiteout(&meta) {
+                    deleted.insert(u.file_name());
+                } else {
+                    kept.push(u);
+                }
+            }
+            uppers = kept;
+            if node.is_none() || !is_opaque(upper, xattr)? {
+                let present: std::collections::HashSet<OsString> =
+                    uppers.iter().map(DirEntry::file_name).collect();
+                lowers.retain(|l| {
+                    let name = l.file_name();
+                    let keep = present.contains(&name) || deleted.contains(&name);
+                    untouched |= !keep;
+                    keep
+                });
+            }
+        }
         let join = |name: &std::ffi::OsStr, abs: &Path| -> Result<String, LayerError> {
             let name = name.to_str().ok_or_else(|| LayerError::Unsupported {
                 path: abs.to_path_buf(),
@@ -328,7 +403,7 @@ impl<'a> Differ<'a> {
             names.entry(u.file_name()).or_default().1 = Some(u);
         }
         // Opaque when no lower name is left (residue stays, so counts).
-        let mut opaque = node.is_some() && !lowers.is_empty();
+        let mut opaque = node.is_some() && !lowers.is_empty() && !untouched;
         for l in &lowers {
             let name = l.file_name();
             if opaque && (names.contains_key(&name) || self.is_residue(&join(&name, &l.path())?)) {
@@ -508,6 +583,7 @@ impl<'a> Differ<'a> {
         upper: Option<Side>,
     ) -> Result<bool, LayerError> {
         let mut sub = Differ::new(self.opts, None);
+        sub.overlay = self.overlay;
         sub.item(path.to_string(), lower, upper, None)?;
         sub.resolve_compares(1)?;
         Ok(sub.nodes.iter().any(|n| n.state == State::Emit))

@@ -202,6 +202,99 @@ pub struct Step {
     /// USER[:GROUP], names or ids, as the image's config says.
     pub user: Option<String>,
     pub network: bool,
+    /// Mount an overlay at `root` first (namespace and userns only): the
+    /// step sees `lower` and writes to `upper`.
+    pub overlay: Option<Overlay>,
+}
+
+/// An overlayfs over a read-only lower tree.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    /// overlayfs's own scratch directory, on upper's filesystem.
+    pub work: PathBuf,
+}
+
+impl Overlay {
+    /// The mount options; None when a path cannot be written in them.
+    fn options(&self, isolation: Isolation) -> Option<String> {
+        let mut paths = Vec::new();
+        for p in [&self.lower, &self.upper, &self.work] {
+            let s = p.to_str()?;
+            // The option string is split at commas; colons separate lowers.
+            if s.contains([',', ':', '\\']) {
+                return None;
+            }
+            paths.push(s);
+        }
+        // No redirects or metacopy: the upper directory must hold whole
+        // files and plain directories for the snapshot to read.
+        let mut o = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            paths[0], paths[1], paths[2]
+        );
+        if isolation == Isolation::Userns {
+            o.push_str(",userxattr");
+        }
+        Some(o)
+    }
+
+    /// The extended attribute overlayfs marks opaque directories with.
+    pub fn opaque_xattr(isolation: Isolation) -> &'static str {
+        match isolation {
+            Isolation::Userns => "user.overlay.opaque",
+            _ => "trusted.overlay.opaque",
+        }
+    }
+}
+
+/// Whether an overlay can be mounted with `isolation`, its upper directory
+/// in `scratch` (on the filesystem the snapshots will use). Chroot cannot
+/// mount anything.
+pub fn overlay_works(isolation: Isolation, scratch: &Path) -> bool {
+    if isolation == Isolation::Chroot {
+        return false;
+    }
+    let Ok(dir) = tempfile::Builder::new()
+        .prefix("overlay-probe-")
+        .tempdir_in(scratch)
+    else {
+        return false;
+    };
+    let d = dir.path();
+    let ovl = Overlay {
+        lower: d.join("l"),
+        upper: d.join("u"),
+        work: d.join("w"),
+    };
+    for p in [&ovl.lower, &ovl.upper, &ovl.work, &d.join("m")] {
+        if std::fs::create_dir(p).is_err() {
+            return false;
+        }
+    }
+    let _ = std::fs::write(ovl.lower.join("gone"), b"");
+    let Some(options) = ovl.options(isolation) else {
+        return false;
+    };
+    let mut c = Command::new("unshare");
+    if isolation == Isolation::Userns {
+        c.args(["--user", "--map-root-user"]);
+    }
+    let ok = c
+        .args(["--mount", "--", "/bin/sh", "-c"])
+        .arg("mount -t overlay overlay -o \"$1\" \"$2\" && touch \"$2/made\" && rm \"$2/gone\"")
+        .arg("probe")
+        .arg(&options)
+        .arg(d.join("m"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    // The whiteout proves the upper directory works as the snapshot expects.
+    ok && ovl.upper.join("made").exists()
+        && std::fs::symlink_metadata(ovl.upper.join("gone")).is_ok()
 }
 
 /// Where a line of output came from.
@@ -217,9 +310,10 @@ fn quote(s: &str) -> String {
 }
 
 /// The shell script that prepares mounts in the new mount namespace, then
-/// enters the root. `$1` is the root.
+/// enters the root. `$1` is the root, `$2` overlay's options or empty.
 const NAMESPACE_SETUP: &str = r#"set -e
-root=$1; shift
+root=$1 overlay=$2; shift 2
+[ -z "$overlay" ] || mount -t overlay overlay -o "$overlay" "$root"
 mount -t proc proc "$root/proc" 2>/dev/null || { mkdir -p "$root/proc" && mount -t proc proc "$root/proc"; }
 mkdir -p "$root/dev" "$root/tmp" "$root/run"
 mount -t tmpfs -o mode=755,nosuid tmpfs "$root/dev"
@@ -256,9 +350,28 @@ pub fn run(
         ),
         None => step.command.clone(),
     };
+    let overlay = match &step.overlay {
+        None => None,
+        Some(_) if isolation == Isolation::Chroot => {
+            return Err(SandboxError::NotPossible {
+                wanted: isolation,
+                why: "chroot cannot mount an overlay".into(),
+            });
+        }
+        Some(o) => Some(o.options(isolation).ok_or_else(|| SandboxError::Io {
+            path: o.upper.clone(),
+            source: std::io::Error::other("a path with `,` or `:` cannot be an overlay's"),
+        })?),
+    };
+    // Users are looked up where the step will see its /etc: an earlier
+    // step's changes are in the overlay's upper directory.
+    let etc_roots: Vec<&Path> = match &step.overlay {
+        Some(o) => vec![&o.upper, &o.lower],
+        None => vec![&root],
+    };
     let mut chroot_args: Vec<String> = Vec::new();
     if let Some(u) = &step.user {
-        let (uid, gid) = resolve_user(&root, u)?;
+        let (uid, gid) = resolve_user_in(&etc_roots, u)?;
         chroot_args.push(format!("--userspec={uid}:{gid}"));
     }
     chroot_args.push(root.display().to_string());
@@ -287,6 +400,7 @@ pub fn run(
             }
             c.args(["--", "/bin/sh", "-c", NAMESPACE_SETUP, "setup"]);
             c.arg(&root);
+            c.arg(overlay.unwrap_or_default());
             c.args(&chroot_args);
             c
         }
@@ -333,21 +447,27 @@ pub fn run(
     Ok(status.code().unwrap_or(128 + 9))
 }
 
-/// A file of the image's /etc, never through a symlink (which could name a
-/// file of the host).
-fn read_etc(root: &Path, name: &str) -> Option<String> {
+/// A file of the image's /etc, from the first of `roots` that has it,
+/// never through a symlink (which could name a file of the host).
+fn read_etc(roots: &[&Path], name: &str) -> Option<String> {
     let plain = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| !m.file_type().is_symlink());
-    let etc = root.join("etc");
-    let file = etc.join(name);
-    (plain(&etc) && plain(&file))
-        .then(|| std::fs::read_to_string(file).ok())
-        .flatten()
+    roots.iter().find_map(|root| {
+        let etc = root.join("etc");
+        let file = etc.join(name);
+        (plain(&etc) && plain(&file))
+            .then(|| std::fs::read_to_string(file).ok())
+            .flatten()
+    })
 }
 
 /// `USER[:GROUP]` (names or ids) to numeric ids, by the image's own
 /// /etc/passwd and /etc/group: the host's `chroot` would look names up in
 /// the host's.
 pub fn resolve_user(root: &Path, spec: &str) -> Result<(u32, u32), SandboxError> {
+    resolve_user_in(&[root], spec)
+}
+
+fn resolve_user_in(roots: &[&Path], spec: &str) -> Result<(u32, u32), SandboxError> {
     let err = |why: String| SandboxError::User {
         user: spec.to_string(),
         why,
@@ -356,7 +476,7 @@ pub fn resolve_user(root: &Path, spec: &str) -> Result<(u32, u32), SandboxError>
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_etc(root, "passwd");
+    let passwd = read_etc(roots, "passwd");
     let by_passwd = |name: &str| {
         passwd
             .as_deref()
@@ -386,7 +506,7 @@ pub fn resolve_user(root: &Path, spec: &str) -> Result<(u32, u32), SandboxError>
         None => primary,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => read_etc(root, "group")
+            Err(_) => read_etc(roots, "group")
                 .as_deref()
                 .and_then(|t| crate::layer::scan::group_lookup(t, g))
                 .ok_or_else(|| err(format!("group `{g}` is not in the image's /etc/group")))?,
@@ -515,6 +635,7 @@ mod tests {
                 workdir: Some("/etc".into()),
                 user: None,
                 network: false,
+                overlay: None,
             };
             let (code, lines) = run_collect(&step, iso);
             assert_eq!(code, 3, "{iso}: {lines:?}");
@@ -570,6 +691,7 @@ mod tests {
                     workdir: None,
                     user: Some("33:33".into()),
                     network: false,
+                    overlay: None,
                 },
                 Isolation::Chroot,
             );

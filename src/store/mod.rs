@@ -81,6 +81,8 @@ pub struct GcStats {
     pub blobs_removed: u64,
     pub bytes_removed: u64,
     pub records_removed: u64,
+    /// Unpacked root filesystems whose layers are gone.
+    pub rootfs_removed: u64,
     pub blobs_kept: u64,
     pub bytes_kept: u64,
 }
@@ -354,9 +356,30 @@ impl Store {
                 }
             }
         }
+        // Unpacked root filesystems stay while all their layers do.
+        let rootfs = self.root.join("rootfs");
+        for name in read_dir_names(&rootfs)? {
+            let p = rootfs.join(&name);
+            let list = match name.strip_suffix(".layers") {
+                Some(_) => continue,
+                None => rootfs.join(format!("{name}.layers")),
+            };
+            let whole =
+                fs::read_to_string(&list).is_ok_and(|l| l.lines().all(|hex| self.has_blob(hex)));
+            if !whole {
+                crate::fsutil::remove_tree(&p).map_err(io_at(&p))?;
+                let _ = fs::remove_file(&list);
+                stats.rootfs_removed += 1;
+            }
+        }
+        // Left by builds that were killed (gc holds the store alone).
         let tmp = self.root.join("tmp");
         for name in read_dir_names(&tmp)? {
-            let _ = fs::remove_file(tmp.join(name));
+            let p = tmp.join(name);
+            let _ = match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => crate::fsutil::remove_tree(&p),
+                _ => fs::remove_file(&p),
+            };
         }
         Ok(stats)
     }
