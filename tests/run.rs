@@ -340,3 +340,83 @@ fn steps_round_trip_through_umoci_in_every_isolation() {
     digests.dedup();
     assert_eq!(digests.len(), 1, "{abilities:?} gave {digests:?}");
 }
+
+#[test]
+fn a_rootfs_tarball_is_the_first_layer_with_its_owners_and_modes() {
+    let cx = project();
+    // A tarball as other tools make them: unsorted, "./" names, real times,
+    // owners that are not the builder's.
+    cx.write("tree/srv/www/index.html", "hello\n");
+    cx.write("tree/usr/bin/tool", "#!/bin/sh\n");
+    let mut tar = std::process::Command::new("tar");
+    tar.current_dir(cx.path("tree")).args([
+        "-czf",
+        "../rootfs.tar.gz",
+        "--owner=0",
+        "--group=0",
+        ".",
+    ]);
+    run_command(tar).success();
+    // Then the same with one file given to www-data and a set-uid bit.
+    let mut tar = std::process::Command::new("tar");
+    tar.current_dir(cx.path("tree")).args([
+        "-rf",
+        "../owned.tar",
+        "--owner=33",
+        "--group=33",
+        "--mode=4755",
+        "./usr/bin/tool",
+    ]);
+    run_command(tar).success();
+    let mut tar = std::process::Command::new("tar");
+    tar.current_dir(cx.path("tree")).args([
+        "-cf",
+        "../plain.tar",
+        "--owner=0",
+        "--group=0",
+        "./srv",
+    ]);
+    run_command(tar).success();
+    let mut cat = std::process::Command::new("sh");
+    cat.current_dir(cx.path("")).args([
+        "-c",
+        "tar -Af plain.tar owned.tar && zstd -q plain.tar -o rootfs.tar.zst",
+    ]);
+    run_command(cat).success();
+    cx.yaml(concat!(
+        "images:\n",
+        "  imported:\n",
+        "    from: {rootfs: rootfs.tar.zst}\n",
+        "    layers: [busybox]\n",
+        "    run: [\"cat /srv/www/index.html > /srv/copy\"]\n",
+    ));
+    let out = cx.scratch.join("oci");
+    let first = cx.build(&["imported", "-o", &format!("oci:{}", out.display())]);
+    let image = validate_layout(&out, "imported");
+    assert_eq!(image.layers.len(), 3, "tarball, busybox, run");
+    let tool = image.layers[0].entry("usr/bin/tool");
+    assert_eq!((tool.uid, tool.gid, tool.mode & 0o7777), (33, 33, 0o4755));
+    assert_eq!(image.layers[0].entry("srv/www/index.html").data, b"hello\n");
+    assert_eq!(image.layers[2].entry("srv/copy").data, b"hello\n");
+    // Reused while the tarball is the same; a new tarball is a new layer.
+    let again = cx.build(&["imported"]);
+    assert_eq!(again.manifest("imported"), first.manifest("imported"));
+    assert_eq!(again.layers("imported")[0]["built"], false);
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&yaml.replace("rootfs.tar.zst", "rootfs.tar.gz"));
+    let plan = cx.plan(&["imported"]);
+    assert!(
+        common::plan_of(&plan, "imported")["reasons"]
+            .to_string()
+            .contains("the tarball changed"),
+        "{plan}"
+    );
+    let gz = cx.build(&["imported"]);
+    assert_ne!(gz.manifest("imported"), first.manifest("imported"));
+    // A missing tarball is named with its line.
+    cx.yaml(&yaml.replace("rootfs.tar.zst", "missing.tar"));
+    cx.run(&["check"]).exit(2).stderr_has(&[
+        "images.yaml:3:",
+        "`rootfs: missing.tar` cannot be read: no such file or directory",
+    ]);
+}

@@ -282,6 +282,38 @@ impl<'a> Session<'a> {
     ) -> Result<(Entries, String), BuildError> {
         let cache_path = self.store.statcache_path(&layer.src);
         let mut cache = StatCache::load(&cache_path);
+        if layer.import {
+            // The tarball's hash decides; it is unpacked only to be written.
+            let err = |source| BuildError::Layer {
+                image: image.name.clone(),
+                layer: index,
+                src: layer.src_text.clone(),
+                source,
+            };
+            let meta = std::fs::metadata(&layer.src).map_err(|e| {
+                err(layer::LayerError::Io {
+                    path: layer.src.clone(),
+                    source: e,
+                })
+            })?;
+            let hash = cache.hash(&layer.src, &meta).map_err(|e| {
+                err(layer::LayerError::Io {
+                    path: layer.src.clone(),
+                    source: e,
+                })
+            })?;
+            let _ = cache.save(&cache_path);
+            let input = serde_json::json!({
+                "v": 1,
+                "import": hash,
+                "compression": self.opts.compression.to_string(),
+                "epoch": self.opts.stamp.epoch,
+            });
+            return Ok((
+                Entries(Vec::new()),
+                sha256_hex(&image::canonical_json(&input)),
+            ));
+        }
         let entries =
             layer::walk_with(layer, ids, &mut cache, self.opts.threads).map_err(|source| {
                 BuildError::Layer {
@@ -376,6 +408,30 @@ impl<'a> Session<'a> {
         key: &str,
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
+        if layer.import {
+            let tmp = self.store.root().join("tmp");
+            let work = tempfile::Builder::new()
+                .prefix("import-")
+                .tempdir_in(&tmp)
+                .map_err(|source| BuildError::Io { path: tmp, source })?;
+            let entries = layer::import::entries(&layer.src, work.path(), self.opts.threads)
+                .map_err(|source| BuildError::Layer {
+                    image: image.name.clone(),
+                    layer: index,
+                    src: layer.src_text.clone(),
+                    source,
+                })?;
+            let created_by = format!("imgbuild: import {}", layer.src_text);
+            return self.write_entries(
+                image,
+                index,
+                &layer.src_text,
+                &entries,
+                key,
+                created_by,
+                reporter,
+            );
+        }
         let created_by = format!("imgbuild: copy {} {}", layer.src_text, layer.dest);
         self.write_entries(
             image,

@@ -108,7 +108,10 @@ impl Session<'_> {
                 };
                 let (entries, key) = self.walk(image, i, l, ids)?;
                 let cached = self.cached_layer(&key)?.is_some();
-                let reason = (!cached).then(|| self.layer_reason(last.as_ref(), i, &entries));
+                let reason = (!cached).then(|| match (l.import, &last) {
+                    (true, Some(_)) => "the tarball changed".to_string(),
+                    _ => self.layer_reason(last.as_ref(), i, &entries),
+                });
                 if let Some(r) = &reason {
                     reasons.push(format!("layer {i} ({}): {r}", l.src_text));
                 }

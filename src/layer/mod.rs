@@ -2,6 +2,7 @@
 //! and hash them in one streaming pass.
 pub mod compress;
 pub mod diff;
+pub mod import;
 pub mod scan;
 pub mod statcache;
 pub mod tar;
@@ -485,6 +486,7 @@ mod tests {
 
     fn spec(src: &Path, dest: &str) -> LayerSpec {
         LayerSpec {
+            import: false,
             src: src.to_path_buf(),
             src_text: src.display().to_string(),
             dest: dest.to_string(),

@@ -187,6 +187,7 @@ mod tests {
 
     fn entries(dir: &std::path::Path) -> Entries {
         let spec = LayerSpec {
+            import: false,
             src: dir.to_path_buf(),
             src_text: String::new(),
             dest: "/srv".into(),

@@ -223,7 +223,7 @@ pub fn apply_layer(
 }
 
 /// The decompressed tar stream of a layer blob.
-fn open_layer(blob: &Path, media_type: &str) -> Result<Box<dyn Read>, UnpackError> {
+pub(crate) fn open_layer(blob: &Path, media_type: &str) -> Result<Box<dyn Read>, UnpackError> {
     enum Kind {
         Gzip,
         Zstd,
@@ -1594,6 +1594,7 @@ mod tests {
 
     fn spec(src: &Path, dest: &str) -> LayerSpec {
         LayerSpec {
+            import: false,
             src: src.to_path_buf(),
             src_text: src.display().to_string(),
             dest: dest.to_string(),

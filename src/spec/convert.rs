@@ -63,6 +63,8 @@ struct RawConfig {
 struct RawImage {
     pos: Pos,
     from: Option<S>,
+    /// `from: {rootfs: PATH}`.
+    rootfs: Option<S>,
     layers: Vec<RawLayer>,
     run: Vec<S>,
     test: Vec<S>,
@@ -324,7 +326,28 @@ fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
     };
     for (key, value) in cx.keyed(node, "an image", IMAGE_KEYS) {
         match key {
-            "from" => image.from = cx.scalar(value, "`from`"),
+            "from" => match &value.kind {
+                Kind::Map(_) => {
+                    for (k, v) in cx.keyed(value, "`from`", &["rootfs"]) {
+                        if k == "rootfs" {
+                            image.rootfs = cx.scalar(v, "`rootfs`");
+                        }
+                    }
+                    if image.rootfs.is_none() {
+                        cx.err(
+                            value.pos,
+                            "`from` as a mapping takes `rootfs`",
+                            Some("write `from: {rootfs: rootfs.tar}` to start from a root filesystem tarball".into()),
+                        );
+                    }
+                    // The tarball is the first layer of an image from nothing.
+                    image.from = Some(S {
+                        v: "scratch".into(),
+                        pos: value.pos,
+                    });
+                }
+                _ => image.from = cx.scalar(value, "`from`"),
+            },
             "layers" => match &value.kind {
                 Kind::Seq(items) => {
                     image.layers = items.iter().filter_map(|i| raw_layer(cx, i)).collect()
@@ -675,9 +698,45 @@ fn finish_image(
             ),
         }
     }
-    let layers = layers
+    let import = raw.rootfs.as_ref().and_then(|r| {
+        let text = expand(cx, r, &vars)?;
+        let src = dir.join(&text);
+        match std::fs::metadata(&src) {
+            Ok(m) if m.is_file() => Some(LayerSpec {
+                src,
+                src_text: text,
+                dest: "/".into(),
+                owner: None,
+                mode: None,
+                exclude: Vec::new(),
+                import: true,
+                pos: r.pos,
+            }),
+            Ok(_) => {
+                cx.err(
+                    r.pos,
+                    format!("`rootfs: {text}` is not a file"),
+                    Some("name a tarball of a root filesystem (.tar, .tar.gz or .tar.zst)".into()),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(
+                    r.pos,
+                    format!("`rootfs: {text}` cannot be read: {}", io_reason(&e)),
+                    Some(format!("paths are relative to {}", dir.display())),
+                );
+                None
+            }
+        }
+    });
+    let layers = import
         .into_iter()
-        .filter_map(|(l, pos)| finish_layer(cx, l, pos, dir))
+        .chain(
+            layers
+                .into_iter()
+                .filter_map(|(l, pos)| finish_layer(cx, l, pos, dir)),
+        )
         .collect();
     Image {
         name: name.to_string(),
@@ -801,6 +860,7 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded, pos: Pos, dir: &Path) -> Opti
         owner,
         mode,
         exclude,
+        import: false,
         pos,
     })
 }

@@ -75,6 +75,9 @@ pub struct LayerSpec {
     /// `r` is set (as `chmod X`).
     pub mode: Option<u32>,
     pub exclude: Vec<String>,
+    /// `src` is a root filesystem tarball taken as it is (`from: {rootfs:
+    /// …}`): owners, modes and links from its headers, nothing excluded.
+    pub import: bool,
     #[serde(skip)]
     pub pos: Pos,
 }
