@@ -120,6 +120,19 @@ pub struct LayerOutcome {
     /// True when reused from the shared (registry) cache.
     pub fetched: bool,
     pub seconds: f64,
+    /// For a run layer built now: seconds to make the writable tree
+    /// (`prepare`), run the steps (`steps`), find what they changed
+    /// (`snapshot`) and write the layer (`write`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    pub prepare: f64,
+    pub steps: f64,
+    pub snapshot: f64,
+    pub write: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -499,9 +512,17 @@ impl<'a> Session<'a> {
         context: &run::Context,
         key: &str,
         reporter: &dyn Reporter,
-    ) -> Result<LayerRecord, BuildError> {
+    ) -> Result<(LayerRecord, Phases), BuildError> {
         let isolation = self.isolation()?;
+        let mut phases = Phases::default();
+        let mut clock = Instant::now();
+        let mut lap = || {
+            let t = clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+            t
+        };
         let scratch = self.scratch(&image.name, "run-", below, isolation)?;
+        phases.prepare = lap();
         reporter.isolation(&image.name, isolation, scratch.is_overlay());
         for command in &image.run {
             let tail = run::Tail::default();
@@ -532,8 +553,12 @@ impl<'a> Session<'a> {
                     src: "run".into(),
                     source,
                 })?;
+        phases.snapshot = lap();
         let created_by = format!("imgbuild: run {}", image.run.join(" && "));
-        self.write_entries(image, index, "run", &entries, key, created_by, reporter)
+        let record =
+            self.write_entries(image, index, "run", &entries, key, created_by, reporter)?;
+        phases.write = lap();
+        Ok((record, phases))
     }
 
     /// The root filesystem of `layers`, unpacked once per chain of layers
@@ -749,6 +774,7 @@ impl<'a> Session<'a> {
                 built,
                 fetched,
                 seconds: started.elapsed().as_secs_f64(),
+                phases: None,
             };
             reporter.layer_finished(&image.name, i, &outcome);
             outcomes.push(outcome);
@@ -775,13 +801,14 @@ impl<'a> Session<'a> {
                 self.opts.compression,
                 self.opts.stamp.epoch,
             );
-            let (record, built) = match self.cached_layer(&key)? {
-                Some(r) => (r, false),
-                None => (
-                    self.run_steps(image, index, &below, &context, &key, reporter)?,
-                    true,
-                ),
+            let (record, phases) = match self.cached_layer(&key)? {
+                Some(r) => (r, None),
+                None => {
+                    let (r, p) = self.run_steps(image, index, &below, &context, &key, reporter)?;
+                    (r, Some(p))
+                }
             };
+            let built = phases.is_some();
             let outcome = LayerOutcome {
                 key: key.clone(),
                 digest: record.desc.digest.clone(),
@@ -789,6 +816,7 @@ impl<'a> Session<'a> {
                 built,
                 fetched: false,
                 seconds: started.elapsed().as_secs_f64(),
+                phases,
             };
             reporter.layer_finished(&image.name, index, &outcome);
             outcomes.push(outcome);
