@@ -260,7 +260,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn not_yet_supported_keys_are_refused() {
     let cx = Ctx::new();
-    cx.yaml("images:\n  a:\n    from: scratch\n    secrets: {}\n");
+    cx.yaml("images:\n  a:\n    from: scratch\n    debian: {}\n");
     cx.run(&["check"])
         .exit(2)
         .stderr_has(&["images.yaml:4:5: image a:", "not supported"]);

@@ -420,3 +420,145 @@ fn a_rootfs_tarball_is_the_first_layer_with_its_owners_and_modes() {
         "`rootfs: missing.tar` cannot be read: no such file or directory",
     ]);
 }
+
+#[test]
+fn secrets_reach_steps_but_never_layers_output_or_keys() {
+    const TOKEN: &str = "tok-3f9a1c77e2";
+    const KEY: &str = "filekey-0b5d6e";
+    for iso in ["namespace", "chroot"] {
+        let cx = project();
+        if cx
+            .run(&["run", "base", "--isolation", iso, "--", "true"])
+            .code
+            != 0
+        {
+            continue;
+        }
+        for app in ["grep", "wc", "ls"] {
+            cx.symlink("busybox", &format!("busybox/bin/{app}"));
+        }
+        cx.write("deploy.key", format!("{KEY}\n"));
+        cx.yaml(concat!(
+            "images:\n",
+            "  base:\n",
+            "    from: scratch\n",
+            "    layers: [busybox, site]\n",
+            "  secretive:\n",
+            "    from: base\n",
+            "    secrets:\n",
+            "      token: {env: BUILD_TOKEN}\n",
+            "      deploy_key: {file: deploy.key, rebuild: true}\n",
+            "    run:\n",
+            "      - echo \"token is $(cat /run/secrets/token), key $(cat /run/secrets/deploy_key)\"\n",
+            "      - ls -ln /run/secrets/token\n",
+            "      - echo used > /srv/done\n",
+        ));
+        let env = [("BUILD_TOKEN", TOKEN)];
+        let run = cx
+            .run_env(&["build", "secretive", "--isolation", iso], &env)
+            .success();
+        run.stderr_has(&["secretive | token is ***, key ***", "-r--------"]);
+        assert!(
+            !run.stderr.contains(TOKEN) && !run.stderr.contains(KEY),
+            "{run}"
+        );
+        // Not in any blob of the store (layers, configs, records), nor in --json.
+        let out = cx.scratch.join("oci");
+        let json = cx
+            .run_env(
+                &[
+                    "--json",
+                    "build",
+                    "secretive",
+                    "--isolation",
+                    iso,
+                    "-o",
+                    &format!("oci:{}", out.display()),
+                ],
+                &env,
+            )
+            .success();
+        assert!(!json.stdout.contains(TOKEN), "{json}");
+        let image = validate_layout(&out, "secretive");
+        let layer = image.layers.last().unwrap();
+        let names: Vec<String> = layer.entries().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(names, ["srv/", "srv/done"], "{iso}");
+        for layer in &image.layers {
+            for e in layer.entries() {
+                let data = String::from_utf8_lossy(&e.data);
+                assert!(!data.contains(TOKEN) && !data.contains(KEY), "{}", e.path);
+            }
+        }
+        let grep = std::process::Command::new("grep")
+            .args(["-rl", TOKEN])
+            .arg(&cx.home)
+            .output()
+            .unwrap();
+        assert!(
+            grep.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&grep.stdout)
+        );
+        // A new token reuses the layer; a new file secret (rebuild: true)
+        // builds it again.
+        let first = common::Report(json.json()).manifest("secretive");
+        let again = cx.run_env(
+            &["--json", "-q", "build", "secretive", "--isolation", iso],
+            &[("BUILD_TOKEN", "another-token")],
+        );
+        assert_eq!(
+            common::Report(again.success().json()).manifest("secretive"),
+            first
+        );
+        cx.write("deploy.key", "rotated-key\n");
+        let rotated = cx.run_env(
+            &["--json", "-q", "build", "secretive", "--isolation", iso],
+            &env,
+        );
+        let rotated = common::Report(rotated.success().json());
+        assert_eq!(rotated.layers("secretive").last().unwrap()["built"], true);
+        // A missing secret names the variable, and the step's image.
+        cx.write("deploy.key", "third-key\n");
+        let missing = cx.run(&["build", "secretive", "--isolation", iso]).exit(1);
+        missing.stderr_has(&[
+            "secretive",
+            "secret `token`: the environment variable BUILD_TOKEN is not set",
+        ]);
+    }
+}
+
+#[test]
+fn network_none_leaves_steps_only_loopback() {
+    let cx = project();
+    if cx
+        .run(&["run", "base", "--isolation", "namespace", "--", "true"])
+        .code
+        != 0
+    {
+        // Only chroot here: `network: none` is refused, with the reason.
+        let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+        cx.yaml(&yaml.replace("  stepped:\n", "  stepped:\n    network: none\n"));
+        cx.run(&["build", "stepped"])
+            .exit(1)
+            .stderr_has(&["`network: none` needs namespace"]);
+        return;
+    }
+    for app in ["grep", "wc"] {
+        cx.symlink("busybox", &format!("busybox/bin/{app}"));
+    }
+    let yaml = |network: &str| {
+        format!(
+            "images:\n  base:\n    from: scratch\n    layers: [busybox, site]\n  offline:\n    from: base\n{network}    run: [\"grep -c : /proc/net/dev\"]\n"
+        )
+    };
+    cx.yaml(&yaml("    network: none\n"));
+    let run = cx
+        .run(&["build", "offline", "--isolation", "namespace"])
+        .success();
+    // The header line has no colon; `lo:` alone is left.
+    run.stderr_has(&["offline | 1"]);
+    cx.yaml(&yaml("    network: fast\n"));
+    cx.run(&["check"])
+        .exit(2)
+        .stderr_has(&["`network: fast` is not a network mode"]);
+}

@@ -521,15 +521,33 @@ impl<'a> Session<'a> {
             clock = Instant::now();
             t
         };
+        let network = image.network == crate::spec::Network::Host;
+        if !network && isolation == crate::sandbox::Isolation::Chroot {
+            return Err(BuildError::Run {
+                image: image.name.clone(),
+                reason: "`network: none` needs namespace or userns isolation, and only chroot is possible here; remove `network: none` to build here with the host's network".into(),
+            });
+        }
         let scratch = self.scratch(&image.name, "run-", below, isolation)?;
+        let run_err = |reason: String| BuildError::Run {
+            image: image.name.clone(),
+            reason,
+        };
+        let owner = match &context.user {
+            Some(u) => crate::sandbox::resolve_user(scratch.lower(), u).unwrap_or((0, 0)),
+            None => (0, 0),
+        };
+        let secrets = run::Secrets::prepare(&image.secrets, &self.store.root().join("tmp"), owner)
+            .map_err(run_err)?;
         phases.prepare = lap();
         reporter.isolation(&image.name, isolation, scratch.is_overlay());
         for command in &image.run {
             let tail = run::Tail::default();
-            let step = scratch.step(command, context);
+            let step = scratch.step(command, context, network, &secrets);
             let code = crate::sandbox::run(&step, isolation, &|_, line| {
-                reporter.step_output(&image.name, line);
-                tail.push(line);
+                let line = secrets.redact(line);
+                reporter.step_output(&image.name, &line);
+                tail.push(&line);
             })
             .map_err(|e| BuildError::Run {
                 image: image.name.clone(),
@@ -656,7 +674,7 @@ impl<'a> Session<'a> {
         )?;
         let context = run::Context::new(Some(&config), &crate::spec::ConfigSpec::default());
         for command in commands {
-            let step = scratch.step(command, &context);
+            let step = scratch.step(command, &context, true, &run::Secrets::none());
             let code =
                 crate::sandbox::run(&step, isolation, line).map_err(|e| BuildError::Run {
                     image: name.to_string(),
@@ -794,12 +812,17 @@ impl<'a> Session<'a> {
                 None => None,
             };
             let context = run::Context::new(parent_config.as_ref(), &image.config);
+            let extra = run::KeyExtra::of(image).map_err(|reason| BuildError::Run {
+                image: image.name.clone(),
+                reason,
+            })?;
             let key = run::key(
                 &below,
                 &image.run,
                 &context,
                 self.opts.compression,
                 self.opts.stamp.epoch,
+                &extra,
             );
             let (record, phases) = match self.cached_layer(&key)? {
                 Some(r) => (r, None),

@@ -227,12 +227,17 @@ impl Session<'_> {
             None => None,
         };
         let context = super::run::Context::new(parent_config.as_ref(), &image.config);
+        let extra = super::run::KeyExtra::of(image).map_err(|reason| BuildError::Run {
+            image: image.name.clone(),
+            reason,
+        })?;
         let key = super::run::key(
             &below,
             &image.run,
             &context,
             self.opts.compression,
             self.opts.stamp.epoch,
+            &extra,
         );
         let cached = self.cached_layer(&key)?.is_some();
         Ok(plan(

@@ -6,7 +6,7 @@ use crate::layer::Compression;
 use crate::oci::image::LayerDesc;
 use std::path::{Path, PathBuf};
 
-use crate::spec::ConfigSpec;
+use crate::spec::{ConfigSpec, SecretSource, SecretSpec};
 
 /// What steps run with: the image's env, workdir and user (the parent's
 /// config with this image's over it).
@@ -56,15 +56,18 @@ impl Context {
 }
 
 /// The key of a run layer: the layers below (by diff_id: what the steps see),
-/// the commands, what they run with, and how the layer is written.
+/// the commands, what they run with, and how the layer is written. Secrets
+/// enter by name, and by a hash of their value only when they ask to
+/// (`rebuild: true`); `secrets` holds those hashes.
 pub fn key(
     below: &[LayerDesc],
     commands: &[String],
     cx: &Context,
     compression: Compression,
     epoch: i64,
+    extra: &KeyExtra,
 ) -> String {
-    let input = serde_json::json!({
+    let mut input = serde_json::json!({
         "v": 1,
         "below": below.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
         "run": commands,
@@ -74,7 +77,134 @@ pub fn key(
         "compression": compression.to_string(),
         "epoch": epoch,
     });
+    // Only when set, so keys of images without them stay as they were.
+    if extra.no_network {
+        input["network"] = "none".into();
+    }
+    if !extra.secrets.is_empty() {
+        input["secrets"] = serde_json::json!(extra.secrets);
+    }
     hex::encode(Sha256::digest(crate::oci::image::canonical_json(&input)))
+}
+
+/// What else a run layer's key holds.
+#[derive(Debug, Clone, Default)]
+pub struct KeyExtra {
+    pub no_network: bool,
+    /// Each secret's name, and its value's hash when it asks for rebuilds.
+    pub secrets: Vec<(String, Option<String>)>,
+}
+
+impl KeyExtra {
+    pub fn of(image: &crate::spec::Image) -> Result<KeyExtra, String> {
+        let mut secrets = Vec::new();
+        for s in &image.secrets {
+            let hash = match s.rebuild {
+                true => {
+                    let value = secret_value(s)?;
+                    // Domain-separated, so the key is not a bare hash of it.
+                    let mut h = Sha256::new();
+                    h.update(b"imgbuild secret\0");
+                    h.update(s.name.as_bytes());
+                    h.update(b"\0");
+                    h.update(&value);
+                    Some(hex::encode(h.finalize()))
+                }
+                false => None,
+            };
+            secrets.push((s.name.clone(), hash));
+        }
+        Ok(KeyExtra {
+            no_network: image.network == crate::spec::Network::None,
+            secrets,
+        })
+    }
+}
+
+/// A secret's value, read now; the error names the secret and its source,
+/// never a value.
+pub fn secret_value(s: &SecretSpec) -> Result<Vec<u8>, String> {
+    match &s.source {
+        SecretSource::Env(var) => std::env::var_os(var)
+            .map(|v| v.into_encoded_bytes())
+            .ok_or_else(|| {
+                format!(
+                    "secret `{}`: the environment variable {var} is not set; set it for the build (in GitLab CI: a masked variable)",
+                    s.name
+                )
+            }),
+        SecretSource::File(path) => std::fs::read(path)
+            .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, path.display())),
+    }
+}
+
+/// The secrets of one build of steps: files in a private directory for the
+/// sandbox to show at /run/secrets, and the values to hide in output.
+pub struct Secrets {
+    dir: Option<tempfile::TempDir>,
+    hidden: Vec<String>,
+}
+
+impl Secrets {
+    pub fn none() -> Secrets {
+        Secrets {
+            dir: None,
+            hidden: Vec::new(),
+        }
+    }
+
+    /// Reads `specs` into files under `tmp` readable only by `owner`.
+    pub fn prepare(specs: &[SecretSpec], tmp: &Path, owner: (u32, u32)) -> Result<Secrets, String> {
+        use std::os::unix::fs::PermissionsExt;
+        if specs.is_empty() {
+            return Ok(Secrets::none());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("secrets-")
+            .tempdir_in(tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut hidden = Vec::new();
+        for s in specs {
+            let value = secret_value(s)?;
+            let path = dir.path().join(&s.name);
+            let fail = |e: std::io::Error| format!("secret `{}`: {}: {e}", s.name, path.display());
+            std::fs::write(&path, &value).map_err(fail)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+                .map_err(fail)?;
+            if crate::layer::unpack::running_as_root() {
+                std::os::unix::fs::chown(&path, Some(owner.0), Some(owner.1)).map_err(fail)?;
+            }
+            let text = String::from_utf8_lossy(&value);
+            // The whole value and each line of it; short ones would hide
+            // ordinary words.
+            for part in std::iter::once(text.trim()).chain(text.lines().map(str::trim)) {
+                if part.len() >= 4 && !hidden.iter().any(|h| h == part) {
+                    hidden.push(part.to_string());
+                }
+            }
+        }
+        // Longest first, so a line is not half-hidden by a shorter part.
+        hidden.sort_by_key(|h| std::cmp::Reverse(h.len()));
+        Ok(Secrets {
+            dir: Some(dir),
+            hidden,
+        })
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(tempfile::TempDir::path)
+    }
+
+    /// `line` with every secret value replaced by `***`.
+    pub fn redact<'l>(&self, line: &'l str) -> std::borrow::Cow<'l, str> {
+        let mut out = std::borrow::Cow::Borrowed(line);
+        for h in &self.hidden {
+            if out.contains(h.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(h.as_str(), "***"));
+            }
+        }
+        out
+    }
 }
 
 /// The last lines a step printed, for its error message.
@@ -193,16 +323,28 @@ impl Scratch {
         self.overlay.is_some()
     }
 
+    /// The tree the steps' /etc comes from (before they change it).
+    pub fn lower(&self) -> &Path {
+        &self.lower
+    }
+
     /// `command` as a step in this tree, with `cx`.
-    pub fn step(&self, command: &str, cx: &Context) -> crate::sandbox::Step {
+    pub fn step(
+        &self,
+        command: &str,
+        cx: &Context,
+        network: bool,
+        secrets: &Secrets,
+    ) -> crate::sandbox::Step {
         crate::sandbox::Step {
             root: self.root.clone(),
             command: command.to_string(),
             env: cx.env.clone(),
             workdir: cx.workdir.clone(),
             user: cx.user.clone(),
-            network: true,
+            network,
             overlay: self.overlay.clone(),
+            secrets: secrets.dir().map(Path::to_path_buf),
         }
     }
 
@@ -245,17 +387,88 @@ mod tests {
         let cx = Context::new(None, &spec);
         assert!(cx.env.iter().any(|(k, _)| k == "PATH"));
         let below = vec![];
-        let k1 = key(&below, &["true".into()], &cx, Compression::Gzip, 0);
-        assert_eq!(k1, key(&below, &["true".into()], &cx, Compression::Gzip, 0));
+        let none = KeyExtra::default();
+        let k1 = key(&below, &["true".into()], &cx, Compression::Gzip, 0, &none);
+        assert_eq!(
+            k1,
+            key(&below, &["true".into()], &cx, Compression::Gzip, 0, &none)
+        );
         assert_ne!(
             k1,
-            key(&below, &["false".into()], &cx, Compression::Gzip, 0)
+            key(&below, &["false".into()], &cx, Compression::Gzip, 0, &none)
         );
         let mut cx2 = cx.clone();
         cx2.env[0].1 = "2".into();
         assert_ne!(
             k1,
-            key(&below, &["true".into()], &cx2, Compression::Gzip, 0)
+            key(&below, &["true".into()], &cx2, Compression::Gzip, 0, &none)
+        );
+        let offline = KeyExtra {
+            no_network: true,
+            ..KeyExtra::default()
+        };
+        assert_ne!(
+            k1,
+            key(
+                &below,
+                &["true".into()],
+                &cx,
+                Compression::Gzip,
+                0,
+                &offline
+            )
+        );
+    }
+
+    #[test]
+    fn secrets_are_hidden_in_output_and_hashed_only_when_asked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("token"), "s3cr3t-value\nsecond-line\n").unwrap();
+        let spec = SecretSpec {
+            name: "token".into(),
+            source: SecretSource::File(d.path().join("token")),
+            rebuild: false,
+        };
+        let secrets = Secrets::prepare(std::slice::from_ref(&spec), d.path(), (0, 0)).unwrap();
+        let file = secrets.dir().unwrap().join("token");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"s3cr3t-value\nsecond-line\n"
+        );
+        assert_eq!(
+            secrets.redact("got s3cr3t-value and second-line here"),
+            "got *** and *** here"
+        );
+        let mut image = crate::spec::Image {
+            name: "x".into(),
+            pos: Default::default(),
+            parent: crate::spec::Parent::Scratch,
+            layers: vec![],
+            run: vec![],
+            test: vec![],
+            config: ConfigSpec::default(),
+            tags: vec![],
+            vars: Default::default(),
+            secrets: vec![spec],
+            network: crate::spec::Network::Host,
+        };
+        let plain = KeyExtra::of(&image).unwrap();
+        assert_eq!(plain.secrets, [("token".to_string(), None)]);
+        image.secrets[0].rebuild = true;
+        let hashed = KeyExtra::of(&image).unwrap();
+        let h = hashed.secrets[0].1.clone().unwrap();
+        assert!(!h.contains("s3cr3t"));
+        std::fs::write(d.path().join("token"), "other").unwrap();
+        assert_ne!(
+            KeyExtra::of(&image).unwrap().secrets[0].1.clone().unwrap(),
+            h
+        );
+        // A missing source names the secret and where it looked.
+        image.secrets[0].source = SecretSource::Env("IMGBUILD_TEST_UNSET_VAR".into());
+        let e = KeyExtra::of(&image).unwrap_err();
+        assert!(
+            e.contains("secret `token`") && e.contains("IMGBUILD_TEST_UNSET_VAR"),
+            "{e}"
         );
     }
 }

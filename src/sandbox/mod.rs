@@ -13,6 +13,7 @@
 //! The work is done by Debian's own `unshare` (util-linux) and `chroot`
 //! (coreutils), which keeps raw system calls out of this crate.
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -205,6 +206,10 @@ pub struct Step {
     /// Mount an overlay at `root` first (namespace and userns only): the
     /// step sees `lower` and writes to `upper`.
     pub overlay: Option<Overlay>,
+    /// A directory of secret files the step sees at /run/secrets: mounted
+    /// read-only over the step's tmpfs /run, or (chroot) copied in for the
+    /// step and removed after it.
+    pub secrets: Option<PathBuf>,
 }
 
 /// An overlayfs over a read-only lower tree.
@@ -310,9 +315,10 @@ fn quote(s: &str) -> String {
 }
 
 /// The shell script that prepares mounts in the new mount namespace, then
-/// enters the root. `$1` is the root, `$2` overlay's options or empty.
+/// enters the root. `$1` is the root, `$2` overlay's options or empty, `$3`
+/// the directory of secrets or empty.
 const NAMESPACE_SETUP: &str = r#"set -e
-root=$1 overlay=$2; shift 2
+root=$1 overlay=$2 secrets=$3; shift 3
 [ -z "$overlay" ] || mount -t overlay overlay -o "$overlay" "$root"
 mount -t proc proc "$root/proc" 2>/dev/null || { mkdir -p "$root/proc" && mount -t proc proc "$root/proc"; }
 mkdir -p "$root/dev" "$root/tmp" "$root/run"
@@ -324,6 +330,10 @@ ln -s /proc/self/fd "$root/dev/fd"
 mkdir -p "$root/dev/pts" "$root/dev/shm"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
+if [ -n "$secrets" ]; then
+  mkdir -m 755 "$root/run/secrets"
+  mount --bind -o ro "$secrets" "$root/run/secrets"
+fi
 exec chroot "$@"
 "#;
 
@@ -401,6 +411,7 @@ pub fn run(
             c.args(["--", "/bin/sh", "-c", NAMESPACE_SETUP, "setup"]);
             c.arg(&root);
             c.arg(overlay.unwrap_or_default());
+            c.arg(step.secrets.as_deref().unwrap_or(Path::new("")));
             c.args(&chroot_args);
             c
         }
@@ -418,6 +429,12 @@ pub fn run(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Without mounts, secrets are files in the tree for the step's time
+    // (and /run/* is residue, never in a layer).
+    let _placed = match (&step.secrets, isolation) {
+        (Some(dir), Isolation::Chroot) => Some(PlacedSecrets::place(dir, &root)?),
+        _ => None,
+    };
     let program = format!("{isolation} sandbox");
     let mut child = cmd
         .spawn()
@@ -445,6 +462,47 @@ pub fn run(
         source,
     })?;
     Ok(status.code().unwrap_or(128 + 9))
+}
+
+/// Secret files copied into a chroot's /run/secrets, removed on drop.
+struct PlacedSecrets(PathBuf);
+
+impl PlacedSecrets {
+    fn place(from: &Path, root: &Path) -> Result<PlacedSecrets, SandboxError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::Io { path, source }
+        };
+        // /run must be the tree's own directory: through a symlink, the
+        // files could land outside the root.
+        let run = root.join("run");
+        let meta = std::fs::symlink_metadata(&run).map_err(io(&run))?;
+        if !meta.is_dir() {
+            return Err(SandboxError::Io {
+                path: run,
+                source: std::io::Error::other("not a directory, so secrets cannot be put there"),
+            });
+        }
+        let dir = run.join("secrets");
+        let _ = crate::fsutil::remove_tree(&dir);
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        let placed = PlacedSecrets(dir.clone());
+        for e in std::fs::read_dir(from).map_err(io(from))? {
+            let e = e.map_err(io(from))?;
+            let to = dir.join(e.file_name());
+            // The step's user must be able to read it: same mode and owner.
+            let meta = e.metadata().map_err(io(&e.path()))?;
+            std::fs::copy(e.path(), &to).map_err(io(&to))?;
+            std::os::unix::fs::chown(&to, Some(meta.uid()), Some(meta.gid())).map_err(io(&to))?;
+        }
+        Ok(placed)
+    }
+}
+
+impl Drop for PlacedSecrets {
+    fn drop(&mut self) {
+        let _ = crate::fsutil::remove_tree(&self.0);
+    }
 }
 
 /// A file of the image's /etc, from the first of `roots` that has it,
@@ -636,6 +694,7 @@ mod tests {
                 user: None,
                 network: false,
                 overlay: None,
+                secrets: None,
             };
             let (code, lines) = run_collect(&step, iso);
             assert_eq!(code, 3, "{iso}: {lines:?}");
@@ -692,6 +751,7 @@ mod tests {
                     user: Some("33:33".into()),
                     network: false,
                     overlay: None,
+                    secrets: None,
                 },
                 Isolation::Chroot,
             );

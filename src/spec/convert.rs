@@ -4,18 +4,17 @@ use std::path::Path;
 
 use super::vars::{self, VarError};
 use super::yaml::{self, Kind, Node, Pos};
-use super::{ConfigSpec, IdSpec, Image, LayerSpec, Owner, Parent, Problem};
+use super::{
+    ConfigSpec, IdSpec, Image, LayerSpec, Network, Owner, Parent, Problem, SecretSource, SecretSpec,
+};
 use crate::suggest;
 
 const TOP_KEYS: &[&str] = &["vars", "images", "registry"];
 const IMAGE_KEYS: &[&str] = &[
-    "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets",
+    "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets", "network",
 ];
 /// Keys of the contract whose features this build of imgbuild does not do yet.
-const NOT_YET: &[(&str, &str)] = &[
-    ("debian", "installing Debian packages"),
-    ("secrets", "build secrets"),
-];
+const NOT_YET: &[(&str, &str)] = &[("debian", "installing Debian packages")];
 const LAYER_KEYS: &[&str] = &["src", "dest", "owner", "mode", "exclude"];
 const CONFIG_KEYS: &[&str] = &[
     "env",
@@ -71,6 +70,16 @@ struct RawImage {
     config: RawConfig,
     tags: Vec<S>,
     vars: Vec<(S, S)>,
+    secrets: Vec<RawSecret>,
+    network: Option<S>,
+}
+
+#[derive(Debug)]
+struct RawSecret {
+    name: S,
+    env: Option<S>,
+    file: Option<S>,
+    rebuild: Option<S>,
 }
 
 struct Ctx {
@@ -364,6 +373,30 @@ fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
             "run" => image.run = cx.list(value, "`run`"),
             "test" => image.test = cx.list(value, "`test`"),
             "vars" => image.vars = cx.pairs(value, "vars"),
+            "network" => image.network = cx.scalar(value, "`network`"),
+            "secrets" => {
+                for (k, v) in cx.map(value, "`secrets`") {
+                    let Some(name) = cx.scalar(k, "a secret's name") else {
+                        continue;
+                    };
+                    let mut secret = RawSecret {
+                        name,
+                        env: None,
+                        file: None,
+                        rebuild: None,
+                    };
+                    for (key, val) in cx.keyed(v, "a secret", &["env", "file", "rebuild"]) {
+                        let what = format!("`{key}`");
+                        let s = cx.scalar(val, &what);
+                        match key {
+                            "env" => secret.env = s,
+                            "file" => secret.file = s,
+                            _ => secret.rebuild = s,
+                        }
+                    }
+                    image.secrets.push(secret);
+                }
+            }
             other => {
                 let what = NOT_YET
                     .iter()
@@ -698,6 +731,24 @@ fn finish_image(
             ),
         }
     }
+    let secrets = finish_secrets(cx, &raw.secrets, &vars, dir);
+    let network = match raw.network.as_ref().map(|n| (expand(cx, n, &vars), n.pos)) {
+        None => Network::Host,
+        Some((Some(n), _)) if n == "host" => Network::Host,
+        Some((Some(n), _)) if n == "none" => Network::None,
+        Some((None, _)) => Network::Host,
+        Some((Some(n), pos)) => {
+            cx.err(
+                pos,
+                format!("`network: {n}` is not a network mode"),
+                Some(
+                    "write `network: none` (steps without a network) or `host` (the default)"
+                        .into(),
+                ),
+            );
+            Network::Host
+        }
+    };
     let import = raw.rootfs.as_ref().and_then(|r| {
         let text = expand(cx, r, &vars)?;
         let src = dir.join(&text);
@@ -748,7 +799,86 @@ fn finish_image(
         config,
         tags: out_tags,
         vars,
+        secrets,
+        network,
     }
+}
+
+/// `secrets:` entries, checked but not read: values are read when steps run
+/// (a CI job may define them only for its build).
+fn finish_secrets(
+    cx: &mut Ctx,
+    raw: &[RawSecret],
+    vars: &BTreeMap<String, String>,
+    dir: &Path,
+) -> Vec<SecretSpec> {
+    let mut out = Vec::new();
+    for r in raw {
+        let name = &r.name.v;
+        let valid = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !valid {
+            cx.err(
+                r.name.pos,
+                format!("`{name}` is not a valid secret name"),
+                Some(
+                    "use letters, digits, `.`, `_` and `-`: it is a file name under /run/secrets"
+                        .into(),
+                ),
+            );
+            continue;
+        }
+        let source = match (&r.env, &r.file) {
+            (Some(e), None) => match expand(cx, e, vars) {
+                Some(v) if valid_env_name(&v) => SecretSource::Env(v),
+                Some(v) => {
+                    cx.err(
+                        e.pos,
+                        format!("`{v}` is not an environment variable name"),
+                        None,
+                    );
+                    continue;
+                }
+                None => continue,
+            },
+            (None, Some(f)) => match expand(cx, f, vars) {
+                Some(v) => SecretSource::File(dir.join(v)),
+                None => continue,
+            },
+            _ => {
+                cx.err(
+                    r.name.pos,
+                    format!("secret `{name}` needs exactly one of `env` and `file`"),
+                    Some(format!(
+                        "e.g. `{name}: {{env: CI_JOB_TOKEN}}` or `{name}: {{file: secrets/{name}}}`"
+                    )),
+                );
+                continue;
+            }
+        };
+        let rebuild = match r.rebuild.as_ref().map(|b| (b.v.as_str(), b.pos)) {
+            None | Some(("false", _)) => false,
+            Some(("true", _)) => true,
+            Some((other, pos)) => {
+                cx.err(
+                    pos,
+                    format!("`rebuild: {other}` must be true or false"),
+                    None,
+                );
+                false
+            }
+        };
+        out.push(SecretSpec {
+            name: name.clone(),
+            source,
+            rebuild,
+        });
+    }
+    out
 }
 
 struct RawLayerExpanded {
@@ -1092,10 +1222,39 @@ images:
         let d = tree();
         let p = parse_in(
             d.path(),
-            "images:\n  a:\n    from: scratch\n    secrets: {}\n",
+            "images:\n  a:\n    from: scratch\n    debian: {}\n",
         )
         .unwrap_err();
         assert!(p[0].message.contains("not supported"), "{p:?}");
+    }
+
+    #[test]
+    fn secrets_need_one_source_and_a_file_name() {
+        let d = tree();
+        let p = parse_in(
+            d.path(),
+            concat!(
+                "images:\n  a:\n    from: scratch\n    secrets:\n",
+                "      ok: {env: TOKEN, rebuild: true}\n",
+                "      both: {env: A, file: b}\n",
+                "      ../up: {file: x}\n",
+                "      lazy: {env: A, rebuild: maybe}\n",
+                "      typo: {enf: A}\n",
+            ),
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = p
+            .iter()
+            .map(|p| format!("{}: {}", p.line, p.message))
+            .collect();
+        for want in [
+            "6: secret `both` needs exactly one of `env` and `file`",
+            "7: `../up` is not a valid secret name",
+            "8: `rebuild: maybe` must be true or false",
+            "9: unknown key `enf` in a secret",
+        ] {
+            assert!(msgs.iter().any(|m| m == want), "{want}: {msgs:?}");
+        }
     }
 
     #[test]

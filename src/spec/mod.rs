@@ -114,6 +114,40 @@ pub struct Image {
     pub tags: Vec<String>,
     /// The vars in force for this image (file, ancestors, own).
     pub vars: BTreeMap<String, String>,
+    /// Build secrets its `run:` steps see under /run/secrets.
+    pub secrets: Vec<SecretSpec>,
+    /// `network: none`: steps run without a network.
+    pub network: Network,
+}
+
+/// Whether `run:` steps reach the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network, as kaniko's and docker build's steps have.
+    #[default]
+    Host,
+    None,
+}
+
+/// One `secrets:` entry: a value read when steps run, never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretSpec {
+    /// The file name under /run/secrets.
+    pub name: String,
+    pub source: SecretSource,
+    /// The value's hash enters the run layer's key, so a new value rebuilds
+    /// it (off by default: a rotated token should not rebuild images).
+    pub rebuild: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretSource {
+    /// An environment variable of the build.
+    Env(String),
+    /// A file, resolved against the directory of images.yaml.
+    File(PathBuf),
 }
 
 /// A loaded, validated images.yaml.
