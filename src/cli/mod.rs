@@ -266,6 +266,15 @@ fn print_json(value: &impl serde::Serialize) {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // A normal user's builds run inside a user namespace of their own,
+    // where unpacked images keep their owners and steps can chown.
+    if matches!(
+        cli.command,
+        Command::Build(_) | Command::Push(_) | Command::Test(_) | Command::Run(_) | Command::Gc
+    ) && let Some(code) = imgbuild::sandbox::reenter_in_userns()
+    {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let result = match &cli.command {
         Command::Build(a) => build::run(&cli, a),
         Command::Plan(a) => plan::run(&cli, a),

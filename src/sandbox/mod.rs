@@ -120,6 +120,9 @@ fn is_root() -> bool {
 
 /// Probes the environment: cheap (a few process starts), done once a build.
 pub fn detect() -> Abilities {
+    // Inside its own user namespace imgbuild is root there: the namespace
+    // machinery works, and is what `userns` isolation means.
+    let inside = in_userns();
     let root = is_root();
     let mut notes = Vec::new();
     let chroot = root
@@ -131,9 +134,12 @@ pub fn detect() -> Abilities {
             }
         };
     if !root {
-        notes.push("chroot and namespace need root".into());
+        notes.push(
+            "chroot and namespace need root, and userns needs unprivileged user namespaces (`unshare --user` failed)"
+                .into(),
+        );
     }
-    let namespaces = root
+    let unshare = root
         && match succeeds(
             "unshare",
             &["--mount", "--pid", "--ipc", "--uts", "--fork", "true"],
@@ -144,22 +150,17 @@ pub fn detect() -> Abilities {
                 false
             }
         };
-    let userns = !root
-        && match succeeds(
-            "unshare",
-            &["--user", "--map-root-user", "--mount", "--fork", "true"],
-        ) {
-            Ok(()) => true,
-            Err(e) => {
-                notes.push(format!("unshare --user: {e}"));
-                false
-            }
-        };
+    if root && !inside {
+        notes.push("userns is for normal users; root has namespace".into());
+    }
+    if inside {
+        notes.push("in a user namespace, namespace isolation is called userns".into());
+    }
     Abilities {
         root,
         chroot,
-        namespaces,
-        userns,
+        namespaces: unshare && !inside,
+        userns: unshare && inside,
         notes,
     }
 }
@@ -189,6 +190,58 @@ impl Abilities {
                 }),
         }
     }
+}
+
+/// Set in the environment of an imgbuild that runs inside the user
+/// namespace its parent made for it.
+pub const USERNS_ENV: &str = "IMGBUILD_USERNS";
+
+/// Whether this process is imgbuild re-run inside its user namespace.
+pub fn in_userns() -> bool {
+    std::env::var_os(USERNS_ENV).is_some()
+}
+
+/// The `unshare` options that make a user namespace where the user is root
+/// and, with subordinate ids (/etc/subuid and newuidmap), ids 1… map to
+/// them, so steps and packages can chown to other users. None when user
+/// namespaces are not allowed. Probed once.
+fn userns_args() -> Option<&'static [&'static str]> {
+    static ARGS: std::sync::OnceLock<Option<&'static [&'static str]>> = std::sync::OnceLock::new();
+    *ARGS.get_or_init(|| {
+        let with_subids: &'static [&'static str] = &["--user", "--map-auto", "--map-root-user"];
+        let alone: &'static [&'static str] = &["--user", "--map-root-user"];
+        [with_subids, alone].into_iter().find(|args| {
+            Command::new("unshare")
+                .args(*args)
+                .arg("true")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
+}
+
+/// For a normal user where user namespaces are allowed: runs this same
+/// command again inside a new user namespace (as rootless buildah and
+/// podman do), so that unpacking, steps and snapshots all see the ids the
+/// image has, and returns its exit status. None when this process should
+/// go on itself: it is root, already inside, or cannot make one.
+pub fn reenter_in_userns() -> Option<i32> {
+    if is_root() || in_userns() {
+        return None;
+    }
+    let args = userns_args()?;
+    let exe = std::env::current_exe().ok()?;
+    let status = Command::new("unshare")
+        .args(args)
+        .arg("--")
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(USERNS_ENV, "1")
+        .status()
+        .ok()?;
+    Some(status.code().unwrap_or(128 + 9))
 }
 
 /// One command to run in a root filesystem.
@@ -236,12 +289,15 @@ impl Overlay {
         // No redirects or metacopy: the upper directory must hold whole
         // files and plain directories for the snapshot to read.
         let mut o = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            "lowerdir={},upperdir={},workdir={},metacopy=off,index=off",
             paths[0], paths[1], paths[2]
         );
-        if isolation == Isolation::Userns {
-            o.push_str(",userxattr");
-        }
+        // In a user namespace the kernel refuses `redirect_dir=off`, but
+        // `userxattr` already rules redirects out.
+        o.push_str(match isolation {
+            Isolation::Userns => ",userxattr",
+            _ => ",redirect_dir=off",
+        });
         Some(o)
     }
 
@@ -283,9 +339,6 @@ pub fn overlay_works(isolation: Isolation, scratch: &Path) -> bool {
         return false;
     };
     let mut c = Command::new("unshare");
-    if isolation == Isolation::Userns {
-        c.args(["--user", "--map-root-user"]);
-    }
     let ok = c
         .args(["--mount", "--", "/bin/sh", "-c"])
         .arg("mount -t overlay overlay -o \"$1\" \"$2\" && touch \"$2/made\" && rm \"$2/gone\"")
@@ -394,9 +447,6 @@ pub fn run(
         }
         Isolation::Namespace | Isolation::Userns => {
             let mut c = Command::new("unshare");
-            if isolation == Isolation::Userns {
-                c.args(["--user", "--map-root-user"]);
-            }
             c.args([
                 "--mount",
                 "--pid",

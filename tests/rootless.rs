@@ -1,0 +1,116 @@
+//! imgbuild as a normal user where unprivileged user namespaces are
+//! allowed: it runs itself in a user namespace of its own (with the user's
+//! subordinate ids when /etc/subuid has them), steps run as root inside
+//! and can chown, and the image comes out as root's build makes it.
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{Ctx, run_command, static_busybox};
+
+const USER: &str = "imgbuild-rootless";
+
+/// The test's own user, with subordinate ids; its uid and gid.
+fn test_user() -> (u32, u32) {
+    let id = |flag: &str| {
+        Command::new("id")
+            .args([flag, USER])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+    };
+    if id("-u").is_none() {
+        let mut c = Command::new("useradd");
+        c.args(["--no-create-home", "--shell", "/bin/sh", USER]);
+        // Another test binary may have made it in the meantime.
+        let _ = c.status();
+    }
+    let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
+    if !subuid.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+        let mut c = Command::new("usermod");
+        c.args([
+            "--add-subuids",
+            "300000-365535",
+            "--add-subgids",
+            "300000-365535",
+            USER,
+        ]);
+        run_command(c).success();
+    }
+    (id("-u").unwrap(), id("-g").unwrap())
+}
+
+fn open_up(cx: &Ctx) {
+    // The test's temporary tree is the test runner's; the user must reach it.
+    let top = cx.root.parent().unwrap();
+    fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
+    for d in [&cx.root, &cx.home, &cx.scratch] {
+        fs::create_dir_all(d).unwrap();
+        let mut c = Command::new("chmod");
+        c.args(["-R", "a+rwX"]).arg(d);
+        run_command(c).success();
+    }
+}
+
+#[test]
+fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
+    if !fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    {
+        eprintln!("skipped: making a test user needs root");
+        return;
+    }
+    let (uid, gid) = test_user();
+    let mut cx = Ctx::new();
+    cx.mkdir("busybox/bin");
+    fs::copy(static_busybox(), cx.path("busybox/bin/busybox")).unwrap();
+    for app in ["sh", "echo", "rm", "chmod", "chown", "cat", "id"] {
+        cx.symlink("busybox", &format!("busybox/bin/{app}"));
+    }
+    cx.write("site/etc/motd", "welcome\n");
+    cx.write("site/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
+    cx.mkdir("site/srv");
+    cx.yaml(concat!(
+        "images:\n",
+        "  base:\n",
+        "    from: scratch\n",
+        "    layers: [busybox, site]\n",
+        "  stepped:\n",
+        "    from: base\n",
+        "    run:\n",
+        "      - echo \"I am $(id -u)\"; echo hi > /srv/hello && chown 33:33 /srv/hello\n",
+        "      - chmod 600 /srv/hello && rm /etc/motd\n",
+        "    test: [\"cat /srv/hello\"]\n",
+    ));
+    let as_root = cx.build(&["stepped"]).manifest("stepped");
+    cx.home = cx.scratch.join("user-home");
+    open_up(&cx);
+    cx.wrapper = vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ];
+    let run = cx.run(&["build", "stepped"]).success();
+    run.stderr_has(&[
+        "stepped: running steps with userns isolation",
+        "stepped | I am 0",
+        "stepped: running its tests",
+    ]);
+    let as_user = cx.build(&["stepped"]).manifest("stepped");
+    assert_eq!(as_user, as_root, "the user's build differs from root's");
+    // `imgbuild run` and gc work there too, and gc can remove what steps
+    // gave to other ids.
+    let id = cx.run(&["run", "stepped", "--", "id", "-u"]).success();
+    assert_eq!(id.stdout.trim(), "0");
+    fs::write(cx.path("images.yaml"), "images: {}\n").unwrap();
+    cx.run(&["gc"]).success();
+    let left = fs::read_dir(cx.home.join("rootfs")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "unpacked root filesystems left after gc");
+}
