@@ -69,6 +69,16 @@ impl UnpackOptions {
     }
 }
 
+/// A chown to an id a user namespace does not map fails with EINVAL: the
+/// file keeps the (mapped) root owner, as rootless podman does without
+/// subordinate ids.
+fn unmapped_ok(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
+    }
+}
+
 /// Whether the effective user id is 0 (read from `/proc/self/status`;
 /// false when that cannot be read).
 pub fn running_as_root() -> bool {
@@ -721,7 +731,7 @@ impl Applier {
         }
         // Owner first: chown clears set-uid bits.
         if self.opts.chown {
-            std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).map_err(io_fail(&abs))?;
+            unmapped_ok(std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid))).map_err(io_fail(&abs))?;
         }
         f.set_permissions(Permissions::from_mode(self.mode(m.mode, false)))
             .map_err(io_fail(&abs))?;
@@ -746,7 +756,7 @@ impl Applier {
         })
         .map_err(io_fail(&abs))?;
         if self.opts.chown {
-            std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid)).map_err(io_fail(&abs))?;
+            unmapped_ok(std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid))).map_err(io_fail(&abs))?;
         }
         self.mark_mine(&rel);
         self.stats.symlinks += 1;
@@ -840,7 +850,7 @@ impl Applier {
             self.stats.specials_skipped += 1;
             return Ok(());
         }
-        std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid)).map_err(io_fail(&abs))?;
+        unmapped_ok(std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid))).map_err(io_fail(&abs))?;
         fs::set_permissions(&abs, Permissions::from_mode(m.mode)).map_err(io_fail(&abs))?;
         self.mark_mine(&rel);
         self.stats.specials += 1;
@@ -931,7 +941,7 @@ impl Applier {
                 source,
             };
             if self.opts.chown {
-                std::os::unix::fs::lchown(&abs, Some(d.uid), Some(d.gid)).map_err(fail)?;
+                unmapped_ok(std::os::unix::fs::lchown(&abs, Some(d.uid), Some(d.gid))).map_err(fail)?;
             }
             let f = File::open(&abs).map_err(fail)?;
             f.set_times(FileTimes::new().set_accessed(d.mtime).set_modified(d.mtime))
