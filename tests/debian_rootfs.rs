@@ -1,0 +1,123 @@
+//! `run:` steps in a real Debian root filesystem, made by mmdebstrap from
+//! the Debian archive: what steps leave round-trips through umoci, the same
+//! in every isolation this machine allows, and again in a fresh store.
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Ctx, require_tool, run_command, validate_layout};
+
+/// A trixie minbase tarball, made once per target directory.
+fn debian_tarball() -> PathBuf {
+    require_tool("mmdebstrap", "mmdebstrap");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tar = dir.join("trixie-minbase.tar");
+    if tar.exists() {
+        return tar;
+    }
+    let mirror = std::env::var("IMGBUILD_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    let tmp = dir.join(format!("trixie-minbase.{}.tar", std::process::id()));
+    let mut c = Command::new("mmdebstrap");
+    c.args([
+        "--mode=unshare",
+        "--variant=minbase",
+        "--include=passwd",
+        "--quiet",
+        "trixie",
+    ])
+    .arg(&tmp)
+    .arg(&mirror);
+    run_command(c).success();
+    fs::rename(&tmp, &tar).unwrap();
+    tar
+}
+
+/// Every path under /srv, /etc/skel and a few files of /etc, with type,
+/// mode, owner and size, by GNU find (the image's own, or the host's).
+const LISTING: &str = "cd \"$1\" && find srv etc/passwd etc/group etc/skel usr/share/doc -printf '%p %y %m %U:%G %s %l\\n' 2>/dev/null | LC_ALL=C sort";
+
+fn project(tar: &std::path::Path) -> Ctx {
+    let cx = Ctx::new();
+    fs::copy(tar, cx.path("debian.tar")).unwrap();
+    cx.write("listing.sh", LISTING);
+    cx.yaml(concat!(
+        "images:\n",
+        "  debian:\n",
+        "    from: {rootfs: debian.tar}\n",
+        "  app:\n",
+        "    from: debian\n",
+        "    layers: [{src: listing.sh, dest: /usr/local/bin/listing}]\n",
+        "    run:\n",
+        "      - groupadd --gid 990 app && useradd --uid 990 --gid 990 --home-dir /srv/app app\n",
+        "      - mkdir -p /srv/app/data && echo hi > /srv/app/data/f && chown -R app:app /srv/app\n",
+        "      - chmod 750 /srv/app && chmod 4755 /srv/app/data/f && ln -s data/f /srv/app/link\n",
+        "      - rm -rf /usr/share/doc && mkdir /usr/share/doc && echo new > /usr/share/doc/README\n",
+        "      - sh /usr/local/bin/listing /\n",
+    ));
+    cx
+}
+
+#[test]
+fn steps_in_a_debian_root_filesystem_round_trip() {
+    require_tool("umoci", "umoci");
+    let tar = debian_tarball();
+    let mut digests = Vec::new();
+    for iso in ["namespace", "chroot"] {
+        let cx = project(&tar);
+        let out = cx.scratch.join("oci");
+        let run = cx
+            .run(&[
+                "build",
+                "app",
+                "--isolation",
+                iso,
+                "-o",
+                &format!("oci:{}", out.display()),
+            ])
+            .success();
+        let left: Vec<String> = run
+            .stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("app | "))
+            .filter(|l| !l.starts_with("useradd"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            left.iter().any(|l| l == "srv/app/data/f f 4755 990:990 3 "),
+            "{iso}: {left:?}"
+        );
+        let image = validate_layout(&out, "app");
+        let layer = image.layers.last().unwrap();
+        // The old docs are all gone: one opaque marker, not thousands of
+        // whiteouts.
+        layer.entry("usr/share/doc/.wh..wh..opq");
+        assert!(layer.entries().len() < 60, "{}", layer.entries().len());
+        let bundle = cx.scratch.join("bundle");
+        let mut c = Command::new("umoci");
+        c.args(["unpack", "--image", &format!("{}:app", out.display())])
+            .arg(&bundle);
+        run_command(c).success();
+        let mut list = Command::new("sh");
+        list.args(["-c", LISTING, "listing"])
+            .arg(bundle.join("rootfs"));
+        let unpacked: Vec<String> = run_command(list)
+            .success()
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            unpacked, left,
+            "{iso}: umoci's tree differs from the steps'"
+        );
+        let mut again = cx.command(&["--json", "-q", "build", "app", "--isolation", iso]);
+        again.env("IMGBUILD_HOME", cx.scratch.join("second-home"));
+        let again = common::Report(run_command(again).success().json()).manifest("app");
+        digests.push(again);
+    }
+    digests.dedup();
+    assert_eq!(digests.len(), 1, "namespace and chroot gave {digests:?}");
+}
