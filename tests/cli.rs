@@ -258,12 +258,12 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn not_yet_supported_keys_are_refused() {
+fn debian_problems_name_their_line() {
     let cx = Ctx::new();
     cx.yaml("images:\n  a:\n    from: scratch\n    debian: {}\n");
     cx.run(&["check"])
         .exit(2)
-        .stderr_has(&["images.yaml:4:5: image a:", "not supported"]);
+        .stderr_has(&["images.yaml:4:13: image a:", "`debian` needs a `suite`"]);
 }
 
 #[test]

@@ -746,6 +746,12 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<ImageOutcome, BuildError> {
         reporter.image_started(&image.name);
+        if image.debian.is_some() {
+            return Err(BuildError::Run {
+                image: image.name.clone(),
+                reason: "installing Debian packages (`debian:`) is not in this build of imgbuild yet; start from a root filesystem tarball (`from: {rootfs: …}`) or a registry image meanwhile".into(),
+            });
+        }
         let accounts = match base {
             Some((_, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
                 Accounts::of(self.store, rec)?

@@ -451,6 +451,7 @@ mod tests {
             vars: Default::default(),
             secrets: vec![spec],
             network: crate::spec::Network::Host,
+            debian: None,
         };
         let plain = KeyExtra::of(&image).unwrap();
         assert_eq!(plain.secrets, [("token".to_string(), None)]);

@@ -731,7 +731,8 @@ impl Applier {
         }
         // Owner first: chown clears set-uid bits.
         if self.opts.chown {
-            unmapped_ok(std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid))).map_err(io_fail(&abs))?;
+            unmapped_ok(std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)))
+                .map_err(io_fail(&abs))?;
         }
         f.set_permissions(Permissions::from_mode(self.mode(m.mode, false)))
             .map_err(io_fail(&abs))?;
@@ -756,7 +757,8 @@ impl Applier {
         })
         .map_err(io_fail(&abs))?;
         if self.opts.chown {
-            unmapped_ok(std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid))).map_err(io_fail(&abs))?;
+            unmapped_ok(std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid)))
+                .map_err(io_fail(&abs))?;
         }
         self.mark_mine(&rel);
         self.stats.symlinks += 1;
@@ -850,7 +852,8 @@ impl Applier {
             self.stats.specials_skipped += 1;
             return Ok(());
         }
-        unmapped_ok(std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid))).map_err(io_fail(&abs))?;
+        unmapped_ok(std::os::unix::fs::lchown(&abs, Some(m.uid), Some(m.gid)))
+            .map_err(io_fail(&abs))?;
         fs::set_permissions(&abs, Permissions::from_mode(m.mode)).map_err(io_fail(&abs))?;
         self.mark_mine(&rel);
         self.stats.specials += 1;
@@ -941,7 +944,8 @@ impl Applier {
                 source,
             };
             if self.opts.chown {
-                unmapped_ok(std::os::unix::fs::lchown(&abs, Some(d.uid), Some(d.gid))).map_err(fail)?;
+                unmapped_ok(std::os::unix::fs::lchown(&abs, Some(d.uid), Some(d.gid)))
+                    .map_err(fail)?;
             }
             let f = File::open(&abs).map_err(fail)?;
             f.set_times(FileTimes::new().set_accessed(d.mtime).set_modified(d.mtime))

@@ -5,7 +5,8 @@ use std::path::Path;
 use super::vars::{self, VarError};
 use super::yaml::{self, Kind, Node, Pos};
 use super::{
-    ConfigSpec, IdSpec, Image, LayerSpec, Network, Owner, Parent, Problem, SecretSource, SecretSpec,
+    ConfigSpec, DebianSpec, IdSpec, Image, LayerSpec, Network, Owner, Parent, Problem,
+    SecretSource, SecretSpec,
 };
 use crate::suggest;
 
@@ -14,7 +15,18 @@ const IMAGE_KEYS: &[&str] = &[
     "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets", "network",
 ];
 /// Keys of the contract whose features this build of imgbuild does not do yet.
-const NOT_YET: &[(&str, &str)] = &[("debian", "installing Debian packages")];
+const NOT_YET: &[(&str, &str)] = &[];
+const DEBIAN_KEYS: &[&str] = &[
+    "suite",
+    "components",
+    "architecture",
+    "variant",
+    "packages",
+    "recommends",
+    "debconf",
+    "mirror",
+    "keyring",
+];
 const LAYER_KEYS: &[&str] = &["src", "dest", "owner", "mode", "exclude"];
 const CONFIG_KEYS: &[&str] = &[
     "env",
@@ -72,6 +84,21 @@ struct RawImage {
     vars: Vec<(S, S)>,
     secrets: Vec<RawSecret>,
     network: Option<S>,
+    debian: Option<RawDebian>,
+}
+
+#[derive(Debug, Default)]
+struct RawDebian {
+    pos: Pos,
+    suite: Option<S>,
+    components: Option<Vec<S>>,
+    architecture: Option<S>,
+    variant: Option<S>,
+    packages: Vec<S>,
+    recommends: Option<S>,
+    debconf: Vec<S>,
+    mirror: Option<S>,
+    keyring: Option<S>,
 }
 
 #[derive(Debug)]
@@ -374,6 +401,27 @@ fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
             "test" => image.test = cx.list(value, "`test`"),
             "vars" => image.vars = cx.pairs(value, "vars"),
             "network" => image.network = cx.scalar(value, "`network`"),
+            "debian" => {
+                let mut d = RawDebian {
+                    pos: value.pos,
+                    ..RawDebian::default()
+                };
+                for (k, v) in cx.keyed(value, "`debian`", DEBIAN_KEYS) {
+                    let what = format!("`{k}`");
+                    match k {
+                        "suite" => d.suite = cx.scalar(v, &what),
+                        "components" => d.components = Some(cx.list(v, &what)),
+                        "architecture" => d.architecture = cx.scalar(v, &what),
+                        "variant" => d.variant = cx.scalar(v, &what),
+                        "packages" => d.packages = cx.list(v, &what),
+                        "recommends" => d.recommends = cx.scalar(v, &what),
+                        "debconf" => d.debconf = cx.list(v, &what),
+                        "mirror" => d.mirror = cx.scalar(v, &what),
+                        _ => d.keyring = cx.scalar(v, &what),
+                    }
+                }
+                image.debian = Some(d);
+            }
             "secrets" => {
                 for (k, v) in cx.map(value, "`secrets`") {
                     let Some(name) = cx.scalar(k, "a secret's name") else {
@@ -616,7 +664,22 @@ fn resolve(
                 },
             };
             cx.image = Some(name.to_string());
-            let image = finish_image(cx, name, &raw[*name], parent.clone(), &inherited, dir);
+            // The nearest ancestor that installs Debian packages.
+            let mut up = match parent {
+                Parent::Image(p) => done.get(p),
+                _ => None,
+            };
+            while let Some(i) = up.filter(|i| i.debian.is_none()) {
+                up = match &i.parent {
+                    Parent::Image(p) => done.get(p),
+                    _ => None,
+                };
+            }
+            let parent_debian = up.and_then(|i| i.debian.clone());
+            let mut image = finish_image(cx, name, &raw[*name], parent.clone(), &inherited, dir);
+            if let Some(d) = &raw[*name].debian {
+                image.debian = finish_debian(cx, d, &image.vars, dir, parent_debian.as_ref());
+            }
             done.insert(name.to_string(), image);
             false
         });
@@ -801,7 +864,173 @@ fn finish_image(
         vars,
         secrets,
         network,
+        debian: None,
     }
+}
+
+/// `debian:`, over what the nearest Debian ancestor set.
+fn finish_debian(
+    cx: &mut Ctx,
+    raw: &RawDebian,
+    vars: &BTreeMap<String, String>,
+    dir: &Path,
+    parent: Option<&DebianSpec>,
+) -> Option<DebianSpec> {
+    let mut x = |s: &S| expand(cx, s, vars).map(|v| (v, s.pos));
+    let suite = raw.suite.as_ref().and_then(&mut x);
+    let components: Option<Vec<(String, Pos)>> = raw
+        .components
+        .as_ref()
+        .map(|c| c.iter().filter_map(&mut x).collect());
+    let architecture = raw.architecture.as_ref().and_then(&mut x);
+    let variant = raw.variant.as_ref().and_then(&mut x);
+    let packages: Vec<(String, Pos)> = raw.packages.iter().filter_map(&mut x).collect();
+    let recommends = raw.recommends.as_ref().and_then(&mut x);
+    let debconf: Vec<(String, Pos)> = raw.debconf.iter().filter_map(&mut x).collect();
+    let mirror = raw.mirror.as_ref().and_then(&mut x);
+    let keyring = raw.keyring.as_ref().and_then(&mut x);
+    let mut ok = true;
+    let suite = match (suite, parent) {
+        (Some((s, pos)), Some(p)) if s != p.suite => {
+            cx.err(
+                pos,
+                format!("`suite: {s}` differs from the parent's `{}`", p.suite),
+                Some("an image installs from its Debian parent's suite; start a new base with `variant: minbase` for another".into()),
+            );
+            ok = false;
+            s
+        }
+        (Some((s, pos)), _) => {
+            if s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                cx.err(
+                    pos,
+                    format!("`suite: {s}` is not a suite name"),
+                    Some("e.g. `stable`, `trixie` or `bookworm`".into()),
+                );
+                ok = false;
+            }
+            s
+        }
+        (None, Some(p)) => p.suite.clone(),
+        (None, None) => {
+            cx.err(
+                raw.pos,
+                "`debian` needs a `suite`",
+                Some("e.g. `suite: trixie` (or `stable`)".into()),
+            );
+            return None;
+        }
+    };
+    let minbase = match variant {
+        None => false,
+        Some((v, _)) if v == "minbase" && parent.is_none() => true,
+        Some((v, pos)) if v == "minbase" => {
+            cx.err(
+                pos,
+                "`variant: minbase` makes a new Debian base, but an ancestor already installs Debian packages",
+                Some("remove `variant` here: this image adds packages to its parent's".into()),
+            );
+            ok = false;
+            true
+        }
+        Some((v, pos)) => {
+            cx.err(
+                pos,
+                format!("unknown variant `{v}`"),
+                Some(
+                    "the variant is `minbase` (Essential and Priority required, as mmdebstrap's)"
+                        .into(),
+                ),
+            );
+            ok = false;
+            false
+        }
+    };
+    if !minbase && parent.is_none() && packages.is_empty() {
+        cx.err(
+            raw.pos,
+            "`debian` installs nothing: no `packages` and no `variant`",
+            Some("add `variant: minbase` for a base image, or `packages: [...]`".into()),
+        );
+        ok = false;
+    }
+    for (p, pos) in &packages {
+        let (name, version) = match p.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (p.as_str(), None),
+        };
+        let name = name.split_once(':').map_or(name, |(n, _)| n);
+        let valid = name.len() >= 2
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+            && version.is_none_or(|v| !v.is_empty() && !v.contains(char::is_whitespace));
+        if !valid {
+            cx.err(
+                *pos,
+                format!("`{p}` is not a Debian package name (or `name=version`)"),
+                None,
+            );
+            ok = false;
+        }
+    }
+    let recommends = match recommends {
+        None => false,
+        Some((r, _)) if r == "true" => true,
+        Some((r, _)) if r == "false" => false,
+        Some((r, pos)) => {
+            cx.err(
+                pos,
+                format!("`recommends: {r}` must be true or false"),
+                None,
+            );
+            ok = false;
+            false
+        }
+    };
+    for (line, pos) in &debconf {
+        if line.split_whitespace().count() < 3 {
+            cx.err(
+                *pos,
+                format!("`{line}` is not a debconf answer"),
+                Some(
+                    "write `package question type value`, e.g. `tzdata tzdata/Areas select Europe`"
+                        .into(),
+                ),
+            );
+            ok = false;
+        }
+    }
+    let inherit = |own: Option<(String, Pos)>, theirs: Option<&String>| {
+        own.map(|o| o.0).or_else(|| theirs.cloned())
+    };
+    let spec = DebianSpec {
+        suite,
+        components: components
+            .map(|c| c.into_iter().map(|(v, _)| v).collect())
+            .or_else(|| parent.map(|p| p.components.clone()))
+            .unwrap_or_else(|| vec!["main".to_string()]),
+        architecture: inherit(architecture, parent.and_then(|p| p.architecture.as_ref())),
+        minbase,
+        packages: packages.into_iter().map(|(p, _)| p).collect(),
+        recommends,
+        debconf: debconf.into_iter().map(|(d, _)| d).collect(),
+        mirror: inherit(mirror, parent.and_then(|p| p.mirror.as_ref())),
+        keyring: keyring
+            .map(|(k, _)| dir.join(k))
+            .or_else(|| parent.and_then(|p| p.keyring.clone())),
+        has_debian_parent: parent.is_some(),
+        pos: raw.pos,
+    };
+    ok.then_some(spec)
 }
 
 /// `secrets:` entries, checked but not read: values are read when steps run
@@ -1218,14 +1447,49 @@ images:
     }
 
     #[test]
-    fn not_yet_supported_keys_are_errors_not_ignored() {
+    fn debian_is_checked_and_inherited_along_from() {
         let d = tree();
+        let spec = parse_in(
+            d.path(),
+            concat!(
+                "images:\n",
+                "  base:\n    from: scratch\n",
+                "    debian: {suite: trixie, variant: minbase, mirror: \"http://m/debian\", debconf: [\"tzdata tzdata/Areas select Europe\"]}\n",
+                "  plain:\n    from: base\n",
+                "  php:\n    from: plain\n    debian: {packages: [apache2, \"php8.4=8.4.1-1\"], recommends: true}\n",
+            ),
+        )
+        .unwrap();
+        let php = spec.images["php"].debian.as_ref().unwrap();
+        assert_eq!(php.suite, "trixie");
+        assert_eq!(php.mirror.as_deref(), Some("http://m/debian"));
+        assert_eq!(php.components, ["main"]);
+        assert!(php.has_debian_parent && !php.minbase && php.recommends);
         let p = parse_in(
             d.path(),
-            "images:\n  a:\n    from: scratch\n    debian: {}\n",
+            concat!(
+                "images:\n",
+                "  base:\n    from: scratch\n    debian: {suite: trixie, variant: minbase}\n",
+                "  again:\n    from: base\n    debian: {variant: minbase}\n",
+                "  other:\n    from: base\n    debian: {suite: bookworm, packages: [Bad_Name]}\n",
+                "  none:\n    from: scratch\n    debian: {packages: [curl]}\n",
+                "  typo:\n    from: scratch\n    debian: {suite: trixie, pakages: [curl]}\n",
+            ),
         )
         .unwrap_err();
-        assert!(p[0].message.contains("not supported"), "{p:?}");
+        let msgs: Vec<String> = p
+            .iter()
+            .map(|p| format!("{}: {}", p.line, p.message))
+            .collect();
+        for want in [
+            "7: `variant: minbase` makes a new Debian base, but an ancestor already installs Debian packages",
+            "10: `suite: bookworm` differs from the parent's `trixie`",
+            "10: `Bad_Name` is not a Debian package name (or `name=version`)",
+            "13: `debian` needs a `suite`",
+            "16: unknown key `pakages` in `debian`",
+        ] {
+            assert!(msgs.iter().any(|m| m == want), "{want}: {msgs:?}");
+        }
     }
 
     #[test]

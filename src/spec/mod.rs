@@ -118,6 +118,35 @@ pub struct Image {
     pub secrets: Vec<SecretSpec>,
     /// `network: none`: steps run without a network.
     pub network: Network,
+    /// Debian packages installed from the archive, before the file layers.
+    pub debian: Option<DebianSpec>,
+}
+
+/// `debian:`, with what the image inherits from its Debian ancestors
+/// (suite, components, architecture, mirror, keyring) filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DebianSpec {
+    /// As written (`stable`, `trixie`, …); the lock records the codename.
+    pub suite: String,
+    pub components: Vec<String>,
+    /// None: the build platform's.
+    pub architecture: Option<String>,
+    /// `minbase`: Essential and Priority required (only without a Debian
+    /// parent).
+    pub minbase: bool,
+    /// Names, optionally `name=version`.
+    pub packages: Vec<String>,
+    pub recommends: bool,
+    /// Preseeded debconf answers, `package question type value` lines.
+    pub debconf: Vec<String>,
+    /// None: the host's apt sources, else IMGBUILD_DEBIAN_MIRROR.
+    pub mirror: Option<String>,
+    /// None: the host's debian-archive-keyring.
+    pub keyring: Option<PathBuf>,
+    /// Whether an ancestor installs Debian packages too.
+    pub has_debian_parent: bool,
+    #[serde(skip)]
+    pub pos: Pos,
 }
 
 /// Whether `run:` steps reach the network.
