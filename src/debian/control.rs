@@ -170,10 +170,7 @@ fn close_field<'a>(
 /// Parses a `Packages` index: every paragraph must name its file, size and
 /// SHA256.
 pub fn parse_packages(text: &str) -> Result<Vec<Package>, ControlError> {
-    paragraphs(text)?
-        .iter()
-        .map(|p| package(p, true))
-        .collect()
+    paragraphs(text)?.iter().map(|p| package(p, true)).collect()
 }
 
 /// Parses dpkg's `status` file, keeping only what is installed.
@@ -200,7 +197,9 @@ fn package(p: &Paragraph<'_>, in_index: bool) -> Result<Package, ControlError> {
     let (filename, size, sha256) = if in_index {
         let size = p.require("Size")?;
         let sha = p.require("SHA256")?;
-        let size = size.parse::<u64>().map_err(|_| bad(p, "Size", size, "not a number"))?;
+        let size = size
+            .parse::<u64>()
+            .map_err(|_| bad(p, "Size", size, "not a number"))?;
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(p, "SHA256", sha, "not a SHA256 in hex"));
         }
@@ -363,7 +362,9 @@ fn parse_constraint(inner: &str) -> Result<(Relation, String), String> {
     } else if inner.starts_with('>') {
         (Relation::GreaterEq, 1)
     } else {
-        return Err(format!("expected a relation (<< <= = >= >>), found {inner:?}"));
+        return Err(format!(
+            "expected a relation (<< <= = >= >>), found {inner:?}"
+        ));
     };
     let ver = inner[len..].trim();
     if ver.is_empty() || ver.contains(char::is_whitespace) {
@@ -516,7 +517,16 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000000
     #[test]
     fn packages_errors() {
         let e = parse_packages("Package: a\nVersion: 1\nArchitecture: all\n").unwrap_err();
-        assert!(matches!(e, ControlError::Missing { line: 1, field: "Size" }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ControlError::Missing {
+                    line: 1,
+                    field: "Size"
+                }
+            ),
+            "{e}"
+        );
         let bad = PACKAGES.replace("Size: 1234", "Size: lots");
         let e = parse_packages(&bad).unwrap_err();
         assert!(matches!(e, ControlError::Field { line: 15, .. }), "{e}");
