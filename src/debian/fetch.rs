@@ -891,4 +891,92 @@ mod tests {
             "{msg}"
         );
     }
+
+    /// A server that fails once with 500, then ignores Range requests:
+    /// the download retries and starts the partial file over.
+    #[test]
+    fn retries_and_restarts_when_range_is_ignored() {
+        use std::io::{BufRead, BufReader};
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = body.clone();
+        let server = std::thread::spawn(move || {
+            let mut ranges = Vec::new();
+            for (i, conn) in listener.incoming().take(2).enumerate() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if line.to_ascii_lowercase().starts_with("range:") {
+                        range = Some(line.trim().to_ascii_lowercase());
+                    }
+                }
+                ranges.push(range);
+                if i == 0 {
+                    conn.write_all(
+                        b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+                } else {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        served.len()
+                    );
+                    conn.write_all(head.as_bytes()).unwrap();
+                    conn.write_all(&served).unwrap();
+                }
+            }
+            ranges
+        });
+
+        let mirror = Mirror::from_url(&format!("http://127.0.0.1:{port}/debian")).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let keyring = PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg");
+        let mut archive = Archive::new(&mirror, "bookworm", &[keyring], cache.path()).unwrap();
+        archive.retry.first_delay = Duration::from_millis(10);
+        let sha = hex::encode(Sha256::digest(&body));
+        let pkg = ArchivePackage {
+            package: Package {
+                name: "x".into(),
+                version: "1".into(),
+                architecture: "all".into(),
+                multi_arch: "no".into(),
+                essential: false,
+                priority: String::new(),
+                pre_depends: vec![],
+                depends: vec![],
+                recommends: vec![],
+                conflicts: vec![],
+                breaks: vec![],
+                provides: vec![],
+                source: "x".into(),
+                filename: "pool/x.deb".into(),
+                size: body.len() as u64,
+                sha256: sha.clone(),
+            },
+            suite: "bookworm".into(),
+            base: format!("http://127.0.0.1:{port}/debian").into(),
+        };
+        let partial = archive.deb_path(&sha).with_extension("partial");
+        std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+        std::fs::write(&partial, &body[..5000]).unwrap();
+        let paths = runtime()
+            .block_on(archive.download(&[pkg], &Silent))
+            .unwrap();
+        assert_eq!(std::fs::read(&paths[0]).unwrap(), body);
+        let ranges = server.join().unwrap();
+        assert_eq!(ranges.len(), 2);
+        assert!(
+            ranges
+                .iter()
+                .all(|r| r.as_deref() == Some("range: bytes=5000-")),
+            "{ranges:?}"
+        );
+    }
 }
