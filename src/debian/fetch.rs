@@ -147,7 +147,8 @@ impl IndexFile {
             }
             Compression::Xz => {
                 let mut out = Vec::with_capacity(self.data.len() * 6);
-                lzma_rs::xz_decompress(&mut &self.data[..], &mut out)
+                liblzma::read::XzDecoder::new(&self.data[..])
+                    .read_to_end(&mut out)
                     .map_err(|e| decode(e.to_string()))?;
                 out
             }

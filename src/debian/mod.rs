@@ -4,6 +4,7 @@
 //! Nothing here runs a package's code: installation hands the chosen
 //! `.deb`s to the target's own dpkg inside the sandbox.
 pub mod control;
+pub mod deb;
 pub mod fetch;
 pub mod package;
 pub mod release;
