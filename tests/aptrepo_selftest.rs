@@ -4,8 +4,9 @@
 //! pool, apt accepts it and resolves from it, and dpkg installs from it into
 //! a busybox root with the maintainer scripts run chrooted.
 
-#[path = "common/aptrepo.rs"]
-mod aptrepo;
+mod common;
+
+use common::aptrepo;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;

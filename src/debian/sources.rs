@@ -354,9 +354,6 @@ pub fn default_mirror(
     sources: &[AptSource],
     env_mirror: Option<&str>,
 ) -> Result<Mirror, SourcesError> {
-    if let Some(url) = env_mirror.filter(|u| !u.trim().is_empty()) {
-        return Mirror::from_url(url);
-    }
     let is = |s: &AptSource, want_security: bool| {
         s.suites.iter().any(|suite| {
             debian_suite(suite).is_some_and(|(_, kind)| match kind {
@@ -371,6 +368,11 @@ pub fn default_mirror(
         signed_by: s.signed_by.clone(),
     };
     let Some(main) = sources.iter().find(|s| is(s, false)) else {
+        // The host's sources first (as the contract says); then the
+        // variable, for machines without apt (a CI image of imgbuild).
+        if let Some(url) = env_mirror.filter(|u| !u.trim().is_empty()) {
+            return Mirror::from_url(url);
+        }
         let mut files: Vec<String> = sources
             .iter()
             .map(|s| s.file.display().to_string())
@@ -508,7 +510,10 @@ mod tests {
         );
         assert_eq!(m.suites("sid").len(), 1);
 
+        // The host's sources win; the variable serves hosts without them.
         let m = default_mirror(&sources, Some("https://mirror.example/debian/")).unwrap();
+        assert_eq!(m.main.uri, "http://deb.debian.org/debian");
+        let m = default_mirror(&[], Some("https://mirror.example/debian/")).unwrap();
         assert_eq!(m.main.uri, "https://mirror.example/debian");
         assert_eq!(
             m.security.unwrap().uri,
