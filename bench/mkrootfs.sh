@@ -17,7 +17,7 @@ ROOTFS_MIRROR=${ROOTFS_MIRROR:-http://deb.debian.org/debian}
 ROOTFS_VARIANT=${ROOTFS_VARIANT:-apt}
 ROOTFS_MODE=${ROOTFS_MODE:-root}
 # What a typical "base + language runtimes" image holds.
-ROOTFS_INCLUDE=${ROOTFS_INCLUDE:-ca-certificates,curl,git,less,locales,openssh-client,perl,procps,python3,python3-venv,vim-tiny,xz-utils,bzip2,file,gnupg}
+ROOTFS_INCLUDE=${ROOTFS_INCLUDE:-ca-certificates,curl,wget,git,less,locales,openssh-client,perl,procps,iproute2,python3,python3-pip,python3-venv,rsync,unzip,vim-tiny,xz-utils,bzip2,file,gnupg}
 
 TAR=${1:-$WORK/debian-rootfs.tar}
 base=${TAR%.tar}

@@ -7,7 +7,7 @@
 # checks that a step cannot change the cached parent, and prints ratios against the
 # targets. A report, not a test: a tool that fails or is missing shows as n/a or failed.
 #
-# Environment: RUNS (5) timed step builds per tool, BUILDAH_WARMUP (1), IMGBUILD,
+# Environment: RUNS (5) timed step builds per tool, BUILDAH_WARMUP (1), IMGBUILD, IMGBUILD_REV,
 # IMGBUILD_NO_BUILD=1, SKIP_IMGBUILD=1, SKIP_BUILDAH=1, BUILDAH_DRIVER (vfs),
 # ISOLATIONS ("namespace chroot"), BENCH_WORK (bench/work); ROOTFS_* for mkrootfs.sh.
 set -euo pipefail
@@ -16,6 +16,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS=${RUNS:-5}
 BUILDAH_WARMUP=${BUILDAH_WARMUP:-1}
+# The commit the measured binary was built from, when it is not the checkout's HEAD.
+BENCH_GIT_REV=${IMGBUILD_REV:-$BENCH_GIT_REV}
 read -r -a ISOS <<<"${ISOLATIONS:-namespace chroot}"
 
 OUT=$WORK/sandbox
@@ -218,7 +220,7 @@ if [[ $IMGBUILD_OK == 1 ]]; then
     if cp --reflink=always "$OUT/reflink.a" "$OUT/reflink.b" 2>/dev/null; then reflink=true; fi
     rm -f "$OUT/reflink.a" "$OUT/reflink.b"
 fi
-fstype=$(stat -f -c %T "$OUT" 2>/dev/null || echo unknown)
+fstype=$(findmnt -n -o FSTYPE -T "$OUT" 2>/dev/null || stat -f -c %T "$OUT" 2>/dev/null || echo unknown)
 
 python3 - "$WORK" "$(versions_json)" "$RUNS" "$reflink" "$fstype" "${ISOS[*]}" <<'EOF'
 import datetime, json, os, statistics, sys
@@ -299,6 +301,7 @@ for iso in isos:
     step = r.get(f"imgbuild-{iso}-step")
     ph = phases_of(f"imgbuild-{iso}-step", runs) if ok(step) else []
     phase[iso] = {k: statistics.median(p[k] for p in ph) for k in ("prepare", "steps", "snapshot", "write")} if ph else None
+    phase[iso + "-runs"] = ph
     phase[iso + "-first"] = first_phases(f"imgbuild-{iso}-first")
     phase[iso + "-how"] = isoline(f"imgbuild-{iso}-first")
     rows.append((f"imgbuild {iso}: step build", step, phase[iso]))
@@ -368,8 +371,10 @@ for iso in isos:
     if v is None:
         print(f"{'cached parent unchanged by a step, ' + iso:<{w}}{'n/a':>10}")
         continue
-    extra = f"; store's cached tree intact: {v['cached_tree_intact']}" if v.get("cached_tree_intact") is not None else ""
-    print(f"{'cached parent unchanged by a step, ' + iso:<{w}}{v['result']:>10}  {v.get('detail') or ''}{extra}")
+    notes = [v["detail"]] if v.get("detail") else []
+    if v.get("cached_tree_intact") is not None:
+        notes.append("the store's cached tree, seen from outside: " + ("intact" if v["cached_tree_intact"] else "CHANGED"))
+    print(f"{'cached parent unchanged by a step, ' + iso:<{w}}{v['result']:>10}  {'; '.join(notes)}")
 if not reflink:
     print("(chroot copies the parent in full: no reflinks here, so the 0.5 s target does not apply to it)")
 print()
