@@ -344,7 +344,14 @@ impl Scratch {
             user: cx.user.clone(),
             network,
             overlay: self.overlay.clone(),
-            secrets: secrets.dir().map(Path::to_path_buf),
+            binds: secrets
+                .dir()
+                .map(|d| crate::sandbox::Bind {
+                    host: d.to_path_buf(),
+                    name: "secrets".into(),
+                })
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -207,6 +207,19 @@ pub fn apply_layer(
     opts: &UnpackOptions,
 ) -> Result<ApplyStats, UnpackError> {
     let reader = open_layer(blob, media_type)?;
+    apply_tar(reader, blob, root, opts)
+}
+
+/// Applies a tar stream on top of `root`, an existing directory, with the
+/// same checks as a layer; `source` names it in errors (a `.deb`'s
+/// data.tar, say).
+pub fn apply_tar(
+    reader: impl io::Read,
+    source: &Path,
+    root: &Path,
+    opts: &UnpackOptions,
+) -> Result<ApplyStats, UnpackError> {
+    let blob = source;
     let root_err = |source| UnpackError::Root {
         root: root.to_path_buf(),
         source,

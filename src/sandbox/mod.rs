@@ -259,10 +259,18 @@ pub struct Step {
     /// Mount an overlay at `root` first (namespace and userns only): the
     /// step sees `lower` and writes to `upper`.
     pub overlay: Option<Overlay>,
-    /// A directory of secret files the step sees at /run/secrets: mounted
-    /// read-only over the step's tmpfs /run, or (chroot) copied in for the
-    /// step and removed after it.
-    pub secrets: Option<PathBuf>,
+    /// Host directories (of plain files) the step sees read-only at
+    /// `/run/NAME`: mounted over the step's tmpfs /run, or (chroot) copied
+    /// in for the step and removed after it, so never part of the tree.
+    pub binds: Vec<Bind>,
+}
+
+/// A host directory shown to a step at `/run/{name}`.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub host: PathBuf,
+    /// One plain name: `secrets`, `imgbuild`.
+    pub name: String,
 }
 
 /// An overlayfs over a read-only lower tree.
@@ -369,10 +377,12 @@ fn quote(s: &str) -> String {
 
 /// The shell script that prepares mounts in the new mount namespace, then
 /// enters the root. `$1` is the root, `$2` overlay's options or empty, `$3`
-/// the directory of secrets or empty.
+/// the number of binds, then each bind's host directory and name under /run.
 const NAMESPACE_SETUP: &str = r#"set -e
-root=$1 overlay=$2 secrets=$3; shift 3
+root=$1 overlay=$2 binds=$3; shift 3
 [ -z "$overlay" ] || mount -t overlay overlay -o "$overlay" "$root"
+# The build machine's name stays out of what steps write (exim's mailname).
+printf localhost > /proc/sys/kernel/hostname 2>/dev/null || :
 mount -t proc proc "$root/proc" 2>/dev/null || { mkdir -p "$root/proc" && mount -t proc proc "$root/proc"; }
 mkdir -p "$root/dev" "$root/tmp" "$root/run"
 mount -t tmpfs -o mode=755,nosuid tmpfs "$root/dev"
@@ -383,10 +393,11 @@ ln -s /proc/self/fd "$root/dev/fd"
 mkdir -p "$root/dev/pts" "$root/dev/shm"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
-if [ -n "$secrets" ]; then
-  mkdir -m 755 "$root/run/secrets"
-  mount --bind -o ro "$secrets" "$root/run/secrets"
-fi
+while [ "$binds" -gt 0 ]; do
+  mkdir -m 755 "$root/run/$2"
+  mount --bind -o ro "$1" "$root/run/$2"
+  shift 2; binds=$((binds - 1))
+done
 exec chroot "$@"
 "#;
 
@@ -461,7 +472,10 @@ pub fn run(
             c.args(["--", "/bin/sh", "-c", NAMESPACE_SETUP, "setup"]);
             c.arg(&root);
             c.arg(overlay.unwrap_or_default());
-            c.arg(step.secrets.as_deref().unwrap_or(Path::new("")));
+            c.arg(step.binds.len().to_string());
+            for b in &step.binds {
+                c.arg(&b.host).arg(&b.name);
+            }
             c.args(&chroot_args);
             c
         }
@@ -479,12 +493,14 @@ pub fn run(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // Without mounts, secrets are files in the tree for the step's time
+    // Without mounts, binds are copies in the tree for the step's time
     // (and /run/* is residue, never in a layer).
-    let _placed = match (&step.secrets, isolation) {
-        (Some(dir), Isolation::Chroot) => Some(PlacedSecrets::place(dir, &root)?),
-        _ => None,
-    };
+    let mut _placed = Vec::new();
+    if isolation == Isolation::Chroot {
+        for b in &step.binds {
+            _placed.push(Placed::place(b, &root)?);
+        }
+    }
     let program = format!("{isolation} sandbox");
     let mut child = cmd
         .spawn()
@@ -514,11 +530,11 @@ pub fn run(
     Ok(status.code().unwrap_or(128 + 9))
 }
 
-/// Secret files copied into a chroot's /run/secrets, removed on drop.
-struct PlacedSecrets(PathBuf);
+/// A bind's files copied into a chroot's /run/NAME, removed on drop.
+struct Placed(PathBuf);
 
-impl PlacedSecrets {
-    fn place(from: &Path, root: &Path) -> Result<PlacedSecrets, SandboxError> {
+impl Placed {
+    fn place(bind: &Bind, root: &Path) -> Result<Placed, SandboxError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SandboxError::Io { path, source }
@@ -530,15 +546,15 @@ impl PlacedSecrets {
         if !meta.is_dir() {
             return Err(SandboxError::Io {
                 path: run,
-                source: std::io::Error::other("not a directory, so secrets cannot be put there"),
+                source: std::io::Error::other("not a directory, so nothing can be put there"),
             });
         }
-        let dir = run.join("secrets");
+        let dir = run.join(&bind.name);
         let _ = crate::fsutil::remove_tree(&dir);
         std::fs::create_dir(&dir).map_err(io(&dir))?;
-        let placed = PlacedSecrets(dir.clone());
-        for e in std::fs::read_dir(from).map_err(io(from))? {
-            let e = e.map_err(io(from))?;
+        let placed = Placed(dir.clone());
+        for e in std::fs::read_dir(&bind.host).map_err(io(&bind.host))? {
+            let e = e.map_err(io(&bind.host))?;
             let to = dir.join(e.file_name());
             // The step's user must be able to read it: same mode and owner.
             let meta = e.metadata().map_err(io(&e.path()))?;
@@ -549,7 +565,7 @@ impl PlacedSecrets {
     }
 }
 
-impl Drop for PlacedSecrets {
+impl Drop for Placed {
     fn drop(&mut self) {
         let _ = crate::fsutil::remove_tree(&self.0);
     }
@@ -744,7 +760,7 @@ mod tests {
                 user: None,
                 network: false,
                 overlay: None,
-                secrets: None,
+                binds: Vec::new(),
             };
             let (code, lines) = run_collect(&step, iso);
             assert_eq!(code, 3, "{iso}: {lines:?}");
@@ -801,7 +817,7 @@ mod tests {
                     user: Some("33:33".into()),
                     network: false,
                     overlay: None,
-                    secrets: None,
+                    binds: Vec::new(),
                 },
                 Isolation::Chroot,
             );
