@@ -562,6 +562,7 @@ impl<'a> Session<'a> {
                 });
             }
         }
+        phases.steps = lap();
         let (entries, _report) =
             scratch
                 .snapshot(isolation, self.opts.threads)
@@ -646,9 +647,20 @@ impl<'a> Session<'a> {
     ) -> Result<run::Scratch, BuildError> {
         let lower = self.rootfs(image, layers)?;
         let tmp = self.store.root().join("tmp");
-        let overlay = *self
-            .overlay
-            .get_or_init(|| crate::sandbox::overlay_works(isolation, &tmp));
+        let overlay = *self.overlay.get_or_init(|| {
+            // Probing mounts a throw-away overlay (a tenth of a second);
+            // the answer holds for this kernel and store.
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let dev =
+                std::fs::metadata(&tmp).map_or(0, |m| std::os::unix::fs::MetadataExt::dev(&m));
+            let key = sha256_hex(format!("overlay {isolation} {} {dev}", kernel.trim()).as_bytes());
+            if let Ok(Some(known)) = self.store.get::<bool>(Kind::Meta, &key) {
+                return known;
+            }
+            let works = crate::sandbox::overlay_works(isolation, &tmp);
+            let _ = self.store.put(Kind::Meta, &key, &works);
+            works
+        });
         run::Scratch::new(&tmp, prefix, lower, overlay).map_err(|reason| BuildError::Run {
             image: image.to_string(),
             reason,
