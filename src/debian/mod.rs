@@ -6,6 +6,7 @@
 pub mod control;
 pub mod deb;
 pub mod fetch;
+pub mod lock;
 pub mod package;
 pub mod release;
 pub mod resolve;
