@@ -4,6 +4,7 @@
 //! `layer::Entries::key`), never of its parent, so a new parent re-points a
 //! client image without rebuilding its layers. An image's key adds the
 //! parent's manifest digest and the config.
+pub mod debian;
 mod ids;
 pub mod plan;
 pub mod report;
@@ -101,6 +102,9 @@ pub struct Options {
     pub isolation: crate::sandbox::Request,
     /// Run `test:` even when this image passed them before.
     pub force_tests: bool,
+    /// Debian packages only as images.lock pins them (CI): a missing or
+    /// stale lock is an error.
+    pub locked: bool,
 }
 
 /// A layer as built or reused.
@@ -190,6 +194,8 @@ pub struct Session<'a> {
     abilities: std::sync::OnceLock<crate::sandbox::Abilities>,
     /// Whether steps can run on an overlay, probed once.
     overlay: std::sync::OnceLock<bool>,
+    /// Debian indexes read in this build.
+    archives: debian::Archives,
 }
 
 impl<'a> Session<'a> {
@@ -204,6 +210,7 @@ impl<'a> Session<'a> {
             writing: Mutex::new(HashMap::new()),
             abilities: std::sync::OnceLock::new(),
             overlay: std::sync::OnceLock::new(),
+            archives: debian::Archives::default(),
         }
     }
 
@@ -469,6 +476,23 @@ impl<'a> Session<'a> {
         created_by: String,
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
+        let epoch = self.opts.stamp.epoch;
+        self.write_entries_at(image, index, what, entries, key, created_by, epoch, reporter)
+    }
+
+    /// [`Self::write_entries`] with every mtime `epoch`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_entries_at(
+        &self,
+        image: &Image,
+        index: usize,
+        what: &str,
+        entries: &Entries,
+        key: &str,
+        created_by: String,
+        epoch: i64,
+        reporter: &dyn Reporter,
+    ) -> Result<LayerRecord, BuildError> {
         let layer_err = |source| BuildError::Layer {
             image: image.name.clone(),
             layer: index,
@@ -479,7 +503,7 @@ impl<'a> Session<'a> {
         let tmp = self.store.temp_file()?;
         let (tmp, blob) = layer::write_blob(
             entries,
-            self.opts.stamp.epoch,
+            epoch,
             self.opts.compression,
             self.opts.threads,
             tmp,
@@ -758,12 +782,6 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<ImageOutcome, BuildError> {
         reporter.image_started(&image.name);
-        if image.debian.is_some() {
-            return Err(BuildError::Run {
-                image: image.name.clone(),
-                reason: "installing Debian packages (`debian:`) is not in this build of imgbuild yet; start from a root filesystem tarball (`from: {rootfs: …}`) or a registry image meanwhile".into(),
-            });
-        }
         let accounts = match base {
             Some((_, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
                 Accounts::of(self.store, rec)?
@@ -773,7 +791,40 @@ impl<'a> Session<'a> {
         let mut layers = Vec::new();
         let mut outcomes = Vec::new();
         let mut keys = Vec::new();
+        if let Some(d) = &image.debian {
+            let started = Instant::now();
+            let below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
+            let locked = self.debian_packages(image, d, &|| self.rootfs(&image.name, &below))?;
+            let epoch = if self.opts.stamp.epoch_given {
+                self.opts.stamp.epoch
+            } else {
+                locked.epoch
+            };
+            let key = debian::key(&below, d, &locked, self.opts.compression, epoch);
+            let (record, built) = match self.cached_layer(&key)? {
+                Some(r) => (r, false),
+                None => (
+                    self.debian_install(image, d, 0, &below, &locked, &key, reporter)?,
+                    true,
+                ),
+            };
+            let outcome = LayerOutcome {
+                key: key.clone(),
+                digest: record.desc.digest.clone(),
+                size: record.desc.size,
+                built,
+                fetched: false,
+                seconds: started.elapsed().as_secs_f64(),
+                phases: None,
+            };
+            reporter.layer_finished(&image.name, 0, &outcome);
+            outcomes.push(outcome);
+            keys.push(key);
+            layers.push(record);
+        }
+        let first = layers.len();
         for (i, l) in image.layers.iter().enumerate() {
+            let i = i + first;
             let started = Instant::now();
             let ids = self.ids(image, l, &accounts)?;
             let (entries, key) = self.walk(image, i, l, ids)?;
@@ -1058,6 +1109,7 @@ fn etc_files(entries: &Entries) -> Result<EtcFiles, BuildError> {
 /// revision from `IMGBUILD_REVISION`, `CI_COMMIT_SHA` or git, and the source
 /// address from `CI_PROJECT_URL` or git's `origin`, without credentials.
 pub fn stamp_from_env(dir: &Path) -> Result<Stamp, String> {
+    let epoch_given = std::env::var("SOURCE_DATE_EPOCH").is_ok_and(|v| !v.trim().is_empty());
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => v
             .trim()
@@ -1079,6 +1131,7 @@ pub fn stamp_from_env(dir: &Path) -> Result<Stamp, String> {
     .map(|s| strip_credentials(&s));
     Ok(Stamp {
         epoch,
+        epoch_given,
         arch: image::host_arch().to_string(),
         os: "linux".to_string(),
         revision,

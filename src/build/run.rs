@@ -355,6 +355,12 @@ impl Scratch {
         }
     }
 
+    /// Where files can be put before the steps run: overlay's upper
+    /// directory, or the copy.
+    pub fn writable(&self) -> &Path {
+        self.overlay.as_ref().map_or(&self.root, |o| &o.upper)
+    }
+
     /// What the steps changed, as layer entries.
     pub fn snapshot(
         &self,
@@ -362,7 +368,20 @@ impl Scratch {
         threads: usize,
     ) -> Result<(crate::layer::Entries, crate::layer::diff::DiffReport), crate::layer::LayerError>
     {
+        let residue = crate::layer::diff::DEFAULT_RESIDUE;
+        self.snapshot_with(isolation, threads, residue)
+    }
+
+    /// [`Self::snapshot`] leaving out changes under `residue`.
+    pub fn snapshot_with(
+        &self,
+        isolation: crate::sandbox::Isolation,
+        threads: usize,
+        residue: &[&str],
+    ) -> Result<(crate::layer::Entries, crate::layer::diff::DiffReport), crate::layer::LayerError>
+    {
         let opts = crate::layer::diff::DiffOptions {
+            residue: residue.iter().map(|s| (*s).to_string()).collect(),
             // The copy keeps mtimes, and overlay's copy-up too: size and
             // mtime decide without reading both trees whole (a step that
             // restores an mtime after a same-size edit is not seen, as with

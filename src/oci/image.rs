@@ -63,6 +63,10 @@ pub fn hex_of(digest: &str) -> String {
 pub struct Stamp {
     /// SOURCE_DATE_EPOCH: every mtime and `created`.
     pub epoch: i64,
+    /// Whether SOURCE_DATE_EPOCH was set (else a Debian layer takes its
+    /// Release date).
+    #[serde(skip)]
+    pub epoch_given: bool,
     pub arch: String,
     pub os: String,
     /// The source revision (git commit) labelled on each image, if known.
@@ -351,6 +355,7 @@ mod tests {
     fn stamp() -> Stamp {
         Stamp {
             epoch: 0,
+            epoch_given: false,
             arch: "amd64".into(),
             os: "linux".into(),
             revision: None,

@@ -1,0 +1,498 @@
+//! `debian:` images: the packages come from the lock (or are resolved
+//! now), are downloaded into the store's cache, and are installed by the
+//! target's own dpkg inside the sandbox; what that changed is one layer.
+//!
+//! A new Debian base (`variant: minbase`) is bootstrapped as debootstrap
+//! and mmdebstrap do: merged-/usr links, every Essential package's files
+//! extracted, then dpkg (now in the tree) installs them for real with its
+//! maintainer scripts, and then the rest, group by group so that a
+//! Pre-Depends is configured before its dependant is unpacked.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::debian::fetch::{Archive, ArchivePackage, Indexes, Progress};
+use crate::debian::lock::{Lock, LockedImage, LockedPackage};
+use crate::debian::package::Package;
+use crate::debian::resolve::{Options as ResolveOptions, Request, Universe, Variant};
+use crate::debian::sources::{Mirror, default_mirror, read_apt_sources};
+use crate::spec::{DebianSpec, Image};
+
+use super::{BuildError, Session};
+
+/// What a Debian layer's snapshot leaves out, besides a run step's
+/// residue: logs, caches and backups that dpkg, apt and debconf write on
+/// every run. (`etc/machine-id` is kept, emptied, as systemd wants it.)
+pub const DEBIAN_RESIDUE: &[&str] = &[
+    "run/*",
+    "tmp/*",
+    "var/cache/apt/**",
+    "var/cache/ldconfig/aux-cache",
+    "var/lib/apt/lists/*",
+    "var/log/*.log",
+    "var/log/apt/*",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "etc/hostname",
+    "etc/resolv.conf",
+    "**/__pycache__",
+];
+
+/// The archive's indexes, read once per mirror, suite and architecture in
+/// a build.
+#[derive(Default)]
+pub struct Archives {
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+}
+
+pub struct Loaded {
+    pub archive: Archive,
+    pub indexes: Indexes,
+    pub packages: Vec<Package>,
+}
+
+fn err(image: &str, reason: impl Into<String>) -> BuildError {
+    BuildError::Run {
+        image: image.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The build platform's Debian architecture name.
+pub fn native_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        "x86" => "i386",
+        "powerpc64" => "ppc64el",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A small runtime for the archive's async client, on this thread (the
+/// build runs on plain threads).
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the downloader: {e}"))?;
+    Ok(rt.block_on(f))
+}
+
+impl Archives {
+    /// The verified indexes for `d`, read now or earlier in this build.
+    pub fn load(&self, cache: &Path, d: &DebianSpec) -> Result<Arc<Loaded>, String> {
+        let arch = d.architecture.clone().unwrap_or_else(|| native_arch().into());
+        let key = format!("{:?} {} {arch}", d.mirror, d.suite);
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(l.clone());
+        }
+        let mirror = mirror_for(d)?;
+        let keyrings = keyrings_for(d);
+        let mut archive = Archive::new(&mirror, &d.suite, &keyrings, cache).map_err(|e| e.to_string())?;
+        archive.parallel = 8;
+        let indexes = block_on(archive.indexes(&arch, now()))?.map_err(|e| e.to_string())?;
+        let packages = indexes.packages.iter().map(|p| p.package.clone()).collect();
+        let loaded = Arc::new(Loaded {
+            archive,
+            indexes,
+            packages,
+        });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// `mirror:`, else the host's apt sources, else IMGBUILD_DEBIAN_MIRROR.
+pub fn mirror_for(d: &DebianSpec) -> Result<Mirror, String> {
+    if let Some(m) = &d.mirror {
+        return Mirror::from_url(m).map_err(|e| e.to_string());
+    }
+    let sources = read_apt_sources(Path::new("/etc/apt")).unwrap_or_default();
+    let env = std::env::var("IMGBUILD_DEBIAN_MIRROR").ok();
+    default_mirror(&sources, env.as_deref()).map_err(|e| e.to_string())
+}
+
+/// `keyring:`, else the host's debian-archive-keyring.
+pub fn keyrings_for(d: &DebianSpec) -> Vec<PathBuf> {
+    match &d.keyring {
+        Some(k) => vec![k.clone()],
+        None => vec![PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg")],
+    }
+}
+
+/// Resolves what `d` adds over `installed` against the archive.
+pub fn resolve(
+    image: &str,
+    d: &DebianSpec,
+    loaded: &Loaded,
+    installed: &[Package],
+) -> Result<LockedImage, BuildError> {
+    let arch = d.architecture.clone().unwrap_or_else(|| native_arch().into());
+    let requests: Vec<Request> = d
+        .packages
+        .iter()
+        .map(|p| p.parse::<Request>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(image, e.to_string()))?;
+    let options = ResolveOptions {
+        recommends: d.recommends,
+        variant: d.minbase.then_some(Variant::Minbase),
+        architecture: arch.clone(),
+    };
+    let universe = Universe::new(&loaded.packages, &arch);
+    let resolution = universe
+        .resolve(installed, &requests, &options)
+        .map_err(|e| err(image, format!("debian: {e}")))?;
+    // Where each chosen version came from (several suites are merged).
+    let mut origin: HashMap<(&str, &str, &str), &ArchivePackage> = HashMap::new();
+    for ap in &loaded.indexes.packages {
+        let p = &ap.package;
+        origin.entry((&p.name, &p.version, &p.architecture)).or_insert(ap);
+    }
+    let packages = resolution
+        .packages
+        .iter()
+        .map(|p| {
+            let ap = origin[&(p.name.as_str(), p.version.as_str(), p.architecture.as_str())];
+            LockedPackage {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                architecture: p.architecture.clone(),
+                path: p.filename.clone(),
+                base: ap.base.to_string(),
+                sha256: p.sha256.clone(),
+                size: p.size,
+            }
+        })
+        .collect();
+    let date = loaded.indexes.date();
+    let codename = loaded
+        .indexes
+        .releases
+        .first()
+        .map(|(_, r)| r.codename.clone())
+        .unwrap_or_default();
+    Ok(LockedImage {
+        suite: d.suite.clone(),
+        codename,
+        architecture: arch,
+        release_date: crate::debian::release::format_date(date),
+        epoch: date,
+        packages,
+    })
+}
+
+/// The packages a dpkg status file lists as installed.
+pub fn installed_in(root: &Path) -> Result<Vec<Package>, String> {
+    let path = root.join("var/lib/dpkg/status");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => crate::debian::control::parse_status(&text)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Reports download progress to nobody (the CLI shows the layer).
+struct Quiet;
+impl Progress for Quiet {}
+
+impl Session<'_> {
+    /// The store's cache of indexes and `.deb`s.
+    fn debian_cache(&self) -> PathBuf {
+        self.store.root().join("debian")
+    }
+
+    /// What `image` installs: its lock entry when images.lock is current,
+    /// else resolved now over `installed` (the parent's dpkg status).
+    pub(super) fn debian_packages(
+        &self,
+        image: &Image,
+        d: &DebianSpec,
+        parent_root: &dyn Fn() -> Result<PathBuf, BuildError>,
+    ) -> Result<LockedImage, BuildError> {
+        let path = crate::debian::lock::path_for(self.spec);
+        let lock = Lock::read(&path).map_err(|e| err(&image.name, e.to_string()))?;
+        match lock.as_ref().map(|l| l.image(&path, self.spec, &image.name)) {
+            Some(Ok(locked)) => return Ok(locked.clone()),
+            Some(Err(e)) if self.opts.locked => return Err(err(&image.name, e.to_string())),
+            None if self.opts.locked => {
+                return Err(err(
+                    &image.name,
+                    format!(
+                        "--locked, and there is no {}; run `imgbuild lock` and commit it",
+                        path.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let loaded = self
+            .archives
+            .load(&self.debian_cache(), d)
+            .map_err(|e| err(&image.name, e))?;
+        let installed = installed_in(&parent_root()?).map_err(|e| err(&image.name, e))?;
+        resolve(&image.name, d, &loaded, &installed)
+    }
+
+    /// Downloads `locked`'s packages into the cache (verified), and their
+    /// paths in the same order.
+    fn debian_download(&self, image: &Image, d: &DebianSpec, locked: &LockedImage) -> Result<Vec<PathBuf>, BuildError> {
+        let cache = self.debian_cache();
+        let mirror = mirror_for(d).map_err(|e| err(&image.name, e))?;
+        let archive = Archive::new(&mirror, &d.suite, &keyrings_for(d), &cache)
+            .map_err(|e| err(&image.name, e.to_string()))?;
+        let wanted: Vec<ArchivePackage> = locked
+            .packages
+            .iter()
+            .map(|l| ArchivePackage {
+                package: Package {
+                    name: l.name.clone(),
+                    version: l.version.clone(),
+                    architecture: l.architecture.clone(),
+                    multi_arch: "no".into(),
+                    essential: false,
+                    priority: String::new(),
+                    pre_depends: vec![],
+                    depends: vec![],
+                    recommends: vec![],
+                    conflicts: vec![],
+                    breaks: vec![],
+                    provides: vec![],
+                    source: l.name.clone(),
+                    filename: l.path.clone(),
+                    size: l.size,
+                    sha256: l.sha256.clone(),
+                },
+                suite: Arc::from(locked.suite.as_str()),
+                base: Arc::from(l.base.as_str()),
+            })
+            .collect();
+        block_on(archive.download(&wanted, &Quiet))
+            .map_err(|e| err(&image.name, e))?
+            .map_err(|e| err(&image.name, e.to_string()))
+    }
+
+    /// Installs `locked` over `below` and writes the change as a layer.
+    pub(super) fn debian_install(
+        &self,
+        image: &Image,
+        d: &DebianSpec,
+        index: usize,
+        below: &[crate::oci::image::LayerDesc],
+        locked: &LockedImage,
+        key: &str,
+        reporter: &dyn super::Reporter,
+    ) -> Result<super::LayerRecord, BuildError> {
+        let name = &image.name;
+        let debs = self.debian_download(image, d, locked)?;
+        // Each package's own control data decides the order (and the
+        // Essential set): the lock needs only what identifies the file.
+        let mut pkgs = Vec::with_capacity(debs.len());
+        for (deb, l) in debs.iter().zip(&locked.packages) {
+            let control = crate::debian::deb::control(deb).map_err(|e| err(name, e.to_string()))?;
+            let mut p = crate::debian::control::parse_packages(&control.control)
+                .map_err(|e| err(name, format!("{}: {e}", deb.display())))?
+                .pop()
+                .ok_or_else(|| err(name, format!("{}: no control paragraph", deb.display())))?;
+            p.filename = format!("{}.deb", l.sha256);
+            pkgs.push(p);
+        }
+        let isolation = self.isolation()?;
+        let scratch = self.scratch(name, "debian-", below, isolation)?;
+        reporter.isolation(name, isolation, scratch.is_overlay());
+        // The packages, by hard links in the store (no copies), for the
+        // sandbox to show at /run/imgbuild-debs.
+        let tmp = self.store.root().join("tmp");
+        let shown = tempfile::Builder::new()
+            .prefix("debs-")
+            .tempdir_in(&tmp)
+            .map_err(|source| BuildError::Io { path: tmp.clone(), source })?;
+        for (deb, p) in debs.iter().zip(&pkgs) {
+            let to = shown.path().join(&p.filename);
+            std::fs::hard_link(deb, &to)
+                .or_else(|_| std::fs::copy(deb, &to).map(|_| ()))
+                .map_err(|source| BuildError::Io { path: to, source })?;
+        }
+        if !d.debconf.is_empty() {
+            let f = shown.path().join("debconf.selections");
+            std::fs::write(&f, d.debconf.join("\n") + "\n").map_err(|source| BuildError::Io { path: f, source })?;
+        }
+        let order = crate::debian::order::install_order(&pkgs);
+        let essential: Vec<&Package> = pkgs.iter().filter(|p| p.essential).collect();
+        if d.minbase {
+            bootstrap(scratch.writable(), &essential, &debs, &pkgs, locked)
+                .map_err(|e| err(name, e))?;
+        }
+        let epoch = if self.opts.stamp.epoch_given {
+            self.opts.stamp.epoch
+        } else {
+            locked.epoch
+        };
+        let script = install_script(d.minbase, &essential, &order, !d.debconf.is_empty());
+        let env: Vec<(String, String)> = [
+            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            ("DEBIAN_FRONTEND", "noninteractive"),
+            ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
+            ("DEBCONF_NOWARNINGS", "yes"),
+            ("LC_ALL", "C.UTF-8"),
+            ("LANG", "C.UTF-8"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("SOURCE_DATE_EPOCH".to_string(), epoch.to_string())])
+        .collect();
+        let mut step = scratch.step(
+            &script,
+            &super::run::Context {
+                env,
+                workdir: None,
+                user: None,
+            },
+            true,
+            &super::run::Secrets::none(),
+        );
+        step.binds.push(crate::sandbox::Bind {
+            host: shown.path().to_path_buf(),
+            name: "imgbuild-debs".into(),
+        });
+        let tail = super::run::Tail::default();
+        let code = crate::sandbox::run(&step, isolation, &|_, line| {
+            reporter.step_output(name, line);
+            tail.push(line);
+        })
+        .map_err(|e| err(name, e.to_string()))?;
+        if code != 0 {
+            return Err(BuildError::Step {
+                image: name.clone(),
+                command: "dpkg --install (the image's Debian packages)".into(),
+                code,
+                output: tail.text(),
+            });
+        }
+        let (entries, _report) = scratch
+            .snapshot_with(isolation, self.opts.threads, DEBIAN_RESIDUE)
+            .map_err(|source| BuildError::Layer {
+                image: name.clone(),
+                layer: index,
+                src: "debian".into(),
+                source,
+            })?;
+        let names: Vec<&str> = locked.packages.iter().map(|p| p.name.as_str()).collect();
+        let created_by = format!(
+            "imgbuild: debian {} ({} packages: {})",
+            locked.codename,
+            names.len(),
+            names.join(" ")
+        );
+        self.write_entries_at(image, index, "debian", &entries, key, created_by, epoch, reporter)
+    }
+}
+
+/// The key of a Debian layer: the layers below, exactly which files are
+/// installed, the answers given, and how the layer is written.
+pub fn key(
+    below: &[crate::oci::image::LayerDesc],
+    d: &DebianSpec,
+    locked: &LockedImage,
+    compression: crate::layer::Compression,
+    epoch: i64,
+) -> String {
+    let input = serde_json::json!({
+        "v": 1,
+        "below": below.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
+        "debs": locked.packages.iter().map(|p| &p.sha256).collect::<Vec<_>>(),
+        "minbase": d.minbase,
+        "debconf": d.debconf,
+        "compression": compression.to_string(),
+        "epoch": epoch,
+    });
+    crate::oci::digest::sha256_hex(&crate::oci::image::canonical_json(&input))
+}
+
+/// Prepares an empty root for dpkg: merged-/usr links (Debian since
+/// bookworm), dpkg's database, and every Essential package's files.
+fn bootstrap(
+    root: &Path,
+    essential: &[&Package],
+    debs: &[PathBuf],
+    pkgs: &[Package],
+    locked: &LockedImage,
+) -> Result<(), String> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| format!("{}: {e}", p.display())
+    };
+    for dir in ["usr/bin", "usr/sbin", "usr/lib", "var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
+        let p = root.join(dir);
+        std::fs::create_dir_all(&p).map_err(io(&p))?;
+    }
+    let mut links = vec!["bin", "sbin", "lib"];
+    if locked.architecture == "amd64" {
+        links.push("lib64");
+        let p = root.join("usr/lib64");
+        std::fs::create_dir_all(&p).map_err(io(&p))?;
+    }
+    for l in links {
+        let p = root.join(l);
+        std::os::unix::fs::symlink(format!("usr/{l}"), &p).map_err(io(&p))?;
+    }
+    for (f, text) in [
+        ("var/lib/dpkg/status", String::new()),
+        ("var/lib/dpkg/available", String::new()),
+        ("var/lib/dpkg/arch", format!("{}\n", locked.architecture)),
+    ] {
+        let p = root.join(f);
+        std::fs::write(&p, text).map_err(io(&p))?;
+    }
+    let opts = crate::layer::unpack::UnpackOptions::for_current_user();
+    for e in essential {
+        let i = pkgs.iter().position(|p| p.name == e.name).ok_or("essential package missing")?;
+        let stream = crate::debian::deb::data_tar(&debs[i]).map_err(|e| e.to_string())?;
+        crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The shell script that installs, run as root inside the tree.
+fn install_script(minbase: bool, essential: &[&Package], order: &[Vec<&Package>], debconf: bool) -> String {
+    let d = "/run/imgbuild-debs";
+    let files = |ps: &mut dyn Iterator<Item = &&Package>| {
+        ps.map(|p| format!("{d}/{}", p.filename)).collect::<Vec<_>>().join(" ")
+    };
+    let dpkg = "dpkg --force-unsafe-io --force-confold";
+    let mut s = String::from("set -e\n");
+    // No service starts while packages install (policy-rc.d(8)).
+    s.push_str("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d\nchmod 755 /usr/sbin/policy-rc.d\n");
+    if minbase {
+        // The files are in place; dpkg registers them and runs their
+        // scripts. Their dependencies are all here but not configured yet.
+        s.push_str(&format!("{dpkg} --force-depends --install {}\n", files(&mut essential.iter())));
+    }
+    if debconf {
+        s.push_str(&format!("debconf-set-selections {d}/debconf.selections\n"));
+    }
+    for group in order {
+        let rest: Vec<&&Package> = group.iter().filter(|p| !(minbase && p.essential)).collect();
+        if !rest.is_empty() {
+            s.push_str(&format!("{dpkg} --install {}\n", files(&mut rest.iter().copied())));
+        }
+    }
+    s.push_str("rm -f /usr/sbin/policy-rc.d\n");
+    // systemd makes one at boot when the file is empty.
+    s.push_str("if [ -e /etc/machine-id ]; then : > /etc/machine-id; fi\n");
+    s
+}
