@@ -5,8 +5,11 @@
 //! `.deb`s to the target's own dpkg inside the sandbox.
 pub mod control;
 pub mod fetch;
+pub mod order;
 pub mod package;
 pub mod release;
 pub mod resolve;
 pub mod sources;
+#[cfg(test)]
+mod testutil;
 pub mod version;

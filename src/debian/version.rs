@@ -281,7 +281,7 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn pick<'a>(&mut self, from: &'a [u8]) -> char {
+        fn pick(&mut self, from: &[u8]) -> char {
             char::from(from[(self.next() % from.len() as u64) as usize])
         }
         fn chance(&mut self, in_n: u64) -> bool {
