@@ -7,8 +7,11 @@ pub mod control;
 pub mod deb;
 pub mod fetch;
 pub mod lock;
+pub mod order;
 pub mod package;
 pub mod release;
 pub mod resolve;
 pub mod sources;
+#[cfg(test)]
+mod testutil;
 pub mod version;
