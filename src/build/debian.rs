@@ -91,14 +91,23 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
 impl Archives {
     /// The verified indexes for `d`, read now or earlier in this build.
     pub fn load(&self, cache: &Path, d: &DebianSpec) -> Result<Arc<Loaded>, String> {
-        let arch = d.architecture.clone().unwrap_or_else(|| native_arch().into());
+        let arch = d
+            .architecture
+            .clone()
+            .unwrap_or_else(|| native_arch().into());
         let key = format!("{:?} {} {arch}", d.mirror, d.suite);
-        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(l) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(l.clone());
         }
         let mirror = mirror_for(d)?;
         let keyrings = keyrings_for(d);
-        let mut archive = Archive::new(&mirror, &d.suite, &keyrings, cache).map_err(|e| e.to_string())?;
+        let mut archive =
+            Archive::new(&mirror, &d.suite, &keyrings, cache).map_err(|e| e.to_string())?;
         archive.parallel = 8;
         let indexes = block_on(archive.indexes(&arch, now()))?.map_err(|e| e.to_string())?;
         let packages = indexes.packages.iter().map(|p| p.package.clone()).collect();
@@ -129,7 +138,9 @@ pub fn mirror_for(d: &DebianSpec) -> Result<Mirror, String> {
 pub fn keyrings_for(d: &DebianSpec) -> Vec<PathBuf> {
     match &d.keyring {
         Some(k) => vec![k.clone()],
-        None => vec![PathBuf::from("/usr/share/keyrings/debian-archive-keyring.gpg")],
+        None => vec![PathBuf::from(
+            "/usr/share/keyrings/debian-archive-keyring.gpg",
+        )],
     }
 }
 
@@ -140,7 +151,10 @@ pub fn resolve(
     loaded: &Loaded,
     installed: &[Package],
 ) -> Result<LockedImage, BuildError> {
-    let arch = d.architecture.clone().unwrap_or_else(|| native_arch().into());
+    let arch = d
+        .architecture
+        .clone()
+        .unwrap_or_else(|| native_arch().into());
     let requests: Vec<Request> = d
         .packages
         .iter()
@@ -160,7 +174,9 @@ pub fn resolve(
     let mut origin: HashMap<(&str, &str, &str), &ArchivePackage> = HashMap::new();
     for ap in &loaded.indexes.packages {
         let p = &ap.package;
-        origin.entry((&p.name, &p.version, &p.architecture)).or_insert(ap);
+        origin
+            .entry((&p.name, &p.version, &p.architecture))
+            .or_insert(ap);
     }
     let packages = resolution
         .packages
@@ -226,7 +242,10 @@ impl Session<'_> {
     ) -> Result<LockedImage, BuildError> {
         let path = crate::debian::lock::path_for(self.spec);
         let lock = Lock::read(&path).map_err(|e| err(&image.name, e.to_string()))?;
-        match lock.as_ref().map(|l| l.image(&path, self.spec, &image.name)) {
+        match lock
+            .as_ref()
+            .map(|l| l.image(&path, self.spec, &image.name))
+        {
             Some(Ok(locked)) => return Ok(locked.clone()),
             Some(Err(e)) if self.opts.locked => return Err(err(&image.name, e.to_string())),
             None if self.opts.locked => {
@@ -250,7 +269,12 @@ impl Session<'_> {
 
     /// Downloads `locked`'s packages into the cache (verified), and their
     /// paths in the same order.
-    fn debian_download(&self, image: &Image, d: &DebianSpec, locked: &LockedImage) -> Result<Vec<PathBuf>, BuildError> {
+    fn debian_download(
+        &self,
+        image: &Image,
+        d: &DebianSpec,
+        locked: &LockedImage,
+    ) -> Result<Vec<PathBuf>, BuildError> {
         let cache = self.debian_cache();
         let mirror = mirror_for(d).map_err(|e| err(&image.name, e))?;
         let archive = Archive::new(&mirror, &d.suite, &keyrings_for(d), &cache)
@@ -304,10 +328,8 @@ impl Session<'_> {
         let mut pkgs = Vec::with_capacity(debs.len());
         for (deb, l) in debs.iter().zip(&locked.packages) {
             let control = crate::debian::deb::control(deb).map_err(|e| err(name, e.to_string()))?;
-            let mut p = crate::debian::control::parse_packages(&control.control)
-                .map_err(|e| err(name, format!("{}: {e}", deb.display())))?
-                .pop()
-                .ok_or_else(|| err(name, format!("{}: no control paragraph", deb.display())))?;
+            let mut p = crate::debian::control::parse_control(&control.control)
+                .map_err(|e| err(name, format!("{}: {e}", deb.display())))?;
             p.filename = format!("{}.deb", l.sha256);
             pkgs.push(p);
         }
@@ -320,7 +342,10 @@ impl Session<'_> {
         let shown = tempfile::Builder::new()
             .prefix("debs-")
             .tempdir_in(&tmp)
-            .map_err(|source| BuildError::Io { path: tmp.clone(), source })?;
+            .map_err(|source| BuildError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
         for (deb, p) in debs.iter().zip(&pkgs) {
             let to = shown.path().join(&p.filename);
             std::fs::hard_link(deb, &to)
@@ -329,10 +354,11 @@ impl Session<'_> {
         }
         if !d.debconf.is_empty() {
             let f = shown.path().join("debconf.selections");
-            std::fs::write(&f, d.debconf.join("\n") + "\n").map_err(|source| BuildError::Io { path: f, source })?;
+            std::fs::write(&f, d.debconf.join("\n") + "\n")
+                .map_err(|source| BuildError::Io { path: f, source })?;
         }
         let order = crate::debian::order::install_order(&pkgs);
-        let essential: Vec<&Package> = pkgs.iter().filter(|p| p.essential).collect();
+        let essential = essential_closure(&pkgs);
         if d.minbase {
             bootstrap(scratch.writable(), &essential, &debs, &pkgs, locked)
                 .map_err(|e| err(name, e))?;
@@ -344,7 +370,10 @@ impl Session<'_> {
         };
         let script = install_script(d.minbase, &essential, &order, !d.debconf.is_empty());
         let env: Vec<(String, String)> = [
-            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
             ("DEBIAN_FRONTEND", "noninteractive"),
             ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
             ("DEBCONF_NOWARNINGS", "yes"),
@@ -398,7 +427,9 @@ impl Session<'_> {
             names.len(),
             names.join(" ")
         );
-        self.write_entries_at(image, index, "debian", &entries, key, created_by, epoch, reporter)
+        self.write_entries_at(
+            image, index, "debian", &entries, key, created_by, epoch, reporter,
+        )
     }
 }
 
@@ -423,6 +454,36 @@ pub fn key(
     crate::oci::digest::sha256_hex(&crate::oci::image::canonical_json(&input))
 }
 
+/// The Essential packages and everything they depend on (as mmdebstrap's
+/// essential set): what a bootstrap extracts before dpkg can run.
+fn essential_closure(pkgs: &[Package]) -> Vec<&Package> {
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in pkgs.iter().enumerate() {
+        by_name.insert(&p.name, i);
+        for prov in &p.provides {
+            by_name.entry(&prov.name).or_insert(i);
+        }
+    }
+    let mut take = vec![false; pkgs.len()];
+    let mut todo: Vec<usize> = (0..pkgs.len()).filter(|&i| pkgs[i].essential).collect();
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut take[i], true) {
+            continue;
+        }
+        for alts in pkgs[i].pre_depends.iter().chain(&pkgs[i].depends) {
+            // The alternative the resolver chose is the one in the set.
+            if let Some(&j) = alts.iter().find_map(|d| by_name.get(d.name.as_str())) {
+                todo.push(j);
+            }
+        }
+    }
+    pkgs.iter()
+        .zip(take)
+        .filter(|(_, t)| *t)
+        .map(|(p, _)| p)
+        .collect()
+}
+
 /// Prepares an empty root for dpkg: merged-/usr links (Debian since
 /// bookworm), dpkg's database, and every Essential package's files.
 fn bootstrap(
@@ -436,7 +497,14 @@ fn bootstrap(
         let p = p.to_path_buf();
         move |e: std::io::Error| format!("{}: {e}", p.display())
     };
-    for dir in ["usr/bin", "usr/sbin", "usr/lib", "var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
+    for dir in [
+        "usr/bin",
+        "usr/sbin",
+        "usr/lib",
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "etc",
+    ] {
         let p = root.join(dir);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
     }
@@ -460,18 +528,29 @@ fn bootstrap(
     }
     let opts = crate::layer::unpack::UnpackOptions::for_current_user();
     for e in essential {
-        let i = pkgs.iter().position(|p| p.name == e.name).ok_or("essential package missing")?;
+        let i = pkgs
+            .iter()
+            .position(|p| p.name == e.name)
+            .ok_or("essential package missing")?;
         let stream = crate::debian::deb::data_tar(&debs[i]).map_err(|e| e.to_string())?;
-        crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts).map_err(|e| e.to_string())?;
+        crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts)
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
 /// The shell script that installs, run as root inside the tree.
-fn install_script(minbase: bool, essential: &[&Package], order: &[Vec<&Package>], debconf: bool) -> String {
+fn install_script(
+    minbase: bool,
+    essential: &[&Package],
+    order: &[Vec<&Package>],
+    debconf: bool,
+) -> String {
     let d = "/run/imgbuild-debs";
     let files = |ps: &mut dyn Iterator<Item = &&Package>| {
-        ps.map(|p| format!("{d}/{}", p.filename)).collect::<Vec<_>>().join(" ")
+        ps.map(|p| format!("{d}/{}", p.filename))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let dpkg = "dpkg --force-unsafe-io --force-confold";
     let mut s = String::from("set -e\n");
@@ -480,15 +559,33 @@ fn install_script(minbase: bool, essential: &[&Package], order: &[Vec<&Package>]
     if minbase {
         // The files are in place; dpkg registers them and runs their
         // scripts. Their dependencies are all here but not configured yet.
-        s.push_str(&format!("{dpkg} --force-depends --install {}\n", files(&mut essential.iter())));
+        s.push_str(&format!(
+            "{dpkg} --force-depends --install {}\n",
+            files(&mut essential.iter())
+        ));
     }
-    if debconf {
-        s.push_str(&format!("debconf-set-selections {d}/debconf.selections\n"));
+    // Answers go in once debconf itself is installed: before the first
+    // group when the parent has it, else right after its own group.
+    let answers = format!("debconf-set-selections {d}/debconf.selections\n");
+    let debconf_group = order
+        .iter()
+        .position(|g| g.iter().any(|p| p.name == "debconf"));
+    if debconf && debconf_group.is_none() {
+        s.push_str(&answers);
     }
-    for group in order {
-        let rest: Vec<&&Package> = group.iter().filter(|p| !(minbase && p.essential)).collect();
+    for (i, group) in order.iter().enumerate() {
+        let rest: Vec<&&Package> = group
+            .iter()
+            .filter(|p| !(minbase && essential.iter().any(|e| e.name == p.name)))
+            .collect();
         if !rest.is_empty() {
-            s.push_str(&format!("{dpkg} --install {}\n", files(&mut rest.iter().copied())));
+            s.push_str(&format!(
+                "{dpkg} --install {}\n",
+                files(&mut rest.iter().copied())
+            ));
+        }
+        if debconf && debconf_group == Some(i) {
+            s.push_str(&answers);
         }
     }
     s.push_str("rm -f /usr/sbin/policy-rc.d\n");

@@ -477,7 +477,9 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
         let epoch = self.opts.stamp.epoch;
-        self.write_entries_at(image, index, what, entries, key, created_by, epoch, reporter)
+        self.write_entries_at(
+            image, index, what, entries, key, created_by, epoch, reporter,
+        )
     }
 
     /// [`Self::write_entries`] with every mtime `epoch`.

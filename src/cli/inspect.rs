@@ -34,6 +34,7 @@ pub fn run(cli: &Cli, args: &InspectArgs) -> Result<(), Failure> {
         compression: imgbuild::layer::Compression::Gzip,
         jobs: None,
         isolation: imgbuild::sandbox::Request::Auto,
+        locked: false,
     }
     .options(&spec)?;
     let store = open_store()?;

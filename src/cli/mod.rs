@@ -138,6 +138,10 @@ struct LayerArgs {
     /// rights), chroot (root in an unprivileged container) or userns.
     #[arg(long, default_value = "auto", value_name = "MODE")]
     isolation: imgbuild::sandbox::Request,
+    /// Install Debian packages only as images.lock pins them; fail when it
+    /// is missing or images.yaml changed since (the CI mode).
+    #[arg(long)]
+    locked: bool,
 }
 
 impl LayerArgs {
@@ -151,6 +155,7 @@ impl LayerArgs {
             stamp,
             isolation: self.isolation,
             force_tests: false,
+            locked: self.locked,
         })
     }
 }

@@ -11,6 +11,7 @@ pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
         compression: imgbuild::layer::Compression::Gzip,
         jobs: None,
         isolation: imgbuild::sandbox::Request::Auto,
+        locked: false,
     };
     let opts = layer_args.options(&spec)?;
     let store = open_store()?;

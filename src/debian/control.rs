@@ -177,6 +177,16 @@ pub fn parse_packages(text: &str) -> Result<Vec<Package>, ControlError> {
     paragraphs(text)?.iter().map(|p| package(p, true)).collect()
 }
 
+/// Parses a `.deb`'s own `control` file (no Filename, Size or SHA256).
+pub fn parse_control(text: &str) -> Result<Package, ControlError> {
+    let ps = paragraphs(text)?;
+    let p = ps.first().ok_or(ControlError::Syntax {
+        line: 1,
+        reason: "no paragraph".into(),
+    })?;
+    package(p, false)
+}
+
 /// Parses dpkg's `status` file, keeping only what is installed.
 pub fn parse_status(text: &str) -> Result<Vec<Package>, ControlError> {
     let mut out = Vec::new();

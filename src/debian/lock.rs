@@ -90,9 +90,13 @@ pub fn inputs(spec: &Spec) -> String {
             Parent::Scratch => serde_json::Value::Null,
             Parent::Image(p) | Parent::Registry(p) => p.as_str().into(),
         };
-        parts.insert(name, serde_json::json!({ "debian": debian_value(d), "from": parent }));
+        parts.insert(
+            name,
+            serde_json::json!({ "debian": debian_value(d), "from": parent }),
+        );
     }
-    let text = crate::oci::image::canonical_json(&serde_json::json!({ "v": VERSION, "images": parts }));
+    let text =
+        crate::oci::image::canonical_json(&serde_json::json!({ "v": VERSION, "images": parts }));
     crate::oci::digest::sha256_hex(&text)
 }
 
@@ -100,7 +104,10 @@ fn debian_value(d: &DebianSpec) -> serde_json::Value {
     // Paths enter by what they name, not where the checkout is.
     let mut v = serde_json::to_value(d).unwrap_or_default();
     if let Some(k) = &d.keyring {
-        v["keyring"] = k.file_name().map(|n| n.to_string_lossy().into_owned()).into();
+        v["keyring"] = k
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .into();
     }
     v
 }
@@ -219,16 +226,27 @@ mod tests {
             back.image(&p, &s, "app").unwrap().packages[0].url(),
             "http://deb.debian.org/debian/pool/main/c/curl/curl_8.14.1-2_amd64.deb"
         );
-        assert!(matches!(back.image(&p, &s, "base"), Err(LockError::Missing { .. })));
+        assert!(matches!(
+            back.image(&p, &s, "base"),
+            Err(LockError::Missing { .. })
+        ));
         // A layer or a tag changes nothing; a package does.
         let (_d2, same) = spec(&format!("{yaml}    tags: [x]\n"));
         assert_eq!(inputs(&same), lock.inputs);
         let (_d3, other) = spec(&yaml.replace("[curl]", "[curl, git]"));
         let e = back.image(&p, &other, "app").unwrap_err().to_string();
-        assert!(e.contains("changed since the lock was written") && e.contains("imgbuild lock"), "{e}");
+        assert!(
+            e.contains("changed since the lock was written") && e.contains("imgbuild lock"),
+            "{e}"
+        );
         // Garbage is explained, a missing lock is None.
         std::fs::write(&p, "{}").unwrap();
-        assert!(Lock::read(&p).unwrap_err().to_string().contains("lock_version 0"));
+        assert!(
+            Lock::read(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("lock_version 0")
+        );
         assert!(Lock::read(&d.path().join("none.lock")).unwrap().is_none());
     }
 }
