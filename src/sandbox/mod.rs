@@ -393,6 +393,8 @@ ln -s /proc/self/fd "$root/dev/fd"
 mkdir -p "$root/dev/pts" "$root/dev/shm"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
+# What a booted system has there (systemd-tmpfiles): /var/lock points here.
+mkdir -m 1777 "$root/run/lock"
 while [ "$binds" -gt 0 ]; do
   mkdir -m 755 "$root/run/$2"
   mount --bind -o ro "$1" "$root/run/$2"
