@@ -202,6 +202,7 @@ pub fn resolve(
         .map(|(_, r)| r.codename.clone())
         .unwrap_or_default();
     Ok(LockedImage {
+        inputs: String::new(),
         suite: d.suite.clone(),
         codename,
         architecture: arch,
@@ -592,4 +593,183 @@ fn install_script(
     // systemd makes one at boot when the file is empty.
     s.push_str("if [ -e /etc/machine-id ]; then : > /etc/machine-id; fi\n");
     s
+}
+
+/// What `imgbuild lock` did to each image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockOutcome {
+    pub image: String,
+    /// `kept`, `resolved` or `updated`.
+    pub action: &'static str,
+    pub packages: usize,
+    /// Packages whose version changed from the old lock, `name old → new`.
+    pub changed: Vec<String>,
+}
+
+impl Session<'_> {
+    /// Resolves every `debian:` image of the graph into a lock. Entries of
+    /// `old` whose inputs still hold are kept, unless `update` names them:
+    /// `Some(&[])` refreshes all, `Some(names)` the images that install any
+    /// of those packages.
+    pub fn lock(
+        &self,
+        old: Option<&Lock>,
+        update: Option<&[String]>,
+    ) -> Result<(Lock, Vec<LockOutcome>), BuildError> {
+        let all: Vec<String> = self.spec.images.keys().cloned().collect();
+        let order = self.closure(&all)?;
+        let mut lock = Lock::new(crate::debian::lock::inputs(self.spec));
+        let mut outcomes = Vec::new();
+        // What each Debian image has installed once built: (name, version,
+        // architecture) of its parent's and its own packages.
+        let mut after: HashMap<String, Vec<Package>> = HashMap::new();
+        for name in order {
+            let image = self.image(&name)?;
+            let Some(d) = &image.debian else { continue };
+            let before: Vec<Package> = match self.debian_ancestor(image)? {
+                Some(a) => after.get(&a).cloned().unwrap_or_default(),
+                None => self.root_status(image)?,
+            };
+            let mut h = sha2::Sha256::new();
+            use sha2::Digest as _;
+            h.update(crate::oci::image::canonical_json(&serde_json::json!({
+                "debian": crate::debian::lock::debian_value(d),
+                "from": match &image.parent {
+                    crate::spec::Parent::Scratch => String::new(),
+                    crate::spec::Parent::Image(p) | crate::spec::Parent::Registry(p) => p.clone(),
+                },
+                "installed": before.iter().map(|p| format!("{} {} {}", p.name, p.version, p.architecture)).collect::<Vec<_>>(),
+            })));
+            let inputs = hex::encode(h.finalize());
+            let previous = old.and_then(|l| l.images.get(&name));
+            let asked = match update {
+                None => false,
+                Some([]) => true,
+                Some(names) => {
+                    previous.is_some_and(|p| p.packages.iter().any(|x| names.contains(&x.name)))
+                }
+            };
+            let keep = previous.filter(|p| p.inputs == inputs && !asked);
+            let (mut locked, action) = match keep {
+                Some(p) => (p.clone(), "kept"),
+                None => {
+                    let loaded = self
+                        .archives
+                        .load(&self.debian_cache(), d)
+                        .map_err(|e| err(&name, e))?;
+                    // The resolver needs what installed packages provide.
+                    let full: Vec<Package> = before
+                        .iter()
+                        .map(|b| {
+                            loaded
+                                .packages
+                                .iter()
+                                .find(|p| {
+                                    p.name == b.name
+                                        && p.version == b.version
+                                        && p.architecture == b.architecture
+                                })
+                                .cloned()
+                                .unwrap_or_else(|| b.clone())
+                        })
+                        .collect();
+                    let locked = resolve(&name, d, &loaded, &full)?;
+                    (
+                        locked,
+                        if previous.is_some() {
+                            "updated"
+                        } else {
+                            "resolved"
+                        },
+                    )
+                }
+            };
+            locked.inputs = inputs;
+            let changed = previous
+                .map(|p| {
+                    let old: HashMap<&str, &str> = p
+                        .packages
+                        .iter()
+                        .map(|x| (x.name.as_str(), x.version.as_str()))
+                        .collect();
+                    locked
+                        .packages
+                        .iter()
+                        .filter_map(|x| match old.get(x.name.as_str()) {
+                            Some(v) if *v == x.version => None,
+                            Some(v) => Some(format!("{} {v} → {}", x.name, x.version)),
+                            None => Some(format!("{} (new) {}", x.name, x.version)),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut mine: Vec<Package> = before;
+            for p in &locked.packages {
+                mine.retain(|m| m.name != p.name);
+                mine.push(Package {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    architecture: p.architecture.clone(),
+                    multi_arch: "no".into(),
+                    essential: false,
+                    priority: String::new(),
+                    pre_depends: vec![],
+                    depends: vec![],
+                    recommends: vec![],
+                    conflicts: vec![],
+                    breaks: vec![],
+                    provides: vec![],
+                    source: p.name.clone(),
+                    filename: p.path.clone(),
+                    size: p.size,
+                    sha256: p.sha256.clone(),
+                });
+            }
+            mine.sort_by(|a, b| a.name.cmp(&b.name));
+            after.insert(name.clone(), mine);
+            outcomes.push(LockOutcome {
+                image: name.clone(),
+                action,
+                packages: locked.packages.len(),
+                changed,
+            });
+            lock.images.insert(name, locked);
+        }
+        Ok((lock, outcomes))
+    }
+
+    /// The nearest ancestor of `image` that installs Debian packages.
+    fn debian_ancestor(&self, image: &Image) -> Result<Option<String>, BuildError> {
+        let mut cur = image;
+        while let crate::spec::Parent::Image(p) = &cur.parent {
+            cur = self.image(p)?;
+            if cur.debian.is_some() {
+                return Ok(Some(cur.name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The dpkg status of a Debian chain's root parent (an imported or
+    /// pulled image, built before): what the chain starts from.
+    fn root_status(&self, image: &Image) -> Result<Vec<Package>, BuildError> {
+        let parent = match &image.parent {
+            crate::spec::Parent::Scratch => return Ok(Vec::new()),
+            crate::spec::Parent::Image(p) | crate::spec::Parent::Registry(p) => p,
+        };
+        let record = match &image.parent {
+            crate::spec::Parent::Image(p) => self.last_build(p)?.map(|r| r.image),
+            _ => None,
+        };
+        let Some(record) = record else {
+            return Err(err(
+                &image.name,
+                format!(
+                    "what it installs depends on the packages in `{parent}`: build `{parent}` first, then lock"
+                ),
+            ));
+        };
+        let root = self.rootfs(parent, &record.layers)?;
+        installed_in(&root).map_err(|e| err(&image.name, e))
+    }
 }

@@ -4,6 +4,7 @@ mod check;
 mod gc;
 mod graph;
 mod inspect;
+mod lock;
 mod net;
 mod plan;
 mod progress;
@@ -63,6 +64,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Remove blobs no image of any images.yaml still uses.
     Gc,
+    /// Resolve the Debian packages of every `debian:` image and pin them in
+    /// images.lock.
+    Lock(lock::LockArgs),
     /// Build what is needed and push the named images to the registry.
     Push(PushCommand),
     /// Point another tag at an image (no blob moves within a repository).
@@ -287,6 +291,7 @@ pub fn run() -> ExitCode {
         Command::Check => check::run(&cli),
         Command::Inspect(a) => inspect::run(&cli, a),
         Command::Gc => gc::run(&cli),
+        Command::Lock(a) => lock::run(&cli, a),
         Command::Push(a) => build::push_command(&cli, &a.select, &a.layer, &a.push),
         Command::Tag(a) => remote::tag(&cli, a),
         Command::Copy(a) => remote::copy(&cli, a),

@@ -26,6 +26,9 @@ pub struct Lock {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockedImage {
+    /// sha256 of this image's `debian:`, its parent and what the parent
+    /// has installed: `imgbuild lock` keeps an entry while it holds.
+    pub inputs: String,
     /// As images.yaml says it (`stable`).
     pub suite: String,
     /// What the Release called it then (`trixie`).
@@ -100,7 +103,7 @@ pub fn inputs(spec: &Spec) -> String {
     crate::oci::digest::sha256_hex(&text)
 }
 
-fn debian_value(d: &DebianSpec) -> serde_json::Value {
+pub fn debian_value(d: &DebianSpec) -> serde_json::Value {
     // Paths enter by what they name, not where the checkout is.
     let mut v = serde_json::to_value(d).unwrap_or_default();
     if let Some(k) = &d.keyring {
@@ -202,6 +205,7 @@ mod tests {
         lock.images.insert(
             "app".into(),
             LockedImage {
+                inputs: String::new(),
                 suite: "trixie".into(),
                 codename: "trixie".into(),
                 architecture: "amd64".into(),

@@ -1,0 +1,51 @@
+//! `imgbuild lock [--update [PKG…]]`
+use clap::Args;
+use imgbuild::build::Session;
+use imgbuild::debian::lock::{Lock, path_for};
+
+use super::{Cli, Failure, LayerArgs, load, open_store, print_json};
+
+#[derive(Args)]
+pub struct LockArgs {
+    /// Resolve again from the archive as it is now: every image, or the
+    /// images that install one of the packages named.
+    #[arg(long, num_args = 0.., value_name = "PKG")]
+    update: Option<Vec<String>>,
+}
+
+pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
+    let spec = load(&cli.file)?;
+    let opts = LayerArgs {
+        compression: imgbuild::layer::Compression::Gzip,
+        jobs: None,
+        isolation: imgbuild::sandbox::Request::Auto,
+        locked: false,
+    }
+    .options(&spec)?;
+    let store = open_store()?;
+    let session = Session::new(&store, &spec, &opts);
+    let path = path_for(&spec);
+    let old = Lock::read(&path).map_err(Failure::usage)?;
+    let (lock, outcomes) = session.lock(old.as_ref(), args.update.as_deref())?;
+    let changed = old.as_ref() != Some(&lock);
+    if changed {
+        lock.write(&path).map_err(Failure::failed)?;
+    }
+    if cli.json {
+        print_json(&serde_json::json!({
+            "lock": path,
+            "written": changed,
+            "images": outcomes,
+        }));
+    } else {
+        for o in &outcomes {
+            eprintln!("{}: {} ({} packages)", o.image, o.action, o.packages);
+            for c in &o.changed {
+                eprintln!("  {c}");
+            }
+        }
+        let what = if changed { "written" } else { "unchanged" };
+        eprintln!("{}: {what}", path.display());
+    }
+    Ok(())
+}
