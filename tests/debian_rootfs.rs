@@ -4,36 +4,9 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Ctx, require_tool, run_command, validate_layout};
-
-/// A trixie minbase tarball, made once per target directory.
-fn debian_tarball() -> PathBuf {
-    require_tool("mmdebstrap", "mmdebstrap");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let tar = dir.join("trixie-minbase.tar");
-    if tar.exists() {
-        return tar;
-    }
-    let mirror = std::env::var("IMGBUILD_DEBIAN_MIRROR")
-        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
-    let tmp = dir.join(format!("trixie-minbase.{}.tar", std::process::id()));
-    let mut c = Command::new("mmdebstrap");
-    c.args([
-        "--mode=unshare",
-        "--variant=minbase",
-        "--include=passwd",
-        "--quiet",
-        "trixie",
-    ])
-    .arg(&tmp)
-    .arg(&mirror);
-    run_command(c).success();
-    fs::rename(&tmp, &tar).unwrap();
-    tar
-}
+use common::{Ctx, debian_tarball, require_tool, run_command, validate_layout};
 
 /// Every path under /srv, /etc/skel and a few files of /etc, with type,
 /// mode, owner and size, by GNU find (the image's own, or the host's).

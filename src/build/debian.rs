@@ -312,6 +312,7 @@ impl Session<'_> {
     }
 
     /// Installs `locked` over `below` and writes the change as a layer.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn debian_install(
         &self,
         image: &Image,
@@ -565,28 +566,30 @@ fn install_script(
             files(&mut essential.iter())
         ));
     }
-    // Answers go in once debconf itself is installed: before the first
-    // group when the parent has it, else right after its own group.
-    let answers = format!("debconf-set-selections {d}/debconf.selections\n");
-    let debconf_group = order
+    // Answers go in before any package that asks is configured: debconf
+    // itself first when this install brings it (its own dependencies are
+    // Essential), else it is in the parent already.
+    let brings_debconf = order
         .iter()
-        .position(|g| g.iter().any(|p| p.name == "debconf"));
-    if debconf && debconf_group.is_none() {
-        s.push_str(&answers);
+        .flatten()
+        .find(|p| p.name == "debconf" && !(minbase && essential.iter().any(|e| e.name == p.name)));
+    if debconf {
+        if let Some(p) = brings_debconf {
+            s.push_str(&format!("{dpkg} --install {d}/{}\n", p.filename));
+        }
+        s.push_str(&format!("debconf-set-selections {d}/debconf.selections\n"));
     }
-    for (i, group) in order.iter().enumerate() {
+    for group in order {
         let rest: Vec<&&Package> = group
             .iter()
             .filter(|p| !(minbase && essential.iter().any(|e| e.name == p.name)))
+            .filter(|p| !(debconf && brings_debconf.is_some_and(|b| b.name == p.name)))
             .collect();
         if !rest.is_empty() {
             s.push_str(&format!(
                 "{dpkg} --install {}\n",
                 files(&mut rest.iter().copied())
             ));
-        }
-        if debconf && debconf_group == Some(i) {
-            s.push_str(&answers);
         }
     }
     s.push_str("rm -f /usr/sbin/policy-rc.d\n");

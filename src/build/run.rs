@@ -388,7 +388,6 @@ impl Scratch {
             // buildah and kaniko).
             trust_mtime: true,
             threads,
-            ..crate::layer::diff::DiffOptions::default()
         };
         match &self.overlay {
             Some(o) => crate::layer::diff::diff_overlay(

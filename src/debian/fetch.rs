@@ -307,19 +307,51 @@ impl Archive {
         arch: &str,
         now: i64,
     ) -> Result<(Vec<(Suite, Release)>, Vec<IndexFile>), FetchError> {
-        let per_suite = self.suites.iter().map(|(suite, ring)| async move {
-            let release = self.release(suite, ring, now).await?;
-            let mut files = Vec::new();
-            for comp in &suite.components {
-                files.push(self.index_file(suite, &release, comp, arch).await?);
-            }
-            Ok::<_, FetchError>(((suite.clone(), release), files))
-        });
+        let per_suite = self
+            .suites
+            .iter()
+            .enumerate()
+            .map(|(i, (suite, ring))| async move {
+                let release = match self.release(suite, ring, now).await {
+                    Ok(r) => r,
+                    // Debian's archive has `-updates` and `-security` for every
+                    // stable suite; a private repository (aptly, reprepro) often
+                    // has the suite alone. Which one this is, the main suite's
+                    // Release says (checked below).
+                    Err(FetchError::Status { status: 404, .. }) if i > 0 => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let mut files = Vec::new();
+                for comp in &suite.components {
+                    files.push(self.index_file(suite, &release, comp, arch).await?);
+                }
+                Ok::<_, FetchError>(Some(((suite.clone(), release), files)))
+            });
         let mut releases = Vec::new();
         let mut files = Vec::new();
-        for (r, f) in futures_util::future::try_join_all(per_suite).await? {
-            releases.push(r);
-            files.extend(f);
+        let mut missing = Vec::new();
+        for (i, got) in futures_util::future::try_join_all(per_suite)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            match got {
+                Some((r, f)) => {
+                    releases.push(r);
+                    files.extend(f);
+                }
+                None => missing.push(i),
+            }
+        }
+        let debian = releases
+            .first()
+            .is_some_and(|(_, r): &(Suite, Release)| r.origin == "Debian");
+        if let Some(&i) = missing.first().filter(|_| debian) {
+            let suite = &self.suites[i].0;
+            return Err(FetchError::Status {
+                url: format!("{}/InRelease", suite.dist_url()),
+                status: 404,
+            });
         }
         Ok((releases, files))
     }

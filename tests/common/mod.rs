@@ -785,3 +785,29 @@ pub fn skopeo(cx: &Ctx, args: &[&str]) -> Run {
     }
     run_command(c)
 }
+
+/// A trixie minbase tarball, made once per target directory.
+pub fn debian_tarball() -> PathBuf {
+    require_tool("mmdebstrap", "mmdebstrap");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tar = dir.join("trixie-minbase.tar");
+    if tar.exists() {
+        return tar;
+    }
+    let mirror = std::env::var("IMGBUILD_DEBIAN_MIRROR")
+        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    let tmp = dir.join(format!("trixie-minbase.{}.tar", std::process::id()));
+    let mut c = std::process::Command::new("mmdebstrap");
+    c.args([
+        "--mode=unshare",
+        "--variant=minbase",
+        "--include=passwd",
+        "--quiet",
+        "trixie",
+    ])
+    .arg(&tmp)
+    .arg(&mirror);
+    run_command(c).success();
+    std::fs::rename(&tmp, &tar).unwrap();
+    tar
+}
