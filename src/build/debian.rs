@@ -365,6 +365,7 @@ impl Session<'_> {
             bootstrap(scratch.writable(), &essential, &debs, &pkgs, locked)
                 .map_err(|e| err(name, e))?;
         }
+        scratch.ready().map_err(|e| err(name, e))?;
         let epoch = if self.opts.stamp.epoch_given {
             self.opts.stamp.epoch
         } else {
@@ -414,7 +415,7 @@ impl Session<'_> {
                 output: tail.text(),
             });
         }
-        let (entries, _report) = scratch
+        let (mut entries, _report) = scratch
             .snapshot_with(isolation, self.opts.threads, DEBIAN_RESIDUE)
             .map_err(|source| BuildError::Layer {
                 image: name.clone(),
@@ -422,6 +423,22 @@ impl Session<'_> {
                 src: "debian".into(),
                 source,
             })?;
+        if d.minbase {
+            // /var/lock points at /run/lock, which a booted system's
+            // tmpfiles make and no package ships; containers do not boot.
+            if let Some(i) = entries.0.iter().position(|e| e.path == "run") {
+                entries.0.insert(
+                    i + 1,
+                    crate::layer::Entry {
+                        path: "run/lock".into(),
+                        kind: crate::layer::EntryKind::Dir,
+                        mode: 0o1777,
+                        uid: 0,
+                        gid: 0,
+                    },
+                );
+            }
+        }
         let names: Vec<&str> = locked.packages.iter().map(|p| p.name.as_str()).collect();
         let created_by = format!(
             "imgbuild: debian {} ({} packages: {})",
@@ -445,7 +462,7 @@ pub fn key(
     epoch: i64,
 ) -> String {
     let input = serde_json::json!({
-        "v": 1,
+        "v": 3,
         "below": below.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
         "debs": locked.packages.iter().map(|p| &p.sha256).collect::<Vec<_>>(),
         "minbase": d.minbase,

@@ -565,6 +565,7 @@ impl<'a> Session<'a> {
         };
         let secrets = run::Secrets::prepare(&image.secrets, &self.store.root().join("tmp"), owner)
             .map_err(run_err)?;
+        scratch.ready().map_err(run_err)?;
         phases.prepare = lap();
         reporter.isolation(&image.name, isolation, scratch.is_overlay());
         for command in &image.run {
@@ -613,7 +614,7 @@ impl<'a> Session<'a> {
         let opts = layer::unpack::UnpackOptions::for_current_user();
         let hexes: Vec<String> = layers.iter().map(|l| hex_of(&l.digest)).collect();
         // Unpacked by root (owners kept) and by a user (not) differ.
-        let chain = sha256_hex(format!("v1 chown={}\n{}", opts.chown, hexes.join("\n")).as_bytes());
+        let chain = sha256_hex(format!("v2 chown={}\n{}", opts.chown, hexes.join("\n")).as_bytes());
         let dir = self.store.root().join("rootfs");
         let done = dir.join(&chain);
         if done.is_dir() {
@@ -639,9 +640,6 @@ impl<'a> Session<'a> {
             .collect();
         layer::unpack::unpack_image(&blobs, &root, &opts)
             .map_err(|e| err(format!("materialising the image: {e}")))?;
-        // The sandbox mounts over these; made here, so an image that lacks
-        // them does not get them from the sandbox.
-        run::mount_points(&root).map_err(err)?;
         std::fs::create_dir_all(&dir).map_err(|source| BuildError::Io {
             path: dir.clone(),
             source,
@@ -706,6 +704,10 @@ impl<'a> Session<'a> {
     ) -> Result<Option<(String, i32)>, BuildError> {
         let isolation = self.isolation()?;
         let scratch = self.scratch(name, "test-", &record.layers, isolation)?;
+        scratch.ready().map_err(|reason| BuildError::Run {
+            image: name.to_string(),
+            reason,
+        })?;
         let config = image::parse_config(
             &self.store.read_blob(&hex_of(&record.config))?,
             &format!("config of {}", record.manifest),

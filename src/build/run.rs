@@ -229,26 +229,33 @@ impl Tail {
     }
 }
 
-/// Makes the directories the sandbox mounts over, where the image has
-/// nothing of that name.
-pub fn mount_points(root: &std::path::Path) -> Result<(), String> {
+/// The directories the sandbox mounts over, with the modes they get when
+/// an image has none.
+const MOUNT_POINTS: [(&str, u32); 4] = [
+    ("proc", 0o555),
+    ("dev", 0o755),
+    ("tmp", 0o1777),
+    ("run", 0o755),
+];
+
+/// Makes the mount points that neither `root` nor `lower` has, in `root`;
+/// the names made.
+fn mount_points(root: &Path, lower: Option<&Path>) -> Result<Vec<String>, String> {
     use std::os::unix::fs::PermissionsExt;
-    for (dir, mode) in [
-        ("proc", 0o555),
-        ("dev", 0o755),
-        ("tmp", 0o1777),
-        ("run", 0o755),
-    ] {
+    let mut made = Vec::new();
+    for (dir, mode) in MOUNT_POINTS {
         let path = root.join(dir);
-        if std::fs::symlink_metadata(&path).is_err() {
+        let exists = |r: &Path| std::fs::symlink_metadata(r.join(dir)).is_ok();
+        if !exists(root) && !lower.is_some_and(exists) {
             std::fs::create_dir(&path)
                 .and_then(|()| {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 })
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            made.push(dir.to_string());
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// Copies a root filesystem for steps to change (reflinks where the
@@ -277,6 +284,10 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), Str
 /// overlay (the cached tree is its read-only lower) or a copy of it.
 pub struct Scratch {
     _dir: tempfile::TempDir,
+    /// Mount points made for the sandbox that the image does not have:
+    /// left out of the snapshot (what is mounted there, the steps' writes
+    /// included, never reaches the tree).
+    synthetic: std::sync::Mutex<Vec<String>>,
     lower: PathBuf,
     /// Where steps see the tree.
     root: PathBuf,
@@ -304,6 +315,7 @@ impl Scratch {
             Ok(Scratch {
                 root: mk("merged")?,
                 _dir: dir,
+                synthetic: Default::default(),
                 lower,
                 overlay: Some(ovl),
             })
@@ -312,11 +324,26 @@ impl Scratch {
             copy_tree(&lower, &root)?;
             Ok(Scratch {
                 _dir: dir,
+                synthetic: Default::default(),
                 lower,
                 root,
                 overlay: None,
             })
         }
+    }
+
+    /// Makes what the sandbox mounts over, where the tree lacks it: call
+    /// after writing into [`Self::writable`] and before the steps.
+    pub fn ready(&self) -> Result<(), String> {
+        let made = match &self.overlay {
+            Some(o) => mount_points(&o.upper, Some(&self.lower))?,
+            None => mount_points(&self.root, None)?,
+        };
+        self.synthetic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(made);
+        Ok(())
     }
 
     pub fn is_overlay(&self) -> bool {
@@ -389,15 +416,26 @@ impl Scratch {
             trust_mtime: true,
             threads,
         };
-        match &self.overlay {
+        let (mut entries, report) = match &self.overlay {
             Some(o) => crate::layer::diff::diff_overlay(
                 &self.lower,
                 &o.upper,
                 crate::sandbox::Overlay::opaque_xattr(isolation),
                 &opts,
-            ),
-            None => crate::layer::diff::diff(&self.lower, &self.root, &opts),
-        }
+            )?,
+            None => crate::layer::diff::diff(&self.lower, &self.root, &opts)?,
+        };
+        let synthetic = self.synthetic.lock().unwrap_or_else(|e| e.into_inner());
+        entries.0.retain(|e| {
+            let made = synthetic.iter().any(|s| *s == e.path);
+            let under = |s: &String| {
+                e.path
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            };
+            !(made || synthetic.iter().any(under))
+        });
+        Ok((entries, report))
     }
 }
 
