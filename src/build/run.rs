@@ -427,7 +427,7 @@ impl Scratch {
         };
         let synthetic = self.synthetic.lock().unwrap_or_else(|e| e.into_inner());
         entries.0.retain(|e| {
-            let made = synthetic.iter().any(|s| *s == e.path);
+            let made = synthetic.contains(&e.path);
             let under = |s: &String| {
                 e.path
                     .strip_prefix(s.as_str())
