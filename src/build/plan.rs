@@ -79,7 +79,17 @@ impl Session<'_> {
             };
             let mut layers = Vec::new();
             let mut keys = Vec::new();
+            if image.debian.is_some() {
+                let plan = self.plan_debian(image, base.as_ref())?;
+                if let Some(r) = &plan.reason {
+                    reasons.push(format!("layer 0 (debian): {r}"));
+                }
+                keys.push(plan.key.clone());
+                layers.push(plan);
+            }
+            let first = layers.len();
             for (i, l) in image.layers.iter().enumerate() {
+                let i = i + first;
                 let needs_names = l.owner.as_ref().is_some_and(|o| o.has_names());
                 let ids = match &accounts {
                     Some(a) => self.ids(image, l, a)?,
@@ -169,6 +179,61 @@ impl Session<'_> {
     }
 
     /// The run layer: its key when everything below it is known.
+    /// A Debian layer's key is known from a current lock; without one the
+    /// packages are resolved at build time.
+    fn plan_debian(
+        &self,
+        image: &crate::spec::Image,
+        base: Option<&(String, Option<ImageRecord>)>,
+    ) -> Result<LayerPlan, BuildError> {
+        let plan = |build: bool, key: String, reason: Option<String>| LayerPlan {
+            index: 0,
+            src: "debian".into(),
+            dest: "/".into(),
+            build,
+            key,
+            reason,
+        };
+        let Some(d) = &image.debian else {
+            return Ok(plan(false, String::new(), None));
+        };
+        let below = match base {
+            None => Vec::new(),
+            Some((_, Some(r))) => r.layers.clone(),
+            Some((p, None)) => {
+                return Ok(plan(
+                    true,
+                    String::new(),
+                    Some(format!("installs on {p}, which changes")),
+                ));
+            }
+        };
+        let path = crate::debian::lock::path_for(self.spec);
+        let lock = crate::debian::lock::Lock::read(&path).ok().flatten();
+        let Some(locked) = lock
+            .as_ref()
+            .and_then(|l| l.image(&path, self.spec, &image.name).ok())
+        else {
+            return Ok(plan(
+                true,
+                String::new(),
+                Some("no current images.lock: the packages are resolved when it builds".into()),
+            ));
+        };
+        let epoch = if self.opts.stamp.epoch_given {
+            self.opts.stamp.epoch
+        } else {
+            locked.epoch
+        };
+        let key = super::debian::key(&below, d, locked, self.opts.compression, epoch);
+        let cached = self.cached_layer(&key)?.is_some();
+        Ok(plan(
+            !cached,
+            key,
+            (!cached).then(|| "the locked packages or the layers below changed".into()),
+        ))
+    }
+
     fn plan_run(
         &self,
         image: &crate::spec::Image,
