@@ -285,22 +285,10 @@ impl Session<'_> {
             .iter()
             .map(|l| ArchivePackage {
                 package: Package {
-                    name: l.name.clone(),
-                    version: l.version.clone(),
-                    architecture: l.architecture.clone(),
-                    multi_arch: "no".into(),
-                    essential: false,
-                    priority: String::new(),
-                    pre_depends: vec![],
-                    depends: vec![],
-                    recommends: vec![],
-                    conflicts: vec![],
-                    breaks: vec![],
-                    provides: vec![],
-                    source: l.name.clone(),
                     filename: l.path.clone(),
                     size: l.size,
                     sha256: l.sha256.clone(),
+                    ..Package::bare(&l.name, &l.version, &l.architecture)
                 },
                 suite: Arc::from(locked.suite.as_str()),
                 base: Arc::from(l.base.as_str()),
@@ -726,24 +714,7 @@ impl Session<'_> {
             let mut mine: Vec<Package> = before;
             for p in &locked.packages {
                 mine.retain(|m| m.name != p.name);
-                mine.push(Package {
-                    name: p.name.clone(),
-                    version: p.version.clone(),
-                    architecture: p.architecture.clone(),
-                    multi_arch: "no".into(),
-                    essential: false,
-                    priority: String::new(),
-                    pre_depends: vec![],
-                    depends: vec![],
-                    recommends: vec![],
-                    conflicts: vec![],
-                    breaks: vec![],
-                    provides: vec![],
-                    source: p.name.clone(),
-                    filename: p.path.clone(),
-                    size: p.size,
-                    sha256: p.sha256.clone(),
-                });
+                mine.push(Package::bare(&p.name, &p.version, &p.architecture));
             }
             mine.sort_by(|a, b| a.name.cmp(&b.name));
             after.insert(name.clone(), mine);

@@ -976,22 +976,10 @@ mod tests {
         let sha = hex::encode(Sha256::digest(&body));
         let pkg = ArchivePackage {
             package: Package {
-                name: "x".into(),
-                version: "1".into(),
-                architecture: "all".into(),
-                multi_arch: "no".into(),
-                essential: false,
-                priority: String::new(),
-                pre_depends: vec![],
-                depends: vec![],
-                recommends: vec![],
-                conflicts: vec![],
-                breaks: vec![],
-                provides: vec![],
-                source: "x".into(),
                 filename: "pool/x.deb".into(),
                 size: body.len() as u64,
                 sha256: sha.clone(),
+                ..Package::bare("x", "1", "all")
             },
             suite: "bookworm".into(),
             base: format!("http://127.0.0.1:{port}/debian").into(),

@@ -59,3 +59,28 @@ pub struct Package {
     /// Lower-case hex.
     pub sha256: String,
 }
+
+impl Package {
+    /// A package known only by what identifies its file (a lock's entry):
+    /// no relations, not Essential.
+    pub fn bare(name: &str, version: &str, architecture: &str) -> Package {
+        Package {
+            name: name.to_string(),
+            version: version.to_string(),
+            architecture: architecture.to_string(),
+            multi_arch: "no".into(),
+            essential: false,
+            priority: String::new(),
+            pre_depends: Vec::new(),
+            depends: Vec::new(),
+            recommends: Vec::new(),
+            conflicts: Vec::new(),
+            breaks: Vec::new(),
+            provides: Vec::new(),
+            source: name.to_string(),
+            filename: String::new(),
+            size: 0,
+            sha256: String::new(),
+        }
+    }
+}
