@@ -223,9 +223,17 @@ pub fn installed_in(root: &Path) -> Result<Vec<Package>, String> {
     }
 }
 
-/// Reports download progress to nobody (the CLI shows the layer).
-struct Quiet;
-impl Progress for Quiet {}
+/// Download progress, passed to the build's reporter.
+struct Downloads<'r> {
+    image: &'r str,
+    reporter: &'r dyn super::Reporter,
+}
+
+impl Progress for Downloads<'_> {
+    fn advanced(&self, bytes: u64) {
+        self.reporter.download_progress(self.image, bytes);
+    }
+}
 
 impl Session<'_> {
     /// The store's cache of indexes and `.deb`s.
@@ -275,6 +283,7 @@ impl Session<'_> {
         image: &Image,
         d: &DebianSpec,
         locked: &LockedImage,
+        reporter: &dyn super::Reporter,
     ) -> Result<Vec<PathBuf>, BuildError> {
         let cache = self.debian_cache();
         let mirror = mirror_for(d).map_err(|e| err(&image.name, e))?;
@@ -294,9 +303,26 @@ impl Session<'_> {
                 base: Arc::from(l.base.as_str()),
             })
             .collect();
-        block_on(archive.download(&wanted, &Quiet))
+        let missing: Vec<&LockedPackage> = locked
+            .packages
+            .iter()
+            .filter(|p| !archive.deb_path(&p.sha256).exists())
+            .collect();
+        if !missing.is_empty() {
+            let bytes = missing.iter().map(|p| p.size).sum();
+            reporter.download_started(&image.name, missing.len(), bytes);
+        }
+        let progress = Downloads {
+            image: &image.name,
+            reporter,
+        };
+        let got = block_on(archive.download(&wanted, &progress))
             .map_err(|e| err(&image.name, e))?
-            .map_err(|e| err(&image.name, e.to_string()))
+            .map_err(|e| err(&image.name, e.to_string()));
+        if !missing.is_empty() {
+            reporter.download_finished(&image.name);
+        }
+        got
     }
 
     /// Installs `locked` over `below` and writes the change as a layer.
@@ -312,7 +338,7 @@ impl Session<'_> {
         reporter: &dyn super::Reporter,
     ) -> Result<super::LayerRecord, BuildError> {
         let name = &image.name;
-        let debs = self.debian_download(image, d, locked)?;
+        let debs = self.debian_download(image, d, locked, reporter)?;
         // Each package's own control data decides the order (and the
         // Essential set): the lock needs only what identifies the file.
         let mut pkgs = Vec::with_capacity(debs.len());

@@ -16,6 +16,12 @@ pub trait Reporter: Send + Sync {
     fn testing(&self, _image: &str) {}
     /// A line a `run:` step or a test printed.
     fn step_output(&self, _image: &str, _line: &str) {}
+    /// `image`'s Debian packages start downloading: how many are missing
+    /// from the cache, and their bytes.
+    fn download_started(&self, _image: &str, _packages: usize, _bytes: u64) {}
+    /// More of them arrived (bytes since the last call).
+    fn download_progress(&self, _image: &str, _bytes: u64) {}
+    fn download_finished(&self, _image: &str) {}
     /// Something worth telling that does not fail the build.
     fn warning(&self, _message: &str) {}
 }

@@ -116,6 +116,44 @@ impl Reporter for Progress {
         ));
     }
 
+    fn download_started(&self, image: &str, packages: usize, bytes: u64) {
+        match &self.bars {
+            Some(m) => {
+                let bar = m.add(ProgressBar::new(bytes));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_prefix(format!("{image} {packages} .debs"));
+                if let Ok(mut l) = self.layers.lock() {
+                    l.insert((image.to_string(), usize::MAX), bar);
+                }
+            }
+            None => self.line(format!(
+                "{image}: downloading {packages} Debian packages ({})",
+                mib(bytes)
+            )),
+        }
+    }
+
+    fn download_progress(&self, image: &str, bytes: u64) {
+        if let Ok(l) = self.layers.lock()
+            && let Some(bar) = l.get(&(image.to_string(), usize::MAX))
+        {
+            bar.inc(bytes);
+        }
+    }
+
+    fn download_finished(&self, image: &str) {
+        if let Ok(mut l) = self.layers.lock()
+            && let Some(bar) = l.remove(&(image.to_string(), usize::MAX))
+        {
+            bar.finish_and_clear();
+        }
+    }
+
     fn image_failed(&self, image: &str, error: &str) {
         self.line(format!("{image}: FAILED: {error}"));
     }
