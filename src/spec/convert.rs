@@ -678,7 +678,16 @@ fn resolve(
             let parent_debian = up.and_then(|i| i.debian.clone());
             let mut image = finish_image(cx, name, &raw[*name], parent.clone(), &inherited, dir);
             if let Some(d) = &raw[*name].debian {
-                image.debian = finish_debian(cx, d, &image.vars, dir, parent_debian.as_ref());
+                if raw[*name].rootfs.is_some() {
+                    // Packages go in before file layers, and the tarball is one.
+                    cx.err(
+                        d.pos,
+                        "`debian` cannot install into the tarball of the same image's `from: {rootfs: …}`",
+                        Some("import the tarball in one image and install packages in a child image `from:` it".into()),
+                    );
+                } else {
+                    image.debian = finish_debian(cx, d, &image.vars, dir, parent_debian.as_ref());
+                }
             }
             done.insert(name.to_string(), image);
             false
@@ -1474,6 +1483,7 @@ images:
                 "  other:\n    from: base\n    debian: {suite: bookworm, packages: [Bad_Name]}\n",
                 "  none:\n    from: scratch\n    debian: {packages: [curl]}\n",
                 "  typo:\n    from: scratch\n    debian: {suite: trixie, pakages: [curl]}\n",
+                "  tarball:\n    from: {rootfs: x.tar}\n    debian: {suite: trixie, packages: [curl]}\n",
             ),
         )
         .unwrap_err();
@@ -1487,6 +1497,7 @@ images:
             "10: `Bad_Name` is not a Debian package name (or `name=version`)",
             "13: `debian` needs a `suite`",
             "16: unknown key `pakages` in `debian`",
+            "19: `debian` cannot install into the tarball of the same image's `from: {rootfs: …}`",
         ] {
             assert!(msgs.iter().any(|m| m == want), "{want}: {msgs:?}");
         }
