@@ -47,8 +47,13 @@ pub struct Archives {
 
 pub struct Loaded {
     pub archive: Archive,
-    pub indexes: Indexes,
+    /// The newest Release date of the suites read, and the first's codename.
+    pub date: i64,
+    pub codename: String,
+    /// Every package of the suites' indexes, and (same index) the
+    /// repository each came from: one copy, as the resolver wants them.
     pub packages: Vec<Package>,
+    pub bases: Vec<Arc<str>>,
 }
 
 fn err(image: &str, reason: impl Into<String>) -> BuildError {
@@ -109,12 +114,25 @@ impl Archives {
         let mut archive =
             Archive::new(&mirror, &d.suite, &keyrings, cache).map_err(|e| e.to_string())?;
         archive.parallel = 8;
-        let indexes = block_on(archive.indexes(&arch, now()))?.map_err(|e| e.to_string())?;
-        let packages = indexes.packages.iter().map(|p| p.package.clone()).collect();
+        let indexes: Indexes =
+            block_on(archive.indexes(&arch, now()))?.map_err(|e| e.to_string())?;
+        let date = indexes.date();
+        let codename = indexes
+            .releases
+            .first()
+            .map(|(_, r)| r.codename.clone())
+            .unwrap_or_default();
+        let (packages, bases) = indexes
+            .packages
+            .into_iter()
+            .map(|ap| (ap.package, ap.base))
+            .unzip();
         let loaded = Arc::new(Loaded {
             archive,
-            indexes,
+            date,
+            codename,
             packages,
+            bases,
         });
         self.loaded
             .lock()
@@ -171,36 +189,30 @@ pub fn resolve(
         .resolve(installed, &requests, &options)
         .map_err(|e| err(image, format!("debian: {e}")))?;
     // Where each chosen version came from (several suites are merged).
-    let mut origin: HashMap<(&str, &str, &str), &ArchivePackage> = HashMap::new();
-    for ap in &loaded.indexes.packages {
-        let p = &ap.package;
+    let mut origin: HashMap<(&str, &str, &str), &Arc<str>> = HashMap::new();
+    for (p, base) in loaded.packages.iter().zip(&loaded.bases) {
         origin
             .entry((&p.name, &p.version, &p.architecture))
-            .or_insert(ap);
+            .or_insert(base);
     }
     let packages = resolution
         .packages
         .iter()
         .map(|p| {
-            let ap = origin[&(p.name.as_str(), p.version.as_str(), p.architecture.as_str())];
+            let base = origin[&(p.name.as_str(), p.version.as_str(), p.architecture.as_str())];
             LockedPackage {
                 name: p.name.clone(),
                 version: p.version.clone(),
                 architecture: p.architecture.clone(),
                 path: p.filename.clone(),
-                base: ap.base.to_string(),
+                base: base.to_string(),
                 sha256: p.sha256.clone(),
                 size: p.size,
             }
         })
         .collect();
-    let date = loaded.indexes.date();
-    let codename = loaded
-        .indexes
-        .releases
-        .first()
-        .map(|(_, r)| r.codename.clone())
-        .unwrap_or_default();
+    let date = loaded.date;
+    let codename = loaded.codename.clone();
     Ok(LockedImage {
         inputs: String::new(),
         suite: d.suite.clone(),
