@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use common::registry::{Access, Registry, free_port};
 use common::{
     CONFIG, Ctx, INDEX, LAYER_GZIP, MANIFEST, REF_NAME, Report, Run, ValidImage, require_root,
-    require_tool, run_command, sha256_hex, static_busybox, validate_layout,
+    require_tool, run_command, sha256_hex, validate_layout,
 };
 use common::{DockerImages, FOREIGN_ENV, docker, require_docker, skopeo};
 
@@ -87,12 +87,7 @@ fn unique(name: &str) -> String {
 /// A busybox root under `dir` of the project, with www-data and a marker
 /// file `/etc/marker`.
 fn busybox_tree(cx: &Ctx, dir: &str, marker: &str) {
-    let bb = cx.path(&format!("{dir}/bin/busybox"));
-    fs::create_dir_all(bb.parent().unwrap()).unwrap();
-    fs::copy(static_busybox(), &bb).unwrap();
-    for applet in ["sh", "cat", "ls", "stat", "echo"] {
-        cx.symlink("busybox", &format!("{dir}/bin/{applet}"));
-    }
+    cx.busybox_tree(dir, &["sh", "cat", "ls", "stat", "echo"]);
     cx.write(&format!("{dir}/etc/passwd"), PASSWD);
     cx.write(&format!("{dir}/etc/group"), GROUP);
     cx.write(&format!("{dir}/etc/marker"), marker);

@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{Ctx, run_command, static_busybox};
+use common::{Ctx, run_command};
 
 const USER: &str = "imgbuild-rootless";
 
@@ -67,11 +67,10 @@ fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
     }
     let (uid, gid) = test_user();
     let mut cx = Ctx::new();
-    cx.mkdir("busybox/bin");
-    fs::copy(static_busybox(), cx.path("busybox/bin/busybox")).unwrap();
-    for app in ["sh", "echo", "rm", "chmod", "chown", "cat", "id"] {
-        cx.symlink("busybox", &format!("busybox/bin/{app}"));
-    }
+    cx.busybox_tree(
+        "busybox",
+        &["sh", "echo", "rm", "chmod", "chown", "cat", "id"],
+    );
     cx.write("site/etc/motd", "welcome\n");
     cx.write("site/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
     cx.mkdir("site/srv");

@@ -10,11 +10,10 @@ use common::{Ctx, require_tool, run_command, static_busybox, validate_layout};
 /// delete and append.
 fn project() -> Ctx {
     let cx = Ctx::new();
-    cx.mkdir("busybox/bin");
-    fs::copy(static_busybox(), cx.path("busybox/bin/busybox")).unwrap();
-    for app in ["sh", "echo", "rm", "chmod", "mkdir", "cat", "pwd", "id"] {
-        cx.symlink("busybox", &format!("busybox/bin/{app}"));
-    }
+    cx.busybox_tree(
+        "busybox",
+        &["sh", "echo", "rm", "chmod", "mkdir", "cat", "pwd", "id"],
+    );
     cx.write("site/etc/motd", "welcome\n");
     cx.write("site/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
     cx.mkdir("site/srv");
@@ -348,18 +347,16 @@ fn a_rootfs_tarball_is_the_first_layer_with_its_owners_and_modes() {
     // owners that are not the builder's.
     cx.write("tree/srv/www/index.html", "hello\n");
     cx.write("tree/usr/bin/tool", "#!/bin/sh\n");
-    let mut tar = std::process::Command::new("tar");
-    tar.current_dir(cx.path("tree")).args([
-        "-czf",
-        "../rootfs.tar.gz",
-        "--owner=0",
-        "--group=0",
-        ".",
-    ]);
-    run_command(tar).success();
-    // Then the same with one file given to www-data and a set-uid bit.
-    let mut tar = std::process::Command::new("tar");
-    tar.current_dir(cx.path("tree")).args([
+    let tar = |args: &[&str]| {
+        let mut c = std::process::Command::new("tar");
+        c.current_dir(cx.path("tree")).args(args);
+        run_command(c).success();
+    };
+    tar(&["-czf", "../rootfs.tar.gz", "--owner=0", "--group=0", "."]);
+    // Then the same with one file given to www-data and a set-uid bit,
+    // appended as a second archive.
+    tar(&["-cf", "../plain.tar", "--owner=0", "--group=0", "./srv"]);
+    tar(&[
         "-rf",
         "../owned.tar",
         "--owner=33",
@@ -367,22 +364,11 @@ fn a_rootfs_tarball_is_the_first_layer_with_its_owners_and_modes() {
         "--mode=4755",
         "./usr/bin/tool",
     ]);
-    run_command(tar).success();
-    let mut tar = std::process::Command::new("tar");
-    tar.current_dir(cx.path("tree")).args([
-        "-cf",
-        "../plain.tar",
-        "--owner=0",
-        "--group=0",
-        "./srv",
-    ]);
-    run_command(tar).success();
-    let mut cat = std::process::Command::new("sh");
-    cat.current_dir(cx.path("")).args([
-        "-c",
-        "tar -Af plain.tar owned.tar && zstd -q plain.tar -o rootfs.tar.zst",
-    ]);
-    run_command(cat).success();
+    tar(&["-Af", "../plain.tar", "../owned.tar"]);
+    let mut zstd = std::process::Command::new("zstd");
+    zstd.current_dir(cx.path(""))
+        .args(["-q", "plain.tar", "-o", "rootfs.tar.zst"]);
+    run_command(zstd).success();
     cx.yaml(concat!(
         "images:\n",
         "  imported:\n",

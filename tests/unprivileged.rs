@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Ctx, DockerImages, require_docker, run_command, static_busybox};
+use common::{Ctx, DockerImages, require_docker, run_command};
 
 const STEPPED: &str = concat!(
     "images:\n",
@@ -29,14 +29,6 @@ const APPLETS: &[&str] = &[
     "true", "test", "[",
 ];
 
-fn busybox_tree(cx: &Ctx, dir: &str) {
-    cx.mkdir(&format!("{dir}/bin"));
-    fs::copy(static_busybox(), cx.path(&format!("{dir}/bin/busybox"))).unwrap();
-    for app in APPLETS {
-        cx.symlink("busybox", &format!("{dir}/bin/{app}"));
-    }
-}
-
 /// The shared libraries `ldd` names for a binary, to copy into a scratch image.
 fn libraries(binary: &Path) -> Vec<String> {
     let out = Command::new("ldd").arg(binary).output().expect("ldd");
@@ -56,7 +48,7 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
     let cx = Ctx::new();
     // The project, built on the host first (namespace isolation here).
     let project = |root: &str| {
-        busybox_tree(&cx, &format!("{root}busybox"));
+        cx.busybox_tree(&format!("{root}busybox"), APPLETS);
         cx.write(&format!("{root}site/etc/motd"), "welcome\n");
         cx.mkdir(&format!("{root}site/srv"));
         cx.write(&format!("{root}images.yaml"), STEPPED);
@@ -64,7 +56,7 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
     project("");
     let host = cx.build(&["stepped"]);
     // The tool image: busybox, the imgbuild binary, its libraries, the project.
-    busybox_tree(&cx, "tool");
+    cx.busybox_tree("tool", APPLETS);
     let bin = Path::new(env!("CARGO_BIN_EXE_imgbuild"));
     cx.mkdir("tool/usr/local/bin");
     fs::copy(bin, cx.path("tool/usr/local/bin/imgbuild")).unwrap();

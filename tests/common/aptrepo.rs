@@ -33,7 +33,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -41,6 +41,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
+
+use super::registry::{free_port, watchdog};
 
 /// The script that builds the repository.
 pub const SCRIPT: &str = concat!(
@@ -422,30 +424,6 @@ impl Drop for AptRepo {
             );
         }
     }
-}
-
-/// A port free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
-}
-
-/// A shell that kills `pid` once this process is gone: a test killed
-/// outright (a timeout, ^C) runs no destructor.
-fn watchdog(pid: u32) -> Option<Child> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; kill {pid} 2>/dev/null",
-            me = std::process::id()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
 }
 
 /// An HTTP/1.0 GET of `path` on 127.0.0.1:`port` (http.server closes the

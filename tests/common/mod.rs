@@ -112,6 +112,16 @@ impl Ctx {
     }
 
     /// A symlink at `rel` pointing at `target` (as written).
+    /// `DIR/bin/busybox` (Debian's static one) and a link per applet, a
+    /// tree to copy into an image as its `/`.
+    pub fn busybox_tree(&self, dir: &str, applets: &[&str]) {
+        self.mkdir(&format!("{dir}/bin"));
+        fs::copy(static_busybox(), self.path(&format!("{dir}/bin/busybox"))).unwrap();
+        for app in applets {
+            self.symlink("busybox", &format!("{dir}/bin/{app}"));
+        }
+    }
+
     pub fn symlink(&self, target: &str, rel: &str) {
         let p = self.path(rel);
         if let Some(parent) = p.parent() {

@@ -807,7 +807,7 @@ impl Registry {
 
 /// A shell that kills `pid` once this process is gone: a test killed
 /// outright (a timeout, ^C) runs no destructor.
-fn watchdog(pid: u32) -> Option<Child> {
+pub fn watchdog(pid: u32) -> Option<Child> {
     Command::new("sh")
         .arg("-c")
         .arg(format!(
