@@ -704,19 +704,21 @@ impl Session<'_> {
                         .load(&self.debian_cache(), d)
                         .map_err(|e| err(&name, e))?;
                     // The resolver needs what installed packages provide.
+                    let index: HashMap<(&str, &str, &str), &Package> = loaded
+                        .packages
+                        .iter()
+                        .map(|p| {
+                            (
+                                (p.name.as_str(), p.version.as_str(), p.architecture.as_str()),
+                                p,
+                            )
+                        })
+                        .collect();
                     let full: Vec<Package> = before
                         .iter()
                         .map(|b| {
-                            loaded
-                                .packages
-                                .iter()
-                                .find(|p| {
-                                    p.name == b.name
-                                        && p.version == b.version
-                                        && p.architecture == b.architecture
-                                })
-                                .cloned()
-                                .unwrap_or_else(|| b.clone())
+                            let id = (b.name.as_str(), b.version.as_str(), b.architecture.as_str());
+                            index.get(&id).map_or_else(|| b.clone(), |p| (*p).clone())
                         })
                         .collect();
                     let locked = resolve(&name, d, &loaded, &full)?;

@@ -607,6 +607,37 @@ impl<'a> Session<'a> {
         Ok((record, phases))
     }
 
+    /// What `image`'s steps run with over `below` (the parent's layers and
+    /// the image's file layers), and their layer's key.
+    fn run_key(
+        &self,
+        image: &Image,
+        parent: Option<&ImageRecord>,
+        below: &[LayerDesc],
+    ) -> Result<(run::Context, String), BuildError> {
+        let parent_config = match parent {
+            Some(rec) => Some(image::parse_config(
+                &self.store.read_blob(&hex_of(&rec.config))?,
+                &format!("config of {}", rec.manifest),
+            )?),
+            None => None,
+        };
+        let context = run::Context::new(parent_config.as_ref(), &image.config);
+        let extra = run::KeyExtra::of(image).map_err(|reason| BuildError::Run {
+            image: image.name.clone(),
+            reason,
+        })?;
+        let key = run::key(
+            below,
+            &image.run,
+            &context,
+            self.opts.compression,
+            self.opts.stamp.epoch,
+            &extra,
+        );
+        Ok((context, key))
+    }
+
     /// The root filesystem of `layers`, unpacked once per chain of layers
     /// and kept in the store for later builds. Nothing runs in it: steps
     /// get a [`run::Scratch`] over it.
@@ -792,9 +823,7 @@ impl<'a> Session<'a> {
             }
             _ => Accounts::none(),
         };
-        let mut layers = Vec::new();
-        let mut outcomes = Vec::new();
-        let mut keys = Vec::new();
+        let mut done = Done::default();
         if let Some(d) = &image.debian {
             let started = Instant::now();
             let below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
@@ -812,21 +841,17 @@ impl<'a> Session<'a> {
                     true,
                 ),
             };
-            let outcome = LayerOutcome {
-                key: key.clone(),
-                digest: record.desc.digest.clone(),
-                size: record.desc.size,
-                built,
-                fetched: false,
-                seconds: started.elapsed().as_secs_f64(),
-                phases: None,
-            };
-            reporter.layer_finished(&image.name, 0, &outcome);
-            outcomes.push(outcome);
-            keys.push(key);
-            layers.push(record);
+            done.push(
+                &image.name,
+                0,
+                key,
+                record,
+                (built, false, None),
+                started,
+                reporter,
+            );
         }
-        let first = layers.len();
+        let first = done.layers.len();
         for (i, l) in image.layers.iter().enumerate() {
             let i = i + first;
             let started = Instant::now();
@@ -858,45 +883,22 @@ impl<'a> Session<'a> {
                     }
                 },
             };
-            let outcome = LayerOutcome {
-                key: key.clone(),
-                digest: record.desc.digest.clone(),
-                size: record.desc.size,
-                built,
-                fetched,
-                seconds: started.elapsed().as_secs_f64(),
-                phases: None,
-            };
-            reporter.layer_finished(&image.name, i, &outcome);
-            outcomes.push(outcome);
-            keys.push(key);
-            layers.push(record);
+            done.push(
+                &image.name,
+                i,
+                key,
+                record,
+                (built, fetched, None),
+                started,
+                reporter,
+            );
         }
         if !image.run.is_empty() {
             let started = Instant::now();
-            let index = layers.len();
+            let index = done.layers.len();
             let mut below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
-            below.extend(layers.iter().map(|r| r.desc.clone()));
-            let parent_config = match base {
-                Some((_, rec)) => Some(image::parse_config(
-                    &self.store.read_blob(&hex_of(&rec.config))?,
-                    &format!("config of {}", rec.manifest),
-                )?),
-                None => None,
-            };
-            let context = run::Context::new(parent_config.as_ref(), &image.config);
-            let extra = run::KeyExtra::of(image).map_err(|reason| BuildError::Run {
-                image: image.name.clone(),
-                reason,
-            })?;
-            let key = run::key(
-                &below,
-                &image.run,
-                &context,
-                self.opts.compression,
-                self.opts.stamp.epoch,
-                &extra,
-            );
+            below.extend(done.layers.iter().map(|r| r.desc.clone()));
+            let (context, key) = self.run_key(image, base.map(|b| b.1), &below)?;
             let (record, phases) = match self.cached_layer(&key)? {
                 Some(r) => (r, None),
                 None => {
@@ -905,20 +907,21 @@ impl<'a> Session<'a> {
                 }
             };
             let built = phases.is_some();
-            let outcome = LayerOutcome {
-                key: key.clone(),
-                digest: record.desc.digest.clone(),
-                size: record.desc.size,
-                built,
-                fetched: false,
-                seconds: started.elapsed().as_secs_f64(),
-                phases,
-            };
-            reporter.layer_finished(&image.name, index, &outcome);
-            outcomes.push(outcome);
-            keys.push(key);
-            layers.push(record);
+            done.push(
+                &image.name,
+                index,
+                key,
+                record,
+                (built, false, phases),
+                started,
+                reporter,
+            );
         }
+        let Done {
+            layers,
+            keys,
+            outcomes,
+        } = done;
         let key = self.image_key(image, base.map(|b| b.1), &keys);
         let (record, assembled) = match self.cached_image(&key)? {
             Some(r) => (r, false),
@@ -1082,6 +1085,45 @@ impl<'a> Session<'a> {
     /// The last build of `name` from this images.yaml, if any.
     pub fn last_build(&self, name: &str) -> Result<Option<RefRecord>, BuildError> {
         Ok(self.store.get_ref(&self.graph, name)?)
+    }
+}
+
+/// The layers of an image so far, as built or reused.
+#[derive(Default)]
+struct Done {
+    layers: Vec<LayerRecord>,
+    keys: Vec<String>,
+    outcomes: Vec<LayerOutcome>,
+}
+
+impl Done {
+    /// Records layer `index` and reports it; `how` is (built now, fetched
+    /// from the shared cache, a run layer's phases).
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        image: &str,
+        index: usize,
+        key: String,
+        record: LayerRecord,
+        how: (bool, bool, Option<Phases>),
+        started: Instant,
+        reporter: &dyn Reporter,
+    ) {
+        let (built, fetched, phases) = how;
+        let outcome = LayerOutcome {
+            key: key.clone(),
+            digest: record.desc.digest.clone(),
+            size: record.desc.size,
+            built,
+            fetched,
+            seconds: started.elapsed().as_secs_f64(),
+            phases,
+        };
+        reporter.layer_finished(image, index, &outcome);
+        self.outcomes.push(outcome);
+        self.keys.push(key);
+        self.layers.push(record);
     }
 }
 

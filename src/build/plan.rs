@@ -282,28 +282,7 @@ impl Session<'_> {
                 }
             }
         }
-        let parent_config = match base_record {
-            Some(rec) => Some(crate::oci::image::parse_config(
-                &self
-                    .store
-                    .read_blob(&crate::oci::image::hex_of(&rec.config))?,
-                &format!("config of {}", rec.manifest),
-            )?),
-            None => None,
-        };
-        let context = super::run::Context::new(parent_config.as_ref(), &image.config);
-        let extra = super::run::KeyExtra::of(image).map_err(|reason| BuildError::Run {
-            image: image.name.clone(),
-            reason,
-        })?;
-        let key = super::run::key(
-            &below,
-            &image.run,
-            &context,
-            self.opts.compression,
-            self.opts.stamp.epoch,
-            &extra,
-        );
+        let (_, key) = self.run_key(image, base_record, &below)?;
         let cached = self.cached_layer(&key)?.is_some();
         Ok(plan(
             !cached,

@@ -30,13 +30,7 @@ pub fn run(cli: &Cli, args: &InspectArgs) -> Result<(), Failure> {
         return super::remote::inspect(cli, &args.name, &args.net);
     }
     let spec = load(&cli.file)?;
-    let opts = LayerArgs {
-        compression: imgbuild::layer::Compression::Gzip,
-        jobs: None,
-        isolation: imgbuild::sandbox::Request::Auto,
-        locked: false,
-    }
-    .options(&spec)?;
+    let opts = LayerArgs::defaults().options(&spec)?;
     let store = open_store()?;
     let session = Session::new(&store, &spec, &opts);
     session.image(&args.name)?;

@@ -15,13 +15,7 @@ pub struct LockArgs {
 
 pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
     let spec = load(&cli.file)?;
-    let opts = LayerArgs {
-        compression: imgbuild::layer::Compression::Gzip,
-        jobs: None,
-        isolation: imgbuild::sandbox::Request::Auto,
-        locked: false,
-    }
-    .options(&spec)?;
+    let opts = LayerArgs::defaults().options(&spec)?;
     let store = open_store()?;
     let session = Session::new(&store, &spec, &opts);
     let path = path_for(&spec);

@@ -149,6 +149,17 @@ struct LayerArgs {
 }
 
 impl LayerArgs {
+    /// For commands that compute keys but never build (plan, inspect,
+    /// lock): the defaults the build commands have.
+    fn defaults() -> LayerArgs {
+        LayerArgs {
+            compression: imgbuild::layer::Compression::Gzip,
+            jobs: None,
+            isolation: imgbuild::sandbox::Request::Auto,
+            locked: false,
+        }
+    }
+
     fn options(&self, spec: &Spec) -> Result<Options, Failure> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let stamp = stamp_from_env(&spec.dir).map_err(Failure::usage)?;

@@ -7,12 +7,7 @@ use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
 pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
     let spec = load(&cli.file)?;
     let names = select.resolve(&spec)?;
-    let layer_args = LayerArgs {
-        compression: imgbuild::layer::Compression::Gzip,
-        jobs: None,
-        isolation: imgbuild::sandbox::Request::Auto,
-        locked: false,
-    };
+    let layer_args = LayerArgs::defaults();
     let opts = layer_args.options(&spec)?;
     let store = open_store()?;
     let net = super::net::Net::new(&store, &[], None)?;

@@ -41,6 +41,16 @@ impl Progress {
     }
 }
 
+/// A bar counting bytes, its prefix saying what.
+fn bytes_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
 }
@@ -55,13 +65,7 @@ impl Reporter for Progress {
     fn layer_started(&self, image: &str, layer: usize, bytes: u64) {
         match &self.bars {
             Some(m) => {
-                let bar = m.add(ProgressBar::new(bytes));
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
+                let bar = m.add(bytes_bar(bytes));
                 bar.set_prefix(format!("{image} layer {layer}"));
                 if let Ok(mut l) = self.layers.lock() {
                     l.insert((image.to_string(), layer), bar);
@@ -119,13 +123,7 @@ impl Reporter for Progress {
     fn download_started(&self, image: &str, packages: usize, bytes: u64) {
         match &self.bars {
             Some(m) => {
-                let bar = m.add(ProgressBar::new(bytes));
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>24} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
+                let bar = m.add(bytes_bar(bytes));
                 bar.set_prefix(format!("{image} {packages} .debs"));
                 if let Ok(mut l) = self.layers.lock() {
                     l.insert((image.to_string(), usize::MAX), bar);

@@ -252,7 +252,7 @@ impl Archive {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| FetchError::Setup(describe(&e)))?;
+            .map_err(|e| FetchError::Setup(crate::registry::client::describe(&e)))?;
         Ok(Archive {
             http,
             suites,
@@ -700,29 +700,13 @@ impl Archive {
 fn transient(url: &str, e: &reqwest::Error) -> Failure {
     let err = FetchError::Http {
         url: url.to_string(),
-        reason: describe(e),
+        reason: crate::registry::client::describe(e),
     };
     if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode() {
         Failure::Transient(err)
     } else {
         Failure::Fatal(err)
     }
-}
-
-/// A reqwest error with its causes ("connection refused" hides below
-/// "error sending request").
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cur = c.source();
-    }
-    text
 }
 
 /// The cached index, if it is there and still what the Release names.

@@ -790,8 +790,9 @@ fn no_credentials(host: &str) -> RegistryError {
 }
 
 /// A reqwest error with its causes ("connection refused" hides below
-/// "error sending request"), without credentials.
-fn describe(e: &reqwest::Error) -> String {
+/// "error sending request"), without credentials. The Debian archive's
+/// client says its errors the same way.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(c) = cur {
