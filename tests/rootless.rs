@@ -88,6 +88,12 @@ fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
     ));
     let as_root = cx.build(&["stepped"]).manifest("stepped");
     cx.home = cx.scratch.join("user-home");
+    // The checkout may sit below a directory only its owner can enter (a
+    // `mktemp -d` clone): the user runs a copy in the test's own tree.
+    let bin = cx.scratch.join("bin/imgbuild");
+    fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    fs::copy(&cx.bin, &bin).unwrap();
+    cx.bin = bin;
     open_up(&cx);
     cx.wrapper = vec![
         "setpriv".into(),

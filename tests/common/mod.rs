@@ -44,6 +44,9 @@ pub struct Ctx {
     pub env: Vec<(String, String)>,
     /// A program (and its arguments) that runs the binary, e.g. `taskset -c 0`.
     pub wrapper: Vec<String>,
+    /// The imgbuild binary to run (`BIN` unless a test copies it, say to a
+    /// directory another user can reach).
+    pub bin: PathBuf,
 }
 
 impl Default for Ctx {
@@ -72,6 +75,7 @@ impl Ctx {
             epoch: 0,
             env: Vec::new(),
             wrapper: Vec::new(),
+            bin: PathBuf::from(BIN),
         }
     }
 
@@ -151,10 +155,10 @@ impl Ctx {
         let mut c = match self.wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(BIN);
+                c.args(rest).arg(&self.bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&self.bin),
         };
         c.args(args)
             .current_dir(&self.root)
