@@ -348,9 +348,17 @@ impl Session<'_> {
         locked: &LockedImage,
         key: &str,
         reporter: &dyn super::Reporter,
-    ) -> Result<super::LayerRecord, BuildError> {
+    ) -> Result<(super::LayerRecord, super::Phases), BuildError> {
         let name = &image.name;
+        let mut phases = super::Phases::default();
+        let mut clock = std::time::Instant::now();
+        let mut lap = || {
+            let t = clock.elapsed().as_secs_f64();
+            clock = std::time::Instant::now();
+            t
+        };
         let debs = self.debian_download(image, d, locked, reporter)?;
+        phases.download = Some(lap());
         // Each package's own control data decides the order (and the
         // Essential set): the lock needs only what identifies the file.
         let mut pkgs = Vec::with_capacity(debs.len());
@@ -392,6 +400,7 @@ impl Session<'_> {
                 .map_err(|e| err(name, e))?;
         }
         scratch.ready().map_err(|e| err(name, e))?;
+        phases.prepare = lap();
         let epoch = if self.opts.stamp.epoch_given {
             self.opts.stamp.epoch
         } else {
@@ -441,6 +450,7 @@ impl Session<'_> {
                 output: tail.text(),
             });
         }
+        phases.steps = lap();
         let (mut entries, _report) = scratch
             .snapshot_with(isolation, self.opts.threads, DEBIAN_RESIDUE)
             .map_err(|source| BuildError::Layer {
@@ -449,6 +459,7 @@ impl Session<'_> {
                 src: "debian".into(),
                 source,
             })?;
+        phases.snapshot = lap();
         if d.minbase {
             // /var/lock points at /run/lock, which a booted system's
             // tmpfiles make and no package ships; containers do not boot.
@@ -472,9 +483,11 @@ impl Session<'_> {
             names.len(),
             names.join(" ")
         );
-        self.write_entries_at(
+        let record = self.write_entries_at(
             image, index, "debian", &entries, key, created_by, epoch, reporter,
-        )
+        )?;
+        phases.write = lap();
+        Ok((record, phases))
     }
 }
 

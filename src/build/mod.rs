@@ -124,15 +124,21 @@ pub struct LayerOutcome {
     /// True when reused from the shared (registry) cache.
     pub fetched: bool,
     pub seconds: f64,
-    /// For a run layer built now: seconds to make the writable tree
-    /// (`prepare`), run the steps (`steps`), find what they changed
-    /// (`snapshot`) and write the layer (`write`).
+    /// For a run or Debian layer built now: seconds to make the writable
+    /// tree (`prepare`), run the steps or dpkg (`steps`), find what they
+    /// changed (`snapshot`) and write the layer (`write`); a Debian layer
+    /// also says how long choosing (`resolve`) and fetching (`download`)
+    /// its packages took.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Phases {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<f64>,
     pub prepare: f64,
     pub steps: f64,
     pub snapshot: f64,
@@ -828,25 +834,29 @@ impl<'a> Session<'a> {
             let started = Instant::now();
             let below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
             let locked = self.debian_packages(image, d, &|| self.rootfs(&image.name, &below))?;
+            let resolved = started.elapsed().as_secs_f64();
             let epoch = if self.opts.stamp.epoch_given {
                 self.opts.stamp.epoch
             } else {
                 locked.epoch
             };
             let key = debian::key(&below, d, &locked, self.opts.compression, epoch);
-            let (record, built) = match self.cached_layer(&key)? {
-                Some(r) => (r, false),
-                None => (
-                    self.debian_install(image, d, 0, &below, &locked, &key, reporter)?,
-                    true,
-                ),
+            let (record, phases) = match self.cached_layer(&key)? {
+                Some(r) => (r, None),
+                None => {
+                    let (r, mut p) =
+                        self.debian_install(image, d, 0, &below, &locked, &key, reporter)?;
+                    p.resolve = Some(resolved);
+                    (r, Some(p))
+                }
             };
+            let built = phases.is_some();
             done.push(
                 &image.name,
                 0,
                 key,
                 record,
-                (built, false, None),
+                (built, false, phases),
                 started,
                 reporter,
             );
