@@ -372,6 +372,13 @@ impl Session<'_> {
         let isolation = self.isolation()?;
         let scratch = self.scratch(name, "debian-", below, isolation)?;
         reporter.isolation(name, isolation, scratch.is_overlay());
+        // The tree of this layer's chain is wanted next when nothing else
+        // of the image goes over it: by its run steps, its children, tests.
+        let follow = if image.layers.is_empty() {
+            self.follow(name, scratch.lower(), reporter)
+        } else {
+            None
+        };
         // The packages, by hard links in the store (no copies), for the
         // sandbox to show at /run/imgbuild-debs.
         let tmp = self.store.root().join("tmp");
@@ -484,7 +491,15 @@ impl Session<'_> {
             names.join(" ")
         );
         let record = self.write_entries_at(
-            image, index, "debian", &entries, key, created_by, epoch, reporter,
+            image,
+            index,
+            "debian",
+            &entries,
+            key,
+            created_by,
+            epoch,
+            reporter,
+            follow.map(|f| (f, below)),
         )?;
         phases.write = lap();
         Ok((record, phases))

@@ -5,6 +5,7 @@
 //! client image without rebuilding its layers. An image's key adds the
 //! parent's manifest digest and the config.
 pub mod debian;
+mod follow;
 mod ids;
 pub mod plan;
 pub mod report;
@@ -484,11 +485,13 @@ impl<'a> Session<'a> {
     ) -> Result<LayerRecord, BuildError> {
         let epoch = self.opts.stamp.epoch;
         self.write_entries_at(
-            image, index, what, entries, key, created_by, epoch, reporter,
+            image, index, what, entries, key, created_by, epoch, reporter, None,
         )
     }
 
-    /// [`Self::write_entries`] with every mtime `epoch`.
+    /// [`Self::write_entries`] with every mtime `epoch`. With `follow`
+    /// (started over `below`'s tree), the tree of `below` plus this layer is
+    /// made as the layer is written and kept in the store.
     #[allow(clippy::too_many_arguments)]
     fn write_entries_at(
         &self,
@@ -500,6 +503,7 @@ impl<'a> Session<'a> {
         created_by: String,
         epoch: i64,
         reporter: &dyn Reporter,
+        follow: Option<(follow::Follow, &[LayerDesc])>,
     ) -> Result<LayerRecord, BuildError> {
         let layer_err = |source| BuildError::Layer {
             image: image.name.clone(),
@@ -509,16 +513,32 @@ impl<'a> Session<'a> {
         };
         reporter.layer_started(&image.name, index, entries.content_bytes());
         let tmp = self.store.temp_file()?;
-        let (tmp, blob) = layer::write_blob(
+        let (mut follow, below) = match follow {
+            Some((f, below)) => (Some(f), below),
+            None => (None, &[][..]),
+        };
+        let (tmp, blob) = layer::write_blob_with_copy(
             entries,
             epoch,
             self.opts.compression,
             self.opts.threads,
             tmp,
             &mut |done| reporter.layer_progress(&image.name, index, done),
+            follow.as_mut().map(|f| f.writer()),
         )
         .map_err(layer_err)?;
         self.store.commit_blob(tmp, &hex_of(&blob.digest))?;
+        if let Some(f) = follow {
+            let mut hexes: Vec<String> = below.iter().map(|l| hex_of(&l.digest)).collect();
+            hexes.push(hex_of(&blob.digest));
+            if let Err(e) = f.finish(&self.store.root().join("rootfs"), &hexes) {
+                // Only a cache: the next user unpacks the chain instead.
+                reporter.warning(&format!(
+                    "{}: layer {index}'s tree not kept ({e}); it is unpacked when next needed",
+                    image.name
+                ));
+            }
+        }
         ids::remember(self.store, &blob.digest, etc_files(entries)?)?;
         let record = LayerRecord {
             desc: LayerDesc {
@@ -561,6 +581,7 @@ impl<'a> Session<'a> {
             });
         }
         let scratch = self.scratch(&image.name, "run-", below, isolation)?;
+        let follow = self.follow(&image.name, scratch.lower(), reporter);
         let run_err = |reason: String| BuildError::Run {
             image: image.name.clone(),
             reason,
@@ -607,8 +628,17 @@ impl<'a> Session<'a> {
                 })?;
         phases.snapshot = lap();
         let created_by = format!("imgbuild: run {}", image.run.join(" && "));
-        let record =
-            self.write_entries(image, index, "run", &entries, key, created_by, reporter)?;
+        let record = self.write_entries_at(
+            image,
+            index,
+            "run",
+            &entries,
+            key,
+            created_by,
+            self.opts.stamp.epoch,
+            reporter,
+            follow.map(|f| (f, below)),
+        )?;
         phases.write = lap();
         Ok((record, phases))
     }
@@ -650,8 +680,7 @@ impl<'a> Session<'a> {
     fn rootfs(&self, image: &str, layers: &[LayerDesc]) -> Result<PathBuf, BuildError> {
         let opts = layer::unpack::UnpackOptions::for_current_user();
         let hexes: Vec<String> = layers.iter().map(|l| hex_of(&l.digest)).collect();
-        // Unpacked by root (owners kept) and by a user (not) differ.
-        let chain = sha256_hex(format!("v2 chown={}\n{}", opts.chown, hexes.join("\n")).as_bytes());
+        let chain = follow::chain_id(&opts, &hexes);
         let dir = self.store.root().join("rootfs");
         let done = dir.join(&chain);
         if done.is_dir() {
@@ -695,6 +724,19 @@ impl<'a> Session<'a> {
             Err(_) if done.is_dir() => Ok(done),
             Err(source) => Err(BuildError::Io { path: done, source }),
         }
+    }
+
+    /// Starts making the tree of `lower` plus the layer about to be built
+    /// (see [`follow`]); None, with a warning, where that cannot start.
+    fn follow(
+        &self,
+        image: &str,
+        lower: &std::path::Path,
+        reporter: &dyn Reporter,
+    ) -> Option<follow::Follow> {
+        follow::Follow::start(&self.store.root().join("tmp"), lower)
+            .map_err(|e| reporter.warning(&format!("{image}: {e}")))
+            .ok()
     }
 
     /// A writable view of `layers`' root filesystem for steps to change:

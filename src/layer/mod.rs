@@ -610,6 +610,28 @@ pub struct Blob {
     pub size: u64,
 }
 
+/// Writes to `inner`, and the same bytes to `copy` while it takes them.
+struct Tee<W> {
+    inner: W,
+    copy: Option<Box<dyn std::io::Write + Send>>,
+}
+
+impl<W: std::io::Write> std::io::Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(c) = &mut self.copy
+            && c.write_all(&buf[..n]).is_err()
+        {
+            self.copy = None;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Writes `entries` as a compressed layer into `sink` in one streaming pass:
 /// tar → sha256 (diff_id) → parallel compression → sha256 (digest) → sink.
 /// Memory is bounded by the compressor's blocks in flight, not layer size.
@@ -621,18 +643,37 @@ pub fn write_blob<W: std::io::Write + Send + 'static>(
     sink: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, Blob), LayerError> {
+    write_blob_with_copy(entries, epoch, compression, threads, sink, progress, None)
+}
+
+/// [`write_blob`], also giving the uncompressed tar stream to `copy` as it
+/// is written (to unpack it elsewhere at the same time). A failing `copy`
+/// is dropped without failing the blob; its reader sees the stream end.
+pub fn write_blob_with_copy<W: std::io::Write + Send + 'static>(
+    entries: &Entries,
+    epoch: i64,
+    compression: Compression,
+    threads: usize,
+    sink: W,
+    progress: &mut dyn FnMut(u64),
+    copy: Option<Box<dyn std::io::Write + Send>>,
+) -> Result<(W, Blob), LayerError> {
     use crate::oci::digest::HashingWriter;
     let compressed = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, sink));
     let compressor = compress::Compressor::new(compressed, compression, threads);
+    let tee = Tee {
+        inner: compressor,
+        copy,
+    };
     // Larger writes into the hasher and compressor than tar's 8 KiB copies.
-    let tar_hash = HashingWriter::new(compressor);
+    let tar_hash = HashingWriter::new(tee);
     let buffered = std::io::BufWriter::with_capacity(256 * 1024, tar_hash);
     let buffered = tar::write(entries, epoch, buffered, progress)?;
     let tar_hash = buffered
         .into_inner()
         .map_err(|e| LayerError::Write(e.into_error()))?;
-    let (compressor, diff_hex, _) = tar_hash.finish();
-    let compressed = compressor.finish().map_err(LayerError::Write)?;
+    let (tee, diff_hex, _) = tar_hash.finish();
+    let compressed = tee.inner.finish().map_err(LayerError::Write)?;
     let (sink, digest_hex, size) = compressed.finish();
     let sink = sink
         .into_inner()
