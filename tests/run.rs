@@ -672,3 +672,78 @@ fn trees_kept_while_layers_are_written_equal_the_unpacked_chains() {
     assert!(!child.iter().any(|e| e.starts_with("etc/hello.link ")));
     assert!(!child.iter().any(|e| e.starts_with("etc/motd ")));
 }
+
+/// The build machine's name stays out of layers in every isolation: under
+/// chroot, which cannot have a hostname of its own, `hostname` still
+/// answers `localhost`. The build runs where the machine is called
+/// `leaky.example.org` (a UTS namespace of the test's own, when root).
+#[test]
+fn steps_see_localhost_not_the_build_machines_name() {
+    let probe = run_command({
+        let mut c = std::process::Command::new("unshare");
+        c.args(["--uts", "hostname", "leaky.example.org"]);
+        c
+    });
+    if probe.code != 0 {
+        eprintln!(
+            "skipped: cannot make a UTS namespace here ({})",
+            probe.stderr.trim()
+        );
+        return;
+    }
+    for iso in ["namespace", "chroot"] {
+        let mut cx = Ctx::new();
+        cx.busybox_tree("busybox", &["sh", "hostname", "cat", "mkdir", "which"]);
+        cx.mkdir("site/etc");
+        cx.yaml(concat!(
+            "images:\n",
+            "  base:\n",
+            "    from: scratch\n",
+            "    layers: [busybox, site]\n",
+            "  named:\n",
+            "    from: base\n",
+            "    run:\n",
+            // By PATH, as dash finds it (busybox's sh would run its own
+            // applet whatever PATH says).
+            "      - h=$(which hostname) && $h > /etc/plain && $h -f > /etc/fqdn\n",
+        ));
+        cx.wrapper = [
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            "hostname leaky.example.org && exec \"$@\"",
+            "sh",
+        ]
+        .map(String::from)
+        .to_vec();
+        let run = cx.run(&["build", "named", "--isolation", iso]);
+        if run.code != 0 && iso == "namespace" {
+            continue; // not possible here (a container): chroot is the point
+        }
+        let run = run.success();
+        assert!(!run.stderr.contains("leaky"), "{iso}: {}", run.stderr);
+        let out = cx.scratch.join("oci");
+        cx.run(&[
+            "build",
+            "named",
+            "--isolation",
+            iso,
+            "-o",
+            &format!("oci:{}", out.display()),
+        ])
+        .success();
+        let image = validate_layout(&out, "named");
+        let layer = image.layers.last().unwrap();
+        assert_eq!(layer.entry("etc/plain").data, b"localhost\n", "{iso}");
+        if iso == "chroot" {
+            assert_eq!(layer.entry("etc/fqdn").data, b"localhost\n");
+        }
+        // The shim is not in the layer.
+        let names: Vec<String> = layer.entries().iter().map(|e| e.path.clone()).collect();
+        assert!(
+            names.iter().all(|n| n.starts_with("etc")),
+            "{iso}: {names:?}"
+        );
+    }
+}

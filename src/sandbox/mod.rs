@@ -451,6 +451,13 @@ pub fn run(
         chroot_args.push(format!("--userspec={uid}:{gid}"));
     }
     chroot_args.push(root.display().to_string());
+    let script = match isolation {
+        // No UTS namespace here: a `hostname` first on PATH answers as the
+        // namespace's would, so the build machine's name stays out of what
+        // steps write (exim's mailname, from `hostname --fqdn`).
+        Isolation::Chroot => format!("PATH={HOSTNAME_DIR}:$PATH; export PATH; {script}"),
+        Isolation::Namespace | Isolation::Userns => script,
+    };
     chroot_args.extend(["/bin/sh".to_string(), "-c".to_string(), script]);
     let mut cmd = match isolation {
         Isolation::Chroot => {
@@ -502,6 +509,7 @@ pub fn run(
         for b in &step.binds {
             _placed.push(Placed::place(b, &root)?);
         }
+        _placed.push(Placed::hostname(&root)?);
     }
     let program = format!("{isolation} sandbox");
     let mut child = cmd
@@ -535,8 +543,25 @@ pub fn run(
 /// A bind's files copied into a chroot's /run/NAME, removed on drop.
 struct Placed(PathBuf);
 
+/// Where a chroot step finds the `hostname` that answers `localhost`.
+const HOSTNAME_DIR: &str = "/run/imgbuild-hostname";
+
+/// That `hostname`: queries get the namespace's answers, setting fails as
+/// it does for a user without the right to.
+const HOSTNAME_SHIM: &str = r#"#!/bin/sh
+# imgbuild: steps under chroot isolation see this instead of the build
+# machine's name, as under namespace isolation (hostname `localhost`).
+case "$1" in
+  -i|--ip-address|-I|--all-ip-addresses) echo 127.0.0.1 ;;
+  -d|--domain|-y|--yp|--nis) ;;
+  ''|-*) echo localhost ;;
+  *) echo "hostname: you must be root to change the host name" >&2; exit 1 ;;
+esac
+"#;
+
 impl Placed {
-    fn place(bind: &Bind, root: &Path) -> Result<Placed, SandboxError> {
+    /// An empty `/run/NAME` of the tree, removed on drop.
+    fn dir(root: &Path, name: &str) -> Result<Placed, SandboxError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SandboxError::Io { path, source }
@@ -551,10 +576,31 @@ impl Placed {
                 source: std::io::Error::other("not a directory, so nothing can be put there"),
             });
         }
-        let dir = run.join(&bind.name);
+        let dir = run.join(name);
         let _ = crate::fsutil::remove_tree(&dir);
         std::fs::create_dir(&dir).map_err(io(&dir))?;
-        let placed = Placed(dir.clone());
+        Ok(Placed(dir))
+    }
+
+    fn hostname(root: &Path) -> Result<Placed, SandboxError> {
+        let name = HOSTNAME_DIR.trim_start_matches("/run/");
+        let placed = Placed::dir(root, name)?;
+        let shim = placed.0.join("hostname");
+        std::fs::write(&shim, HOSTNAME_SHIM)
+            .and_then(|()| {
+                std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            })
+            .map_err(|source| SandboxError::Io { path: shim, source })?;
+        Ok(placed)
+    }
+
+    fn place(bind: &Bind, root: &Path) -> Result<Placed, SandboxError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::Io { path, source }
+        };
+        let placed = Placed::dir(root, &bind.name)?;
+        let dir = placed.0.clone();
         for e in std::fs::read_dir(&bind.host).map_err(io(&bind.host))? {
             let e = e.map_err(io(&bind.host))?;
             let to = dir.join(e.file_name());
