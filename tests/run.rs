@@ -678,7 +678,7 @@ fn trees_kept_while_layers_are_written_equal_the_unpacked_chains() {
 /// answers `localhost`. The build runs where the machine is called
 /// `leaky.example.org` (a UTS namespace of the test's own, when root).
 #[test]
-fn steps_see_localhost_not_the_build_machines_name() {
+fn steps_see_localhost_and_dev_null_not_the_build_machines() {
     let probe = run_command({
         let mut c = std::process::Command::new("unshare");
         c.args(["--uts", "hostname", "leaky.example.org"]);
@@ -695,6 +695,9 @@ fn steps_see_localhost_not_the_build_machines_name() {
         let mut cx = Ctx::new();
         cx.busybox_tree("busybox", &["sh", "hostname", "cat", "mkdir", "which"]);
         cx.mkdir("site/etc");
+        // A /dev of the image's own (as Debian's): under chroot nothing is
+        // mounted there, and `> /dev/null` must still not make a file.
+        cx.mkdir("site/dev");
         cx.yaml(concat!(
             "images:\n",
             "  base:\n",
@@ -706,6 +709,7 @@ fn steps_see_localhost_not_the_build_machines_name() {
             // By PATH, as dash finds it (busybox's sh would run its own
             // applet whatever PATH says).
             "      - h=$(which hostname) && $h > /etc/plain && $h -f > /etc/fqdn\n",
+            "      - echo noise > /dev/null\n",
         ));
         cx.wrapper = [
             "unshare",
@@ -739,7 +743,7 @@ fn steps_see_localhost_not_the_build_machines_name() {
         if iso == "chroot" {
             assert_eq!(layer.entry("etc/fqdn").data, b"localhost\n");
         }
-        // The shim is not in the layer.
+        // Neither the shim nor a /dev/null is in the layer.
         let names: Vec<String> = layer.entries().iter().map(|e| e.path.clone()).collect();
         assert!(
             names.iter().all(|n| n.starts_with("etc")),

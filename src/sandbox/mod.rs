@@ -511,6 +511,7 @@ pub fn run(
         }
         _placed.push(Placed::hostname(&root)?);
     }
+    let _devices = (isolation == Isolation::Chroot).then(|| Devices::make(&root));
     let program = format!("{isolation} sandbox");
     let mut child = cmd
         .spawn()
@@ -610,6 +611,61 @@ impl Placed {
             std::os::unix::fs::chown(&to, Some(meta.uid()), Some(meta.gid())).map_err(io(&to))?;
         }
         Ok(placed)
+    }
+}
+
+/// The device nodes every step expects in /dev, made where a chroot's tree
+/// lacks them (a namespace mounts its own /dev instead) and removed after:
+/// without them `> /dev/null` makes a file that would reach the layer.
+/// Where the container forbids mknod, steps go without, as before.
+struct Devices(Vec<PathBuf>);
+
+impl Devices {
+    fn make(root: &Path) -> Devices {
+        use rustix::fs::{FileType, Mode, makedev, mknodat};
+        let dev = root.join("dev");
+        let mut made = Vec::new();
+        if !std::fs::symlink_metadata(&dev).is_ok_and(|m| m.is_dir()) {
+            return Devices(made);
+        }
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            let p = dev.join(name);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                continue;
+            }
+            let made_it = mknodat(
+                rustix::fs::CWD,
+                &p,
+                FileType::CharacterDevice,
+                Mode::from_raw_mode(0o666),
+                makedev(major, minor),
+            )
+            .is_ok();
+            if made_it {
+                // The umask must not narrow who may write to them.
+                let _ = std::fs::set_permissions(
+                    &p,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o666),
+                );
+                made.push(p);
+            }
+        }
+        Devices(made)
+    }
+}
+
+impl Drop for Devices {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
