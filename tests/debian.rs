@@ -114,6 +114,45 @@ fn packages_resolve_lock_and_install_with_their_scripts() {
         .stderr_has(&["changed since the lock was written", "imgbuild lock"]);
 }
 
+/// A Debian image whose parent is named by registry reference: `lock`
+/// pulls the parent (into a store that has never seen it) and resolves
+/// over its dpkg status, and the locked build installs only what it lacks.
+#[test]
+fn lock_pulls_a_registry_parent_and_resolves_over_its_packages() {
+    let repo = AptRepo::start(Variant::Good);
+    let registry = common::registry::Registry::anonymous();
+    let mut cx = project(&repo, "adds-user");
+    let prefix = format!("{}/fleet", registry.host());
+    cx.run(&["push", "debian-root", "--registry", &prefix])
+        .success();
+    cx.home = cx.scratch.join("fresh-home");
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&yaml.replace(
+        "    from: debian-root\n",
+        &format!("    from: {prefix}/debian-root:latest\n"),
+    ));
+    cx.run(&["lock"]).success();
+    let lock: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(cx.path("images.lock")).unwrap()).unwrap();
+    let names: Vec<&str> = lock["images"]["app"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    // adds-user and what it needs beyond the parent; the parent's own
+    // packages (adduser, passwd, base-files…) are not installed again.
+    assert!(names.contains(&"adds-user"), "{names:?}");
+    for had in ["adduser", "passwd", "base-files", "dpkg"] {
+        assert!(!names.contains(&had), "{had} is in the parent: {names:?}");
+    }
+    let out = cx.scratch.join("oci");
+    cx.build(&["app", "--locked", "-o", &format!("oci:{}", out.display())]);
+    let image = validate_layout(&out, "app");
+    let passwd = String::from_utf8(image.layers.last().unwrap().entry("etc/passwd").data).unwrap();
+    assert!(passwd.contains("appuser:x:990:990"), "{passwd}");
+}
+
 #[test]
 fn bad_signatures_unknown_names_and_corrupt_debs_are_named() {
     let bad = AptRepo::start(Variant::BadSignature);

@@ -818,7 +818,11 @@ impl Session<'_> {
         };
         let record = match &image.parent {
             crate::spec::Parent::Image(p) => self.last_build(p)?.map(|r| r.image),
-            _ => None,
+            // Pulled now (or found in the store): its packages decide.
+            crate::spec::Parent::Registry(r) => self
+                .pull_parents(std::slice::from_ref(&image.name))?
+                .remove(r),
+            crate::spec::Parent::Scratch => None,
         };
         let Some(record) = record else {
             return Err(err(

@@ -11,13 +11,20 @@ pub struct LockArgs {
     /// images that install one of the packages named.
     #[arg(long, num_args = 0.., value_name = "PKG")]
     update: Option<Vec<String>>,
+    /// Speak plain HTTP to this registry when pulling a parent named by
+    /// reference (loopback registries always are).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure: Vec<String>,
 }
 
 pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
     let spec = load(&cli.file)?;
     let opts = LayerArgs::defaults().options(&spec)?;
     let store = open_store()?;
-    let session = Session::new(&store, &spec, &opts);
+    // A parent named by registry reference is pulled: its dpkg status is
+    // what the image's packages are resolved over.
+    let net = super::net::Net::new(&store, &args.insecure, None)?;
+    let session = Session::new(&store, &spec, &opts).with_puller(&net);
     let path = path_for(&spec);
     let old = Lock::read(&path).map_err(Failure::usage)?;
     let (lock, outcomes) = session.lock(old.as_ref(), args.update.as_deref())?;
