@@ -396,6 +396,8 @@ fn compare_with_mmdebstrap(cx: &Ctx, image: &ValidImage) {
     let ours = image_tree(image);
 
     // Packages: the same names, versions and architectures, all installed.
+    // (A mirror push between the lock and mmdebstrap's run, a minute or
+    // two apart, would show here as a version difference.)
     let query = cx
         .run(&[
             "run",
@@ -480,29 +482,33 @@ fn compare_with_mmdebstrap(cx: &Ctx, image: &ValidImage) {
             }
         }
     }
-    let list = |paths: Vec<String>| -> String {
-        let n = paths.len();
-        let mut s: String = paths
-            .into_iter()
-            .take(30)
-            .map(|p| format!("\n  {p}"))
-            .collect();
-        if n > 30 {
-            s.push_str(&format!("\n  … and {} more", n - 30));
+    // Each non-empty kind of surprise, its first 30 paths.
+    let section = |title: &str, paths: Vec<String>| -> String {
+        if paths.is_empty() {
+            return String::new();
+        }
+        let mut s = format!("\n{title} ({}):", paths.len());
+        for p in paths.iter().take(30) {
+            s.push_str(&format!("\n  {p}"));
+        }
+        if paths.len() > 30 {
+            s.push_str(&format!("\n  … and {} more", paths.len() - 30));
         }
         s
     };
     assert!(
         only_ours.is_empty() && only_theirs.is_empty() && differ.is_empty(),
         "imgbuild's php and mmdebstrap's root of the same packages differ where no allowlist says why \
-         (ONLY_IN_IMGBUILD, ONLY_IN_MMDEBSTRAP, MAY_DIFFER in tests/debian.rs; README.md gives the reasons)\n\
-         only in imgbuild's image ({}):{}\nonly in mmdebstrap's tarball ({}):{}\ndifferent ({}):{}",
-        only_ours.len(),
-        list(only_ours.iter().map(|p| format!("/{p}")).collect()),
-        only_theirs.len(),
-        list(only_theirs.iter().map(|p| format!("/{p}")).collect()),
-        differ.len(),
-        list(differ),
+         (ONLY_IN_IMGBUILD, ONLY_IN_MMDEBSTRAP, MAY_DIFFER in tests/debian.rs; README.md gives the reasons):{}{}{}",
+        section(
+            "only in imgbuild's image",
+            only_ours.iter().map(|p| format!("/{p}")).collect()
+        ),
+        section(
+            "only in mmdebstrap's tarball",
+            only_theirs.iter().map(|p| format!("/{p}")).collect()
+        ),
+        section("different on the two sides", differ),
     );
     let both = ours.keys().filter(|p| theirs.contains_key(*p)).count();
     eprintln!(
