@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::debian::fetch::{Archive, ArchivePackage, Indexes, Progress};
+use crate::debian::fetch::{Archive, ArchivePackage, ParsedIndexes, Progress};
 use crate::debian::lock::{Lock, LockedImage, LockedPackage};
 use crate::debian::package::Package;
-use crate::debian::resolve::{Options as ResolveOptions, Request, Universe, Variant};
+use crate::debian::resolve::{Index, Options as ResolveOptions, Request, Universe, Variant};
 use crate::debian::sources::{Mirror, default_mirror, read_apt_sources};
 use crate::spec::{DebianSpec, Image};
 
@@ -54,6 +54,33 @@ pub struct Loaded {
     /// repository each came from: one copy, as the resolver wants them.
     pub packages: Vec<Package>,
     pub bases: Vec<Arc<str>>,
+    /// The resolver's index of `packages` by architecture, built once for
+    /// every image of the session.
+    indexes: Mutex<HashMap<String, Arc<Index>>>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        // ~60k packages are ~1M small allocations: freeing them takes
+        // ~0.1 s, which a command would spend just before it exits. A
+        // thread of its own does it (and is cut short by the exit).
+        let packages = std::mem::take(&mut self.packages);
+        let indexes = std::mem::take(&mut self.indexes);
+        let _ = std::thread::Builder::new()
+            .name("free-packages".into())
+            .spawn(move || drop((packages, indexes)));
+    }
+}
+
+impl Loaded {
+    /// The resolver's index of the packages for `arch`, built on first use.
+    pub fn index(&self, arch: &str) -> Arc<Index> {
+        let mut indexes = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        indexes
+            .entry(arch.to_string())
+            .or_insert_with(|| Arc::new(Index::new(&self.packages, arch)))
+            .clone()
+    }
 }
 
 fn err(image: &str, reason: impl Into<String>) -> BuildError {
@@ -114,26 +141,29 @@ impl Archives {
         let mut archive =
             Archive::new(&mirror, &d.suite, &keyrings, cache).map_err(|e| e.to_string())?;
         archive.parallel = 8;
-        let indexes: Indexes =
-            block_on(archive.indexes(&arch, now()))?.map_err(|e| e.to_string())?;
+        let indexes: ParsedIndexes =
+            block_on(archive.parsed_indexes(&arch, now()))?.map_err(|e| e.to_string())?;
         let date = indexes.date();
         let codename = indexes
             .releases
             .first()
             .map(|(_, r)| r.codename.clone())
             .unwrap_or_default();
-        let (packages, bases) = indexes
-            .packages
-            .into_iter()
-            .map(|ap| (ap.package, ap.base))
-            .unzip();
+        let (packages, bases) = indexes.into_lists();
         let loaded = Arc::new(Loaded {
             archive,
             date,
             codename,
             packages,
             bases,
+            indexes: Mutex::default(),
         });
+        // The resolver wants the index next: it is built (~50 ms) while
+        // the caller gets the parent image's packages ready.
+        let early = loaded.clone();
+        let _ = std::thread::Builder::new()
+            .name("index-packages".into())
+            .spawn(move || early.index(&arch));
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -184,28 +214,22 @@ pub fn resolve(
         variant: d.minbase.then_some(Variant::Minbase),
         architecture: arch.clone(),
     };
-    let universe = Universe::new(&loaded.packages, &arch);
-    let resolution = universe
-        .resolve(installed, &requests, &options)
+    let index = loaded.index(&arch);
+    let universe = Universe::with_index(&loaded.packages, &index);
+    let chosen = universe
+        .resolve_positions(installed, &requests, &options)
         .map_err(|e| err(image, format!("debian: {e}")))?;
-    // Where each chosen version came from (several suites are merged).
-    let mut origin: HashMap<(&str, &str, &str), &Arc<str>> = HashMap::new();
-    for (p, base) in loaded.packages.iter().zip(&loaded.bases) {
-        origin
-            .entry((&p.name, &p.version, &p.architecture))
-            .or_insert(base);
-    }
-    let packages = resolution
-        .packages
-        .iter()
-        .map(|p| {
-            let base = origin[&(p.name.as_str(), p.version.as_str(), p.architecture.as_str())];
+    // A position gives the repository too (several suites are merged).
+    let packages = chosen
+        .into_iter()
+        .map(|i| {
+            let p = &loaded.packages[i];
             LockedPackage {
                 name: p.name.clone(),
                 version: p.version.clone(),
                 architecture: p.architecture.clone(),
                 path: p.filename.clone(),
-                base: base.to_string(),
+                base: loaded.bases[i].to_string(),
                 sha256: p.sha256.clone(),
                 size: p.size,
             }

@@ -6,7 +6,7 @@
 //! `debs/sha256/<sha256>.deb` and `<sha256>.partial` while downloading.
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -109,7 +109,55 @@ pub struct Indexes {
 impl Indexes {
     /// The newest `Date` of the suites' Releases (a SOURCE_DATE_EPOCH).
     pub fn date(&self) -> i64 {
-        self.releases.iter().map(|(_, r)| r.date).max().unwrap_or(0)
+        newest_date(&self.releases)
+    }
+}
+
+fn newest_date(releases: &[(Suite, Release)]) -> i64 {
+    releases.iter().map(|(_, r)| r.date).max().unwrap_or(0)
+}
+
+/// What [`Archive::parsed_indexes`] read: as [`Indexes`], each index's
+/// packages in a list of their own.
+#[derive(Debug, Clone)]
+pub struct ParsedIndexes {
+    pub releases: Vec<(Suite, Release)>,
+    pub files: Vec<ParsedIndex>,
+}
+
+/// The packages of one index, in its order.
+#[derive(Debug, Clone)]
+pub struct ParsedIndex {
+    /// `bookworm-security`.
+    pub suite: Arc<str>,
+    /// The repository root the packages' `Filename`s are below.
+    pub base: Arc<str>,
+    pub packages: Vec<Package>,
+}
+
+impl ParsedIndexes {
+    /// The newest `Date` of the suites' Releases (a SOURCE_DATE_EPOCH).
+    pub fn date(&self) -> i64 {
+        newest_date(&self.releases)
+    }
+
+    /// Every package of the indexes in order, and (same position) the
+    /// repository each came from. The first index's list is grown in place,
+    /// so the largest (the main suite's) is not copied.
+    pub fn into_lists(self) -> (Vec<Package>, Vec<Arc<str>>) {
+        let total = self.files.iter().map(|f| f.packages.len()).sum();
+        let mut packages: Vec<Package> = Vec::new();
+        let mut bases = Vec::with_capacity(total);
+        for f in self.files {
+            bases.extend(std::iter::repeat_n(f.base, f.packages.len()));
+            if packages.is_empty() {
+                packages = f.packages;
+                packages.reserve(total - packages.len());
+            } else {
+                packages.extend(f.packages);
+            }
+        }
+        (packages, bases)
     }
 }
 
@@ -132,46 +180,121 @@ impl IndexFile {
     /// Decompresses and parses the index (CPU-bound: off the async
     /// threads).
     pub fn parse(self) -> Result<Vec<Package>, FetchError> {
-        let decode = |reason: String| FetchError::Decode {
-            url: self.url.clone(),
-            reason,
-        };
-        let data = match self.compression {
-            Compression::None => self.data,
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parsed = match self.compression {
+            Compression::None => {
+                let text = std::str::from_utf8(&self.data)
+                    .map_err(|_| self.decode("not UTF-8 text".into()))?;
+                control::parse_packages_in(text, threads)
+            }
             Compression::Gzip => {
-                let mut out = Vec::with_capacity(self.data.len() * 5);
-                flate2::read::GzDecoder::new(&self.data[..])
-                    .read_to_end(&mut out)
-                    .map_err(|e| decode(e.to_string()))?;
-                out
+                self.parse_stream(flate2::read::GzDecoder::new(&self.data[..]), threads)?
             }
             Compression::Xz => {
-                let mut out = Vec::with_capacity(self.data.len() * 6);
-                liblzma::read::XzDecoder::new(&self.data[..])
-                    .read_to_end(&mut out)
-                    .map_err(|e| decode(e.to_string()))?;
-                out
+                self.parse_stream(liblzma::read::XzDecoder::new(&self.data[..]), threads)?
             }
         };
-        // The decompressed text is listed too: a decoder bug must not
-        // pass for the signed index.
-        if let Some(plain) = self.plain.filter(|_| self.compression != Compression::None) {
-            let actual = hex::encode(Sha256::digest(&data));
-            if data.len() as u64 != plain.size || actual != plain.sha256 {
-                return Err(FetchError::IndexMismatch {
-                    path: self.path.clone(),
-                    expected_size: plain.size,
-                    expected_sha256: plain.sha256,
-                    actual_size: data.len() as u64,
-                    actual_sha256: actual,
-                });
-            }
-        }
-        let text = String::from_utf8(data).map_err(|_| decode("not UTF-8 text".into()))?;
-        control::parse_packages(&text).map_err(|source| FetchError::Parse {
-            url: self.url,
+        parsed.map_err(|source| FetchError::Parse {
+            url: self.url.clone(),
             source,
         })
+    }
+
+    fn decode(&self, reason: String) -> FetchError {
+        FetchError::Decode {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    /// Decompresses on this thread, hashing the text as it comes, while
+    /// other threads parse it in parts (cut at blank lines): the main
+    /// suite's index takes about as long to inflate as to parse, together
+    /// most of `imgbuild lock`'s work. Once the text is read, this thread
+    /// parses too. Errors are those of one pass over the whole: the
+    /// decoder's, a text that does not match the Release, then the
+    /// parser's.
+    fn parse_stream(
+        &self,
+        mut decoder: impl Read,
+        threads: usize,
+    ) -> Result<Result<Vec<Package>, ControlError>, FetchError> {
+        /// Small enough that parsing starts early and the last part left
+        /// when the text is all read is short.
+        const PART: usize = 1 << 20;
+        let (send, receive) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
+        let receive = Mutex::new(receive);
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let next = receive.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok((k, part)) = next else { break };
+                done.push((k, std::str::from_utf8(&part).ok().map(control::Part::parse)));
+            }
+            done
+        };
+        let (read, mut parts) = std::thread::scope(|s| {
+            // The text comes at the decoder's pace, which two or three
+            // parsers keep up with, whatever the cores.
+            let helpers = threads.saturating_sub(1).clamp(1, 3);
+            let helpers: Vec<_> = (0..helpers).map(|_| s.spawn(work)).collect();
+            let mut read = || -> Result<(u64, String), FetchError> {
+                let mut hasher = Sha256::new();
+                let mut size = 0;
+                let mut text: Vec<u8> = Vec::new();
+                for k in 0.. {
+                    let start = text.len();
+                    text.reserve(PART);
+                    let n = (&mut decoder)
+                        .take(PART as u64)
+                        .read_to_end(&mut text)
+                        .map_err(|e| self.decode(e.to_string()))?;
+                    hasher.update(&text[start..]);
+                    size += n as u64;
+                    if n == 0 {
+                        break;
+                    }
+                    if let Some(cut) = control::last_cut(&text) {
+                        let rest = text[cut..].to_vec();
+                        text.truncate(cut);
+                        // The receivers outlive this loop.
+                        let _ = send.send((k, std::mem::replace(&mut text, rest)));
+                    }
+                }
+                if !text.is_empty() {
+                    let _ = send.send((usize::MAX, text));
+                }
+                Ok((size, hex::encode(hasher.finalize())))
+            };
+            let read = read();
+            drop(send);
+            let mut parts = work();
+            for h in helpers {
+                parts.extend(
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            (read, parts)
+        });
+        let (size, sha256) = read?;
+        // The decompressed text is listed too: a decoder bug must not
+        // pass for the signed index.
+        if let Some(plain) = &self.plain
+            && (size != plain.size || sha256 != plain.sha256)
+        {
+            return Err(FetchError::IndexMismatch {
+                path: self.path.clone(),
+                expected_size: plain.size,
+                expected_sha256: plain.sha256.clone(),
+                actual_size: size,
+                actual_sha256: sha256,
+            });
+        }
+        parts.sort_by_key(|&(k, _)| k);
+        let parts: Option<Vec<control::Part>> = parts.into_iter().map(|(_, p)| p).collect();
+        let parts = parts.ok_or_else(|| self.decode("not UTF-8 text".into()))?;
+        Ok(control::join_parts(parts))
     }
 }
 
@@ -280,24 +403,50 @@ impl Archive {
     /// the Release still lists the same hash), and parses them. `now` is
     /// unix seconds.
     pub async fn indexes(&self, arch: &str, now: i64) -> Result<Indexes, FetchError> {
-        let (releases, files) = self.index_files(arch, now).await?;
-        let parsed = files.into_iter().map(|f| async move {
-            let suite: Arc<str> = f.suite.name.as_str().into();
-            let base: Arc<str> = f.suite.repository.uri.as_str().into();
-            let packages = tokio::task::spawn_blocking(move || f.parse())
+        let parsed = self.parsed_indexes(arch, now).await?;
+        let packages = parsed
+            .files
+            .into_iter()
+            .flat_map(|f| {
+                let (suite, base) = (f.suite, f.base);
+                f.packages.into_iter().map(move |package| ArchivePackage {
+                    package,
+                    suite: suite.clone(),
+                    base: base.clone(),
+                })
+            })
+            .collect();
+        Ok(Indexes {
+            releases: parsed.releases,
+            packages,
+        })
+    }
+
+    /// As [`Archive::indexes`], without tagging each package with its
+    /// origin: one list per index file.
+    pub async fn parsed_indexes(&self, arch: &str, now: i64) -> Result<ParsedIndexes, FetchError> {
+        // Each index is parsed as soon as it is verified, while the other
+        // suites' Releases are still being fetched and checked; their
+        // errors come first all the same.
+        let (releases, parsing) = self
+            .verified_indexes(arch, now, |f| {
+                let suite: Arc<str> = f.suite.name.as_str().into();
+                let base: Arc<str> = f.suite.repository.uri.as_str().into();
+                (suite, base, tokio::task::spawn_blocking(move || f.parse()))
+            })
+            .await?;
+        let mut files = Vec::with_capacity(parsing.len());
+        for (suite, base, parsed) in parsing {
+            let packages = parsed
                 .await
                 .map_err(|e| FetchError::Setup(format!("the index parser stopped: {e}")))??;
-            Ok::<_, FetchError>(packages.into_iter().map(move |package| ArchivePackage {
-                package,
-                suite: suite.clone(),
-                base: base.clone(),
-            }))
-        });
-        let mut packages = Vec::new();
-        for p in futures_util::future::try_join_all(parsed).await? {
-            packages.extend(p);
+            files.push(ParsedIndex {
+                suite,
+                base,
+                packages,
+            });
         }
-        Ok(Indexes { releases, packages })
+        Ok(ParsedIndexes { releases, files })
     }
 
     /// The network half of [`Archive::indexes`]: verified Releases and
@@ -307,6 +456,18 @@ impl Archive {
         arch: &str,
         now: i64,
     ) -> Result<(Vec<(Suite, Release)>, Vec<IndexFile>), FetchError> {
+        self.verified_indexes(arch, now, |f| f).await
+    }
+
+    /// [`Archive::index_files`], handing each file to `each` as soon as
+    /// it is verified.
+    async fn verified_indexes<T>(
+        &self,
+        arch: &str,
+        now: i64,
+        each: impl Fn(IndexFile) -> T,
+    ) -> Result<(Vec<(Suite, Release)>, Vec<T>), FetchError> {
+        let each = &each;
         let per_suite = self
             .suites
             .iter()
@@ -323,7 +484,7 @@ impl Archive {
                 };
                 let mut files = Vec::new();
                 for comp in &suite.components {
-                    files.push(self.index_file(suite, &release, comp, arch).await?);
+                    files.push(each(self.index_file(suite, &release, comp, arch).await?));
                 }
                 Ok::<_, FetchError>(Some(((suite.clone(), release), files)))
             });
@@ -361,7 +522,7 @@ impl Archive {
     async fn release(
         &self,
         suite: &Suite,
-        ring: &Keyring,
+        ring: &Arc<Keyring>,
         now: i64,
     ) -> Result<Release, FetchError> {
         let url = format!("{}/InRelease", suite.dist_url());
@@ -376,11 +537,17 @@ impl Archive {
             url: url.clone(),
             reason: "not UTF-8 text".into(),
         })?;
-        let release =
-            release::verify_inrelease(&text, ring, now).map_err(|source| FetchError::Release {
-                url: url.clone(),
-                source,
-            })?;
+        // Signature checks are CPU work: off the runtime's thread, so that
+        // the other suites' requests go on meanwhile.
+        let ring = ring.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || release::verify_inrelease(&text, &ring, now))
+                .await
+                .map_err(|e| FetchError::Setup(format!("the signature check stopped: {e}")))?;
+        let release = verified.map_err(|source| FetchError::Release {
+            url: url.clone(),
+            source,
+        })?;
         // A validly signed Release of another suite (an older one, say)
         // must not pass for this one.
         if release.codename != suite.name && release.suite != suite.name {
@@ -420,7 +587,11 @@ impl Archive {
         let url = format!("{}/{path}", suite.dist_url());
         let cached = self.cache.join("indexes").join(&entry.sha256);
         let mut downloaded = false;
-        let data = match read_verified(&cached, &entry) {
+        let check = (cached.clone(), entry.clone());
+        let verified = tokio::task::spawn_blocking(move || read_verified(&check.0, &check.1))
+            .await
+            .map_err(|e| FetchError::Setup(format!("the index check stopped: {e}")))?;
+        let data = match verified {
             Some(data) => data,
             None => {
                 downloaded = true;
@@ -814,6 +985,140 @@ mod tests {
     }
 
     /// The host's sources, the real archive, the real keyring.
+    /// An index of `n` packages, every seventh with a CRLF paragraph.
+    fn packages_text(n: usize) -> String {
+        let mut text = String::new();
+        for i in 0..n {
+            let p = format!(
+                "Package: pkg{i}\nVersion: 1.{i}-1\nArchitecture: amd64\n\
+                 Depends: libc6 (>= 2.36), pkg{} | other\nDescription: number {i}\n \
+                 more about it\nFilename: pool/main/p/pkg{i}.deb\nSize: {i}\n\
+                 SHA256: {:064x}\n\n",
+                i / 2,
+                i
+            );
+            text.push_str(&if i % 7 == 3 {
+                p.replace('\n', "\r\n")
+            } else {
+                p
+            });
+        }
+        text
+    }
+
+    fn index_file(text: &[u8], compression: Compression, plain: bool) -> IndexFile {
+        let data = match compression {
+            Compression::None => text.to_vec(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(text).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Xz => {
+                let mut e = liblzma::write::XzEncoder::new(Vec::new(), 0);
+                e.write_all(text).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        IndexFile {
+            suite: Suite {
+                repository: sources::Repository {
+                    uri: "http://mirror/debian".into(),
+                    signed_by: None,
+                },
+                name: "trixie".into(),
+                components: vec!["main".into()],
+            },
+            url: "http://mirror/debian/dists/trixie/main/binary-amd64/Packages.gz".into(),
+            path: "main/binary-amd64/Packages".into(),
+            data,
+            compression,
+            plain: plain.then(|| FileEntry {
+                size: text.len() as u64,
+                sha256: hex::encode(Sha256::digest(text)),
+            }),
+            downloaded: false,
+        }
+    }
+
+    /// Decompressed and parsed in parts as it streams, an index gives what
+    /// one pass over its whole text does: packages, errors and lines.
+    #[test]
+    fn index_parts_parse_as_the_whole() {
+        // ~3 MB: several parts.
+        let text = packages_text(12_000);
+        let whole = control::parse_packages(&text).unwrap();
+        for c in [Compression::Gzip, Compression::Xz, Compression::None] {
+            assert_eq!(index_file(text.as_bytes(), c, true).parse().unwrap(), whole);
+        }
+        // A bad field near the end, a syntax error after it: the syntax
+        // error is reported, with its line in the whole text.
+        let bad = text
+            .replace("Size: 11001\n", "Size: lots\n")
+            .replace("Package: pkg11500\n", "Package: pkg11500\nno colon\n");
+        assert_eq!(
+            bad.len(),
+            text.len() + "no colon\n".len() - 1,
+            "both edits made"
+        );
+        let want = control::parse_packages(&bad)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            want.starts_with(&format!(
+                "line {}:",
+                bad[..bad.find("no colon").unwrap()].matches('\n').count() + 1
+            )),
+            "{want}"
+        );
+        let field_only = bad.replace("no colon\n", "");
+        let want_field = control::parse_packages(&field_only)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        for c in [Compression::Gzip, Compression::Xz] {
+            let got = index_file(bad.as_bytes(), c, true)
+                .parse()
+                .map(|_| ())
+                .unwrap_err();
+            assert!(got.to_string().ends_with(&want), "{got}");
+            let got = index_file(field_only.as_bytes(), c, true)
+                .parse()
+                .map(|_| ())
+                .unwrap_err();
+            assert!(got.to_string().ends_with(&want_field), "{got}");
+        }
+        // Without a listed plain text, no check; with one, a mismatch wins
+        // over any parse error.
+        assert_eq!(
+            index_file(text.as_bytes(), Compression::Gzip, false)
+                .parse()
+                .unwrap(),
+            whole
+        );
+        let mut f = index_file(bad.as_bytes(), Compression::Gzip, true);
+        f.plain.as_mut().unwrap().size += 1;
+        let e = f.parse().map(|_| ()).unwrap_err();
+        assert!(matches!(e, FetchError::IndexMismatch { .. }), "{e}");
+        // Not UTF-8, and not gzip at all.
+        let mut latin1 = text.clone().into_bytes();
+        latin1[2_000_000] = 0xe9;
+        let e = index_file(&latin1, Compression::Gzip, false)
+            .parse()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().ends_with("not UTF-8 text"), "{e}");
+        let mut f = index_file(text.as_bytes(), Compression::Gzip, true);
+        f.data.truncate(f.data.len() / 2);
+        let e = f.parse().map(|_| ()).unwrap_err();
+        assert!(matches!(e, FetchError::Decode { .. }), "{e}");
+        assert_eq!(
+            index_file(b"", Compression::Gzip, true).parse().unwrap(),
+            vec![]
+        );
+    }
+
     #[test]
     fn real_bookworm() {
         let sources = sources::read_apt_sources(Path::new("/etc/apt")).unwrap();

@@ -24,6 +24,7 @@
 //!
 //! Only packages of the native architecture and `all` are considered
 //! (foreign-architecture entries are ignored, installed ones included).
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
@@ -159,51 +160,68 @@ pub struct Clash {
     pub dep: String,
 }
 
-/// The archive indexed once: by name (newest version first) and by
-/// provided name.
-#[derive(Debug)]
-pub struct Universe<'a> {
+/// The resolver's hash maps. Their keys are package names from a signed
+/// archive (or the parent image's status), never chosen by an attacker
+/// who could aim collisions at them, so a fast non-cryptographic hash
+/// does instead of SipHash (~15% of a lock's time). Nothing iterates a
+/// map where order would reach the result: such lists are sorted.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The archive indexed for one architecture: by name (newest version
+/// first) and by provided name. It holds positions in the package list it
+/// was built from, not the packages, so a loaded archive can keep it
+/// beside them and every image resolved in a session reuses it.
+#[derive(Debug, Clone)]
+pub struct Index {
     arch: String,
-    pkgs: Vec<&'a Package>,
-    by_name: HashMap<&'a str, Vec<usize>>,
-    providers: HashMap<&'a str, Vec<(usize, &'a Provide)>>,
+    /// The length of the list indexed: a check that it is used with it.
+    len: usize,
+    by_name: Map<Box<str>, Vec<usize>>,
+    /// Provided name → (position, index in that package's Provides).
+    providers: Map<Box<str>, Vec<(usize, usize)>>,
 }
 
-impl<'a> Universe<'a> {
+impl Index {
     /// Indexes `packages` (several suites may be merged; a name+version seen
     /// twice keeps its first entry) for `architecture`.
-    pub fn new(packages: &'a [Package], architecture: &str) -> Universe<'a> {
-        let mut pkgs = Vec::new();
-        let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
-        for p in packages {
+    pub fn new(packages: &[Package], architecture: &str) -> Index {
+        let mut kept = Vec::with_capacity(packages.len());
+        let mut by_name: Map<Box<str>, Vec<usize>> = Map::default();
+        by_name.reserve(packages.len());
+        for (i, p) in packages.iter().enumerate() {
             if p.architecture != architecture && p.architecture != "all" {
                 continue;
             }
-            let versions = by_name.entry(p.name.as_str()).or_default();
-            if versions.iter().any(|&i| {
-                let q: &Package = pkgs[i];
-                version::compare(&q.version, &p.version) == Ordering::Equal
-            }) {
+            let versions = match by_name.get_mut(p.name.as_str()) {
+                Some(v) => v,
+                None => by_name.entry(p.name.as_str().into()).or_default(),
+            };
+            if versions
+                .iter()
+                .any(|&j| version::compare(&packages[j].version, &p.version) == Ordering::Equal)
+            {
                 continue;
             }
-            versions.push(pkgs.len());
-            pkgs.push(p);
+            versions.push(i);
+            kept.push(i);
         }
         for versions in by_name.values_mut() {
-            versions.sort_by(|&a, &b| version::compare(&pkgs[b].version, &pkgs[a].version));
+            versions.sort_by(|&a, &b| version::compare(&packages[b].version, &packages[a].version));
         }
-        let mut providers: HashMap<&str, Vec<(usize, &Provide)>> = HashMap::new();
-        for (i, p) in pkgs.iter().enumerate() {
-            for prov in &p.provides {
-                providers
-                    .entry(prov.name.as_str())
-                    .or_default()
-                    .push((i, prov));
+        let mut providers: Map<Box<str>, Vec<(usize, usize)>> = Map::default();
+        for &i in &kept {
+            for (k, prov) in packages[i].provides.iter().enumerate() {
+                match providers.get_mut(prov.name.as_str()) {
+                    Some(list) => list.push((i, k)),
+                    None => {
+                        providers.insert(prov.name.as_str().into(), vec![(i, k)]);
+                    }
+                }
             }
         }
         for list in providers.values_mut() {
             list.sort_by(|&(a, _), &(b, _)| {
-                let (a, b) = (pkgs[a], pkgs[b]);
+                let (a, b) = (&packages[a], &packages[b]);
                 // apt's CompareProviders: Essential, then Priority, then
                 // (newer apt) the name.
                 b.essential
@@ -213,12 +231,72 @@ impl<'a> Universe<'a> {
                     .then_with(|| version::compare(&b.version, &a.version))
             });
         }
-        Universe {
+        Index {
             arch: architecture.to_string(),
-            pkgs,
+            len: packages.len(),
             by_name,
             providers,
         }
+    }
+}
+
+/// Packages and their [`Index`]: what the resolver works on. A package is
+/// known by its position in the list.
+#[derive(Debug)]
+pub struct Universe<'a> {
+    pkgs: &'a [Package],
+    index: Cow<'a, Index>,
+}
+
+impl<'a> Universe<'a> {
+    /// Indexes `packages` (several suites may be merged; a name+version seen
+    /// twice keeps its first entry) for `architecture`.
+    pub fn new(packages: &'a [Package], architecture: &str) -> Universe<'a> {
+        Universe {
+            pkgs: packages,
+            index: Cow::Owned(Index::new(packages, architecture)),
+        }
+    }
+
+    /// `packages` with the index built from them earlier.
+    ///
+    /// # Panics
+    /// If `index` was built from a list of another length.
+    pub fn with_index(packages: &'a [Package], index: &'a Index) -> Universe<'a> {
+        assert_eq!(index.len, packages.len(), "an index of another list");
+        Universe {
+            pkgs: packages,
+            index: Cow::Borrowed(index),
+        }
+    }
+
+    fn pkg(&self, i: usize) -> &'a Package {
+        &self.pkgs[i]
+    }
+
+    fn arch(&self) -> &str {
+        &self.index.arch
+    }
+
+    /// The positions of `name`'s versions, newest first.
+    fn versions(&self, name: &str) -> Option<&[usize]> {
+        self.index.by_name.get(name).map(Vec::as_slice)
+    }
+
+    /// The providers of `name` in apt's order of preference, with the
+    /// Provides entry that names it.
+    fn providers(&self, name: &str) -> impl Iterator<Item = (usize, &'a Provide)> + '_ {
+        let pkgs = self.pkgs;
+        self.index
+            .providers
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(move |&(i, k)| (i, &pkgs[i].provides[k]))
+    }
+
+    fn provided(&self, name: &str) -> bool {
+        self.index.providers.contains_key(name)
     }
 
     /// Resolves `request` on top of `installed` (the parent image's dpkg
@@ -230,16 +308,34 @@ impl<'a> Universe<'a> {
         request: &[Request],
         options: &Options,
     ) -> Result<Resolution, ResolveError> {
+        let packages = self
+            .resolve_positions(installed, request, options)?
+            .into_iter()
+            .map(|i| self.pkgs[i].clone())
+            .collect();
+        Ok(Resolution { packages })
+    }
+
+    /// As [`Universe::resolve`], the packages given by their positions in
+    /// the list (sorted by name): a caller can find what else it keeps
+    /// about them by position without cloning them.
+    pub fn resolve_positions(
+        &self,
+        installed: &[Package],
+        request: &[Request],
+        options: &Options,
+    ) -> Result<Vec<usize>, ResolveError> {
         let mut st = State::new(self, installed);
         if options.variant == Some(Variant::Minbase) {
             let mut names: Vec<&str> = self
+                .index
                 .by_name
                 .iter()
                 .filter(|(_, v)| {
-                    let p = self.pkgs[v[0]];
+                    let p = self.pkg(v[0]);
                     p.essential || p.priority == "required"
                 })
-                .map(|(n, _)| *n)
+                .map(|(n, _)| &**n)
                 .collect();
             names.sort_unstable();
             for name in names {
@@ -250,10 +346,9 @@ impl<'a> Universe<'a> {
             st.request(&r.name, r.version.as_deref())?;
         }
         st.run(options.recommends)?;
-        let mut packages: Vec<Package> =
-            st.chosen.values().map(|&i| self.pkgs[i].clone()).collect();
-        packages.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Resolution { packages })
+        let mut chosen: Vec<usize> = st.chosen.values().copied().collect();
+        chosen.sort_by(|&a, &b| self.pkgs[a].name.cmp(&self.pkgs[b].name));
+        Ok(chosen)
     }
 }
 
@@ -374,15 +469,16 @@ impl Why {
 struct State<'a> {
     u: &'a Universe<'a>,
     installed: Vec<&'a Package>,
-    inst_by_name: HashMap<&'a str, usize>,
-    inst_providers: HashMap<&'a str, Vec<(usize, &'a Provide)>>,
-    /// Name → universe index; a chosen name replaces the installed one.
-    chosen: HashMap<&'a str, usize>,
+    inst_by_name: Map<&'a str, usize>,
+    inst_providers: Map<&'a str, Vec<(usize, &'a Provide)>>,
+    /// Name → position in the universe; a chosen name replaces the
+    /// installed one.
+    chosen: Map<&'a str, usize>,
     /// Who pulled a name in, for error chains; requests have none.
-    parent: HashMap<&'a str, Option<&'a str>>,
+    parent: Map<&'a str, Option<&'a str>>,
     /// Conflicted name → who declares it (Conflicts or Breaks), over
     /// installed and chosen packages; dead entries are skipped when read.
-    against: HashMap<&'a str, Vec<(Member, &'a Dep, &'static str)>>,
+    against: Map<&'a str, Vec<(Member, &'a Dep, &'static str)>>,
     deps_queue: VecDeque<usize>,
     rec_queue: VecDeque<usize>,
 }
@@ -391,16 +487,16 @@ impl<'a> State<'a> {
     fn new(u: &'a Universe<'a>, installed: &'a [Package]) -> State<'a> {
         let installed: Vec<&Package> = installed
             .iter()
-            .filter(|p| p.architecture == u.arch || p.architecture == "all")
+            .filter(|p| p.architecture == u.arch() || p.architecture == "all")
             .collect();
         let mut st = State {
             u,
             installed: installed.clone(),
-            inst_by_name: HashMap::new(),
-            inst_providers: HashMap::new(),
-            chosen: HashMap::new(),
-            parent: HashMap::new(),
-            against: HashMap::new(),
+            inst_by_name: Map::default(),
+            inst_providers: Map::default(),
+            chosen: Map::default(),
+            parent: Map::default(),
+            against: Map::default(),
             deps_queue: VecDeque::new(),
             rec_queue: VecDeque::new(),
         };
@@ -420,7 +516,7 @@ impl<'a> State<'a> {
     fn pkg(&self, m: Member) -> &'a Package {
         match m {
             Member::Inst(k) => self.installed[k],
-            Member::Uni(i) => self.u.pkgs[i],
+            Member::Uni(i) => self.u.pkg(i),
         }
     }
 
@@ -428,7 +524,7 @@ impl<'a> State<'a> {
     fn live(&self, m: Member) -> bool {
         match m {
             Member::Inst(k) => !self.chosen.contains_key(self.installed[k].name.as_str()),
-            Member::Uni(i) => self.chosen.get(self.u.pkgs[i].name.as_str()) == Some(&i),
+            Member::Uni(i) => self.chosen.get(self.u.pkg(i).name.as_str()) == Some(&i),
         }
     }
 
@@ -447,10 +543,10 @@ impl<'a> State<'a> {
     fn members_matching(&self, d: &Dep, except: Option<&str>, for_conflict: bool) -> Vec<Member> {
         let mut out = Vec::new();
         let keep = |p: &Package| {
-            except != Some(p.name.as_str()) && (for_conflict || arch_ok(d, p, &self.u.arch))
+            except != Some(p.name.as_str()) && (for_conflict || arch_ok(d, p, self.u.arch()))
         };
         if let Some(&i) = self.chosen.get(d.name.as_str()) {
-            let p = self.u.pkgs[i];
+            let p = self.u.pkg(i);
             if keep(p) && version_ok(d, &p.version) {
                 out.push(Member::Uni(i));
             }
@@ -460,9 +556,9 @@ impl<'a> State<'a> {
                 out.push(Member::Inst(k));
             }
         }
-        for &(i, prov) in self.u.providers.get(d.name.as_str()).into_iter().flatten() {
+        for (i, prov) in self.u.providers(d.name.as_str()) {
             let m = Member::Uni(i);
-            if self.live(m) && keep(self.u.pkgs[i]) && provide_ok(d, prov) {
+            if self.live(m) && keep(self.u.pkg(i)) && provide_ok(d, prov) {
                 out.push(m);
             }
         }
@@ -487,7 +583,7 @@ impl<'a> State<'a> {
 
     /// The first clash between universe package `i` and the live set.
     fn clash(&self, i: usize) -> Option<(Member, Why)> {
-        let c = self.u.pkgs[i];
+        let c = self.u.pkg(i);
         let conflict = |m: Member, declared_by: &str, field, d: &Dep| {
             (
                 m,
@@ -503,7 +599,7 @@ impl<'a> State<'a> {
         for (field, deps) in [("Conflicts", &c.conflicts), ("Breaks", &c.breaks)] {
             for d in deps
                 .iter()
-                .filter(|d| conflict_arch_applies(d, &self.u.arch))
+                .filter(|d| conflict_arch_applies(d, self.u.arch()))
             {
                 // A package never conflicts with itself, nor with the
                 // installed version it replaces.
@@ -519,7 +615,7 @@ impl<'a> State<'a> {
         for prov in std::iter::once(&own).chain(&c.provides) {
             for &(m, d, field) in self.against.get(prov.name.as_str()).into_iter().flatten() {
                 let by = self.pkg(m);
-                if by.name == c.name || !self.live(m) || !conflict_arch_applies(d, &self.u.arch) {
+                if by.name == c.name || !self.live(m) || !conflict_arch_applies(d, self.u.arch()) {
                     continue;
                 }
                 if provide_ok(d, prov) {
@@ -531,7 +627,7 @@ impl<'a> State<'a> {
     }
 
     fn choose(&mut self, i: usize, parent: Option<&'a str>) {
-        let p = self.u.pkgs[i];
+        let p = self.u.pkg(i);
         self.chosen.insert(&p.name, i);
         self.parent.entry(&p.name).or_insert(parent);
         self.index_conflicts(Member::Uni(i));
@@ -541,7 +637,7 @@ impl<'a> State<'a> {
     fn unchoose(&mut self, i: usize) {
         // Index entries and queue items of `i` die with it: both are
         // checked for liveness when read.
-        self.chosen.remove(self.u.pkgs[i].name.as_str());
+        self.chosen.remove(self.u.pkg(i).name.as_str());
     }
 
     /// Chooses `i` unless it clashes; a clash with an installed package is
@@ -559,9 +655,9 @@ impl<'a> State<'a> {
                 return Err(why);
             };
             let old = self.installed[k];
-            let newest = self.u.by_name.get(old.name.as_str()).map(|v| v[0]);
+            let newest = self.u.versions(old.name.as_str()).map(|v| v[0]);
             let Some(j) = newest.filter(|&j| {
-                version::compare(&self.u.pkgs[j].version, &old.version) == Ordering::Greater
+                version::compare(&self.u.pkg(j).version, &old.version) == Ordering::Greater
             }) else {
                 undo(self, &upgrades);
                 return Err(why);
@@ -597,24 +693,24 @@ impl<'a> State<'a> {
     /// versions or names cannot be used.
     fn candidates(&self, d: &Dep, whys: &mut Vec<Why>) -> Vec<usize> {
         let mut out = Vec::new();
-        let arch = &self.u.arch;
+        let arch = self.u.arch();
         if let Some(&i) = self.chosen.get(d.name.as_str()) {
             // Satisfied alternatives were handled before: this one is not.
             whys.push(Why::Text(format!(
                 "{} is already chosen at {}, which does not satisfy {}",
                 d.name,
-                self.u.pkgs[i].version,
+                self.u.pkg(i).version,
                 dep_text(d)
             )));
-        } else if let Some(versions) = self.u.by_name.get(d.name.as_str()) {
+        } else if let Some(versions) = self.u.versions(d.name.as_str()) {
             out.extend(versions.iter().copied().filter(|&i| {
-                let p = self.u.pkgs[i];
+                let p = self.u.pkg(i);
                 version_ok(d, &p.version) && arch_ok(d, p, arch)
             }));
             if out.is_empty() {
                 let have: Vec<&str> = versions
                     .iter()
-                    .map(|&i| self.u.pkgs[i].version.as_str())
+                    .map(|&i| self.u.pkg(i).version.as_str())
                     .collect();
                 let what = match &d.version {
                     Some((r, v)) => format!(" satisfies ({} {v})", rel_text(*r)),
@@ -627,10 +723,10 @@ impl<'a> State<'a> {
                 )));
             }
         }
-        let real = !out.is_empty() || self.u.by_name.contains_key(d.name.as_str());
+        let real = !out.is_empty() || self.u.versions(d.name.as_str()).is_some();
         let mut providers = 0;
-        for &(i, prov) in self.u.providers.get(d.name.as_str()).into_iter().flatten() {
-            let p = self.u.pkgs[i];
+        for (i, prov) in self.u.providers(d.name.as_str()) {
+            let p = self.u.pkg(i);
             if !provide_ok(d, prov) || !arch_ok(d, p, arch) || out.contains(&i) {
                 continue;
             }
@@ -641,7 +737,7 @@ impl<'a> State<'a> {
             }
         }
         if !real && providers == 0 {
-            let provided = self.u.providers.contains_key(d.name.as_str());
+            let provided = self.u.provided(d.name.as_str());
             whys.push(Why::Text(if provided {
                 format!("no provider of {} satisfies {}", d.name, dep_text(d))
             } else {
@@ -688,31 +784,31 @@ impl<'a> State<'a> {
 
     /// Adds a requested package (or a variant's) to the set.
     fn request(&mut self, name: &str, pin: Option<&str>) -> Result<(), ResolveError> {
-        let Some(versions) = self.u.by_name.get(name) else {
+        let Some(versions) = self.u.versions(name) else {
             return self.request_virtual(name, pin);
         };
         let i = match pin {
             Some(v) => *versions
                 .iter()
-                .find(|&&i| version::compare(&self.u.pkgs[i].version, v) == Ordering::Equal)
+                .find(|&&i| version::compare(&self.u.pkg(i).version, v) == Ordering::Equal)
                 .ok_or_else(|| ResolveError::NoSuchVersion {
                     name: name.to_string(),
                     version: v.to_string(),
                     available: versions
                         .iter()
-                        .map(|&i| self.u.pkgs[i].version.clone())
+                        .map(|&i| self.u.pkg(i).version.clone())
                         .collect(),
                 })?,
             None => versions[0],
         };
-        let p = self.u.pkgs[i];
+        let p = self.u.pkg(i);
         if let Some(&j) = self.chosen.get(name) {
             if j == i {
                 return Ok(());
             }
             return Err(ResolveError::Unsatisfiable {
                 chain: vec![format!("{name}={}", p.version)],
-                reason: format!("{name} {} is already chosen", self.u.pkgs[j].version),
+                reason: format!("{name} {} is already chosen", self.u.pkg(j).version),
             });
         }
         if let Some(&k) = self.inst_by_name.get(name) {
@@ -728,13 +824,13 @@ impl<'a> State<'a> {
     /// A requested name no package has: a virtual one with a single
     /// provider stands for it, as in apt; several need the user to pick.
     fn request_virtual(&mut self, name: &str, pin: Option<&str>) -> Result<(), ResolveError> {
-        let Some(list) = self.u.providers.get(name) else {
-            let names = self
-                .u
+        let index = &self.u.index;
+        let Some(list) = index.providers.get(name) else {
+            let names = index
                 .by_name
                 .keys()
-                .chain(self.u.providers.keys())
-                .copied();
+                .chain(index.providers.keys())
+                .map(|n| &**n);
             return Err(ResolveError::Unknown {
                 name: name.to_string(),
                 suggestion: crate::suggest::closest(name, names).map(str::to_string),
@@ -757,7 +853,7 @@ impl<'a> State<'a> {
         }
         let mut names: Vec<&str> = list
             .iter()
-            .map(|&(i, _)| self.u.pkgs[i].name.as_str())
+            .map(|&(i, _)| self.u.pkg(i).name.as_str())
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -788,7 +884,7 @@ impl<'a> State<'a> {
                 if !self.live(Member::Uni(i)) {
                     continue;
                 }
-                let p = self.u.pkgs[i];
+                let p = self.u.pkg(i);
                 for g in p.pre_depends.iter().chain(&p.depends) {
                     self.resolve_group(g, i, true)?;
                 }
@@ -799,7 +895,7 @@ impl<'a> State<'a> {
             }
             if let Some(i) = self.rec_queue.pop_front() {
                 if self.live(Member::Uni(i)) {
-                    for g in &self.u.pkgs[i].recommends {
+                    for g in &self.u.pkg(i).recommends {
                         self.resolve_group(g, i, false)?;
                     }
                 }
@@ -814,16 +910,15 @@ impl<'a> State<'a> {
             let old = self.installed[k];
             let upgrade = self
                 .u
-                .by_name
-                .get(old.name.as_str())
+                .versions(old.name.as_str())
                 .map(|v| v[0])
                 .filter(|&j| {
-                    version::compare(&self.u.pkgs[j].version, &old.version) == Ordering::Greater
+                    version::compare(&self.u.pkg(j).version, &old.version) == Ordering::Greater
                 });
             let culprit = g
                 .iter()
                 .filter_map(|d| self.chosen.get(d.name.as_str()))
-                .map(|&i| format!("{} {}", self.u.pkgs[i].name, self.u.pkgs[i].version))
+                .map(|&i| format!("{} {}", self.u.pkg(i).name, self.u.pkg(i).version))
                 .next()
                 .unwrap_or_else(|| "an upgrade".to_string());
             let reason = format!("{} {} depends on {}", old.name, old.version, group_text(g));
@@ -876,16 +971,18 @@ mod tests {
         let u = Universe::new(universe, "amd64");
         let mut st = State::new(&u, installed);
         for p in &r.packages {
-            let i = u.by_name[p.name.as_str()]
+            let i = u
+                .versions(&p.name)
+                .unwrap()
                 .iter()
                 .copied()
-                .find(|&i| u.pkgs[i].version == p.version)
+                .find(|&i| u.pkg(i).version == p.version)
                 .unwrap();
-            st.chosen.insert(&u.pkgs[i].name, i);
+            st.chosen.insert(&u.pkg(i).name, i);
             st.index_conflicts(Member::Uni(i));
         }
         for &i in st.chosen.values() {
-            let p = u.pkgs[i];
+            let p = u.pkg(i);
             for g in p.pre_depends.iter().chain(&p.depends) {
                 assert!(
                     st.satisfied(g),
@@ -1290,7 +1387,7 @@ mod tests {
             "php-cli",
         ]
         .into_iter()
-        .filter(|n| u.by_name.contains_key(n))
+        .filter(|n| u.versions(n).is_some())
         .collect();
         let opts = Options {
             recommends: true,
@@ -1316,7 +1413,7 @@ mod tests {
         ];
         let want: Vec<&str> = want
             .into_iter()
-            .filter(|n| u.by_name.contains_key(n))
+            .filter(|n| u.versions(n).is_some())
             .collect();
         for recommends in [false, true] {
             let opts = Options {
@@ -1395,10 +1492,11 @@ mod tests {
         std::fs::write(&empty, "").unwrap();
         // Minbase from nothing: apt is asked for the same roots.
         let mut roots: Vec<&str> = u
+            .index
             .by_name
             .iter()
-            .filter(|(_, v)| u.pkgs[v[0]].essential || u.pkgs[v[0]].priority == "required")
-            .map(|(n, _)| *n)
+            .filter(|(_, v)| u.pkg(v[0]).essential || u.pkg(v[0]).priority == "required")
+            .map(|(n, _)| &**n)
             .collect();
         roots.sort_unstable();
         let opts = Options {
