@@ -756,16 +756,18 @@ impl Session<'_> {
                         .load(&self.debian_cache(), d)
                         .map_err(|e| err(&name, e))?;
                     // The resolver needs what installed packages provide.
-                    let index: HashMap<(&str, &str, &str), &Package> = loaded
-                        .packages
-                        .iter()
-                        .map(|p| {
-                            (
-                                (p.name.as_str(), p.version.as_str(), p.architecture.as_str()),
-                                p,
-                            )
-                        })
-                        .collect();
+                    // (A signed archive's names: no need for SipHash here.)
+                    let index: HashMap<(&str, &str, &str), &Package, foldhash::fast::RandomState> =
+                        loaded
+                            .packages
+                            .iter()
+                            .map(|p| {
+                                (
+                                    (p.name.as_str(), p.version.as_str(), p.architecture.as_str()),
+                                    p,
+                                )
+                            })
+                            .collect();
                     let full: Vec<Package> = before
                         .iter()
                         .map(|b| {

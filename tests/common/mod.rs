@@ -803,6 +803,10 @@ pub fn skopeo(cx: &Ctx, args: &[&str]) -> Run {
 /// A trixie minbase tarball, made once per target directory.
 pub fn debian_tarball() -> PathBuf {
     require_tool("mmdebstrap", "mmdebstrap");
+    // Tests of one binary run on threads of one process: one makes it, the
+    // others wait (the temporary name is per process, for other binaries).
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let tar = dir.join("trixie-minbase.tar");
     if tar.exists() {
