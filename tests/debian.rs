@@ -746,16 +746,7 @@ fn tarball_tree(path: &Path) -> BTreeMap<String, Node> {
     for e in archive.entries().expect("a tar stream") {
         let mut e = e.expect("a tar entry");
         let h = e.header().clone();
-        let kind = match h.entry_type() {
-            tar::EntryType::Regular => 'f',
-            tar::EntryType::Directory => 'd',
-            tar::EntryType::Symlink => 'l',
-            tar::EntryType::Link => 'h',
-            tar::EntryType::Char => 'c',
-            tar::EntryType::Block => 'b',
-            tar::EntryType::Fifo => 'p',
-            _ => '?',
-        };
+        let kind = common::tar_kind(h.entry_type());
         let path = tar_path(&e.path().expect("entry path").to_string_lossy());
         let link = e
             .link_name()

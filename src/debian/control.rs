@@ -577,30 +577,24 @@ fn flat_field_checked(f: Option<&Field<'_>>) -> Result<Vec<Dep>, ControlError> {
 }
 
 fn provides_field(f: Option<&Field<'_>>) -> Result<Vec<Provide>, ControlError> {
-    let Some(field) = f else {
-        return Ok(Vec::new());
-    };
-    // As in `flat_field`: anything unusual takes the long way.
-    let mut out = Vec::with_capacity(count(field.value, b',') + 1);
-    for group in split_ascii(field.value, b',') {
-        if group.trim().is_empty() {
-            continue;
+    // `flat_field`'s quick way; anything unusual (a version other than `=`,
+    // any error) takes the long way, which reports what it always has.
+    match flat_field(f) {
+        Ok(deps)
+            if deps
+                .iter()
+                .all(|d| matches!(d.version, None | Some((Relation::Eq, _)))) =>
+        {
+            Ok(deps
+                .into_iter()
+                .map(|d| Provide {
+                    name: d.name,
+                    version: d.version.map(|(_, v)| v),
+                })
+                .collect())
         }
-        if group.as_bytes().contains(&b'|') {
-            return provides_field_checked(f);
-        }
-        let dep = parse_dep(group).map_err(|reason| bad(f, field.name, &reason))?;
-        let version = match dep.version {
-            None => None,
-            Some((Relation::Eq, ver)) => Some(ver),
-            Some(_) => return provides_field_checked(f),
-        };
-        out.push(Provide {
-            name: dep.name,
-            version,
-        });
+        _ => provides_field_checked(f),
     }
-    Ok(out)
 }
 
 fn provides_field_checked(f: Option<&Field<'_>>) -> Result<Vec<Provide>, ControlError> {

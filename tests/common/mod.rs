@@ -483,19 +483,28 @@ pub struct ValidImage {
     pub layers: Vec<ValidLayer>,
 }
 
+/// A tar entry's type as one letter, as `ls -l` and find's `-type` spell it
+/// (`h` for a hard link, `?` for the rest).
+pub fn tar_kind(t: tar::EntryType) -> char {
+    match t {
+        tar::EntryType::Regular => 'f',
+        tar::EntryType::Directory => 'd',
+        tar::EntryType::Symlink => 'l',
+        tar::EntryType::Link => 'h',
+        tar::EntryType::Char => 'c',
+        tar::EntryType::Block => 'b',
+        tar::EntryType::Fifo => 'p',
+        _ => '?',
+    }
+}
+
 pub fn tar_entries(tar_bytes: &[u8]) -> Vec<TarEntry> {
     let mut archive = tar::Archive::new(tar_bytes);
     let mut out = Vec::new();
     for e in archive.entries().expect("a tar stream") {
         let mut e = e.expect("a tar entry");
         let h = e.header().clone();
-        let kind = match h.entry_type() {
-            tar::EntryType::Regular => 'f',
-            tar::EntryType::Directory => 'd',
-            tar::EntryType::Symlink => 'l',
-            tar::EntryType::Link => 'h',
-            _ => '?',
-        };
+        let kind = tar_kind(h.entry_type());
         let path = e.path().expect("entry path").to_string_lossy().into_owned();
         let link = e
             .link_name()
