@@ -405,14 +405,7 @@ impl Session<'_> {
         };
         // The packages, by hard links in the store (no copies), for the
         // sandbox to show at /run/imgbuild-debs.
-        let tmp = self.store.root().join("tmp");
-        let shown = tempfile::Builder::new()
-            .prefix("debs-")
-            .tempdir_in(&tmp)
-            .map_err(|source| BuildError::Io {
-                path: tmp.clone(),
-                source,
-            })?;
+        let shown = self.store.temp_dir("debs-")?;
         for (deb, p) in debs.iter().zip(&pkgs) {
             let to = shown.path().join(&p.filename);
             std::fs::hard_link(deb, &to)

@@ -84,22 +84,45 @@ impl Follow {
         applier
             .join()
             .map_err(|_| "the unpacker panicked".to_string())??;
-        let chain = chain_id(&UnpackOptions::for_current_user(), hexes);
-        let done = rootfs.join(&chain);
-        if done.is_dir() {
-            return Ok(done);
-        }
-        std::fs::create_dir_all(rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
-        // Which blobs it came from, so gc can drop it with them.
-        let list = rootfs.join(format!("{chain}.layers"));
-        crate::fsutil::write_atomic(self.work.path(), &list, hexes.join("\n").as_bytes())
-            .map_err(|e| format!("{}: {e}", list.display()))?;
-        match std::fs::rename(self.work.path().join("rootfs"), &done) {
-            Ok(()) => Ok(done),
-            // Another build of the same chain got there first.
-            Err(_) if done.is_dir() => Ok(done),
-            Err(e) => Err(format!("{}: {e}", done.display())),
-        }
+        keep(
+            rootfs,
+            self.work.path(),
+            &self.work.path().join("rootfs"),
+            &UnpackOptions::for_current_user(),
+            hexes,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Moves `tree`, the whole tree of the chain of blobs `hexes`, to
+/// `rootfs/<chain>` beside a list of those blobs (so gc can drop it with
+/// them); `tmp` is for writing that list. An existing tree of the chain
+/// wins: another build got there first.
+pub fn keep(
+    rootfs: &Path,
+    tmp: &Path,
+    tree: &Path,
+    opts: &UnpackOptions,
+    hexes: &[String],
+) -> Result<PathBuf, crate::build::BuildError> {
+    use crate::build::BuildError;
+    let chain = chain_id(opts, hexes);
+    let done = rootfs.join(&chain);
+    if done.is_dir() {
+        return Ok(done);
+    }
+    std::fs::create_dir_all(rootfs).map_err(|source| BuildError::Io {
+        path: rootfs.to_path_buf(),
+        source,
+    })?;
+    let list = rootfs.join(format!("{chain}.layers"));
+    crate::fsutil::write_atomic(tmp, &list, hexes.join("\n").as_bytes())
+        .map_err(|source| BuildError::Io { path: list, source })?;
+    match std::fs::rename(tree, &done) {
+        Ok(()) => Ok(done),
+        Err(_) if done.is_dir() => Ok(done),
+        Err(source) => Err(BuildError::Io { path: done, source }),
     }
 }
 

@@ -436,11 +436,7 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
         if layer.import {
-            let tmp = self.store.root().join("tmp");
-            let work = tempfile::Builder::new()
-                .prefix("import-")
-                .tempdir_in(&tmp)
-                .map_err(|source| BuildError::Io { path: tmp, source })?;
+            let work = self.store.temp_dir("import-")?;
             let entries = layer::import::entries(&layer.src, work.path(), self.opts.threads)
                 .map_err(|source| BuildError::Layer {
                     image: image.name.clone(),
@@ -691,13 +687,7 @@ impl<'a> Session<'a> {
             reason,
         };
         let tmp = self.store.root().join("tmp");
-        let work = tempfile::Builder::new()
-            .prefix("rootfs-")
-            .tempdir_in(&tmp)
-            .map_err(|source| BuildError::Io {
-                path: tmp.clone(),
-                source,
-            })?;
+        let work = self.store.temp_dir("rootfs-")?;
         let root = work.path().join("rootfs");
         let blobs: Vec<(PathBuf, String)> = layers
             .iter()
@@ -706,24 +696,7 @@ impl<'a> Session<'a> {
             .collect();
         layer::unpack::unpack_image(&blobs, &root, &opts)
             .map_err(|e| err(format!("materialising the image: {e}")))?;
-        std::fs::create_dir_all(&dir).map_err(|source| BuildError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        // Which blobs it came from, so gc can drop it with them.
-        let list = dir.join(format!("{chain}.layers"));
-        crate::fsutil::write_atomic(&tmp, &list, hexes.join("\n").as_bytes()).map_err(
-            |source| BuildError::Io {
-                path: list.clone(),
-                source,
-            },
-        )?;
-        match std::fs::rename(&root, &done) {
-            Ok(()) => Ok(done),
-            // Another build of the same chain got there first.
-            Err(_) if done.is_dir() => Ok(done),
-            Err(source) => Err(BuildError::Io { path: done, source }),
-        }
+        follow::keep(&dir, &tmp, &root, &opts, &hexes)
     }
 
     /// Starts making the tree of `lower` plus the layer about to be built

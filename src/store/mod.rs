@@ -196,6 +196,16 @@ impl Store {
         tempfile::NamedTempFile::new_in(&dir).map_err(io_at(&dir))
     }
 
+    /// A directory under the store's `tmp/` (same filesystem as what it
+    /// will be renamed to), removed on drop.
+    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {
+        let dir = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&dir)
+            .map_err(io_at(&dir))
+    }
+
     /// Moves a completely written temporary file into place as blob `hex`.
     /// The caller computed `hex` over exactly the bytes it wrote.
     pub fn commit_blob(&self, tmp: tempfile::NamedTempFile, hex: &str) -> Result<(), StoreError> {
