@@ -699,6 +699,19 @@ impl<'a> Session<'a> {
         follow::keep(&dir, &tmp, &root, &opts, &hexes)
     }
 
+    /// The layer cached under `key`, else the one `build` makes now, with
+    /// how long its phases took.
+    fn cached_or(
+        &self,
+        key: &str,
+        build: impl FnOnce() -> Result<(LayerRecord, Phases), BuildError>,
+    ) -> Result<(LayerRecord, Option<Phases>), BuildError> {
+        match self.cached_layer(key)? {
+            Some(r) => Ok((r, None)),
+            None => build().map(|(r, p)| (r, Some(p))),
+        }
+    }
+
     /// Starts making the tree of `lower` plus the layer about to be built
     /// (see [`follow`]); None, with a warning, where that cannot start.
     fn follow(
@@ -856,15 +869,12 @@ impl<'a> Session<'a> {
                 locked.epoch
             };
             let key = debian::key(&below, d, &locked, self.opts.compression, epoch);
-            let (record, phases) = match self.cached_layer(&key)? {
-                Some(r) => (r, None),
-                None => {
-                    let (r, mut p) =
-                        self.debian_install(image, d, 0, &below, &locked, &key, reporter)?;
-                    p.resolve = Some(resolved);
-                    (r, Some(p))
-                }
-            };
+            let (record, phases) = self.cached_or(&key, || {
+                let (r, mut p) =
+                    self.debian_install(image, d, 0, &below, &locked, &key, reporter)?;
+                p.resolve = Some(resolved);
+                Ok((r, p))
+            })?;
             let built = phases.is_some();
             done.push(
                 &image.name,
@@ -924,13 +934,9 @@ impl<'a> Session<'a> {
             let mut below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
             below.extend(done.layers.iter().map(|r| r.desc.clone()));
             let (context, key) = self.run_key(image, base.map(|b| b.1), &below)?;
-            let (record, phases) = match self.cached_layer(&key)? {
-                Some(r) => (r, None),
-                None => {
-                    let (r, p) = self.run_steps(image, index, &below, &context, &key, reporter)?;
-                    (r, Some(p))
-                }
-            };
+            let (record, phases) = self.cached_or(&key, || {
+                self.run_steps(image, index, &below, &context, &key, reporter)
+            })?;
             let built = phases.is_some();
             done.push(
                 &image.name,
