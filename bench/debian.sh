@@ -356,33 +356,18 @@ for t in ("mm-cold.tar", "mm-warm.tar"):
 json.dump(sizes, open(os.path.join(out, "sizes.json"), "w"), indent=2)
 EOF
 
-python3 - "$WORK" "$(versions_json)" "$RUNS" "$LOCK_OK" "$MM_SOURCES" "$SUITE" "${#BASE_PKGS[@]}" "${#PHP_PKGS[@]}" "$(mmdebstrap --version 2>/dev/null | head -n 1 || true)" <<'EOF'
+BENCH_DIR="$BENCH_DIR" python3 - "$WORK" "$(versions_json)" "$RUNS" "$LOCK_OK" "$MM_SOURCES" "$SUITE" "${#BASE_PKGS[@]}" "${#PHP_PKGS[@]}" "$(mmdebstrap --version 2>/dev/null | head -n 1 || true)" <<'EOF'
 import datetime, json, os, statistics, sys
 work, versions, runs, lock_ok = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 mm_sources, suite, nbase, nphp, mm_version = sys.argv[5], sys.argv[6], int(sys.argv[7]), int(sys.argv[8]), sys.argv[9]
 d = os.path.join(work, "debian")
 
-def load(p):
-    try:
-        with open(p) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from results import load, med, ok, results  # noqa: E402
 
-r = {}
-for fn in sorted(os.listdir(d)):
-    if fn.endswith(".json"):
-        x = load(os.path.join(d, fn))
-        if isinstance(x, dict) and "name" in x and "runs" in x:
-            r[x["name"]] = x
+r = results(d)
 cmp = load(os.path.join(d, "compare.json")) or {}
 sizes = load(os.path.join(d, "sizes.json")) or {}
-
-def ok(x):
-    return bool(x and x.get("ok") and x.get("runs"))
-
-def med(x):
-    return statistics.median(y["wall_s"] for y in x["runs"]) if ok(x) else None
 
 def t(v):
     if v is None:

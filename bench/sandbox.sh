@@ -222,32 +222,17 @@ if [[ $IMGBUILD_OK == 1 ]]; then
 fi
 fstype=$(findmnt -n -o FSTYPE -T "$OUT" 2>/dev/null || stat -f -c %T "$OUT" 2>/dev/null || echo unknown)
 
-python3 - "$WORK" "$(versions_json)" "$RUNS" "$reflink" "$fstype" "${ISOS[*]}" <<'EOF'
+BENCH_DIR="$BENCH_DIR" python3 - "$WORK" "$(versions_json)" "$RUNS" "$reflink" "$fstype" "${ISOS[*]}" <<'EOF'
 import datetime, json, os, statistics, sys
 work, versions, runs, reflink, fstype, isos = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "true", sys.argv[5], sys.argv[6].split()
 d = os.path.join(work, "sandbox")
 
-def load(p):
-    try:
-        with open(p) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from results import load, med, ok, results  # noqa: E402
 
-r = {}
-for fn in sorted(os.listdir(d)):
-    if fn.endswith(".json"):
-        x = load(os.path.join(d, fn))
-        if isinstance(x, dict) and "name" in x and "runs" in x:
-            r[x["name"]] = x
+r = results(d)
 stats = load(os.path.join(work, "debian-rootfs.stats.json")) or {}
 integ = load(os.path.join(d, "integrity.json")) or {}
-
-def ok(x):
-    return bool(x and x.get("ok") and x.get("runs"))
-
-def med(x):
-    return statistics.median(y["wall_s"] for y in x["runs"]) if ok(x) else None
 
 def phases_of(tag_prefix, n):
     """The step layer's phases from each run's JSON, in run order."""
