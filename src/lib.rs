@@ -2,6 +2,7 @@
 //! without a daemon and without privileges.
 pub mod build;
 pub mod debian;
+pub mod digest;
 pub mod fsutil;
 pub mod graph;
 pub mod layer;

@@ -658,7 +658,7 @@ pub fn write_blob_with_copy<W: std::io::Write + Send + 'static>(
     progress: &mut dyn FnMut(u64),
     copy: Option<Box<dyn std::io::Write + Send>>,
 ) -> Result<(W, Blob), LayerError> {
-    use crate::oci::digest::HashingWriter;
+    use crate::digest::HashingWriter;
     let compressed = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, sink));
     let compressor = compress::Compressor::new(compressed, compression, threads);
     let tee = Tee {

@@ -293,6 +293,6 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(one, three);
-        assert_eq!(one[0], crate::oci::digest::sha256_hex(b"0"));
+        assert_eq!(one[0], crate::digest::sha256_hex(b"0"));
     }
 }

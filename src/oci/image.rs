@@ -9,7 +9,7 @@ use oci_spec::image::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::digest::digest_of;
+use crate::digest::digest_of;
 use crate::spec::ConfigSpec;
 
 #[derive(Debug, thiserror::Error)]

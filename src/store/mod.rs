@@ -181,7 +181,7 @@ impl Store {
 
     /// Stores `bytes` under their sha256 and returns the hex digest.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<String, StoreError> {
-        let hex = crate::oci::digest::sha256_hex(bytes);
+        let hex = crate::digest::sha256_hex(bytes);
         if !self.has_blob(&hex) {
             let mut w = self.temp_file()?;
             w.write_all(bytes).map_err(io_at(w.path()))?;
@@ -270,7 +270,7 @@ impl Store {
     }
 
     pub fn statcache_path(&self, src: &Path) -> PathBuf {
-        let id = crate::oci::digest::sha256_hex(src.as_os_str().as_encoded_bytes());
+        let id = crate::digest::sha256_hex(src.as_os_str().as_encoded_bytes());
         self.root
             .join("statcache")
             .join(format!("{}.json", &id[..32]))
@@ -459,7 +459,7 @@ fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreEr
 /// A stable id for a graph file: the hash of its absolute path.
 pub fn graph_id(file: &Path) -> String {
     let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    crate::oci::digest::sha256_hex(abs.as_os_str().as_encoded_bytes())[..32].to_string()
+    crate::digest::sha256_hex(abs.as_os_str().as_encoded_bytes())[..32].to_string()
 }
 
 #[cfg(test)]
