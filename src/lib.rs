@@ -7,6 +7,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod layer;
 pub mod oci;
+pub mod passwd;
 pub mod registry;
 pub mod sandbox;
 pub mod spec;

@@ -60,7 +60,7 @@ impl Accounts {
             IdSpec::Name(name) => match self
                 .passwd
                 .as_deref()
-                .and_then(|p| scan::passwd_lookup(p, name))
+                .and_then(|p| crate::passwd::lookup_user(p, name))
             {
                 Some(ids) => ids,
                 None if name == "root" => (0, 0),
@@ -82,7 +82,7 @@ impl Accounts {
             Some(IdSpec::Name(name)) => match self
                 .group
                 .as_deref()
-                .and_then(|g| scan::group_lookup(g, name))
+                .and_then(|g| crate::passwd::lookup_group(g, name))
             {
                 Some(g) => g,
                 None if name == "root" => 0,

@@ -1,5 +1,5 @@
-//! Reading a few files back out of a layer blob, for resolving owner names
-//! against a parent image's /etc/passwd and /etc/group.
+//! Reading /etc/passwd and /etc/group back out of a layer blob (looked up
+//! by `crate::passwd`), and checking that a blob's paths stay inside the root.
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
@@ -134,22 +134,6 @@ pub fn check_paths(blob: &Path, media_type: &str) -> Result<(), PathProblem> {
     Ok(())
 }
 
-/// Looks up `name` in passwd text: (uid, primary gid).
-pub fn passwd_lookup(passwd: &str, name: &str) -> Option<(u32, u32)> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-/// Looks up `name` in group text.
-pub fn group_lookup(group: &str, name: &str) -> Option<u32> {
-    group.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,15 +157,6 @@ mod tests {
             Err(PathProblem::Escapes { entry, .. }) => assert_eq!(entry, "etc/shadow-copy"),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn lookups() {
-        let p =
-            "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n";
-        assert_eq!(passwd_lookup(p, "www-data"), Some((33, 33)));
-        assert_eq!(passwd_lookup(p, "nobody"), None);
-        assert_eq!(group_lookup("www-data:x:33:\n", "www-data"), Some(33));
     }
 
     #[test]

@@ -708,19 +708,14 @@ fn resolve_user_in(roots: &[&Path], spec: &str) -> Result<(u32, u32), SandboxErr
     let by_passwd = |name: &str| {
         passwd
             .as_deref()
-            .and_then(|p| crate::layer::scan::passwd_lookup(p, name))
+            .and_then(|p| crate::passwd::lookup_user(p, name))
     };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(uid) => {
             // A numeric user's group is its passwd entry's, else 0 (as runc).
             let primary = passwd
                 .as_deref()
-                .and_then(|p| {
-                    p.lines().find_map(|l| {
-                        let f: Vec<&str> = l.split(':').collect();
-                        (f.len() >= 4 && f[2] == uid.to_string()).then(|| f[3].parse().ok())?
-                    })
-                })
+                .and_then(|p| crate::passwd::primary_gid(p, uid))
                 .unwrap_or(0);
             (uid, primary)
         }
@@ -736,7 +731,7 @@ fn resolve_user_in(roots: &[&Path], spec: &str) -> Result<(u32, u32), SandboxErr
             Ok(gid) => gid,
             Err(_) => read_etc(roots, "group")
                 .as_deref()
-                .and_then(|t| crate::layer::scan::group_lookup(t, g))
+                .and_then(|t| crate::passwd::lookup_group(t, g))
                 .ok_or_else(|| err(format!("group `{g}` is not in the image's /etc/group")))?,
         },
     };
