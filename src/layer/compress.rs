@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +102,43 @@ impl FromStr for Compression {
             _ => Err(ParseCompressionError(s.to_owned())),
         }
     }
+}
+
+/// A media type that names no layer imgbuild can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read a layer of media type {media_type:?}")]
+pub struct UnknownMediaType {
+    pub media_type: String,
+}
+
+/// How a layer of `media_type` is compressed; `None` is a plain tar. Knows
+/// OCI's `…layer.v1.tar`, `…tar+gzip`, `…tar+zstd` (and the nondistributable
+/// forms) and Docker's `…rootfs.diff.tar`, `…tar.gzip`, `…tar.zstd`.
+pub fn layer_compression(media_type: &str) -> Result<Option<Compression>, UnknownMediaType> {
+    if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+        Ok(Some(Compression::Gzip))
+    } else if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") {
+        Ok(Some(Compression::Zstd))
+    } else if media_type.ends_with("tar") {
+        Ok(None)
+    } else {
+        Err(UnknownMediaType {
+            media_type: media_type.to_string(),
+        })
+    }
+}
+
+/// The tar stream inside `compressed`, a layer compressed as
+/// [`layer_compression`] said.
+pub fn decompress<'a>(
+    compression: Option<Compression>,
+    compressed: impl BufRead + 'a,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        Some(Compression::Zstd) => Box::new(zstd::stream::read::Decoder::with_buffer(compressed)?),
+        None => Box::new(compressed),
+    })
 }
 
 /// Writes the compressed form of everything written to it into `sink`, using
@@ -734,6 +771,42 @@ mod tests {
         assert_eq!(
             Compression::Zstd.media_type(),
             "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+
+    #[test]
+    fn layer_media_types() {
+        for (media_type, want) in [
+            ("application/vnd.oci.image.layer.v1.tar", None),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                Some(Compression::Gzip),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Some(Compression::Zstd),
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Some(Compression::Gzip),
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar", None),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Some(Compression::Gzip),
+            ),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.zstd",
+                Some(Compression::Zstd),
+            ),
+        ] {
+            assert_eq!(layer_compression(media_type), Ok(want), "{media_type}");
+        }
+        assert_eq!(
+            layer_compression("application/octet-stream"),
+            Err(UnknownMediaType {
+                media_type: "application/octet-stream".into()
+            })
         );
     }
 

@@ -27,16 +27,16 @@ fn norm(path: &str) -> &str {
     path.trim_start_matches("./").trim_start_matches('/')
 }
 
+/// The tar stream of a layer blob; an unknown media type is invalid data.
+fn open(blob: &Path, media_type: &str) -> io::Result<Box<dyn Read>> {
+    let compression = super::compress::layer_compression(media_type)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    super::compress::decompress(compression, BufReader::new(File::open(blob)?))
+}
+
 /// Scans a (gzip, zstd or plain) layer blob.
 pub fn scan_etc(blob: &Path, media_type: &str) -> io::Result<EtcFiles> {
-    let f = BufReader::new(File::open(blob)?);
-    let reader: Box<dyn Read> = if media_type.ends_with("+gzip") {
-        Box::new(flate2::read::MultiGzDecoder::new(f))
-    } else if media_type.ends_with("+zstd") {
-        Box::new(zstd::stream::read::Decoder::with_buffer(f)?)
-    } else {
-        Box::new(f)
-    };
+    let reader = open(blob, media_type)?;
     let mut out = EtcFiles::default();
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
@@ -100,14 +100,7 @@ fn escapes(path: &str) -> bool {
 /// symlink targets are allowed (they are resolved inside the image at run
 /// time, and unpacking never follows them).
 pub fn check_paths(blob: &Path, media_type: &str) -> Result<(), PathProblem> {
-    let f = BufReader::new(File::open(blob).map_err(PathProblem::Io)?);
-    let reader: Box<dyn Read> = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-        Box::new(flate2::read::MultiGzDecoder::new(f))
-    } else if media_type.ends_with("+zstd") {
-        Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(PathProblem::Io)?)
-    } else {
-        Box::new(f)
-    };
+    let reader = open(blob, media_type).map_err(PathProblem::Io)?;
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(PathProblem::Io)? {
         let entry = entry.map_err(PathProblem::Io)?;

@@ -247,33 +247,17 @@ pub fn apply_tar(
 
 /// The decompressed tar stream of a layer blob.
 pub(crate) fn open_layer(blob: &Path, media_type: &str) -> Result<Box<dyn Read>, UnpackError> {
-    enum Kind {
-        Gzip,
-        Zstd,
-        Plain,
-    }
-    let kind = if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-        Kind::Gzip
-    } else if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") {
-        Kind::Zstd
-    } else if media_type.ends_with("tar") {
-        Kind::Plain
-    } else {
-        return Err(UnpackError::MediaType {
+    let compression =
+        super::compress::layer_compression(media_type).map_err(|e| UnpackError::MediaType {
             blob: blob.to_path_buf(),
-            media_type: media_type.to_string(),
-        });
-    };
+            media_type: e.media_type,
+        })?;
     let read_err = |source| UnpackError::Read {
         blob: blob.to_path_buf(),
         source,
     };
     let f = BufReader::with_capacity(256 * 1024, File::open(blob).map_err(read_err)?);
-    Ok(match kind {
-        Kind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
-        Kind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(read_err)?),
-        Kind::Plain => Box::new(f),
-    })
+    super::compress::decompress(compression, f).map_err(read_err)
 }
 
 /// Why one entry could not be applied; the caller adds the blob and entry.
