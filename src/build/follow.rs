@@ -249,16 +249,13 @@ mod tests {
         ]);
         let mut follow = Follow::start(&tmp, &lower).unwrap();
         let copy = follow.writer();
-        let (_, blob) = crate::layer::write_blob_with_copy(
-            &entries,
-            0,
-            crate::layer::Compression::Gzip,
-            2,
-            Vec::new(),
-            &mut |_| {},
-            Some(copy),
-        )
-        .unwrap();
+        let opts = crate::layer::BlobOptions {
+            epoch: 0,
+            compression: crate::layer::Compression::Gzip,
+            threads: 2,
+            copy: Some(copy),
+        };
+        let (_, blob) = crate::layer::write_blob(&entries, opts, Vec::new(), &mut |_| {}).unwrap();
         let rootfs = d.path().join("rootfs");
         let hexes = vec![blob.digest.clone()];
         let tree = follow.finish(&rootfs, &hexes).unwrap();

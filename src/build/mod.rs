@@ -513,15 +513,15 @@ impl<'a> Session<'a> {
             Some((f, below)) => (Some(f), below),
             None => (None, &[][..]),
         };
-        let (tmp, blob) = layer::write_blob_with_copy(
-            entries,
+        let opts = layer::BlobOptions {
             epoch,
-            self.opts.compression,
-            self.opts.threads,
-            tmp,
-            &mut |done| reporter.layer_progress(&image.name, index, done),
-            follow.as_mut().map(|f| f.writer()),
-        )
+            compression: self.opts.compression,
+            threads: self.opts.threads,
+            copy: follow.as_mut().map(|f| f.writer()),
+        };
+        let (tmp, blob) = layer::write_blob(entries, opts, tmp, &mut |done| {
+            reporter.layer_progress(&image.name, index, done)
+        })
         .map_err(layer_err)?;
         self.store.commit_blob(tmp, &hex_of(&blob.digest))?;
         if let Some(f) = follow {

@@ -745,7 +745,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::layer::tar::{OPAQUE_MARKER, WHITEOUT_PREFIX};
-    use crate::layer::{Blob, Compression, write_blob};
+    use crate::layer::{Blob, BlobOptions, Compression, write_blob};
     use std::collections::BTreeSet;
     use std::ffi::OsStr;
     use std::fs;
@@ -839,15 +839,13 @@ mod tests {
 
     /// The layer of `entries`, written as the build writes it, and its tar.
     fn layer(entries: &Entries) -> (Vec<u8>, Blob) {
-        let (gz, blob) = write_blob(
-            entries,
-            EPOCH,
-            Compression::Gzip,
-            2,
-            Vec::new(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let opts = BlobOptions {
+            epoch: EPOCH,
+            compression: Compression::Gzip,
+            threads: 2,
+            copy: None,
+        };
+        let (gz, blob) = write_blob(entries, opts, Vec::new(), &mut |_| {}).unwrap();
         let mut tar = Vec::new();
         flate2::read::MultiGzDecoder::new(&gz[..])
             .read_to_end(&mut tar)

@@ -632,32 +632,34 @@ impl<W: std::io::Write> std::io::Write for Tee<W> {
     }
 }
 
+/// How [`write_blob`] writes a layer.
+pub struct BlobOptions {
+    /// The time stamped on every entry.
+    pub epoch: i64,
+    pub compression: Compression,
+    /// Compression worker threads.
+    pub threads: usize,
+    /// Also given the uncompressed tar stream as it is written (to unpack
+    /// it elsewhere at the same time). A failing `copy` is dropped without
+    /// failing the blob; its reader sees the stream end.
+    pub copy: Option<Box<dyn std::io::Write + Send>>,
+}
+
 /// Writes `entries` as a compressed layer into `sink` in one streaming pass:
 /// tar → sha256 (diff_id) → parallel compression → sha256 (digest) → sink.
 /// Memory is bounded by the compressor's blocks in flight, not layer size.
 pub fn write_blob<W: std::io::Write + Send + 'static>(
     entries: &Entries,
-    epoch: i64,
-    compression: Compression,
-    threads: usize,
+    opts: BlobOptions,
     sink: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(W, Blob), LayerError> {
-    write_blob_with_copy(entries, epoch, compression, threads, sink, progress, None)
-}
-
-/// [`write_blob`], also giving the uncompressed tar stream to `copy` as it
-/// is written (to unpack it elsewhere at the same time). A failing `copy`
-/// is dropped without failing the blob; its reader sees the stream end.
-pub fn write_blob_with_copy<W: std::io::Write + Send + 'static>(
-    entries: &Entries,
-    epoch: i64,
-    compression: Compression,
-    threads: usize,
-    sink: W,
-    progress: &mut dyn FnMut(u64),
-    copy: Option<Box<dyn std::io::Write + Send>>,
-) -> Result<(W, Blob), LayerError> {
+    let BlobOptions {
+        epoch,
+        compression,
+        threads,
+        copy,
+    } = opts;
     use crate::digest::HashingWriter;
     let compressed = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, sink));
     let compressor = compress::Compressor::new(compressed, compression, threads);

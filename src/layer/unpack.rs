@@ -977,7 +977,7 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     use crate::layer::statcache::StatCache;
-    use crate::layer::{Compression, EntryKind, Ids, walk, write_blob};
+    use crate::layer::{BlobOptions, Compression, EntryKind, Ids, walk, write_blob};
     use crate::spec::LayerSpec;
 
     const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -988,67 +988,78 @@ mod tests {
     /// raw bytes: tar's own setters refuse `..`, which hostile layers need.
     struct Layer(tar::Builder<Vec<u8>>);
 
+    /// One header for [`Layer::raw`]; [`raw`] gives the usual fields.
+    struct Raw<'a> {
+        kind: EntryType,
+        name: &'a str,
+        link: &'a str,
+        data: &'a [u8],
+        mode: u32,
+        ids: (u64, u64),
+        mtime: u64,
+    }
+
+    /// An entry with no link or data, mode 0644, root's and time `T`.
+    fn raw(kind: EntryType, name: &str) -> Raw<'_> {
+        Raw {
+            kind,
+            name,
+            link: "",
+            data: b"",
+            mode: 0o644,
+            ids: (0, 0),
+            mtime: T,
+        }
+    }
+
     impl Layer {
         fn new() -> Layer {
             Layer(tar::Builder::new(Vec::new()))
         }
 
-        #[allow(clippy::too_many_arguments)]
-        fn raw(
-            &mut self,
-            kind: EntryType,
-            name: &str,
-            link: &str,
-            data: &[u8],
-            mode: u32,
-            ids: (u64, u64),
-            mtime: u64,
-        ) -> &mut Layer {
+        fn raw(&mut self, r: Raw<'_>) -> &mut Layer {
             let mut h = tar::Header::new_gnu();
             let g = h.as_gnu_mut().unwrap();
-            g.name[..name.len()].copy_from_slice(name.as_bytes());
-            g.linkname[..link.len()].copy_from_slice(link.as_bytes());
-            h.set_entry_type(kind);
-            h.set_size(data.len() as u64);
-            h.set_mode(mode);
-            h.set_uid(ids.0);
-            h.set_gid(ids.1);
-            h.set_mtime(mtime);
+            g.name[..r.name.len()].copy_from_slice(r.name.as_bytes());
+            g.linkname[..r.link.len()].copy_from_slice(r.link.as_bytes());
+            h.set_entry_type(r.kind);
+            h.set_size(r.data.len() as u64);
+            h.set_mode(r.mode);
+            h.set_uid(r.ids.0);
+            h.set_gid(r.ids.1);
+            h.set_mtime(r.mtime);
             h.set_cksum();
-            self.0.append(&h, data).unwrap();
+            self.0.append(&h, r.data).unwrap();
             self
         }
 
         fn dir(&mut self, name: &str, mode: u32) -> &mut Layer {
-            self.raw(
-                EntryType::Directory,
-                &format!("{name}/"),
-                "",
-                b"",
+            self.raw(Raw {
                 mode,
-                (0, 0),
-                T,
-            )
+                ..raw(EntryType::Directory, &format!("{name}/"))
+            })
         }
 
         fn file(&mut self, name: &str, data: &str) -> &mut Layer {
-            self.raw(
-                EntryType::Regular,
-                name,
-                "",
-                data.as_bytes(),
-                0o644,
-                (0, 0),
-                T,
-            )
+            self.raw(Raw {
+                data: data.as_bytes(),
+                ..raw(EntryType::Regular, name)
+            })
         }
 
         fn symlink(&mut self, name: &str, target: &str) -> &mut Layer {
-            self.raw(EntryType::Symlink, name, target, b"", 0o777, (0, 0), T)
+            self.raw(Raw {
+                link: target,
+                mode: 0o777,
+                ..raw(EntryType::Symlink, name)
+            })
         }
 
         fn hardlink(&mut self, name: &str, target: &str) -> &mut Layer {
-            self.raw(EntryType::Link, name, target, b"", 0o644, (0, 0), T)
+            self.raw(Raw {
+                link: target,
+                ..raw(EntryType::Link, name)
+            })
         }
 
         fn device(&mut self, kind: EntryType, name: &str, dev: (u32, u32)) -> &mut Layer {
@@ -1215,33 +1226,24 @@ mod tests {
         let blob = Layer::new()
             .dir("etc", 0o755)
             // No entry for srv itself: it is made 0755.
-            .raw(
-                EntryType::Directory,
-                "/srv/data/",
-                "",
-                b"",
-                0o750,
-                (1000, 1001),
-                T + 1,
-            )
-            .raw(
-                EntryType::Regular,
-                "srv/data/a.txt",
-                "",
-                b"alpha",
-                0o640,
-                (1000, 1001),
-                T + 2,
-            )
-            .raw(
-                EntryType::Regular,
-                "./usr/bin/su",
-                "",
-                b"su",
-                0o4755,
-                (0, 0),
-                T,
-            )
+            .raw(Raw {
+                mode: 0o750,
+                ids: (1000, 1001),
+                mtime: T + 1,
+                ..raw(EntryType::Directory, "/srv/data/")
+            })
+            .raw(Raw {
+                data: b"alpha",
+                mode: 0o640,
+                ids: (1000, 1001),
+                mtime: T + 2,
+                ..raw(EntryType::Regular, "srv/data/a.txt")
+            })
+            .raw(Raw {
+                data: b"su",
+                mode: 0o4755,
+                ..raw(EntryType::Regular, "./usr/bin/su")
+            })
             .symlink("usr/bin/sh", "dash")
             .hardlink("srv/data/b.txt", "/srv/data/a.txt")
             .device(EntryType::Fifo, "run/initctl", (0, 0))
@@ -1298,24 +1300,17 @@ mod tests {
         let s = Scratch::new();
         let root = s.root();
         let blob = Layer::new()
-            .raw(
-                EntryType::Regular,
-                "bin/su",
-                "",
-                b"su",
-                0o6755,
-                (1000, 1001),
-                T,
-            )
-            .raw(
-                EntryType::Directory,
-                "var/mail/",
-                "",
-                b"",
-                0o2775,
-                (0, 8),
-                T,
-            )
+            .raw(Raw {
+                data: b"su",
+                mode: 0o6755,
+                ids: (1000, 1001),
+                ..raw(EntryType::Regular, "bin/su")
+            })
+            .raw(Raw {
+                mode: 0o2775,
+                ids: (0, 8),
+                ..raw(EntryType::Directory, "var/mail/")
+            })
             .device(EntryType::Fifo, "run/fifo", (0, 0))
             .device(EntryType::Char, "dev/null", (1, 3))
             .finish(s.blobs(), "l.tar.gz");
@@ -1584,13 +1579,25 @@ mod tests {
             .finish(s.blobs(), "lower.tar.gz");
         let upper = Layer::new()
             .file("s", "replaced")
-            .raw(EntryType::Directory, "t/", "", b"", 0o777, (1, 1), T)
+            .raw(Raw {
+                mode: 0o777,
+                ids: (1, 1),
+                ..raw(EntryType::Directory, "t/")
+            })
             // Directories replaced by links later in the same layer: their
             // metadata must not be set through the link.
-            .raw(EntryType::Directory, "u/", "", b"", 0o777, (1, 1), T)
+            .raw(Raw {
+                mode: 0o777,
+                ids: (1, 1),
+                ..raw(EntryType::Directory, "u/")
+            })
             .symlink("u", outside.join("w").to_str().unwrap())
             .dir("v", 0o755)
-            .raw(EntryType::Directory, "v/w/", "", b"", 0o777, (1, 1), T)
+            .raw(Raw {
+                mode: 0o777,
+                ids: (1, 1),
+                ..raw(EntryType::Directory, "v/w/")
+            })
             .symlink("v", outside.to_str().unwrap())
             .finish(s.blobs(), "upper.tar.gz");
         apply_layer(&lower, GZIP, &root, &root_opts()).unwrap();
@@ -1639,7 +1646,13 @@ mod tests {
             let out = tempfile::tempdir().unwrap();
             let blob = out.path().join("layer");
             let file = File::create(&blob).unwrap();
-            write_blob(&entries, epoch, compression, 2, file, &mut |_| {}).unwrap();
+            let opts = BlobOptions {
+                epoch,
+                compression,
+                threads: 2,
+                copy: None,
+            };
+            write_blob(&entries, opts, file, &mut |_| {}).unwrap();
             let root = out.path().join("root");
             let stats = unpack_image(
                 &[(blob, compression.media_type().to_string())],
@@ -1719,7 +1732,13 @@ mod tests {
         for (name, entries) in [("lower", &lower), ("upper", &upper)] {
             let blob = out.path().join(name);
             let file = File::create(&blob).unwrap();
-            write_blob(entries, 0, Compression::Gzip, 1, file, &mut |_| {}).unwrap();
+            let opts = BlobOptions {
+                epoch: 0,
+                compression: Compression::Gzip,
+                threads: 1,
+                copy: None,
+            };
+            write_blob(entries, opts, file, &mut |_| {}).unwrap();
             layers.push((blob, GZIP.to_string()));
         }
         let root = out.path().join("root");
