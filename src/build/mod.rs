@@ -341,8 +341,15 @@ impl<'a> Session<'a> {
                 sha256_hex(&image::canonical_json(&input)),
             ));
         }
+        let file_layer = layer::FileLayer {
+            src: layer.src.clone(),
+            dest: layer.dest.clone(),
+            ids,
+            mode: layer.mode,
+            exclude: layer.exclude.clone(),
+        };
         let entries =
-            layer::walk_with(layer, ids, &mut cache, self.opts.threads).map_err(|source| {
+            layer::walk(&file_layer, &mut cache, self.opts.threads).map_err(|source| {
                 BuildError::Layer {
                     image: image.name.clone(),
                     layer: index,
@@ -981,7 +988,7 @@ impl<'a> Session<'a> {
                 let a = image::assemble(
                     base_value.as_ref(),
                     &new_layers,
-                    &image.config,
+                    &config_change(&image.config),
                     &self.opts.stamp,
                 )?;
                 // Config and manifest only after every layer blob exists.
@@ -1243,6 +1250,33 @@ pub fn strip_credentials(url: &str) -> String {
             format!("{scheme}://{host}{path}")
         }
         None => url.to_string(),
+    }
+}
+
+/// The run-config change a `config:` section asks for, in oci's terms.
+fn config_change(c: &crate::spec::ConfigSpec) -> image::ConfigChange {
+    // Taken apart whole, so a new field in either cannot be forgotten here.
+    let crate::spec::ConfigSpec {
+        env,
+        entrypoint,
+        cmd,
+        workdir,
+        user,
+        ports,
+        volumes,
+        labels,
+        stop_signal,
+    } = c.clone();
+    image::ConfigChange {
+        env,
+        entrypoint,
+        cmd,
+        workdir,
+        user,
+        ports,
+        volumes,
+        labels,
+        stop_signal,
     }
 }
 

@@ -19,8 +19,6 @@ use sha2::{Digest as _, Sha256};
 pub use compress::Compression;
 use statcache::StatCache;
 
-use crate::spec::LayerSpec;
-
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     #[error("{}: {source}", path.display())]
@@ -105,6 +103,37 @@ pub struct Ids {
     pub gid: u32,
 }
 
+/// What a file layer is made from: a source file or tree put at `dest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLayer {
+    /// The source file or tree.
+    pub src: PathBuf,
+    /// Absolute, normalised destination inside the image ("/" for the root).
+    pub dest: String,
+    /// Owner of everything from `dest` down; the parents of `dest` that the
+    /// layer creates are root's, 0755.
+    pub ids: Ids,
+    /// Permission bits for files; directories get the same with `x` wherever
+    /// `r` is set (as `chmod X`). `None`: as git sees it.
+    pub mode: Option<u32>,
+    /// Patterns left out: without a slash a name at any depth, with one a
+    /// path from the source's root.
+    pub exclude: Vec<String>,
+}
+
+impl FileLayer {
+    /// `src` at `dest`, root's, modes from the source, nothing excluded.
+    pub fn new(src: impl Into<PathBuf>, dest: impl Into<String>) -> FileLayer {
+        FileLayer {
+            src: src.into(),
+            dest: dest.into(),
+            ids: Ids::default(),
+            mode: None,
+            exclude: Vec::new(),
+        }
+    }
+}
+
 /// The planned content of a file layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entries(pub Vec<Entry>);
@@ -155,26 +184,19 @@ impl Entries {
 }
 
 /// Walks a layer's source into sorted entries, hashing file contents
-/// through `cache`. `ids` owns everything from `dest` down; the parents of
-/// `dest` that the layer creates are root's, 0755.
-pub fn walk(spec: &LayerSpec, ids: Ids, cache: &mut StatCache) -> Result<Entries, LayerError> {
-    walk_with(spec, ids, cache, 1)
-}
-
-/// As `walk`, on `threads` threads: the source's top-level entries are
+/// through `cache`, on `threads` threads: the source's top-level entries are
 /// walked side by side (a stat per file is most of a no-change build), and
 /// files the cache does not know are hashed side by side.
-pub fn walk_with(
-    spec: &LayerSpec,
-    ids: Ids,
+pub fn walk(
+    layer: &FileLayer,
     cache: &mut StatCache,
     threads: usize,
 ) -> Result<Entries, LayerError> {
-    let excludes = build_excludes(&spec.exclude);
-    let dest = spec.dest.trim_start_matches('/');
-    let meta = std::fs::symlink_metadata(&spec.src).map_err(io_err(&spec.src))?;
+    let excludes = build_excludes(&layer.exclude);
+    let dest = layer.dest.trim_start_matches('/');
+    let meta = std::fs::symlink_metadata(&layer.src).map_err(io_err(&layer.src))?;
     let src_is_dir = meta.is_dir();
-    let mut w = Walker::new(spec, ids, cache, &excludes);
+    let mut w = Walker::new(layer, cache, &excludes);
     // Parent directories of dest (and dest itself when src is a file).
     let mut parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
     let last = if src_is_dir { None } else { parts.pop() };
@@ -196,11 +218,11 @@ pub fn walk_with(
     }
     if src_is_dir {
         if !dest.is_empty() {
-            w.push(dest.to_string(), &spec.src, &meta)?;
+            w.push(dest.to_string(), &layer.src, &meta)?;
         }
-        let children = sorted_children(&spec.src)?;
+        let children = sorted_children(&layer.src)?;
         let parts = parallel_map(&children, threads, |child| {
-            let mut part = Walker::new(spec, ids, cache, &excludes);
+            let mut part = Walker::new(layer, cache, &excludes);
             part.child(child, dest, Path::new(""))?;
             Ok(part)
         });
@@ -214,7 +236,7 @@ pub fn walk_with(
         } else {
             format!("{prefix}/{name}")
         };
-        w.push(path, &spec.src, &meta)?;
+        w.push(path, &layer.src, &meta)?;
     }
     let Walker {
         mut out,
@@ -324,8 +346,7 @@ fn build_excludes(patterns: &[String]) -> (GlobSet, GlobSet) {
 }
 
 struct Walker<'a> {
-    spec: &'a LayerSpec,
-    ids: Ids,
+    layer: &'a FileLayer,
     cache: &'a StatCache,
     excludes: &'a (GlobSet, GlobSet),
     out: Vec<Entry>,
@@ -337,14 +358,12 @@ struct Walker<'a> {
 
 impl<'a> Walker<'a> {
     fn new(
-        spec: &'a LayerSpec,
-        ids: Ids,
+        layer: &'a FileLayer,
         cache: &'a StatCache,
         excludes: &'a (GlobSet, GlobSet),
     ) -> Walker<'a> {
         Walker {
-            spec,
-            ids,
+            layer,
             cache,
             excludes,
             out: Vec::new(),
@@ -404,9 +423,9 @@ impl<'a> Walker<'a> {
         meta: &std::fs::Metadata,
     ) -> Result<(), LayerError> {
         let ft = meta.file_type();
-        let Ids { uid, gid } = self.ids;
+        let Ids { uid, gid } = self.layer.ids;
         let (kind, mode) = if ft.is_dir() {
-            let mode = match self.spec.mode {
+            let mode = match self.layer.mode {
                 Some(m) => dir_mode(m),
                 None => 0o755,
             };
@@ -420,7 +439,7 @@ impl<'a> Walker<'a> {
                 0o777,
             )
         } else if ft.is_file() {
-            let mode = match self.spec.mode {
+            let mode = match self.layer.mode {
                 Some(m) => m,
                 // As git sees it: the owner's execute bit decides.
                 None if meta.mode() & 0o100 != 0 => 0o755,
@@ -484,19 +503,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn spec(src: &Path, dest: &str) -> LayerSpec {
-        LayerSpec {
-            import: false,
-            src: src.to_path_buf(),
-            src_text: src.display().to_string(),
-            dest: dest.to_string(),
-            owner: None,
-            mode: None,
-            exclude: Vec::new(),
-            pos: Default::default(),
-        }
-    }
-
     fn sample() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
@@ -516,9 +522,10 @@ mod tests {
     #[test]
     fn walk_sorts_normalises_and_links() {
         let d = sample();
-        let mut s = spec(d.path(), "/var/www");
+        let mut s = FileLayer::new(d.path(), "/var/www");
         s.exclude = vec!["node_modules".into()];
-        let e = walk(&s, Ids { uid: 33, gid: 33 }, &mut StatCache::default()).unwrap();
+        s.ids = Ids { uid: 33, gid: 33 };
+        let e = walk(&s, &mut StatCache::default(), 1).unwrap();
         let summary: Vec<String> =
             e.0.iter()
                 .map(|e| format!("{} {:o} {}", e.path, e.mode, e.uid))
@@ -550,9 +557,9 @@ mod tests {
         let d1 = sample();
         let d2 = sample();
         let k = |d: &Path, mode: Option<u32>| {
-            let mut s = spec(d, "/");
+            let mut s = FileLayer::new(d, "/");
             s.mode = mode;
-            walk(&s, Ids::default(), &mut StatCache::default())
+            walk(&s, &mut StatCache::default(), 1)
                 .unwrap()
                 .key(Compression::Gzip, 0)
         };
@@ -565,9 +572,9 @@ mod tests {
     #[test]
     fn single_file_and_modes() {
         let d = sample();
-        let mut s = spec(&d.path().join("c.txt"), "/etc/app/c.conf");
+        let mut s = FileLayer::new(d.path().join("c.txt"), "/etc/app/c.conf");
         s.mode = Some(0o640);
-        let e = walk(&s, Ids::default(), &mut StatCache::default()).unwrap();
+        let e = walk(&s, &mut StatCache::default(), 1).unwrap();
         let paths: Vec<_> = e.0.iter().map(|e| (e.path.as_str(), e.mode)).collect();
         assert_eq!(
             paths,
@@ -586,12 +593,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let sock = d.path().join("s.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let err = walk(
-            &spec(d.path(), "/"),
-            Ids::default(),
-            &mut StatCache::default(),
-        )
-        .unwrap_err();
+        let err = walk(&FileLayer::new(d.path(), "/"), &mut StatCache::default(), 1).unwrap_err();
         assert!(
             err.to_string()
                 .contains("s.sock: socket files cannot go into a layer"),

@@ -181,22 +181,11 @@ impl Read for Exact {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Entry, Ids, statcache::StatCache, walk};
+    use super::super::{Entry, FileLayer, statcache::StatCache, walk};
     use super::*;
-    use crate::spec::LayerSpec;
 
     fn entries(dir: &std::path::Path) -> Entries {
-        let spec = LayerSpec {
-            import: false,
-            src: dir.to_path_buf(),
-            src_text: String::new(),
-            dest: "/srv".into(),
-            owner: None,
-            mode: None,
-            exclude: vec![],
-            pos: Default::default(),
-        };
-        walk(&spec, Ids::default(), &mut StatCache::default()).unwrap()
+        walk(&FileLayer::new(dir, "/srv"), &mut StatCache::default(), 1).unwrap()
     }
 
     #[test]

@@ -977,8 +977,7 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     use crate::layer::statcache::StatCache;
-    use crate::layer::{BlobOptions, Compression, EntryKind, Ids, walk, write_blob};
-    use crate::spec::LayerSpec;
+    use crate::layer::{BlobOptions, Compression, EntryKind, FileLayer, Ids, walk, write_blob};
 
     const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
     const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -1610,19 +1609,6 @@ mod tests {
         assert!(t["v"].kind.starts_with("-> "));
     }
 
-    fn spec(src: &Path, dest: &str) -> LayerSpec {
-        LayerSpec {
-            import: false,
-            src: src.to_path_buf(),
-            src_text: src.display().to_string(),
-            dest: dest.to_string(),
-            owner: None,
-            mode: None,
-            exclude: Vec::new(),
-            pos: Default::default(),
-        }
-    }
-
     #[test]
     fn round_trip_through_walk_and_write_blob() {
         let src = tempfile::tempdir().unwrap();
@@ -1635,12 +1621,11 @@ mod tests {
         fs::hard_link(r.join("big.bin"), r.join("big2.bin")).unwrap();
         std::os::unix::fs::symlink("lib/deep", r.join("link")).unwrap();
         std::os::unix::fs::symlink("/nowhere/at/all", r.join("dangling")).unwrap();
-        let entries = walk(
-            &spec(r, "/var/www/app"),
-            Ids { uid: 33, gid: 34 },
-            &mut StatCache::default(),
-        )
-        .unwrap();
+        let layer = FileLayer {
+            ids: Ids { uid: 33, gid: 34 },
+            ..FileLayer::new(r, "/var/www/app")
+        };
+        let entries = walk(&layer, &mut StatCache::default(), 1).unwrap();
         let epoch = 1_700_000_000;
         for compression in [Compression::Gzip, Compression::Zstd] {
             let out = tempfile::tempdir().unwrap();
@@ -1705,7 +1690,7 @@ mod tests {
         fs::write(r.join("etc/passwd"), "root:x:0:0").unwrap();
         fs::create_dir(r.join("cache")).unwrap();
         fs::write(r.join("cache/stale"), "stale").unwrap();
-        let lower = walk(&spec(r, "/"), Ids::default(), &mut StatCache::default()).unwrap();
+        let lower = walk(&FileLayer::new(r, "/"), &mut StatCache::default(), 1).unwrap();
         let e = |path: &str, kind: EntryKind, mode: u32| crate::layer::Entry {
             path: path.into(),
             kind,

@@ -10,7 +10,6 @@ use oci_spec::image::{
 use serde::{Deserialize, Serialize};
 
 use crate::digest::digest_of;
-use crate::spec::ConfigSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -18,6 +17,21 @@ pub enum OciError {
     Parse { what: String, reason: String },
     #[error("building the {what}: {reason}")]
     Build { what: &'static str, reason: String },
+}
+
+/// What an image changes in its parent's run config; see [`assemble`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigChange {
+    pub env: BTreeMap<String, String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// `PORT/PROTO`.
+    pub ports: Vec<String>,
+    pub volumes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
 }
 
 /// A layer as an image sees it.
@@ -185,7 +199,7 @@ fn build_err(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> OciEr
 /// Merges `spec` over the parent's run config, as a Dockerfile would:
 /// env and labels by key, ports and volumes as sets, the rest replaced; a
 /// new entrypoint drops the parent's cmd unless a cmd is given too.
-fn merge_config(parent: Option<&Config>, spec: &ConfigSpec, stamp: &Stamp) -> Config {
+fn merge_config(parent: Option<&Config>, spec: &ConfigChange, stamp: &Stamp) -> Config {
     let mut c = parent.cloned().unwrap_or_default();
     let mut env: Vec<String> = c.env().clone().unwrap_or_default();
     for (k, v) in &spec.env {
@@ -247,7 +261,7 @@ fn merge_config(parent: Option<&Config>, spec: &ConfigSpec, stamp: &Stamp) -> Co
 pub fn assemble(
     base: Option<&Base<'_>>,
     new_layers: &[NewLayer],
-    spec: &ConfigSpec,
+    spec: &ConfigChange,
     stamp: &Stamp,
 ) -> Result<Assembled, OciError> {
     let mut config = match base {
@@ -384,7 +398,7 @@ mod tests {
 
     #[test]
     fn assembling_is_deterministic_and_merges_over_the_parent() {
-        let mut spec = ConfigSpec::default();
+        let mut spec = ConfigChange::default();
         spec.env.insert("TZ".into(), "UTC".into());
         spec.labels.insert("b".into(), "2".into());
         spec.labels.insert("a".into(), "1".into());
@@ -401,7 +415,7 @@ mod tests {
             record: &a.record,
             config: parent_config,
         };
-        let mut child = ConfigSpec::default();
+        let mut child = ConfigChange::default();
         child.env.insert("TZ".into(), "Europe/Zurich".into());
         child.entrypoint = Some(vec!["/init".into()]);
         child.ports = vec!["443/tcp".into()];
