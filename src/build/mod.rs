@@ -1255,28 +1255,16 @@ pub fn strip_credentials(url: &str) -> String {
 
 /// The run-config change a `config:` section asks for, in oci's terms.
 fn config_change(c: &crate::spec::ConfigSpec) -> image::ConfigChange {
-    // Taken apart whole, so a new field in either cannot be forgotten here.
-    let crate::spec::ConfigSpec {
-        env,
-        entrypoint,
-        cmd,
-        workdir,
-        user,
-        ports,
-        volumes,
-        labels,
-        stop_signal,
-    } = c.clone();
     image::ConfigChange {
-        env,
-        entrypoint,
-        cmd,
-        workdir,
-        user,
-        ports,
-        volumes,
-        labels,
-        stop_signal,
+        env: c.env.clone(),
+        entrypoint: c.entrypoint.clone(),
+        cmd: c.cmd.clone(),
+        workdir: c.workdir.clone(),
+        user: c.user.clone(),
+        ports: c.ports.clone(),
+        volumes: c.volumes.clone(),
+        labels: c.labels.clone(),
+        stop_signal: c.stop_signal.clone(),
     }
 }
 
