@@ -8,6 +8,7 @@ pub mod debian;
 mod follow;
 mod ids;
 pub mod plan;
+pub mod remote;
 pub mod report;
 mod run;
 
