@@ -305,21 +305,18 @@ impl<'a> Remote<'a> {
 }
 
 impl Puller for Remote<'_> {
-    fn pull(&self, reference: &str) -> Result<ImageRecord, String> {
-        let r: Reference = reference
-            .parse()
-            .map_err(|e: ReferenceError| e.to_string())?;
-        self.pull_image(&r).map_err(|e| e.to_string())
+    fn pull(&self, reference: &Reference) -> Result<ImageRecord, RemoteError> {
+        self.pull_image(reference)
     }
 }
 
 impl LayerCache for Remote<'_> {
-    fn get(&self, key: &str) -> Result<Option<LayerRecord>, String> {
-        self.cache_get(key).map_err(|e| e.to_string())
+    fn get(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
+        self.cache_get(key)
     }
 
-    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), String> {
-        self.cache_put(key, record).map_err(|e| e.to_string())
+    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), RemoteError> {
+        self.cache_put(key, record)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The network side of a build: pulling `from:` references and the shared
 //! layer cache in a registry repository.
+use imgbuild::build::remote::RemoteError;
 use imgbuild::build::{LayerCache, LayerRecord, Puller};
 use imgbuild::oci::image::{ImageRecord, host_arch};
 use imgbuild::registry::pull::{last_pull, pull};
@@ -60,29 +61,26 @@ impl<'a> Net<'a> {
         self.cache_repo.as_ref()
     }
 
-    fn cache_failed(&self, e: &imgbuild::registry::RegistryError) -> String {
+    fn cache_failed(&self, e: imgbuild::registry::RegistryError) -> RemoteError {
         if e.is_unreachable() {
             self.cache_down
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            format!("{e} (not using the cache for the rest of this run)")
+            RemoteError::CacheDown { source: e }
         } else {
-            e.to_string()
+            e.into()
         }
     }
 }
 
 impl Puller for Net<'_> {
-    fn pull(&self, reference: &str) -> Result<ImageRecord, String> {
-        let r: Reference = reference
-            .parse()
-            .map_err(|e: imgbuild::registry::ReferenceError| e.to_string())?;
+    fn pull(&self, r: &Reference) -> Result<ImageRecord, RemoteError> {
         match self
             .rt
-            .block_on(pull(&self.client, self.store, &r, "linux", host_arch()))
+            .block_on(pull(&self.client, self.store, r, "linux", host_arch()))
         {
             Ok(record) => Ok(record),
-            Err(e) if !e.is_unreachable() => Err(e.to_string()),
-            Err(e) => match last_pull(self.store, &r) {
+            Err(e) if !e.is_unreachable() => Err(e.into()),
+            Err(e) => match last_pull(self.store, r) {
                 // Offline, or the registry is down: the last pull will do.
                 Ok(Some(p)) if p.record.blobs().iter().all(|b| self.store.has_blob(b)) => {
                     eprintln!(
@@ -91,21 +89,21 @@ impl Puller for Net<'_> {
                     );
                     Ok(p.record)
                 }
-                _ => Err(e.to_string()),
+                _ => Err(e.into()),
             },
         }
     }
 }
 
 impl LayerCache for Net<'_> {
-    fn get(&self, key: &str) -> Result<Option<LayerRecord>, String> {
+    fn get(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
         let Some(repo) = self.cache() else {
             return Ok(None);
         };
         let entry = self
             .rt
             .block_on(cache::get(&self.client, self.store, repo, key))
-            .map_err(|e| self.cache_failed(&e))?;
+            .map_err(|e| self.cache_failed(e))?;
         Ok(entry.map(|e| {
             self.known
                 .add(&repo.registry, &e.desc.digest, &repo.repository);
@@ -116,7 +114,7 @@ impl LayerCache for Net<'_> {
         }))
     }
 
-    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), String> {
+    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), RemoteError> {
         let Some(repo) = self.cache() else {
             return Ok(());
         };
@@ -133,6 +131,6 @@ impl LayerCache for Net<'_> {
                 &entry,
                 &self.known,
             ))
-            .map_err(|e| e.to_string())
+            .map_err(RemoteError::from)
     }
 }
