@@ -8,6 +8,7 @@ pub mod debian;
 mod follow;
 mod ids;
 pub mod plan;
+pub mod remote;
 pub mod report;
 mod run;
 
@@ -176,15 +177,18 @@ type Queue = Mutex<(
 /// Brings registry parents into the store; the caller owns the network.
 pub trait Puller: Sync {
     /// The image `reference` names, with every blob in the store.
-    fn pull(&self, reference: &str) -> Result<ImageRecord, String>;
+    fn pull(
+        &self,
+        reference: &crate::registry::Reference,
+    ) -> Result<ImageRecord, remote::RemoteError>;
 }
 
 /// A layer cache shared between machines (a registry repository).
 pub trait LayerCache: Sync {
     /// The layer with `key`, its blob brought into the store; None on a miss.
-    fn get(&self, key: &str) -> Result<Option<LayerRecord>, String>;
+    fn get(&self, key: &str) -> Result<Option<LayerRecord>, remote::RemoteError>;
     /// Shares a layer this build wrote.
-    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), String>;
+    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), remote::RemoteError>;
 }
 
 /// One images.yaml, one store, one set of options.
@@ -1057,11 +1061,16 @@ impl<'a> Session<'a> {
                     reference: r.clone(),
                     reason: format!("{r}: this command does not reach registries"),
                 })?;
-                let record = puller.pull(r).map_err(|reason| BuildError::Pull {
-                    image: name.clone(),
-                    reference: r.clone(),
-                    reason,
-                })?;
+                // TODO(merge): Parent::Registry holds a Reference; drop this parse.
+                let record = r
+                    .parse()
+                    .map_err(|e: crate::registry::ReferenceError| e.to_string())
+                    .and_then(|reference| puller.pull(&reference).map_err(|e| e.to_string()))
+                    .map_err(|reason| BuildError::Pull {
+                        image: name.clone(),
+                        reference: r.clone(),
+                        reason,
+                    })?;
                 pulled.insert(r.clone(), record);
             }
         }

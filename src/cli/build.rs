@@ -2,11 +2,12 @@
 use clap::Args;
 use serde::Serialize;
 
+use imgbuild::build::remote::{Pushed, Remote, repo_tags};
 use imgbuild::build::{BuildError, ImageOutcome, Session};
 use imgbuild::oci::output::{Named, Output};
 
 use super::progress::Progress;
-use super::push::{PushArgs, Pushed, push_images};
+use super::push::PushArgs;
 use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
 
 #[derive(Args)]
@@ -99,21 +100,15 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         .collect::<Result<_, _>>()?;
     let mut opts = args.layer.options(&spec)?;
     opts.force_tests = args.force_tests;
+    let remote_opts = args.remote.options();
     if args.push {
         // Before building: where to push is known, or the push cannot be.
-        super::push::prefix(&args.remote, &spec)?;
+        remote_opts.prefix(&spec)?;
     }
     let store = open_store()?;
-    let net = super::net::Net::new(
-        &store,
-        &args.remote.insecure,
-        args.remote.cache_repo.as_deref(),
-    )?;
-    let mut session = Session::new(&store, &spec, &opts).with_puller(&net);
-    if net.has_cache() {
-        session = session.with_cache(&net);
-    }
     let progress = Progress::new(cli.quiet);
+    let remote = Remote::new(&store, &remote_opts, &progress)?;
+    let session = Session::new(&store, &spec, &opts).with_remote(&remote);
     let results = session.build(&names, &progress)?;
 
     let mut ok = Vec::new();
@@ -152,7 +147,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     }
     // Pushed only when every image built: a fleet is shipped whole.
     let pushed = if failed.is_empty() && args.push {
-        Some(push_images(&store, &spec, &requested, &args.remote, &net)?)
+        Some(remote.push(&spec, &requested)?)
     } else {
         None
     };
@@ -194,19 +189,4 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         let f = Failure { code, ..f };
         Err(if cli.json { f.reported() } else { f })
     }
-}
-
-/// `name:latest` plus the image's tags; a bare tag belongs to the image's name.
-pub fn repo_tags(name: &str, tags: &[String]) -> Vec<String> {
-    let mut out = vec![format!("{name}:latest")];
-    for t in tags {
-        let full = match t.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => format!("{repo}:{tag}"),
-            _ => format!("{name}:{t}"),
-        };
-        if !out.contains(&full) {
-            out.push(full);
-        }
-    }
-    out
 }

@@ -1,8 +1,10 @@
 //! `imgbuild lock [--update [PKG…]]`
 use clap::Args;
 use imgbuild::build::Session;
+use imgbuild::build::remote::{Remote, RemoteOptions};
 use imgbuild::debian::lock::{Lock, path_for};
 
+use super::progress::Progress;
 use super::{Cli, Failure, LayerArgs, load, open_store, print_json};
 
 #[derive(Args)]
@@ -23,8 +25,14 @@ pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
     let store = open_store()?;
     // A parent named by registry reference is pulled: its dpkg status is
     // what the image's packages are resolved over.
-    let net = super::net::Net::new(&store, &args.insecure, None)?;
-    let session = Session::new(&store, &spec, &opts).with_puller(&net);
+    let remote_opts = RemoteOptions {
+        insecure: args.insecure.clone(),
+        ..RemoteOptions::default()
+    };
+    // Quiet: only warnings (a pull that fell back to the last one) show.
+    let warnings = Progress::new(true);
+    let remote = Remote::new(&store, &remote_opts, &warnings)?;
+    let session = Session::new(&store, &spec, &opts).with_puller(&remote);
     let path = path_for(&spec);
     let old = Lock::read(&path).map_err(Failure::usage)?;
     let (lock, outcomes) = session.lock(old.as_ref(), args.update.as_deref())?;

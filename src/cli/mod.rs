@@ -5,7 +5,6 @@ mod gc;
 mod graph;
 mod inspect;
 mod lock;
-mod net;
 mod plan;
 mod progress;
 mod push;
@@ -18,6 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use imgbuild::build::remote::RemoteError;
 use imgbuild::build::{BuildError, Options, stamp_from_env};
 use imgbuild::layer::{Compression, LayerError};
 use imgbuild::spec::{Spec, SpecError};
@@ -248,6 +248,16 @@ impl From<imgbuild::store::StoreError> for Failure {
     }
 }
 
+impl From<RemoteError> for Failure {
+    fn from(e: RemoteError) -> Failure {
+        Failure {
+            code: if e.is_bad_input() { 2 } else { 1 },
+            error: e.into(),
+            reported: false,
+        }
+    }
+}
+
 /// 2 for what the user's input got wrong, 1 for everything else.
 pub fn exit_code(e: &BuildError) -> u8 {
     match e {
@@ -271,11 +281,7 @@ fn open_store() -> Result<Store, Failure> {
 
 /// The async runtime registry work runs on.
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(Failure::failed)
+    imgbuild::build::remote::runtime().map_err(Failure::failed)
 }
 
 fn print_json(value: &impl serde::Serialize) {

@@ -1,7 +1,9 @@
 //! `imgbuild plan`
 use imgbuild::build::Session;
 use imgbuild::build::plan::Action;
+use imgbuild::build::remote::{Remote, RemoteOptions};
 
+use super::progress::Progress;
 use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
 
 pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
@@ -10,9 +12,11 @@ pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
     let layer_args = LayerArgs::defaults();
     let opts = layer_args.options(&spec)?;
     let store = open_store()?;
-    let net = super::net::Net::new(&store, &[], None)?;
+    // Quiet: only warnings (a pull that fell back to the last one) show.
+    let warnings = Progress::new(true);
+    let remote = Remote::new(&store, &RemoteOptions::default(), &warnings)?;
     let plans = Session::new(&store, &spec, &opts)
-        .with_puller(&net)
+        .with_puller(&remote)
         .plan(&names)?;
     if cli.json {
         print_json(&plans);

@@ -4,6 +4,7 @@ use std::io::Write;
 use clap::Args;
 
 use imgbuild::build::Session;
+use imgbuild::build::remote::{Remote, RemoteOptions};
 use imgbuild::sandbox::Stream;
 
 use super::progress::Progress;
@@ -29,9 +30,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     let spec = load(&cli.file)?;
     let opts = args.layer.options(&spec)?;
     let store = open_store()?;
-    let net = super::net::Net::new(&store, &[], None)?;
-    let session = Session::new(&store, &spec, &opts).with_puller(&net);
     let progress = Progress::new(true);
+    let remote = Remote::new(&store, &RemoteOptions::default(), &progress)?;
+    let session = Session::new(&store, &spec, &opts).with_puller(&remote);
     let results = session.build(std::slice::from_ref(&args.name), &progress)?;
     let outcome = match results.get(&args.name) {
         Some(Ok(o)) => o,

@@ -1,0 +1,456 @@
+//! The registry side of a build: pulling `from:` references (falling back
+//! to the last pull when the registry cannot be reached), the layer cache
+//! shared through a registry repository (given up for the run after it
+//! could not be reached once), and planning pushes: parents first, mount
+//! sources, the registry prefix, and where each tag goes.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use super::{ImageOutcome, LayerCache, LayerRecord, Puller, Reporter, Session};
+use crate::oci::image::{ImageRecord, host_arch};
+use crate::registry::pull::{last_pull, pull};
+use crate::registry::transfer::{self, Known, PushStats};
+use crate::registry::{Client, Reference, ReferenceError, RegistryError, auth::Sources, cache};
+use crate::spec::{Parent, Spec};
+use crate::store::Store;
+
+/// Where `push` puts images when neither `--registry` nor images.yaml says.
+const REGISTRY_ENV: &str = "IMGBUILD_REGISTRY";
+/// GitLab's registry path of the project, the last fallback.
+const CI_REGISTRY_ENV: &str = "CI_REGISTRY_IMAGE";
+/// The cache repository when none is given.
+const CACHE_REPO_ENV: &str = "IMGBUILD_CACHE_REPO";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The registry was unreachable while the cache was read: the cache is
+    /// not asked again in this run.
+    #[error("{source} (not using the cache for the rest of this run)")]
+    CacheDown { source: RegistryError },
+    /// The cache repository is not a repository reference.
+    #[error(transparent)]
+    CacheRepo(ReferenceError),
+    /// A tag names a repository that is not a reference under the prefix.
+    #[error(transparent)]
+    Destination(ReferenceError),
+    #[error(
+        "push needs a registry: pass --registry HOST/PATH, set `registry:` in images.yaml, or set IMGBUILD_REGISTRY"
+    )]
+    NoRegistry,
+    #[error(transparent)]
+    Runtime(std::io::Error),
+}
+
+impl RemoteError {
+    /// True when what the user gave (flags, images.yaml, environment) is
+    /// wrong, as opposed to the registry or the machine failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::CacheRepo(_) | RemoteError::Destination(_) | RemoteError::NoRegistry
+        )
+    }
+}
+
+/// How a build reaches registries.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOptions {
+    /// The prefix to push under, `HOST[:PORT]/PATH` (default: `registry:`
+    /// in images.yaml, then $IMGBUILD_REGISTRY, then $CI_REGISTRY_IMAGE).
+    pub registry: Option<String>,
+    /// More tags to push every image under (besides `latest` and `tags:`).
+    pub tags: Vec<String>,
+    /// Registries spoken to in plain HTTP.
+    pub insecure: Vec<String>,
+    /// The layer cache's repository, `HOST/REPO` (default:
+    /// $IMGBUILD_CACHE_REPO).
+    pub cache_repo: Option<String>,
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+impl RemoteOptions {
+    /// The prefix to push `spec`'s images under.
+    pub fn prefix(&self, spec: &Spec) -> Result<String, RemoteError> {
+        self.registry
+            .clone()
+            .or_else(|| spec.registry.clone())
+            .or_else(|| env(REGISTRY_ENV))
+            .or_else(|| env(CI_REGISTRY_ENV))
+            .map(|p| p.trim_end_matches('/').to_string())
+            .ok_or(RemoteError::NoRegistry)
+    }
+
+    /// The cache repository as a reference, tagged `cache` (each entry is
+    /// then tagged on its own).
+    fn cache_reference(&self) -> Result<Option<Reference>, RemoteError> {
+        self.cache_repo
+            .clone()
+            .or_else(|| env(CACHE_REPO_ENV))
+            .map(|c| {
+                format!("{}:cache", c.trim_end_matches('/'))
+                    .parse()
+                    .map_err(RemoteError::CacheRepo)
+            })
+            .transpose()
+    }
+}
+
+/// The async runtime registry work runs on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// One build's connection to registries: it pulls parents, serves as the
+/// shared layer cache, and pushes.
+pub struct Remote<'a> {
+    store: &'a Store,
+    options: RemoteOptions,
+    /// Where warnings go (an offline fallback).
+    reporter: &'a dyn Reporter,
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    /// Where blobs were seen this run, for mounts.
+    known: Known,
+    cache_repo: Option<Reference>,
+    /// Set once the cache could not be reached: it is given up for the run
+    /// instead of costing retries on every layer.
+    cache_down: AtomicBool,
+}
+
+impl<'a> Remote<'a> {
+    pub fn new(
+        store: &'a Store,
+        options: &RemoteOptions,
+        reporter: &'a dyn Reporter,
+    ) -> Result<Remote<'a>, RemoteError> {
+        let cache_repo = options.cache_reference()?;
+        Ok(Remote {
+            store,
+            options: options.clone(),
+            reporter,
+            client: Client::new(Sources::from_process(), options.insecure.clone())?,
+            rt: runtime().map_err(RemoteError::Runtime)?,
+            known: Known::default(),
+            cache_repo,
+            cache_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a cache repository was given.
+    pub fn has_cache(&self) -> bool {
+        self.cache_repo.is_some()
+    }
+
+    /// The cache repository, unless it was given up.
+    fn cache(&self) -> Option<&Reference> {
+        if self.cache_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.cache_repo.as_ref()
+    }
+
+    fn cache_failed(&self, e: RegistryError) -> RemoteError {
+        if e.is_unreachable() {
+            self.cache_down.store(true, Ordering::Relaxed);
+            RemoteError::CacheDown { source: e }
+        } else {
+            e.into()
+        }
+    }
+
+    fn pull_image(&self, r: &Reference) -> Result<ImageRecord, RemoteError> {
+        match self
+            .rt
+            .block_on(pull(&self.client, self.store, r, "linux", host_arch()))
+        {
+            Ok(record) => Ok(record),
+            Err(e) if !e.is_unreachable() => Err(e.into()),
+            Err(e) => match last_pull(self.store, r) {
+                // Offline, or the registry is down: the last pull will do.
+                Ok(Some(p)) if p.record.blobs().iter().all(|b| self.store.has_blob(b)) => {
+                    self.reporter.warning(&format!(
+                        "{r}: {e}; using the copy pulled before ({})",
+                        p.record.manifest
+                    ));
+                    Ok(p.record)
+                }
+                _ => Err(e.into()),
+            },
+        }
+    }
+
+    fn cache_get(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
+        let Some(repo) = self.cache() else {
+            return Ok(None);
+        };
+        let entry = self
+            .rt
+            .block_on(cache::get(&self.client, self.store, repo, key))
+            .map_err(|e| self.cache_failed(e))?;
+        Ok(entry.map(|e| {
+            self.known
+                .add(&repo.registry, &e.desc.digest, &repo.repository);
+            LayerRecord {
+                desc: e.desc,
+                created_by: e.created_by,
+            }
+        }))
+    }
+
+    fn cache_put(&self, key: &str, record: &LayerRecord) -> Result<(), RemoteError> {
+        let Some(repo) = self.cache() else {
+            return Ok(());
+        };
+        let entry = cache::Entry {
+            key: key.to_string(),
+            desc: record.desc.clone(),
+            created_by: record.created_by.clone(),
+        };
+        self.rt.block_on(cache::put(
+            &self.client,
+            self.store,
+            repo,
+            &entry,
+            &self.known,
+        ))?;
+        Ok(())
+    }
+
+    /// Pushes built images, parents first; returns what was pushed, one
+    /// entry per repository an image went to.
+    pub fn push(&self, spec: &Spec, images: &[&ImageOutcome]) -> Result<Vec<Pushed>, RemoteError> {
+        let prefix = self.options.prefix(spec)?;
+        // Parents first: a shared blob's first home is the image that adds
+        // it, and children mount it from there.
+        let mut images: Vec<&&ImageOutcome> = images.iter().collect();
+        images.sort_by_key(|i| parent_depth(spec, &i.name));
+        let mut items = Vec::new();
+        let mut meta = Vec::new();
+        for image in images {
+            let spec_image = &spec.images[&image.name];
+            self.guess_mounts(spec, &prefix, image);
+            for (repo, tags) in
+                destinations(&prefix, &image.name, &spec_image.tags, &self.options.tags)?
+            {
+                let dest: Reference = format!("{repo}:{}", tags[0])
+                    .parse()
+                    .map_err(RemoteError::Destination)?;
+                items.push(transfer::PushItem {
+                    record: &image.record,
+                    dest: dest.clone(),
+                    tags: tags[1..].to_vec(),
+                });
+                meta.push((
+                    image.name.clone(),
+                    dest.to_string(),
+                    image.manifest.clone(),
+                    tags,
+                ));
+            }
+        }
+        let stats = self.rt.block_on(transfer::push_many(
+            &self.client,
+            self.store,
+            &items,
+            &self.known,
+        ))?;
+        Ok(meta
+            .into_iter()
+            .zip(stats)
+            .map(|((name, reference, digest, tags), stats)| Pushed {
+                name,
+                reference,
+                digest,
+                tags,
+                stats,
+            })
+            .collect())
+    }
+
+    /// Where `image`'s layers probably are already, offered as mount
+    /// sources (an upload if they are not).
+    fn guess_mounts(&self, spec: &Spec, prefix: &str, image: &ImageOutcome) {
+        // Layers built or fetched with a cache repository are in it.
+        if let Some(cache) = &self.cache_repo {
+            for l in &image.record.layers {
+                self.known
+                    .guess(&cache.registry, &l.digest, &cache.repository);
+            }
+        }
+        // The parent's layers most likely sit in the parent's repository.
+        let spec_image = &spec.images[&image.name];
+        if let Parent::Image(parent) = &spec_image.parent {
+            let inherited = image
+                .record
+                .layers
+                .len()
+                .saturating_sub(spec_image.layers.len());
+            if let Ok(r) = format!("{prefix}/{parent}:latest").parse::<Reference>() {
+                for l in &image.record.layers[..inherited] {
+                    self.known.guess(&r.registry, &l.digest, &r.repository);
+                }
+            }
+        }
+    }
+}
+
+impl Puller for Remote<'_> {
+    fn pull(&self, reference: &Reference) -> Result<ImageRecord, RemoteError> {
+        self.pull_image(reference)
+    }
+}
+
+impl LayerCache for Remote<'_> {
+    fn get(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
+        self.cache_get(key)
+    }
+
+    fn put(&self, key: &str, record: &LayerRecord) -> Result<(), RemoteError> {
+        self.cache_put(key, record)
+    }
+}
+
+impl<'a> Session<'a> {
+    /// The same session, pulling `from:` references through `remote` and
+    /// sharing layers through its cache repository, if it has one.
+    pub fn with_remote(self, remote: &'a Remote<'_>) -> Session<'a> {
+        let session = self.with_puller(remote);
+        if remote.has_cache() {
+            session.with_cache(remote)
+        } else {
+            session
+        }
+    }
+}
+
+/// An image pushed to one repository.
+#[derive(Debug, Serialize)]
+pub struct Pushed {
+    pub name: String,
+    /// The repository and the first tag.
+    pub reference: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub stats: PushStats,
+}
+
+/// How many `images:` parents `name` has above it in `spec`.
+// TODO(merge): graph::depth replaces this walk.
+fn parent_depth(spec: &Spec, name: &str) -> usize {
+    let mut d = 0;
+    let mut cur = &spec.images[name].parent;
+    while let Parent::Image(p) = cur {
+        d += 1;
+        cur = &spec.images[p].parent;
+    }
+    d
+}
+
+/// Where an image's tags point, as (repository, tag) pairs without the
+/// registry prefix, in order and without repeats: `name:latest` first,
+/// then each of `tags`, a bare `tag` in the image's own repository and a
+/// `repo:tag` in `repo`.
+fn tag_targets<'t>(
+    name: &str,
+    tags: impl IntoIterator<Item = &'t String>,
+) -> Vec<(String, String)> {
+    let mut out = vec![(name.to_string(), "latest".to_string())];
+    for t in tags {
+        let target = match t.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+            _ => (name.to_string(), t.clone()),
+        };
+        if !out.contains(&target) {
+            out.push(target);
+        }
+    }
+    out
+}
+
+/// The `repo:tag` names an image carries in a docker-archive or OCI
+/// layout output: `name:latest` plus its `tags:`.
+pub fn repo_tags(name: &str, tags: &[String]) -> Vec<String> {
+    tag_targets(name, tags)
+        .into_iter()
+        .map(|(repo, tag)| format!("{repo}:{tag}"))
+        .collect()
+}
+
+/// References an image is pushed to, grouped by repository under
+/// `prefix`: the image's name with `latest`, its `tags:` and the `extra`
+/// tags.
+pub fn destinations(
+    prefix: &str,
+    name: &str,
+    tags: &[String],
+    extra: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, RemoteError> {
+    let mut by_repo: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (repo, tag) in tag_targets(name, tags.iter().chain(extra)) {
+        by_repo
+            .entry(format!("{prefix}/{repo}"))
+            .or_default()
+            .push(tag);
+    }
+    for repo in by_repo.keys() {
+        format!("{repo}:latest")
+            .parse::<Reference>()
+            .map_err(RemoteError::Destination)?;
+    }
+    Ok(by_repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_map_to_repositories() {
+        let d = destinations(
+            "reg.example/agency",
+            "client-acme",
+            &[
+                "client-acme:5.1.4".into(),
+                "5.1".into(),
+                "fleet:acme".into(),
+            ],
+            &["ci-123".into()],
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(
+            d["reg.example/agency/client-acme"],
+            ["latest", "5.1.4", "5.1", "ci-123"]
+        );
+        assert_eq!(d["reg.example/agency/fleet"], ["acme"]);
+    }
+
+    #[test]
+    fn output_names_follow_the_tags_in_order() {
+        let tags: Vec<String> = vec![
+            "fleet:acme".into(),
+            "5.1".into(),
+            "client-acme:5.1".into(),
+            "x:y/z".into(),
+        ];
+        assert_eq!(
+            repo_tags("client-acme", &tags),
+            [
+                "client-acme:latest",
+                "fleet:acme",
+                "client-acme:5.1",
+                "client-acme:x:y/z"
+            ]
+        );
+    }
+}
