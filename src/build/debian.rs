@@ -272,11 +272,6 @@ impl Progress for Downloads<'_> {
 }
 
 impl Session<'_> {
-    /// The store's cache of indexes and `.deb`s.
-    fn debian_cache(&self) -> PathBuf {
-        self.store.root().join("debian")
-    }
-
     /// What `image` installs: its lock entry when images.lock is current,
     /// else resolved now over `installed` (the parent's dpkg status).
     pub(super) fn debian_packages(
@@ -306,7 +301,7 @@ impl Session<'_> {
         }
         let loaded = self
             .archives
-            .load(&self.debian_cache(), d)
+            .load(&self.store.debian_cache_dir(), d)
             .map_err(|e| err(&image.name, e))?;
         let installed = installed_in(&parent_root()?).map_err(|e| err(&image.name, e))?;
         resolve(&image.name, d, &loaded, &installed)
@@ -321,7 +316,7 @@ impl Session<'_> {
         locked: &LockedImage,
         reporter: &dyn super::Reporter,
     ) -> Result<Vec<PathBuf>, BuildError> {
-        let cache = self.debian_cache();
+        let cache = self.store.debian_cache_dir();
         let mirror = mirror_for(d).map_err(|e| err(&image.name, e))?;
         let archive = Archive::new(&mirror, &d.suite, &keyrings_for(d), &cache)
             .map_err(|e| err(&image.name, e.to_string()))?;
@@ -746,7 +741,7 @@ impl Session<'_> {
                 None => {
                     let loaded = self
                         .archives
-                        .load(&self.debian_cache(), d)
+                        .load(&self.store.debian_cache_dir(), d)
                         .map_err(|e| err(&name, e))?;
                     // The resolver needs what installed packages provide.
                     // (A signed archive's names: no need for SipHash here.)

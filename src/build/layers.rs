@@ -233,7 +233,7 @@ impl<'a> Session<'a> {
         if let Some(f) = follow {
             let mut hexes: Vec<String> = below.iter().map(|l| hex_of(&l.digest)).collect();
             hexes.push(hex_of(&blob.digest));
-            if let Err(e) = f.finish(&self.store.root().join("rootfs"), &hexes) {
+            if let Err(e) = f.finish(&self.store.rootfs_dir(), &hexes) {
                 // Only a cache: the next user unpacks the chain instead.
                 reporter.warning(&format!(
                     "{}: layer {index}'s tree not kept ({e}); it is unpacked when next needed",

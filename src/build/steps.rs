@@ -48,8 +48,8 @@ impl<'a> Session<'a> {
             Some(u) => crate::sandbox::resolve_user(scratch.lower(), u).unwrap_or((0, 0)),
             None => (0, 0),
         };
-        let secrets = run::Secrets::prepare(&image.secrets, &self.store.root().join("tmp"), owner)
-            .map_err(run_err)?;
+        let secrets =
+            run::Secrets::prepare(&image.secrets, &self.store.tmp_dir(), owner).map_err(run_err)?;
         scratch.ready().map_err(run_err)?;
         phases.prepare = lap();
         reporter.isolation(&image.name, isolation, scratch.is_overlay());
@@ -139,8 +139,7 @@ impl<'a> Session<'a> {
         let opts = layer::unpack::UnpackOptions::for_current_user();
         let hexes: Vec<String> = layers.iter().map(|l| hex_of(&l.digest)).collect();
         let chain = follow::chain_id(&opts, &hexes);
-        let dir = self.store.root().join("rootfs");
-        let done = dir.join(&chain);
+        let done = self.store.rootfs_tree(&chain);
         if done.is_dir() {
             return Ok(done);
         }
@@ -148,7 +147,7 @@ impl<'a> Session<'a> {
             image: image.to_string(),
             reason,
         };
-        let tmp = self.store.root().join("tmp");
+        let tmp = self.store.tmp_dir();
         let work = self.store.temp_dir("rootfs-")?;
         let root = work.path().join("rootfs");
         let blobs: Vec<(PathBuf, String)> = layers
@@ -158,7 +157,7 @@ impl<'a> Session<'a> {
             .collect();
         layer::unpack::unpack_image(&blobs, &root, &opts)
             .map_err(|e| err(format!("materialising the image: {e}")))?;
-        follow::keep(&dir, &tmp, &root, &opts, &hexes)
+        follow::keep(&self.store.rootfs_dir(), &tmp, &root, &opts, &hexes)
     }
 
     /// The layer cached under `key`, else the one `build` makes now, with
@@ -182,7 +181,7 @@ impl<'a> Session<'a> {
         lower: &std::path::Path,
         reporter: &dyn Reporter,
     ) -> Option<follow::Follow> {
-        follow::Follow::start(&self.store.root().join("tmp"), lower)
+        follow::Follow::start(&self.store.tmp_dir(), lower)
             .map_err(|e| reporter.warning(&format!("{image}: {e}")))
             .ok()
     }
@@ -197,7 +196,7 @@ impl<'a> Session<'a> {
         isolation: crate::sandbox::Isolation,
     ) -> Result<run::Scratch, BuildError> {
         let lower = self.rootfs(image, layers)?;
-        let tmp = self.store.root().join("tmp");
+        let tmp = self.store.tmp_dir();
         let overlay = *self.overlay.get_or_init(|| {
             // Probing mounts a throw-away overlay (a tenth of a second);
             // the answer holds for this kernel and store.
