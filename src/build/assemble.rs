@@ -55,7 +55,7 @@ impl<'a> Session<'a> {
             }
             _ => Accounts::none(),
         };
-        let mut done = Done::default();
+        let mut done = Done::new(&image.name, reporter);
         if let Some(d) = &image.debian {
             let started = Instant::now();
             let below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
@@ -68,21 +68,18 @@ impl<'a> Session<'a> {
             };
             let key = debian::key(&below, d, &locked, self.opts.compression, epoch);
             let (record, phases) = self.cached_or(&key, || {
-                let (r, mut p) =
-                    self.debian_install(image, d, 0, &below, &locked, &key, reporter)?;
+                let install = debian::Install {
+                    spec: d,
+                    index: 0,
+                    below: &below,
+                    locked: &locked,
+                    key: &key,
+                };
+                let (r, mut p) = self.debian_install(image, &install, reporter)?;
                 p.resolve = Some(resolved);
                 Ok((r, p))
             })?;
-            let built = phases.is_some();
-            done.push(
-                &image.name,
-                0,
-                key,
-                record,
-                (built, false, phases),
-                started,
-                reporter,
-            );
+            done.push(key, record, How::made(phases), started);
         }
         let first = done.layers.len();
         for (i, l) in image.layers.iter().enumerate() {
@@ -98,10 +95,10 @@ impl<'a> Session<'a> {
                 .or_default()
                 .clone();
             let _writing = key_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let (record, built, fetched) = match self.cached_layer(&key)? {
-                Some(r) => (r, false, false),
+            let (record, how) = match self.cached_layer(&key)? {
+                Some(r) => (r, How::Reused),
                 None => match self.remote_layer(&key, reporter)? {
-                    Some(r) => (r, false, true),
+                    Some(r) => (r, How::Fetched),
                     None => {
                         let r = self.write_layer(image, i, l, &entries, &key, reporter)?;
                         if let Some(cache) = self.cache
@@ -112,19 +109,11 @@ impl<'a> Session<'a> {
                                 image.name
                             ));
                         }
-                        (r, true, false)
+                        (r, How::Built(None))
                     }
                 },
             };
-            done.push(
-                &image.name,
-                i,
-                key,
-                record,
-                (built, fetched, None),
-                started,
-                reporter,
-            );
+            done.push(key, record, how, started);
         }
         if !image.run.is_empty() {
             let started = Instant::now();
@@ -135,21 +124,13 @@ impl<'a> Session<'a> {
             let (record, phases) = self.cached_or(&key, || {
                 self.run_steps(image, index, &below, &context, &key, reporter)
             })?;
-            let built = phases.is_some();
-            done.push(
-                &image.name,
-                index,
-                key,
-                record,
-                (built, false, phases),
-                started,
-                reporter,
-            );
+            done.push(key, record, How::made(phases), started);
         }
         let Done {
             layers,
             keys,
             outcomes,
+            ..
         } = done;
         let key = self.image_key(image, base.map(|b| b.1), &keys);
         let (record, assembled) = match self.cached_image(&key)? {
@@ -213,28 +194,53 @@ impl<'a> Session<'a> {
 }
 
 /// The layers of an image so far, as built or reused.
-#[derive(Default)]
-struct Done {
+struct Done<'r> {
+    image: &'r str,
+    reporter: &'r dyn Reporter,
     layers: Vec<LayerRecord>,
     keys: Vec<String>,
     outcomes: Vec<LayerOutcome>,
 }
 
-impl Done {
-    /// Records layer `index` and reports it; `how` is (built now, fetched
-    /// from the shared cache, a run layer's phases).
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        image: &str,
-        index: usize,
-        key: String,
-        record: LayerRecord,
-        how: (bool, bool, Option<Phases>),
-        started: Instant,
-        reporter: &dyn Reporter,
-    ) {
-        let (built, fetched, phases) = how;
+/// Where a layer came from.
+enum How {
+    /// From the local store.
+    Reused,
+    /// From the shared (registry) cache.
+    Fetched,
+    /// Written now; a run or Debian layer says how long its phases took.
+    Built(Option<Phases>),
+}
+
+impl How {
+    /// As [`Session::cached_or`] says: phases when it built the layer.
+    fn made(phases: Option<Phases>) -> How {
+        match phases {
+            Some(p) => How::Built(Some(p)),
+            None => How::Reused,
+        }
+    }
+}
+
+impl<'r> Done<'r> {
+    fn new(image: &'r str, reporter: &'r dyn Reporter) -> Done<'r> {
+        Done {
+            image,
+            reporter,
+            layers: Vec::new(),
+            keys: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Records the next layer and reports it.
+    fn push(&mut self, key: String, record: LayerRecord, how: How, started: Instant) {
+        let index = self.layers.len();
+        let (built, fetched, phases) = match how {
+            How::Reused => (false, false, None),
+            How::Fetched => (false, true, None),
+            How::Built(phases) => (true, false, phases),
+        };
         let outcome = LayerOutcome {
             key: key.clone(),
             digest: record.desc.digest.clone(),
@@ -244,7 +250,7 @@ impl Done {
             seconds: started.elapsed().as_secs_f64(),
             phases,
         };
-        reporter.layer_finished(image, index, &outcome);
+        self.reporter.layer_finished(self.image, index, &outcome);
         self.outcomes.push(outcome);
         self.keys.push(key);
         self.layers.push(record);

@@ -259,6 +259,17 @@ pub fn installed_in(root: &Path) -> Result<Vec<Package>, String> {
     }
 }
 
+/// A Debian layer to install: what the image asks for, as locked, over
+/// which layers, and under which key.
+#[derive(Clone, Copy)]
+pub(super) struct Install<'i> {
+    pub spec: &'i DebianSpec,
+    pub index: usize,
+    pub below: &'i [crate::oci::image::LayerDesc],
+    pub locked: &'i LockedImage,
+    pub key: &'i str,
+}
+
 /// Download progress, passed to the build's reporter.
 struct Downloads<'r> {
     image: &'r str,
@@ -356,18 +367,21 @@ impl Session<'_> {
         got
     }
 
-    /// Installs `locked` over `below` and writes the change as a layer.
-    #[allow(clippy::too_many_arguments)]
+    /// Installs `install.locked` over `install.below` and writes the change
+    /// as a layer.
     pub(super) fn debian_install(
         &self,
         image: &Image,
-        d: &DebianSpec,
-        index: usize,
-        below: &[crate::oci::image::LayerDesc],
-        locked: &LockedImage,
-        key: &str,
+        install: &Install<'_>,
         reporter: &dyn super::Reporter,
     ) -> Result<(super::LayerRecord, super::Phases), BuildError> {
+        let Install {
+            spec: d,
+            index,
+            below,
+            locked,
+            key,
+        } = *install;
         let name = &image.name;
         let mut phases = super::Phases::default();
         let mut clock = std::time::Instant::now();
@@ -502,17 +516,16 @@ impl Session<'_> {
             names.len(),
             names.join(" ")
         );
-        let record = self.write_entries_at(
+        let w = super::layers::LayerWrite {
             image,
             index,
-            "debian",
-            &entries,
+            what: "debian",
             key,
             created_by,
             epoch,
-            reporter,
-            follow.map(|f| (f, below)),
-        )?;
+            follow: follow.map(|f| (f, below)),
+        };
+        let record = self.write_entries(&entries, w, reporter)?;
         phases.write = lap();
         Ok((record, phases))
     }

@@ -151,62 +151,51 @@ impl<'a> Session<'a> {
                     source,
                 })?;
             let created_by = format!("imgbuild: import {}", layer.src_text);
-            return self.write_entries(
-                image,
-                index,
-                &layer.src_text,
-                &entries,
-                key,
-                created_by,
-                reporter,
-            );
+            let w = self.file_layer(image, index, &layer.src_text, key, created_by);
+            return self.write_entries(&entries, w, reporter);
         }
         let created_by = format!("imgbuild: copy {} {}", layer.src_text, layer.dest);
-        self.write_entries(
+        let w = self.file_layer(image, index, &layer.src_text, key, created_by);
+        self.write_entries(entries, w, reporter)
+    }
+
+    /// How a file layer is written: stamped with the build's epoch, its
+    /// tree not kept (nothing runs over a file layer right away).
+    fn file_layer<'w>(
+        &self,
+        image: &'w Image,
+        index: usize,
+        what: &'w str,
+        key: &'w str,
+        created_by: String,
+    ) -> LayerWrite<'w> {
+        LayerWrite {
             image,
             index,
-            &layer.src_text,
-            entries,
+            what,
             key,
             created_by,
-            reporter,
-        )
+            epoch: self.opts.stamp.epoch,
+            follow: None,
+        }
     }
 
-    /// Writes entries as a layer blob and records it under `key`.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes entries as a layer blob and records it under `w.key`.
     pub(super) fn write_entries(
         &self,
-        image: &Image,
-        index: usize,
-        what: &str,
         entries: &Entries,
-        key: &str,
-        created_by: String,
+        w: LayerWrite<'_>,
         reporter: &dyn Reporter,
     ) -> Result<LayerRecord, BuildError> {
-        let epoch = self.opts.stamp.epoch;
-        self.write_entries_at(
-            image, index, what, entries, key, created_by, epoch, reporter, None,
-        )
-    }
-
-    /// [`Self::write_entries`] with every mtime `epoch`. With `follow`
-    /// (started over `below`'s tree), the tree of `below` plus this layer is
-    /// made as the layer is written and kept in the store.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn write_entries_at(
-        &self,
-        image: &Image,
-        index: usize,
-        what: &str,
-        entries: &Entries,
-        key: &str,
-        created_by: String,
-        epoch: i64,
-        reporter: &dyn Reporter,
-        follow: Option<(follow::Follow, &[LayerDesc])>,
-    ) -> Result<LayerRecord, BuildError> {
+        let LayerWrite {
+            image,
+            index,
+            what,
+            key,
+            created_by,
+            epoch,
+            follow,
+        } = w;
         let layer_err = |source| BuildError::Layer {
             image: image.name.clone(),
             layer: index,
@@ -255,6 +244,22 @@ impl<'a> Session<'a> {
         self.store.put(Kind::Layers, key, &record)?;
         Ok(record)
     }
+}
+
+/// A layer about to be written: whose, what from, and how.
+pub(super) struct LayerWrite<'w> {
+    pub image: &'w Image,
+    pub index: usize,
+    /// What the layer is made from, for errors: a `src:`, `run` or `debian`.
+    pub what: &'w str,
+    pub key: &'w str,
+    pub created_by: String,
+    /// Every mtime in the layer.
+    pub epoch: i64,
+    /// A [`follow::Follow`] started over the tree of the layers below (and
+    /// those layers): the tree of them plus this layer is made as the layer
+    /// is written and kept in the store.
+    pub follow: Option<(follow::Follow, &'w [LayerDesc])>,
 }
 
 /// /etc/passwd and /etc/group as a file layer leaves them.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::layers::LayerWrite;
 use super::{BuildError, LayerRecord, Phases, Reporter, Session, follow, run};
 use crate::layer;
 use crate::oci::digest::sha256_hex;
@@ -86,17 +87,16 @@ impl<'a> Session<'a> {
                 })?;
         phases.snapshot = lap();
         let created_by = format!("imgbuild: run {}", image.run.join(" && "));
-        let record = self.write_entries_at(
+        let w = LayerWrite {
             image,
             index,
-            "run",
-            &entries,
+            what: "run",
             key,
             created_by,
-            self.opts.stamp.epoch,
-            reporter,
-            follow.map(|f| (f, below)),
-        )?;
+            epoch: self.opts.stamp.epoch,
+            follow: follow.map(|f| (f, below)),
+        };
+        let record = self.write_entries(&entries, w, reporter)?;
         phases.write = lap();
         Ok((record, phases))
     }
