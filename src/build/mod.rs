@@ -33,9 +33,10 @@ use crate::oci::image::{ImageRecord, LayerDesc, OciError, Stamp};
 use crate::spec::Spec;
 use crate::store::{Store, StoreError};
 
-pub use ids::Accounts;
+pub use ids::{Accounts, OwnerError};
 pub use report::{Reporter, Silent};
-pub use stamp::{stamp_from_env, strip_credentials};
+pub use run::RunError;
+pub use stamp::{StampError, stamp_from_env, strip_credentials};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -59,15 +60,36 @@ pub enum BuildError {
         column: usize,
         image: String,
         owner: String,
-        why: String,
+        why: OwnerError,
     },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("image {image}: run: {reason}")]
-    Run { image: String, reason: String },
+    #[error("image {image}: run: {source}")]
+    Run { image: String, source: RunError },
+    #[error("image {image}: run: {source}")]
+    Sandbox {
+        image: String,
+        source: crate::sandbox::SandboxError,
+    },
+    #[error("image {image}: run: materialising the image: {source}")]
+    Materialise {
+        image: String,
+        source: crate::layer::unpack::UnpackError,
+    },
+    #[error(
+        "image {image}: run: `network: none` needs namespace or userns isolation, and only chroot is possible here; remove `network: none` to build here with the host's network"
+    )]
+    NoNetworkOnChroot { image: String },
+    #[error("image {image}: run: {source}")]
+    Debian {
+        image: String,
+        // Boxed: some of the archive's errors are large, and every result
+        // of the build carries this enum.
+        source: Box<debian::DebianError>,
+    },
     #[error("image {image}: `{command}` failed with exit status {code}{}", if output.is_empty() { String::new() } else { format!("; its last output:\n{output}") })]
     Step {
         image: String,

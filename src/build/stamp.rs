@@ -5,10 +5,18 @@ use std::path::Path;
 
 use crate::oci::image::{self, Stamp};
 
+#[derive(Debug, thiserror::Error)]
+pub enum StampError {
+    #[error(
+        "SOURCE_DATE_EPOCH={value} is not a whole number of seconds since 1970; set it to e.g. $(git log -1 --format=%ct)"
+    )]
+    Epoch { value: String },
+}
+
 /// The stamp from the environment: `SOURCE_DATE_EPOCH` (default 0), the
 /// revision from `IMGBUILD_REVISION`, `CI_COMMIT_SHA` or git, and the source
 /// address from `CI_PROJECT_URL` or git's `origin`, without credentials.
-pub fn stamp_from_env(dir: &Path) -> Result<Stamp, String> {
+pub fn stamp_from_env(dir: &Path) -> Result<Stamp, StampError> {
     let epoch_given = std::env::var("SOURCE_DATE_EPOCH").is_ok_and(|v| !v.trim().is_empty());
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => v
@@ -16,7 +24,7 @@ pub fn stamp_from_env(dir: &Path) -> Result<Stamp, String> {
             .parse::<i64>()
             .ok()
             .filter(|e| *e >= 0)
-            .ok_or_else(|| format!("SOURCE_DATE_EPOCH={v} is not a whole number of seconds since 1970; set it to e.g. $(git log -1 --format=%ct)"))?,
+            .ok_or_else(|| StampError::Epoch { value: v.clone() })?,
         _ => 0,
     };
     let nonempty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());

@@ -24,7 +24,7 @@ impl<'a> Session<'a> {
         key: &str,
         reporter: &dyn Reporter,
     ) -> Result<(LayerRecord, Phases), BuildError> {
-        let isolation = self.isolation()?;
+        let isolation = self.isolation(&image.name)?;
         let mut phases = Phases::default();
         let mut clock = Instant::now();
         let mut lap = || {
@@ -34,16 +34,15 @@ impl<'a> Session<'a> {
         };
         let network = image.network == crate::spec::Network::Host;
         if !network && isolation == crate::sandbox::Isolation::Chroot {
-            return Err(BuildError::Run {
+            return Err(BuildError::NoNetworkOnChroot {
                 image: image.name.clone(),
-                reason: "`network: none` needs namespace or userns isolation, and only chroot is possible here; remove `network: none` to build here with the host's network".into(),
             });
         }
         let scratch = self.scratch(&image.name, "run-", below, isolation)?;
         let follow = self.follow(&image.name, scratch.lower(), reporter);
-        let run_err = |reason: String| BuildError::Run {
+        let run_err = |source| BuildError::Run {
             image: image.name.clone(),
-            reason,
+            source,
         };
         let owner = match &context.user {
             Some(u) => crate::sandbox::resolve_user(scratch.lower(), u).unwrap_or((0, 0)),
@@ -62,9 +61,9 @@ impl<'a> Session<'a> {
                 reporter.step_output(&image.name, &line);
                 tail.push(&line);
             })
-            .map_err(|e| BuildError::Run {
+            .map_err(|source| BuildError::Sandbox {
                 image: image.name.clone(),
-                reason: e.to_string(),
+                source,
             })?;
             if code != 0 {
                 return Err(BuildError::Step {
@@ -117,9 +116,9 @@ impl<'a> Session<'a> {
             None => None,
         };
         let context = run::Context::new(parent_config.as_ref(), &image.config);
-        let extra = run::KeyExtra::of(image).map_err(|reason| BuildError::Run {
+        let extra = run::KeyExtra::of(image).map_err(|source| BuildError::Run {
             image: image.name.clone(),
-            reason,
+            source,
         })?;
         let key = run::key(
             below,
@@ -143,10 +142,6 @@ impl<'a> Session<'a> {
         if done.is_dir() {
             return Ok(done);
         }
-        let err = |reason: String| BuildError::Run {
-            image: image.to_string(),
-            reason,
-        };
         let tmp = self.store.tmp_dir();
         let work = self.store.temp_dir("rootfs-")?;
         let root = work.path().join("rootfs");
@@ -155,8 +150,12 @@ impl<'a> Session<'a> {
             .zip(&hexes)
             .map(|(l, hex)| (self.store.blob_path(hex), l.media_type.clone()))
             .collect();
-        layer::unpack::unpack_image(&blobs, &root, &opts)
-            .map_err(|e| err(format!("materialising the image: {e}")))?;
+        layer::unpack::unpack_image(&blobs, &root, &opts).map_err(|source| {
+            BuildError::Materialise {
+                image: image.to_string(),
+                source,
+            }
+        })?;
         follow::keep(&self.store.rootfs_dir(), &tmp, &root, &opts, &hexes)
     }
 
@@ -211,9 +210,9 @@ impl<'a> Session<'a> {
             let _ = self.store.put(Kind::Meta, &key, &works);
             works
         });
-        run::Scratch::new(&tmp, prefix, lower, overlay).map_err(|reason| BuildError::Run {
+        run::Scratch::new(&tmp, prefix, lower, overlay).map_err(|source| BuildError::Run {
             image: image.to_string(),
-            reason,
+            source,
         })
     }
 
@@ -228,11 +227,11 @@ impl<'a> Session<'a> {
         commands: &[String],
         line: &(dyn Fn(crate::sandbox::Stream, &str) + Sync),
     ) -> Result<Option<(String, i32)>, BuildError> {
-        let isolation = self.isolation()?;
+        let isolation = self.isolation(name)?;
         let scratch = self.scratch(name, "test-", &record.layers, isolation)?;
-        scratch.ready().map_err(|reason| BuildError::Run {
+        scratch.ready().map_err(|source| BuildError::Run {
             image: name.to_string(),
-            reason,
+            source,
         })?;
         let config = image::parse_config(
             &self.store.read_blob(&hex_of(&record.config))?,
@@ -241,11 +240,12 @@ impl<'a> Session<'a> {
         let context = run::Context::new(Some(&config), &crate::spec::ConfigSpec::default());
         for command in commands {
             let step = scratch.step(command, &context, true, &run::Secrets::none());
-            let code =
-                crate::sandbox::run(&step, isolation, line).map_err(|e| BuildError::Run {
+            let code = crate::sandbox::run(&step, isolation, line).map_err(|source| {
+                BuildError::Sandbox {
                     image: name.to_string(),
-                    reason: e.to_string(),
-                })?;
+                    source,
+                }
+            })?;
             if code != 0 {
                 return Ok(Some((command.clone(), code)));
             }
@@ -293,14 +293,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The isolation this build runs steps with, detected once.
-    pub(super) fn isolation(&self) -> Result<crate::sandbox::Isolation, BuildError> {
+    /// The isolation this build runs steps with, detected once; an error
+    /// names `image`, the first that needs it.
+    pub(super) fn isolation(&self, image: &str) -> Result<crate::sandbox::Isolation, BuildError> {
         let abilities = self.abilities.get_or_init(crate::sandbox::detect);
         abilities
             .choose(self.opts.isolation)
-            .map_err(|e| BuildError::Run {
-                image: String::new(),
-                reason: e.to_string(),
+            .map_err(|source| BuildError::Sandbox {
+                image: image.to_string(),
+                source,
             })
     }
 }
