@@ -83,10 +83,61 @@ impl Loaded {
     }
 }
 
-fn err(image: &str, reason: impl Into<String>) -> BuildError {
-    BuildError::Run {
+/// Why a Debian layer could not be resolved, fetched or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum DebianError {
+    #[error("starting the downloader: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Fetch(#[from] crate::debian::fetch::FetchError),
+    #[error(transparent)]
+    Sources(#[from] crate::debian::sources::SourcesError),
+    #[error(transparent)]
+    Lock(#[from] crate::debian::lock::LockError),
+    #[error("--locked, and there is no {}; run `imgbuild lock` and commit it", path.display())]
+    NoLock { path: PathBuf },
+    /// A package request in `packages:` that does not parse.
+    #[error(transparent)]
+    Request(crate::debian::resolve::ResolveError),
+    #[error("debian: {0}")]
+    Resolve(crate::debian::resolve::ResolveError),
+    #[error("{}: {source}", path.display())]
+    Control {
+        path: PathBuf,
+        source: crate::debian::control::ControlError,
+    },
+    #[error(transparent)]
+    Deb(#[from] crate::debian::deb::DebError),
+    #[error(transparent)]
+    Unpack(#[from] crate::layer::unpack::UnpackError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("essential package {name} missing")]
+    EssentialMissing { name: String },
+    #[error(transparent)]
+    Run(#[from] super::RunError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(
+        "what it installs depends on the packages in `{parent}`: build `{parent}` first, then lock"
+    )]
+    ParentNotBuilt { parent: String },
+}
+
+fn err(image: &str, source: impl Into<DebianError>) -> BuildError {
+    BuildError::Debian {
         image: image.to_string(),
-        reason: reason.into(),
+        source: Box::new(source.into()),
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> DebianError + '_ {
+    move |source| DebianError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -112,17 +163,17 @@ fn now() -> i64 {
 
 /// A small runtime for the archive's async client, on this thread (the
 /// build runs on plain threads).
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, DebianError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the downloader: {e}"))?;
+        .map_err(DebianError::Runtime)?;
     Ok(rt.block_on(f))
 }
 
 impl Archives {
     /// The verified indexes for `d`, read now or earlier in this build.
-    pub fn load(&self, cache: &Path, d: &DebianSpec) -> Result<Arc<Loaded>, String> {
+    pub fn load(&self, cache: &Path, d: &DebianSpec) -> Result<Arc<Loaded>, DebianError> {
         let arch = d
             .architecture
             .clone()
@@ -138,11 +189,9 @@ impl Archives {
         }
         let mirror = mirror_for(d)?;
         let keyrings = keyrings_for(d);
-        let mut archive =
-            Archive::new(&mirror, &d.suite, &keyrings, cache).map_err(|e| e.to_string())?;
+        let mut archive = Archive::new(&mirror, &d.suite, &keyrings, cache)?;
         archive.parallel = 8;
-        let indexes: ParsedIndexes =
-            block_on(archive.parsed_indexes(&arch, now()))?.map_err(|e| e.to_string())?;
+        let indexes: ParsedIndexes = block_on(archive.parsed_indexes(&arch, now()))??;
         let date = indexes.date();
         let codename = indexes
             .releases
@@ -173,13 +222,13 @@ impl Archives {
 }
 
 /// `mirror:`, else the host's apt sources, else IMGBUILD_DEBIAN_MIRROR.
-pub fn mirror_for(d: &DebianSpec) -> Result<Mirror, String> {
+pub fn mirror_for(d: &DebianSpec) -> Result<Mirror, DebianError> {
     if let Some(m) = &d.mirror {
-        return Mirror::from_url(m).map_err(|e| e.to_string());
+        return Ok(Mirror::from_url(m)?);
     }
     let sources = read_apt_sources(Path::new("/etc/apt")).unwrap_or_default();
     let env = std::env::var("IMGBUILD_DEBIAN_MIRROR").ok();
-    default_mirror(&sources, env.as_deref()).map_err(|e| e.to_string())
+    Ok(default_mirror(&sources, env.as_deref())?)
 }
 
 /// `keyring:`, else the host's debian-archive-keyring.
@@ -208,7 +257,7 @@ pub fn resolve(
         .iter()
         .map(|p| p.parse::<Request>())
         .collect::<Result<_, _>>()
-        .map_err(|e| err(image, e.to_string()))?;
+        .map_err(|e| err(image, DebianError::Request(e)))?;
     let options = ResolveOptions {
         recommends: d.recommends,
         variant: d.minbase.then_some(Variant::Minbase),
@@ -218,7 +267,7 @@ pub fn resolve(
     let universe = Universe::with_index(&loaded.packages, &index);
     let chosen = universe
         .resolve_positions(installed, &requests, &options)
-        .map_err(|e| err(image, format!("debian: {e}")))?;
+        .map_err(|e| err(image, DebianError::Resolve(e)))?;
     // A position gives the repository too (several suites are merged).
     let packages = chosen
         .into_iter()
@@ -249,14 +298,25 @@ pub fn resolve(
 }
 
 /// The packages a dpkg status file lists as installed.
-pub fn installed_in(root: &Path) -> Result<Vec<Package>, String> {
+pub fn installed_in(root: &Path) -> Result<Vec<Package>, DebianError> {
     let path = root.join("var/lib/dpkg/status");
     match std::fs::read_to_string(&path) {
         Ok(text) => crate::debian::control::parse_status(&text)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|source| DebianError::Control { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(DebianError::Io { path, source }),
     }
+}
+
+/// A Debian layer to install: what the image asks for, as locked, over
+/// which layers, and under which key.
+#[derive(Clone, Copy)]
+pub(super) struct Install<'i> {
+    pub spec: &'i DebianSpec,
+    pub index: usize,
+    pub below: &'i [crate::oci::image::LayerDesc],
+    pub locked: &'i LockedImage,
+    pub key: &'i str,
 }
 
 /// Download progress, passed to the build's reporter.
@@ -272,11 +332,6 @@ impl Progress for Downloads<'_> {
 }
 
 impl Session<'_> {
-    /// The store's cache of indexes and `.deb`s.
-    fn debian_cache(&self) -> PathBuf {
-        self.store.root().join("debian")
-    }
-
     /// What `image` installs: its lock entry when images.lock is current,
     /// else resolved now over `installed` (the parent's dpkg status).
     pub(super) fn debian_packages(
@@ -286,27 +341,21 @@ impl Session<'_> {
         parent_root: &dyn Fn() -> Result<PathBuf, BuildError>,
     ) -> Result<LockedImage, BuildError> {
         let path = crate::debian::lock::path_for(self.spec);
-        let lock = Lock::read(&path).map_err(|e| err(&image.name, e.to_string()))?;
+        let lock = Lock::read(&path).map_err(|e| err(&image.name, e))?;
         match lock
             .as_ref()
             .map(|l| l.image(&path, self.spec, &image.name))
         {
             Some(Ok(locked)) => return Ok(locked.clone()),
-            Some(Err(e)) if self.opts.locked => return Err(err(&image.name, e.to_string())),
+            Some(Err(e)) if self.opts.locked => return Err(err(&image.name, e)),
             None if self.opts.locked => {
-                return Err(err(
-                    &image.name,
-                    format!(
-                        "--locked, and there is no {}; run `imgbuild lock` and commit it",
-                        path.display()
-                    ),
-                ));
+                return Err(err(&image.name, DebianError::NoLock { path }));
             }
             _ => {}
         }
         let loaded = self
             .archives
-            .load(&self.debian_cache(), d)
+            .load(&self.store.debian_cache_dir(), d)
             .map_err(|e| err(&image.name, e))?;
         let installed = installed_in(&parent_root()?).map_err(|e| err(&image.name, e))?;
         resolve(&image.name, d, &loaded, &installed)
@@ -321,10 +370,10 @@ impl Session<'_> {
         locked: &LockedImage,
         reporter: &dyn super::Reporter,
     ) -> Result<Vec<PathBuf>, BuildError> {
-        let cache = self.debian_cache();
+        let cache = self.store.debian_cache_dir();
         let mirror = mirror_for(d).map_err(|e| err(&image.name, e))?;
         let archive = Archive::new(&mirror, &d.suite, &keyrings_for(d), &cache)
-            .map_err(|e| err(&image.name, e.to_string()))?;
+            .map_err(|e| err(&image.name, e))?;
         let wanted: Vec<ArchivePackage> = locked
             .packages
             .iter()
@@ -354,25 +403,28 @@ impl Session<'_> {
         };
         let got = block_on(archive.download(&wanted, &progress))
             .map_err(|e| err(&image.name, e))?
-            .map_err(|e| err(&image.name, e.to_string()));
+            .map_err(|e| err(&image.name, e));
         if !missing.is_empty() {
             reporter.download_finished(&image.name);
         }
         got
     }
 
-    /// Installs `locked` over `below` and writes the change as a layer.
-    #[allow(clippy::too_many_arguments)]
+    /// Installs `install.locked` over `install.below` and writes the change
+    /// as a layer.
     pub(super) fn debian_install(
         &self,
         image: &Image,
-        d: &DebianSpec,
-        index: usize,
-        below: &[crate::oci::image::LayerDesc],
-        locked: &LockedImage,
-        key: &str,
+        install: &Install<'_>,
         reporter: &dyn super::Reporter,
     ) -> Result<(super::LayerRecord, super::Phases), BuildError> {
+        let Install {
+            spec: d,
+            index,
+            below,
+            locked,
+            key,
+        } = *install;
         let name = &image.name;
         let mut phases = super::Phases::default();
         let mut clock = std::time::Instant::now();
@@ -387,13 +439,16 @@ impl Session<'_> {
         // Essential set): the lock needs only what identifies the file.
         let mut pkgs = Vec::with_capacity(debs.len());
         for (deb, l) in debs.iter().zip(&locked.packages) {
-            let control = crate::debian::deb::control(deb).map_err(|e| err(name, e.to_string()))?;
-            let mut p = crate::debian::control::parse_control(&control.control)
-                .map_err(|e| err(name, format!("{}: {e}", deb.display())))?;
+            let control = crate::debian::deb::control(deb).map_err(|e| err(name, e))?;
+            let mut p =
+                crate::debian::control::parse_control(&control.control).map_err(|source| {
+                    let path = deb.clone();
+                    err(name, DebianError::Control { path, source })
+                })?;
             p.filename = format!("{}.deb", l.sha256);
             pkgs.push(p);
         }
-        let isolation = self.isolation()?;
+        let isolation = self.isolation(name)?;
         let scratch = self.scratch(name, "debian-", below, isolation)?;
         reporter.isolation(name, isolation, scratch.is_overlay());
         // The tree of this layer's chain is wanted next when nothing else
@@ -465,7 +520,7 @@ impl Session<'_> {
             reporter.step_output(name, line);
             tail.push(line);
         })
-        .map_err(|e| err(name, e.to_string()))?;
+        .map_err(|e| err(name, e))?;
         if code != 0 {
             return Err(BuildError::Step {
                 image: name.clone(),
@@ -507,17 +562,16 @@ impl Session<'_> {
             names.len(),
             names.join(" ")
         );
-        let record = self.write_entries_at(
+        let w = super::layers::LayerWrite {
             image,
             index,
-            "debian",
-            &entries,
+            what: "debian",
             key,
             created_by,
             epoch,
-            reporter,
-            follow.map(|f| (f, below)),
-        )?;
+            follow: follow.map(|f| (f, below)),
+        };
+        let record = self.write_entries(&entries, w, reporter)?;
         phases.write = lap();
         Ok((record, phases))
     }
@@ -582,11 +636,7 @@ fn bootstrap(
     debs: &[PathBuf],
     pkgs: &[Package],
     locked: &LockedImage,
-) -> Result<(), String> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| format!("{}: {e}", p.display())
-    };
+) -> Result<(), DebianError> {
     for dir in [
         "usr/bin",
         "usr/sbin",
@@ -596,17 +646,17 @@ fn bootstrap(
         "etc",
     ] {
         let p = root.join(dir);
-        std::fs::create_dir_all(&p).map_err(io(&p))?;
+        std::fs::create_dir_all(&p).map_err(io_at(&p))?;
     }
     let mut links = vec!["bin", "sbin", "lib"];
     if locked.architecture == "amd64" {
         links.push("lib64");
         let p = root.join("usr/lib64");
-        std::fs::create_dir_all(&p).map_err(io(&p))?;
+        std::fs::create_dir_all(&p).map_err(io_at(&p))?;
     }
     for l in links {
         let p = root.join(l);
-        std::os::unix::fs::symlink(format!("usr/{l}"), &p).map_err(io(&p))?;
+        std::os::unix::fs::symlink(format!("usr/{l}"), &p).map_err(io_at(&p))?;
     }
     for (f, text) in [
         ("var/lib/dpkg/status", String::new()),
@@ -614,17 +664,17 @@ fn bootstrap(
         ("var/lib/dpkg/arch", format!("{}\n", locked.architecture)),
     ] {
         let p = root.join(f);
-        std::fs::write(&p, text).map_err(io(&p))?;
+        std::fs::write(&p, text).map_err(io_at(&p))?;
     }
     let opts = crate::layer::unpack::UnpackOptions::for_current_user();
     for e in essential {
-        let i = pkgs
-            .iter()
-            .position(|p| p.name == e.name)
-            .ok_or("essential package missing")?;
-        let stream = crate::debian::deb::data_tar(&debs[i]).map_err(|e| e.to_string())?;
-        crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts)
-            .map_err(|e| e.to_string())?;
+        let i = pkgs.iter().position(|p| p.name == e.name).ok_or_else(|| {
+            DebianError::EssentialMissing {
+                name: e.name.clone(),
+            }
+        })?;
+        let stream = crate::debian::deb::data_tar(&debs[i])?;
+        crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts)?;
     }
     Ok(())
 }
@@ -746,7 +796,7 @@ impl Session<'_> {
                 None => {
                     let loaded = self
                         .archives
-                        .load(&self.debian_cache(), d)
+                        .load(&self.store.debian_cache_dir(), d)
                         .map_err(|e| err(&name, e))?;
                     // The resolver needs what installed packages provide.
                     // (A signed archive's names: no need for SipHash here.)
@@ -844,12 +894,8 @@ impl Session<'_> {
             crate::spec::Parent::Scratch => None,
         };
         let Some(record) = record else {
-            return Err(err(
-                &image.name,
-                format!(
-                    "what it installs depends on the packages in `{parent}`: build `{parent}` first, then lock"
-                ),
-            ));
+            let parent = parent.clone();
+            return Err(err(&image.name, DebianError::ParentNotBuilt { parent }));
         };
         let root = self.rootfs(parent, &record.layers)?;
         installed_in(&root).map_err(|e| err(&image.name, e))

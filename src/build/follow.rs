@@ -18,6 +18,28 @@ use std::thread::JoinHandle;
 
 use crate::layer::unpack::UnpackOptions;
 
+/// Why a tree could not be made while its layer was written. Only a
+/// cache is lost: the caller warns and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("starting a thread: {0}")]
+    Thread(io::Error),
+    #[error("cannot run cp: {0}")]
+    Cp(io::Error),
+    #[error("cloning {}: {stderr}", from.display())]
+    Clone { from: PathBuf, stderr: String },
+    #[error(transparent)]
+    Unpack(#[from] crate::layer::unpack::UnpackError),
+    #[error("already finished")]
+    Finished,
+    #[error("the unpacker panicked")]
+    Panicked,
+    #[error(transparent)]
+    Keep(Box<crate::build::BuildError>),
+}
+
 /// Tar chunks in flight to the unpacker: bounded, so memory does not grow
 /// with the layer when the unpacker falls behind (the writer waits).
 const IN_FLIGHT: usize = 16;
@@ -34,17 +56,20 @@ pub fn chain_id(opts: &UnpackOptions, hexes: &[String]) -> String {
 pub struct Follow {
     work: tempfile::TempDir,
     tx: Option<SyncSender<Vec<u8>>>,
-    applier: Option<JoinHandle<Result<(), String>>>,
+    applier: Option<JoinHandle<Result<(), FollowError>>>,
 }
 
 impl Follow {
     /// Starts cloning `lower` (the chain's tree below the layer) under
     /// `tmp`; the clone runs while the layer's steps do.
-    pub fn start(tmp: &Path, lower: &Path) -> Result<Follow, String> {
+    pub fn start(tmp: &Path, lower: &Path) -> Result<Follow, FollowError> {
         let work = tempfile::Builder::new()
             .prefix("rootfs-")
             .tempdir_in(tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            .map_err(|source| FollowError::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })?;
         let root = work.path().join("rootfs");
         let lower = lower.to_path_buf();
         let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
@@ -58,11 +83,10 @@ impl Follow {
                     at: 0,
                 };
                 let opts = UnpackOptions::for_current_user();
-                crate::layer::unpack::apply_tar(stream, Path::new("layer"), &root, &opts)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                crate::layer::unpack::apply_tar(stream, Path::new("layer"), &root, &opts)?;
+                Ok(())
             })
-            .map_err(|e| format!("starting a thread: {e}"))?;
+            .map_err(FollowError::Thread)?;
         Ok(Follow {
             work,
             tx: Some(tx),
@@ -78,12 +102,10 @@ impl Follow {
 
     /// Waits for the unpacker and moves the tree to `rootfs/<chain>` of
     /// `hexes` (the chain including the layer just written).
-    pub fn finish(mut self, rootfs: &Path, hexes: &[String]) -> Result<PathBuf, String> {
+    pub fn finish(mut self, rootfs: &Path, hexes: &[String]) -> Result<PathBuf, FollowError> {
         self.tx = None;
-        let applier = self.applier.take().ok_or("already finished")?;
-        applier
-            .join()
-            .map_err(|_| "the unpacker panicked".to_string())??;
+        let applier = self.applier.take().ok_or(FollowError::Finished)?;
+        applier.join().map_err(|_| FollowError::Panicked)??;
         keep(
             rootfs,
             self.work.path(),
@@ -91,7 +113,7 @@ impl Follow {
             &UnpackOptions::for_current_user(),
             hexes,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| FollowError::Keep(Box::new(e)))
     }
 }
 
@@ -139,21 +161,20 @@ impl Drop for Follow {
 
 /// A clone of `from` at `to` whose files are hard links: directories are
 /// new (owners, modes and mtimes kept), files are shared.
-fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
+fn link_tree(from: &Path, to: &Path) -> Result<(), FollowError> {
     let out = std::process::Command::new("cp")
         .arg("-al")
         .arg(from)
         .arg(to)
         .output()
-        .map_err(|e| format!("cannot run cp: {e}"))?;
+        .map_err(FollowError::Cp)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "cloning {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(FollowError::Clone {
+            from: from.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 

@@ -7,6 +7,19 @@ use crate::store::{Kind, Store};
 
 use super::BuildError;
 
+/// Why an owner name has no id in the parent image.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error("user `{user}` cannot be looked up: the parent image has no /etc/passwd")]
+    NoPasswd { user: String },
+    #[error("user `{user}` is not in the parent image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("group `{group}` cannot be looked up: the parent image has no /etc/group")]
+    NoGroupFile { group: String },
+    #[error("group `{group}` is not in the parent image's /etc/group")]
+    UnknownGroup { group: String },
+}
+
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct MetaRecord {
     digest: String,
@@ -54,7 +67,7 @@ impl Accounts {
     }
 
     /// Resolves `owner`; `Err` says what is missing.
-    pub fn resolve(&self, owner: &Owner) -> Result<Ids, String> {
+    pub fn resolve(&self, owner: &Owner) -> Result<Ids, OwnerError> {
         let (uid, primary) = match &owner.user {
             IdSpec::Id(n) => (*n, *n),
             IdSpec::Name(name) => match self
@@ -65,14 +78,10 @@ impl Accounts {
                 Some(ids) => ids,
                 None if name == "root" => (0, 0),
                 None if self.passwd.is_none() => {
-                    return Err(format!(
-                        "user `{name}` cannot be looked up: the parent image has no /etc/passwd"
-                    ));
+                    return Err(OwnerError::NoPasswd { user: name.clone() });
                 }
                 None => {
-                    return Err(format!(
-                        "user `{name}` is not in the parent image's /etc/passwd"
-                    ));
+                    return Err(OwnerError::UnknownUser { user: name.clone() });
                 }
             },
         };
@@ -87,14 +96,14 @@ impl Accounts {
                 Some(g) => g,
                 None if name == "root" => 0,
                 None if self.group.is_none() => {
-                    return Err(format!(
-                        "group `{name}` cannot be looked up: the parent image has no /etc/group"
-                    ));
+                    return Err(OwnerError::NoGroupFile {
+                        group: name.clone(),
+                    });
                 }
                 None => {
-                    return Err(format!(
-                        "group `{name}` is not in the parent image's /etc/group"
-                    ));
+                    return Err(OwnerError::UnknownGroup {
+                        group: name.clone(),
+                    });
                 }
             },
         };

@@ -8,6 +8,43 @@ use std::path::{Path, PathBuf};
 
 use crate::spec::{ConfigSpec, SecretSource, SecretSpec};
 
+/// Why steps could not be got ready: their secrets, or their tree.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "secret `{name}`: the environment variable {var} is not set; set it for the build (in GitLab CI: a masked variable)"
+    )]
+    SecretUnset { name: String, var: String },
+    #[error("secret `{name}`: cannot read {}: {source}", path.display())]
+    SecretUnreadable {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secret `{name}`: {}: {source}", path.display())]
+    SecretFile {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run cp: {0}")]
+    Cp(std::io::Error),
+    #[error("copying the root filesystem: {stderr}")]
+    Copy { stderr: String },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// What steps run with: the image's env, workdir and user (the parent's
 /// config with this image's over it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +133,7 @@ pub struct KeyExtra {
 }
 
 impl KeyExtra {
-    pub fn of(image: &crate::spec::Image) -> Result<KeyExtra, String> {
+    pub fn of(image: &crate::spec::Image) -> Result<KeyExtra, RunError> {
         let mut secrets = Vec::new();
         for s in &image.secrets {
             let hash = match s.rebuild {
@@ -123,18 +160,21 @@ impl KeyExtra {
 
 /// A secret's value, read now; the error names the secret and its source,
 /// never a value.
-pub fn secret_value(s: &SecretSpec) -> Result<Vec<u8>, String> {
+pub fn secret_value(s: &SecretSpec) -> Result<Vec<u8>, RunError> {
     match &s.source {
         SecretSource::Env(var) => std::env::var_os(var)
             .map(|v| v.into_encoded_bytes())
-            .ok_or_else(|| {
-                format!(
-                    "secret `{}`: the environment variable {var} is not set; set it for the build (in GitLab CI: a masked variable)",
-                    s.name
-                )
+            .ok_or_else(|| RunError::SecretUnset {
+                name: s.name.clone(),
+                var: var.clone(),
             }),
-        SecretSource::File(path) => std::fs::read(path)
-            .map_err(|e| format!("secret `{}`: cannot read {}: {e}", s.name, path.display())),
+        SecretSource::File(path) => {
+            std::fs::read(path).map_err(|source| RunError::SecretUnreadable {
+                name: s.name.clone(),
+                path: path.clone(),
+                source,
+            })
+        }
     }
 }
 
@@ -154,7 +194,11 @@ impl Secrets {
     }
 
     /// Reads `specs` into files under `tmp` readable only by `owner`.
-    pub fn prepare(specs: &[SecretSpec], tmp: &Path, owner: (u32, u32)) -> Result<Secrets, String> {
+    pub fn prepare(
+        specs: &[SecretSpec],
+        tmp: &Path,
+        owner: (u32, u32),
+    ) -> Result<Secrets, RunError> {
         use std::os::unix::fs::PermissionsExt;
         if specs.is_empty() {
             return Ok(Secrets::none());
@@ -162,12 +206,16 @@ impl Secrets {
         let dir = tempfile::Builder::new()
             .prefix("secrets-")
             .tempdir_in(tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            .map_err(io_at(tmp))?;
         let mut hidden = Vec::new();
         for s in specs {
             let value = secret_value(s)?;
             let path = dir.path().join(&s.name);
-            let fail = |e: std::io::Error| format!("secret `{}`: {}: {e}", s.name, path.display());
+            let fail = |source| RunError::SecretFile {
+                name: s.name.clone(),
+                path: path.clone(),
+                source,
+            };
             std::fs::write(&path, &value).map_err(fail)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
                 .map_err(fail)?;
@@ -240,7 +288,7 @@ const MOUNT_POINTS: [(&str, u32); 4] = [
 
 /// Makes the mount points that neither `root` nor `lower` has, in `root`;
 /// the names made.
-fn mount_points(root: &Path, lower: Option<&Path>) -> Result<Vec<String>, String> {
+fn mount_points(root: &Path, lower: Option<&Path>) -> Result<Vec<String>, RunError> {
     use std::os::unix::fs::PermissionsExt;
     let mut made = Vec::new();
     for (dir, mode) in MOUNT_POINTS {
@@ -251,7 +299,7 @@ fn mount_points(root: &Path, lower: Option<&Path>) -> Result<Vec<String>, String
                 .and_then(|()| {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 })
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(io_at(&path))?;
             made.push(dir.to_string());
         }
     }
@@ -260,7 +308,7 @@ fn mount_points(root: &Path, lower: Option<&Path>) -> Result<Vec<String>, String
 
 /// Copies a root filesystem for steps to change (reflinks where the
 /// filesystem has them); the copy keeps owners, modes, links and times.
-pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), RunError> {
     // GNU cp shares extents where the filesystem can; busybox's cp (in
     // minimal CI images) has no --reflink, so plain -a is the fallback.
     let mut last = String::new();
@@ -270,14 +318,14 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), Str
             .arg(from)
             .arg(to)
             .output()
-            .map_err(|e| format!("cannot run cp: {e}"))?;
+            .map_err(RunError::Cp)?;
         if out.status.success() {
             return Ok(());
         }
         last = String::from_utf8_lossy(&out.stderr).trim().to_string();
         let _ = std::fs::remove_dir_all(to);
     }
-    Err(format!("copying the root filesystem: {last}"))
+    Err(RunError::Copy { stderr: last })
 }
 
 /// A writable view of a cached root filesystem, removed on drop: an
@@ -295,16 +343,20 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(tmp: &Path, prefix: &str, lower: PathBuf, overlay: bool) -> Result<Scratch, String> {
+    pub fn new(
+        tmp: &Path,
+        prefix: &str,
+        lower: PathBuf,
+        overlay: bool,
+    ) -> Result<Scratch, RunError> {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            .map_err(io_at(tmp))?;
         let mk = |name: &str| {
             let p = dir.path().join(name);
-            std::fs::create_dir(&p)
-                .map(|()| p.clone())
-                .map_err(|e| format!("{}: {e}", p.display()))
+            std::fs::create_dir(&p).map_err(io_at(&p))?;
+            Ok::<_, RunError>(p)
         };
         if overlay {
             let ovl = crate::sandbox::Overlay {
@@ -334,7 +386,7 @@ impl Scratch {
 
     /// Makes what the sandbox mounts over, where the tree lacks it: call
     /// after writing into [`Self::writable`] and before the steps.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), RunError> {
         let made = match &self.overlay {
             Some(o) => mount_points(&o.upper, Some(&self.lower))?,
             None => mount_points(&self.root, None)?,
@@ -529,7 +581,7 @@ mod tests {
         );
         // A missing source names the secret and where it looked.
         image.secrets[0].source = SecretSource::Env("IMGBUILD_TEST_UNSET_VAR".into());
-        let e = KeyExtra::of(&image).unwrap_err();
+        let e = KeyExtra::of(&image).unwrap_err().to_string();
         assert!(
             e.contains("secret `token`") && e.contains("IMGBUILD_TEST_UNSET_VAR"),
             "{e}"

@@ -1,16 +1,22 @@
 //! The local content-addressed store under `$IMGBUILD_HOME`.
 //!
 //! ```text
-//! blobs/sha256/<hex>      layer, config and manifest blobs (OCI layout style)
-//! layers/<key>.json       a built layer: its digests and size, by cache key
-//! entries/<key>.json      what went into that layer, for `plan`'s "what changed"
-//! images/<key>.json       an assembled image, by image key
-//! meta/<hex>.json         facts read out of a layer blob (its /etc/passwd)
-//! pulled/<hash>.json      images pulled from registries, by reference
-//! refs/<graph>/<name>     the last build of each image of each images.yaml
-//! statcache/<hash>.json   source file hashes by stat (see layer::statcache)
-//! tmp/                    temporary names; renamed into place when complete
-//! lock                    shared by builds, exclusive for gc
+//! blobs/sha256/<hex>        layer, config and manifest blobs (OCI layout style)
+//! layers/<key>.json         a built layer: its digests and size, by cache key
+//! entries/<key>.json        what went into that layer, for `plan`'s "what changed"
+//! images/<key>.json         an assembled image, by image key
+//! meta/<hex>.json           facts read out of a layer blob (its /etc/passwd)
+//! pulled/<hash>.json        images pulled from registries, by reference
+//! tested/<key>.json         images that passed their `test:`, by manifest and tests
+//! refs/<graph>/<name>.json  the last build of each image of each images.yaml
+//! refs/<graph>/images.yaml.path  that images.yaml, so gc can tell it is gone
+//! statcache/<hash>.json     source file hashes by stat (see layer::statcache)
+//! rootfs/<chain>            an unpacked chain of layers, for steps and tests
+//! rootfs/<chain>.layers     the blobs of that chain, so gc drops it with them
+//! debian/indexes/<sha256>   verified Debian archive indexes (see debian::fetch)
+//! debian/debs/sha256/       verified .deb packages, by their sha256
+//! tmp/                      temporary names; renamed into place when complete
+//! lock                      shared by builds, exclusive for gc
 //! ```
 //! Every file is written under a temporary name and renamed, blobs after an
 //! fsync, and records only after the blobs they name, so a kill at any point
@@ -154,6 +160,27 @@ impl Store {
         &self.root
     }
 
+    /// `tmp/`: temporary files and directories, on the same filesystem as
+    /// what they are renamed to.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// `rootfs/`: unpacked chains of layers, each beside its `.layers` list.
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+
+    /// `rootfs/<chain>`: the tree of one chain of layers.
+    pub fn rootfs_tree(&self, chain: &str) -> PathBuf {
+        self.rootfs_dir().join(chain)
+    }
+
+    /// `debian/`: the Debian archive's indexes and packages, verified.
+    pub fn debian_cache_dir(&self) -> PathBuf {
+        self.root.join("debian")
+    }
+
     pub fn blob_path(&self, hex: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex)
     }
@@ -192,14 +219,14 @@ impl Store {
 
     /// A temporary file on the store's filesystem, removed unless committed.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        let dir = self.root.join("tmp");
+        let dir = self.tmp_dir();
         tempfile::NamedTempFile::new_in(&dir).map_err(io_at(&dir))
     }
 
     /// A directory under the store's `tmp/` (same filesystem as what it
     /// will be renamed to), removed on drop.
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {
-        let dir = self.root.join("tmp");
+        let dir = self.tmp_dir();
         tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(&dir)
@@ -227,7 +254,7 @@ impl Store {
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> Result<(), StoreError> {
-        write_json(&self.root.join("tmp"), &self.record_path(kind, key), value)
+        write_json(&self.tmp_dir(), &self.record_path(kind, key), value)
     }
 
     fn ref_dir(&self, graph: &str) -> PathBuf {
@@ -257,16 +284,12 @@ impl Store {
         let origin = dir.join("images.yaml.path");
         if !origin.exists() {
             write_atomic(
-                &self.root.join("tmp"),
+                &self.tmp_dir(),
                 &origin,
                 file.as_os_str().as_encoded_bytes(),
             )?;
         }
-        write_json(
-            &self.root.join("tmp"),
-            &dir.join(format!("{name}.json")),
-            value,
-        )
+        write_json(&self.tmp_dir(), &dir.join(format!("{name}.json")), value)
     }
 
     pub fn statcache_path(&self, src: &Path) -> PathBuf {
@@ -367,7 +390,7 @@ impl Store {
             }
         }
         // Unpacked root filesystems stay while all their layers do.
-        let rootfs = self.root.join("rootfs");
+        let rootfs = self.rootfs_dir();
         for name in read_dir_names(&rootfs)? {
             let p = rootfs.join(&name);
             let list = match name.strip_suffix(".layers") {
@@ -383,7 +406,7 @@ impl Store {
             }
         }
         // Left by builds that were killed (gc holds the store alone).
-        let tmp = self.root.join("tmp");
+        let tmp = self.tmp_dir();
         for name in read_dir_names(&tmp)? {
             let p = tmp.join(name);
             let _ = match fs::symlink_metadata(&p) {

@@ -1,0 +1,198 @@
+//! Scheduling: which images a build needs, in what order, on how many
+//! threads, with registry parents pulled first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Condvar, Mutex};
+
+use super::{
+    BuildError, ImageOutcome, LayerCache, Options, Puller, Queue, RefRecord, Reporter, Session,
+    debian,
+};
+use crate::oci::image::ImageRecord;
+use crate::spec::{Image, Parent, Spec};
+use crate::store::Store;
+
+impl<'a> Session<'a> {
+    pub fn new(store: &'a Store, spec: &'a Spec, opts: &'a Options) -> Session<'a> {
+        Session {
+            store,
+            spec,
+            opts,
+            graph: crate::store::graph_id(&spec.file_abs()),
+            puller: None,
+            cache: None,
+            writing: Mutex::new(HashMap::new()),
+            abilities: std::sync::OnceLock::new(),
+            overlay: std::sync::OnceLock::new(),
+            archives: debian::Archives::default(),
+        }
+    }
+
+    /// The same session, sharing layers through `cache`.
+    pub fn with_cache(mut self, cache: &'a dyn LayerCache) -> Session<'a> {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The same session, able to pull `from:` registry references.
+    pub fn with_puller(mut self, puller: &'a dyn Puller) -> Session<'a> {
+        self.puller = Some(puller);
+        self
+    }
+
+    /// `names` and everything they are built from, parents first.
+    pub fn closure(&self, names: &[String]) -> Result<Vec<String>, BuildError> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for name in names {
+            let mut chain = Vec::new();
+            let mut cur = Some(self.image(name)?);
+            while let Some(img) = cur {
+                if !seen.insert(img.name.clone()) {
+                    break;
+                }
+                chain.push(img.name.clone());
+                cur = match &img.parent {
+                    Parent::Image(p) => Some(self.image(p)?),
+                    Parent::Scratch | Parent::Registry(_) => None,
+                };
+            }
+            order.extend(chain.into_iter().rev());
+        }
+        // Parents first overall: a stable sort by depth keeps that.
+        let depth = |n: &String| self.depth(n);
+        order.sort_by_key(depth);
+        Ok(order)
+    }
+
+    fn depth(&self, name: &str) -> usize {
+        let mut d = 0;
+        let mut cur = self.spec.image(name);
+        while let Some(Parent::Image(p)) = cur.map(|i| &i.parent) {
+            d += 1;
+            cur = self.spec.image(p);
+        }
+        d
+    }
+
+    pub fn image(&self, name: &str) -> Result<&'a Image, BuildError> {
+        self.spec
+            .image(name)
+            .ok_or_else(|| BuildError::UnknownImage {
+                name: name.to_string(),
+                file: self.spec.file.display().to_string(),
+                hint: crate::suggest::closest(name, self.spec.images.keys().map(String::as_str))
+                    .map(str::to_string),
+            })
+    }
+
+    /// Builds `names` and what they need, independent images in parallel.
+    /// Every image gets a result; a failed image fails only its descendants.
+    pub fn build(
+        &self,
+        names: &[String],
+        reporter: &dyn Reporter,
+    ) -> Result<BTreeMap<String, Result<ImageOutcome, BuildError>>, BuildError> {
+        let order = self.closure(names)?;
+        let pulled = self.pull_parents(&order)?;
+        let state: Queue = Mutex::new((order.clone(), HashMap::new()));
+        let cv = Condvar::new();
+        let jobs = self.opts.jobs.clamp(1, order.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..jobs {
+                s.spawn(|| self.worker(&state, &cv, &pulled, reporter));
+            }
+        });
+        let (_, results) = state.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(results.into_iter().collect())
+    }
+
+    /// Pulls (or finds in the store) every registry parent `order` needs.
+    pub fn pull_parents(
+        &self,
+        order: &[String],
+    ) -> Result<HashMap<String, ImageRecord>, BuildError> {
+        let mut pulled = HashMap::new();
+        for name in order {
+            let image = self.image(name)?;
+            if let Parent::Registry(r) = &image.parent
+                && !pulled.contains_key(r)
+            {
+                let puller = self.puller.ok_or_else(|| BuildError::Pull {
+                    image: name.clone(),
+                    reference: r.clone(),
+                    reason: format!("{r}: this command does not reach registries"),
+                })?;
+                // TODO(merge): Parent::Registry holds a Reference; drop this parse.
+                let record = r
+                    .parse()
+                    .map_err(|e: crate::registry::ReferenceError| e.to_string())
+                    .and_then(|reference| puller.pull(&reference).map_err(|e| e.to_string()))
+                    .map_err(|reason| BuildError::Pull {
+                        image: name.clone(),
+                        reference: r.clone(),
+                        reason,
+                    })?;
+                pulled.insert(r.clone(), record);
+            }
+        }
+        Ok(pulled)
+    }
+
+    fn worker(
+        &self,
+        state: &Queue,
+        cv: &Condvar,
+        pulled: &HashMap<String, ImageRecord>,
+        reporter: &dyn Reporter,
+    ) {
+        loop {
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            let picked = loop {
+                let (pending, done) = &mut *guard;
+                if pending.is_empty() {
+                    return;
+                }
+                let ready = pending
+                    .iter()
+                    .position(|n| match &self.spec.images[n].parent {
+                        Parent::Scratch | Parent::Registry(_) => true,
+                        Parent::Image(p) => {
+                            done.contains_key(p) || !self.spec.images.contains_key(p)
+                        }
+                    });
+                match ready {
+                    Some(i) => break pending.remove(i),
+                    None => guard = cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                }
+            };
+            let image = &self.spec.images[&picked];
+            let base = match &image.parent {
+                Parent::Scratch => Ok(None),
+                Parent::Registry(r) => Ok(pulled.get(r).map(|rec| (r.clone(), rec.clone()))),
+                Parent::Image(p) => match guard.1.get(p) {
+                    Some(Ok(o)) => Ok(Some((p.clone(), o.record.clone()))),
+                    _ => Err(BuildError::ParentFailed {
+                        image: picked.clone(),
+                        parent: p.clone(),
+                    }),
+                },
+            };
+            drop(guard);
+            let result = base.and_then(|b| {
+                self.build_image(image, b.as_ref().map(|(n, r)| (n.as_str(), r)), reporter)
+            });
+            if let Err(e) = &result {
+                reporter.image_failed(&picked, &e.to_string());
+            }
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            guard.1.insert(picked, result);
+            cv.notify_all();
+        }
+    }
+
+    /// The last build of `name` from this images.yaml, if any.
+    pub fn last_build(&self, name: &str) -> Result<Option<RefRecord>, BuildError> {
+        Ok(self.store.get_ref(&self.graph, name)?)
+    }
+}
