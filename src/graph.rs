@@ -61,10 +61,10 @@ fn parent_of<'a>(spec: &'a Spec, name: &str) -> Option<&'a str> {
 }
 
 /// What a root image starts from: `scratch` or its registry reference.
-fn origin<'a>(spec: &'a Spec, name: &str) -> &'a str {
+fn origin(spec: &Spec, name: &str) -> String {
     match &spec.images[name].parent {
-        Parent::Registry(r) => r,
-        _ => "scratch",
+        Parent::Registry(r) => r.to_string(),
+        _ => "scratch".to_string(),
     }
 }
 
@@ -112,8 +112,11 @@ pub fn render(spec: &Spec, format: Format) -> String {
                     image.layers.len()
                 );
                 match &image.parent {
-                    Parent::Image(p) | Parent::Registry(p) => {
+                    Parent::Image(p) => {
                         let _ = writeln!(out, "  \"{p}\" -> \"{name}\";");
+                    }
+                    Parent::Registry(r) => {
+                        let _ = writeln!(out, "  \"{r}\" -> \"{name}\";");
                     }
                     Parent::Scratch => {}
                 }
@@ -135,7 +138,7 @@ pub fn render(spec: &Spec, format: Format) -> String {
                         let _ = writeln!(
                             out,
                             "  {}[(\"{r}\")] --> {}[\"{name}\"]",
-                            id(r).replace([':', '/', '@'], "_"),
+                            id(&r.to_string()).replace([':', '/', '@'], "_"),
                             id(name)
                         );
                     }

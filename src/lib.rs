@@ -6,6 +6,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod layer;
 pub mod oci;
+pub mod reference;
 pub mod registry;
 pub mod sandbox;
 pub mod spec;

@@ -727,7 +727,8 @@ impl Session<'_> {
                 "debian": crate::debian::lock::debian_value(d),
                 "from": match &image.parent {
                     crate::spec::Parent::Scratch => String::new(),
-                    crate::spec::Parent::Image(p) | crate::spec::Parent::Registry(p) => p.clone(),
+                    crate::spec::Parent::Image(p) => p.clone(),
+                    crate::spec::Parent::Registry(r) => r.to_string(),
                 },
                 "installed": before.iter().map(|p| format!("{} {} {}", p.name, p.version, p.architecture)).collect::<Vec<_>>(),
             })));
@@ -833,14 +834,15 @@ impl Session<'_> {
     fn root_status(&self, image: &Image) -> Result<Vec<Package>, BuildError> {
         let parent = match &image.parent {
             crate::spec::Parent::Scratch => return Ok(Vec::new()),
-            crate::spec::Parent::Image(p) | crate::spec::Parent::Registry(p) => p,
+            crate::spec::Parent::Image(p) => p.clone(),
+            crate::spec::Parent::Registry(r) => r.to_string(),
         };
         let record = match &image.parent {
             crate::spec::Parent::Image(p) => self.last_build(p)?.map(|r| r.image),
             // Pulled now (or found in the store): its packages decide.
             crate::spec::Parent::Registry(r) => self
                 .pull_parents(std::slice::from_ref(&image.name))?
-                .remove(r),
+                .remove(&r.to_string()),
             crate::spec::Parent::Scratch => None,
         };
         let Some(record) = record else {
@@ -851,7 +853,7 @@ impl Session<'_> {
                 ),
             ));
         };
-        let root = self.rootfs(parent, &record.layers)?;
+        let root = self.rootfs(&parent, &record.layers)?;
         installed_in(&root).map_err(|e| err(&image.name, e))
     }
 }

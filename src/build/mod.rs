@@ -416,7 +416,8 @@ impl<'a> Session<'a> {
             "v": 1,
             "parent": parent.map(|p| p.manifest.clone()),
             "parent_name": match &image.parent {
-                Parent::Image(p) | Parent::Registry(p) => Some(p),
+                Parent::Image(p) => Some(p.clone()),
+                Parent::Registry(r) => Some(r.to_string()),
                 Parent::Scratch => None,
             },
             "layers": layer_keys,
@@ -1043,8 +1044,9 @@ impl<'a> Session<'a> {
         for name in order {
             let image = self.image(name)?;
             if let Parent::Registry(r) = &image.parent
-                && !pulled.contains_key(r)
+                && !pulled.contains_key(&r.to_string())
             {
+                let r = &r.to_string();
                 let puller = self.puller.ok_or_else(|| BuildError::Pull {
                     image: name.clone(),
                     reference: r.clone(),
@@ -1091,7 +1093,9 @@ impl<'a> Session<'a> {
             let image = &self.spec.images[&picked];
             let base = match &image.parent {
                 Parent::Scratch => Ok(None),
-                Parent::Registry(r) => Ok(pulled.get(r).map(|rec| (r.clone(), rec.clone()))),
+                Parent::Registry(r) => Ok(pulled
+                    .get(&r.to_string())
+                    .map(|rec| (r.to_string(), rec.clone()))),
                 Parent::Image(p) => match guard.1.get(p) {
                     Some(Ok(o)) => Ok(Some((p.clone(), o.record.clone()))),
                     _ => Err(BuildError::ParentFailed {

@@ -329,7 +329,7 @@ pub(super) fn parse(
     let registry = registry.and_then(|r| {
         let value = expand(&mut cx, &r, &file_vars)?;
         let prefix = value.trim_end_matches('/');
-        match format!("{prefix}/x").parse::<crate::registry::Reference>() {
+        match format!("{prefix}/x").parse::<crate::reference::Reference>() {
             Ok(_) => Some(prefix.to_string()),
             Err(e) => {
                 cx.err(
@@ -586,8 +586,8 @@ fn resolve(
         } else if raw.contains_key(&target) {
             Parent::Image(target)
         } else if target.contains(['/', ':', '@']) {
-            match target.parse::<crate::registry::Reference>() {
-                Ok(r) => Parent::Registry(r.to_string()),
+            match target.parse::<crate::reference::Reference>() {
+                Ok(r) => Parent::Registry(r),
                 Err(e) => {
                     cx.err(
                         from.pos,

@@ -16,6 +16,8 @@ use serde::Serialize;
 
 pub use yaml::Pos;
 
+use crate::reference::Reference;
+
 /// Where an image starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "name")]
@@ -23,8 +25,9 @@ pub enum Parent {
     Scratch,
     /// Another image of this graph.
     Image(String),
-    /// An image in a registry, `host/repo:tag` or `…@sha256:…`.
-    Registry(String),
+    /// An image in a registry, `host/repo:tag` or `…@sha256:…`, parsed once
+    /// here.
+    Registry(Reference),
 }
 
 /// A numeric id or a name to look up in the parent's /etc/passwd or /etc/group.
