@@ -4,7 +4,21 @@
 //! types), then the graph is resolved (parents, cycles) and each image's vars
 //! are expanded along its `from` chain, so a client may use a var that its
 //! Moodle parent defines.
-mod convert;
+//!
+//! `raw` is the first pass, `resolve` the second; each section's checks live
+//! in their own module (`layers`, `config`, `tags`, `steps` for secrets and
+//! network, `debian`), and `ctx` holds what they share: positioned scalars,
+//! the problem list, and var expansion that reports where it failed.
+mod config;
+mod ctx;
+mod debian;
+mod layers;
+mod raw;
+mod resolve;
+mod steps;
+mod tags;
+#[cfg(test)]
+mod testutil;
 pub mod vars;
 pub mod yaml;
 
@@ -254,7 +268,7 @@ impl Spec {
 
     /// Parses `text` as if read from `file`, resolving paths against `dir`.
     pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
-        convert::parse(text, dir)
+        resolve::parse(text, dir)
             .map(|(images, top)| Spec {
                 file: file.to_path_buf(),
                 dir: dir.to_path_buf(),
