@@ -288,6 +288,15 @@ impl Spec {
         self.images.get(name)
     }
 
+    /// The image of this file that `name` is built from, if any: the parent
+    /// lookup the `graph` functions take (`|n| spec.parent_of(n)`).
+    pub fn parent_of(&self, name: &str) -> Option<&str> {
+        match &self.images.get(name)?.parent {
+            Parent::Image(p) => Some(p),
+            Parent::Scratch | Parent::Registry(_) => None,
+        }
+    }
+
     /// The absolute path of images.yaml.
     pub fn file_abs(&self) -> PathBuf {
         match self.file.file_name() {
