@@ -1,7 +1,7 @@
 //! What every section's reader shares: scalars with their positions, the
 //! problems found so far (one per position), typed readers of yaml nodes, and
 //! var expansion that reports where it failed.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::Problem;
 use super::vars::{self, VarError};
@@ -15,20 +15,20 @@ pub(super) struct S {
     pub(super) pos: Pos,
 }
 
+#[derive(Default)]
 pub(super) struct Ctx {
     pub(super) problems: Vec<Problem>,
+    /// The image being read, named in each problem.
     pub(super) image: Option<String>,
+    /// (line, column) of each problem, so recording one is O(1).
+    reported: HashSet<(usize, usize)>,
 }
 
 impl Ctx {
     /// Records a problem; one per position, so a value whose vars failed
     /// is not also reported as, say, a bad path.
     pub(super) fn err(&mut self, pos: Pos, message: impl Into<String>, hint: Option<String>) {
-        if self
-            .problems
-            .iter()
-            .any(|p| (p.line, p.column) == (pos.line, pos.col))
-        {
+        if !self.reported.insert((pos.line, pos.col)) {
             return;
         }
         self.problems.push(Problem {
@@ -136,6 +136,8 @@ impl Ctx {
 
     pub(super) fn pairs(&mut self, node: &Node, what: &str) -> Vec<(S, S)> {
         let mut out = Vec::new();
+        // A set, not a scan of `out`: a file may define 100,000s of vars.
+        let mut seen = HashSet::new();
         for (k, v) in self.map(node, what) {
             let key = self.scalar(k, "a key");
             let value = match &v.kind {
@@ -147,7 +149,7 @@ impl Ctx {
                 _ => self.scalar(v, &format!("the value of {what}")),
             };
             if let (Some(k), Some(v)) = (key, value) {
-                if out.iter().any(|(ok, _): &(S, S)| ok.v == k.v) {
+                if !seen.insert(k.v.clone()) {
                     self.err(k.pos, format!("`{}` is given twice in {what}", k.v), None);
                 } else {
                     out.push((k, v));
