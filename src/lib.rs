@@ -8,6 +8,7 @@ pub mod graph;
 pub mod layer;
 pub mod oci;
 pub mod passwd;
+pub mod reference;
 pub mod registry;
 pub mod sandbox;
 pub mod spec;

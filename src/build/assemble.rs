@@ -31,7 +31,8 @@ impl<'a> Session<'a> {
             "v": 1,
             "parent": parent.map(|p| p.manifest.clone()),
             "parent_name": match &image.parent {
-                Parent::Image(p) | Parent::Registry(p) => Some(p),
+                Parent::Image(p) => Some(p.clone()),
+                Parent::Registry(r) => Some(r.to_string()),
                 Parent::Scratch => None,
             },
             "layers": layer_keys,

@@ -777,7 +777,8 @@ impl Session<'_> {
                 "debian": crate::debian::lock::debian_value(d),
                 "from": match &image.parent {
                     crate::spec::Parent::Scratch => String::new(),
-                    crate::spec::Parent::Image(p) | crate::spec::Parent::Registry(p) => p.clone(),
+                    crate::spec::Parent::Image(p) => p.clone(),
+                    crate::spec::Parent::Registry(r) => r.to_string(),
                 },
                 "installed": before.iter().map(|p| format!("{} {} {}", p.name, p.version, p.architecture)).collect::<Vec<_>>(),
             })));
@@ -883,7 +884,8 @@ impl Session<'_> {
     fn root_status(&self, image: &Image) -> Result<Vec<Package>, BuildError> {
         let parent = match &image.parent {
             crate::spec::Parent::Scratch => return Ok(Vec::new()),
-            crate::spec::Parent::Image(p) | crate::spec::Parent::Registry(p) => p,
+            crate::spec::Parent::Image(p) => p.clone(),
+            crate::spec::Parent::Registry(r) => r.to_string(),
         };
         let record = match &image.parent {
             crate::spec::Parent::Image(p) => self.last_build(p)?.map(|r| r.image),
@@ -897,7 +899,7 @@ impl Session<'_> {
             let parent = parent.clone();
             return Err(err(&image.name, DebianError::ParentNotBuilt { parent }));
         };
-        let root = self.rootfs(parent, &record.layers)?;
+        let root = self.rootfs(&parent, &record.layers)?;
         installed_in(&root).map_err(|e| err(&image.name, e))
     }
 }

@@ -105,11 +105,16 @@ pub enum BuildError {
         code: i32,
         output: String,
     },
-    #[error("image {image}: {reason}")]
+    #[error("image {image}: {reference}: this command does not reach registries")]
+    Offline {
+        image: String,
+        reference: crate::registry::Reference,
+    },
+    #[error("image {image}: {source}")]
     Pull {
         image: String,
-        reference: String,
-        reason: String,
+        reference: crate::registry::Reference,
+        source: remote::RemoteError,
     },
     #[error("image {image} was not built because {parent}, which it is built from, failed")]
     ParentFailed { image: String, parent: String },

@@ -57,7 +57,7 @@ impl Session<'_> {
             let mut reasons = Vec::new();
             let base: Option<(String, Option<ImageRecord>)> = match &image.parent {
                 Parent::Scratch => None,
-                Parent::Registry(r) => Some((r.clone(), pulled.get(r).cloned())),
+                Parent::Registry(r) => Some((r.to_string(), pulled.get(r).cloned())),
                 Parent::Image(p) => Some((p.clone(), known.get(p).cloned().flatten())),
             };
             // Owner names resolve against the parent as it will be; if it is

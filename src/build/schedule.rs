@@ -9,6 +9,7 @@ use super::{
     debian,
 };
 use crate::oci::image::ImageRecord;
+use crate::registry::Reference;
 use crate::spec::{Image, Parent, Spec};
 use crate::store::Store;
 
@@ -111,28 +112,22 @@ impl<'a> Session<'a> {
     pub fn pull_parents(
         &self,
         order: &[String],
-    ) -> Result<HashMap<String, ImageRecord>, BuildError> {
+    ) -> Result<HashMap<Reference, ImageRecord>, BuildError> {
         let mut pulled = HashMap::new();
         for name in order {
             let image = self.image(name)?;
             if let Parent::Registry(r) = &image.parent
                 && !pulled.contains_key(r)
             {
-                let puller = self.puller.ok_or_else(|| BuildError::Pull {
+                let puller = self.puller.ok_or_else(|| BuildError::Offline {
                     image: name.clone(),
                     reference: r.clone(),
-                    reason: format!("{r}: this command does not reach registries"),
                 })?;
-                // TODO(merge): Parent::Registry holds a Reference; drop this parse.
-                let record = r
-                    .parse()
-                    .map_err(|e: crate::registry::ReferenceError| e.to_string())
-                    .and_then(|reference| puller.pull(&reference).map_err(|e| e.to_string()))
-                    .map_err(|reason| BuildError::Pull {
-                        image: name.clone(),
-                        reference: r.clone(),
-                        reason,
-                    })?;
+                let record = puller.pull(r).map_err(|source| BuildError::Pull {
+                    image: name.clone(),
+                    reference: r.clone(),
+                    source,
+                })?;
                 pulled.insert(r.clone(), record);
             }
         }
@@ -143,7 +138,7 @@ impl<'a> Session<'a> {
         &self,
         state: &Queue,
         cv: &Condvar,
-        pulled: &HashMap<String, ImageRecord>,
+        pulled: &HashMap<Reference, ImageRecord>,
         reporter: &dyn Reporter,
     ) {
         loop {
@@ -169,7 +164,7 @@ impl<'a> Session<'a> {
             let image = &self.spec.images[&picked];
             let base = match &image.parent {
                 Parent::Scratch => Ok(None),
-                Parent::Registry(r) => Ok(pulled.get(r).map(|rec| (r.clone(), rec.clone()))),
+                Parent::Registry(r) => Ok(pulled.get(r).map(|rec| (r.to_string(), rec.clone()))),
                 Parent::Image(p) => match guard.1.get(p) {
                     Some(Ok(o)) => Ok(Some((p.clone(), o.record.clone()))),
                     _ => Err(BuildError::ParentFailed {

@@ -91,7 +91,8 @@ pub fn inputs(spec: &Spec) -> String {
         let Some(d) = &image.debian else { continue };
         let parent = match &image.parent {
             Parent::Scratch => serde_json::Value::Null,
-            Parent::Image(p) | Parent::Registry(p) => p.as_str().into(),
+            Parent::Image(p) => p.as_str().into(),
+            Parent::Registry(r) => r.to_string().into(),
         };
         parts.insert(
             name,

@@ -3,13 +3,13 @@ pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod pull;
-pub mod reference;
 pub mod transfer;
 
 use std::path::PathBuf;
 
 pub use client::Client;
-pub use reference::{Reference, ReferenceError};
+// The reference is a leaf type (spec parses it too); kept reachable here.
+pub use crate::reference::{self, Reference, ReferenceError};
 
 impl RegistryError {
     /// True when the registry could not be reached or did not work (as

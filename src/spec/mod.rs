@@ -4,7 +4,21 @@
 //! types), then the graph is resolved (parents, cycles) and each image's vars
 //! are expanded along its `from` chain, so a client may use a var that its
 //! Moodle parent defines.
-mod convert;
+//!
+//! `raw` is the first pass, `resolve` the second; each section's checks live
+//! in their own module (`layers`, `config`, `tags`, `steps` for secrets and
+//! network, `debian`), and `ctx` holds what they share: positioned scalars,
+//! the problem list, and var expansion that reports where it failed.
+mod config;
+mod ctx;
+mod debian;
+mod layers;
+mod raw;
+mod resolve;
+mod steps;
+mod tags;
+#[cfg(test)]
+mod testutil;
 pub mod vars;
 pub mod yaml;
 
@@ -16,6 +30,8 @@ use serde::Serialize;
 
 pub use yaml::Pos;
 
+use crate::reference::Reference;
+
 /// Where an image starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "name")]
@@ -23,8 +39,9 @@ pub enum Parent {
     Scratch,
     /// Another image of this graph.
     Image(String),
-    /// An image in a registry, `host/repo:tag` or `…@sha256:…`.
-    Registry(String),
+    /// An image in a registry, `host/repo:tag` or `…@sha256:…`, parsed once
+    /// here.
+    Registry(Reference),
 }
 
 /// A numeric id or a name to look up in the parent's /etc/passwd or /etc/group.
@@ -251,7 +268,7 @@ impl Spec {
 
     /// Parses `text` as if read from `file`, resolving paths against `dir`.
     pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
-        convert::parse(text, dir)
+        resolve::parse(text, dir)
             .map(|(images, top)| Spec {
                 file: file.to_path_buf(),
                 dir: dir.to_path_buf(),
@@ -269,6 +286,15 @@ impl Spec {
 
     pub fn image(&self, name: &str) -> Option<&Image> {
         self.images.get(name)
+    }
+
+    /// The image of this file that `name` is built from, if any: the parent
+    /// lookup the `graph` functions take (`|n| spec.parent_of(n)`).
+    pub fn parent_of(&self, name: &str) -> Option<&str> {
+        match &self.images.get(name)?.parent {
+            Parent::Image(p) => Some(p),
+            Parent::Scratch | Parent::Registry(_) => None,
+        }
     }
 
     /// The absolute path of images.yaml.

@@ -1,4 +1,4 @@
-//! The image graph: children, roots, and its renderings.
+//! The image graph drawn: a tree of text, dot, mermaid or JSON.
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -53,18 +53,11 @@ pub fn children(spec: &Spec) -> BTreeMap<&str, Vec<&str>> {
     map
 }
 
-fn parent_of<'a>(spec: &'a Spec, name: &str) -> Option<&'a str> {
-    match &spec.images[name].parent {
-        Parent::Image(p) => Some(p),
-        Parent::Scratch | Parent::Registry(_) => None,
-    }
-}
-
 /// What a root image starts from: `scratch` or its registry reference.
-fn origin<'a>(spec: &'a Spec, name: &str) -> &'a str {
+fn origin(spec: &Spec, name: &str) -> String {
     match &spec.images[name].parent {
-        Parent::Registry(r) => r,
-        _ => "scratch",
+        Parent::Registry(r) => r.to_string(),
+        _ => "scratch".to_string(),
     }
 }
 
@@ -74,7 +67,7 @@ pub fn render(spec: &Spec, format: Format) -> String {
         .images
         .keys()
         .map(String::as_str)
-        .filter(|n| parent_of(spec, n).is_none())
+        .filter(|n| spec.parent_of(n).is_none())
         .collect();
     let mut out = String::new();
     match format {
@@ -112,8 +105,11 @@ pub fn render(spec: &Spec, format: Format) -> String {
                     image.layers.len()
                 );
                 match &image.parent {
-                    Parent::Image(p) | Parent::Registry(p) => {
+                    Parent::Image(p) => {
                         let _ = writeln!(out, "  \"{p}\" -> \"{name}\";");
+                    }
+                    Parent::Registry(r) => {
+                        let _ = writeln!(out, "  \"{r}\" -> \"{name}\";");
                     }
                     Parent::Scratch => {}
                 }
@@ -135,7 +131,7 @@ pub fn render(spec: &Spec, format: Format) -> String {
                         let _ = writeln!(
                             out,
                             "  {}[(\"{r}\")] --> {}[\"{name}\"]",
-                            id(r).replace([':', '/', '@'], "_"),
+                            id(&r.to_string()).replace([':', '/', '@'], "_"),
                             id(name)
                         );
                     }
@@ -148,7 +144,7 @@ pub fn render(spec: &Spec, format: Format) -> String {
                 .iter()
                 .map(|(name, image)| Node {
                     name,
-                    parent: parent_of(spec, name),
+                    parent: spec.parent_of(name),
                     children: kids[name.as_str()].clone(),
                     layers: image
                         .layers

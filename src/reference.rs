@@ -92,6 +92,14 @@ impl fmt::Display for Reference {
     }
 }
 
+/// As its string, so a reference in JSON reads as the user wrote it
+/// (expanded).
+impl serde::Serialize for Reference {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 fn valid_component(c: &str) -> bool {
     // [a-z0-9]+ separated by one of . _ __ or any run of -
     !c.is_empty()

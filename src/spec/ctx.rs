@@ -1,0 +1,225 @@
+//! What every section's reader shares: scalars with their positions, the
+//! problems found so far (one per position), typed readers of yaml nodes, and
+//! var expansion that reports where it failed.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::Problem;
+use super::vars::{self, VarError};
+use super::yaml::{Kind, Node, Pos};
+use crate::suggest;
+
+/// A scalar with its position, before vars are expanded.
+#[derive(Debug, Clone)]
+pub(super) struct S {
+    pub(super) v: String,
+    pub(super) pos: Pos,
+}
+
+#[derive(Default)]
+pub(super) struct Ctx {
+    pub(super) problems: Vec<Problem>,
+    /// The image being read, named in each problem.
+    pub(super) image: Option<String>,
+    /// (line, column) of each problem, so recording one is O(1).
+    reported: HashSet<(usize, usize)>,
+}
+
+impl Ctx {
+    /// Records a problem; one per position, so a value whose vars failed
+    /// is not also reported as, say, a bad path.
+    pub(super) fn err(&mut self, pos: Pos, message: impl Into<String>, hint: Option<String>) {
+        if !self.reported.insert((pos.line, pos.col)) {
+            return;
+        }
+        self.problems.push(Problem {
+            line: pos.line,
+            column: pos.col,
+            image: self.image.clone(),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    pub(super) fn map<'n>(&mut self, node: &'n Node, what: &str) -> &'n [(Node, Node)] {
+        match &node.kind {
+            Kind::Map(entries) => entries,
+            _ if node.is_null() => &[],
+            _ => {
+                self.err(
+                    node.pos,
+                    format!("{what} must be a mapping, not {}", node.type_name()),
+                    None,
+                );
+                &[]
+            }
+        }
+    }
+
+    /// The entries of a mapping whose keys are all in `allowed`.
+    pub(super) fn keyed<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &[&str],
+    ) -> Vec<(&'n str, &'n Node)> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (k, v) in self.map(node, what) {
+            if self.scalar(k, "a key").is_none() {
+                continue;
+            }
+            let key = key_str(k);
+            if !allowed.contains(&key) {
+                let hint = suggest::closest(key, allowed.iter().copied())
+                    .map(|c| format!("did you mean `{c}`?"))
+                    .or_else(|| Some(format!("{what} takes: {}", allowed.join(", "))));
+                self.err(k.pos, format!("unknown key `{}` in {what}", key), hint);
+                continue;
+            }
+            if !seen.insert(key) {
+                self.err(k.pos, format!("`{key}` is given twice in {what}"), None);
+                continue;
+            }
+            out.push((key, v));
+        }
+        out
+    }
+
+    pub(super) fn scalar(&mut self, node: &Node, what: &str) -> Option<S> {
+        match &node.kind {
+            Kind::Scalar { value, .. } if !node.is_null() => Some(S {
+                v: value.clone(),
+                pos: node.pos,
+            }),
+            _ => {
+                self.err(
+                    node.pos,
+                    format!("{what} must be a string, not {}", node.type_name()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn list(&mut self, node: &Node, what: &str) -> Vec<S> {
+        match &node.kind {
+            Kind::Seq(items) => items.iter().filter_map(|i| self.scalar(i, what)).collect(),
+            _ if node.is_null() => Vec::new(),
+            _ => {
+                self.err(
+                    node.pos,
+                    format!("{what} must be a list, not {}", node.type_name()),
+                    Some("write it as [\"…\"] or one `- …` per line".to_string()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// `cmd`/`entrypoint`: a list (exec form) or a string (shell form).
+    pub(super) fn command(&mut self, node: &Node, what: &str) -> Option<Vec<S>> {
+        match &node.kind {
+            Kind::Scalar { value, .. } if !node.is_null() => Some(
+                ["/bin/sh", "-c", value.as_str()]
+                    .iter()
+                    .map(|v| S {
+                        v: v.to_string(),
+                        pos: node.pos,
+                    })
+                    .collect(),
+            ),
+            _ if node.is_null() => Some(Vec::new()),
+            _ => Some(self.list(node, what)),
+        }
+    }
+
+    pub(super) fn pairs(&mut self, node: &Node, what: &str) -> Vec<(S, S)> {
+        let mut out = Vec::new();
+        // A set, not a scan of `out`: a file may define 100,000s of vars.
+        let mut seen = HashSet::new();
+        for (k, v) in self.map(node, what) {
+            let key = self.scalar(k, "a key");
+            let value = match &v.kind {
+                // `KEY:` with no value is an empty string, as in Compose.
+                _ if v.is_null() => Some(S {
+                    v: String::new(),
+                    pos: v.pos,
+                }),
+                _ => self.scalar(v, &format!("the value of {what}")),
+            };
+            if let (Some(k), Some(v)) = (key, value) {
+                if !seen.insert(k.v.clone()) {
+                    self.err(k.pos, format!("`{}` is given twice in {what}", k.v), None);
+                } else {
+                    out.push((k, v));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn key_str(node: &Node) -> &str {
+    node.as_str().unwrap_or("")
+}
+
+/// Reports the var names in `defs` that `${…}` could not name.
+pub(super) fn check_var_names(cx: &mut Ctx, defs: &[(S, S)]) {
+    for (k, _) in defs {
+        if !vars::valid_name(&k.v) {
+            cx.err(k.pos, format!("`{}` is not a valid var name", k.v), None);
+        }
+    }
+}
+
+/// Expands var definitions in order, each seeing the ones before it.
+pub(super) fn expand_var_defs(
+    cx: &mut Ctx,
+    inherited: &BTreeMap<String, String>,
+    defs: &[(S, S)],
+) -> BTreeMap<String, String> {
+    let mut vars = inherited.clone();
+    for (k, v) in defs {
+        let value = expand(cx, v, &vars).unwrap_or_default();
+        vars.insert(k.v.clone(), value);
+    }
+    vars
+}
+
+pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &BTreeMap<String, String>) -> Option<String> {
+    match vars::expand(&s.v, vars) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let (message, hint) = match e {
+                VarError::Unknown(name) => (
+                    format!("unknown var `${{{name}}}`"),
+                    Some(
+                        match suggest::closest(&name, vars.keys().map(String::as_str)) {
+                            Some(c) => format!("did you mean `${{{c}}}`?"),
+                            None => format!(
+                                "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
+                            ),
+                        },
+                    ),
+                ),
+                VarError::Unterminated => ("`${` without a closing `}`".into(), None),
+                VarError::BadName(n) => (format!("`{n}` is not a valid var name"), None),
+            };
+            cx.err(s.pos, message, hint);
+            None
+        }
+    }
+}
+
+/// Each string expanded; one that fails (reported) becomes "".
+pub(super) fn expand_each(
+    cx: &mut Ctx,
+    items: &[S],
+    vars: &BTreeMap<String, String>,
+) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| expand(cx, s, vars).unwrap_or_default())
+        .collect()
+}

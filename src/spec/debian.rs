@@ -1,0 +1,224 @@
+//! `debian:`: suite, variant, packages and debconf answers, over what the
+//! nearest Debian ancestor set.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::DebianSpec;
+use super::ctx::{Ctx, S, expand};
+use super::raw::RawDebian;
+use super::yaml::Pos;
+
+/// `debian:`, over what the nearest Debian ancestor set.
+pub(super) fn finish_debian(
+    cx: &mut Ctx,
+    raw: &RawDebian,
+    vars: &BTreeMap<String, String>,
+    dir: &Path,
+    parent: Option<&DebianSpec>,
+) -> Option<DebianSpec> {
+    let mut x = |s: &S| expand(cx, s, vars).map(|v| (v, s.pos));
+    let suite = raw.suite.as_ref().and_then(&mut x);
+    let components: Option<Vec<(String, Pos)>> = raw
+        .components
+        .as_ref()
+        .map(|c| c.iter().filter_map(&mut x).collect());
+    let architecture = raw.architecture.as_ref().and_then(&mut x);
+    let variant = raw.variant.as_ref().and_then(&mut x);
+    let packages: Vec<(String, Pos)> = raw.packages.iter().filter_map(&mut x).collect();
+    let recommends = raw.recommends.as_ref().and_then(&mut x);
+    let debconf: Vec<(String, Pos)> = raw.debconf.iter().filter_map(&mut x).collect();
+    let mirror = raw.mirror.as_ref().and_then(&mut x);
+    let keyring = raw.keyring.as_ref().and_then(&mut x);
+    let mut ok = true;
+    let suite = match (suite, parent) {
+        (Some((s, pos)), Some(p)) if s != p.suite => {
+            cx.err(
+                pos,
+                format!("`suite: {s}` differs from the parent's `{}`", p.suite),
+                Some("an image installs from its Debian parent's suite; start a new base with `variant: minbase` for another".into()),
+            );
+            ok = false;
+            s
+        }
+        (Some((s, pos)), _) => {
+            if s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                cx.err(
+                    pos,
+                    format!("`suite: {s}` is not a suite name"),
+                    Some("e.g. `stable`, `trixie` or `bookworm`".into()),
+                );
+                ok = false;
+            }
+            s
+        }
+        (None, Some(p)) => p.suite.clone(),
+        (None, None) => {
+            cx.err(
+                raw.pos,
+                "`debian` needs a `suite`",
+                Some("e.g. `suite: trixie` (or `stable`)".into()),
+            );
+            return None;
+        }
+    };
+    let minbase = match variant {
+        None => false,
+        Some((v, _)) if v == "minbase" && parent.is_none() => true,
+        Some((v, pos)) if v == "minbase" => {
+            cx.err(
+                pos,
+                "`variant: minbase` makes a new Debian base, but an ancestor already installs Debian packages",
+                Some("remove `variant` here: this image adds packages to its parent's".into()),
+            );
+            ok = false;
+            true
+        }
+        Some((v, pos)) => {
+            cx.err(
+                pos,
+                format!("unknown variant `{v}`"),
+                Some(
+                    "the variant is `minbase` (Essential and Priority required, as mmdebstrap's)"
+                        .into(),
+                ),
+            );
+            ok = false;
+            false
+        }
+    };
+    if !minbase && parent.is_none() && packages.is_empty() {
+        cx.err(
+            raw.pos,
+            "`debian` installs nothing: no `packages` and no `variant`",
+            Some("add `variant: minbase` for a base image, or `packages: [...]`".into()),
+        );
+        ok = false;
+    }
+    for (p, pos) in &packages {
+        let (name, version) = match p.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (p.as_str(), None),
+        };
+        let name = name.split_once(':').map_or(name, |(n, _)| n);
+        let valid = name.len() >= 2
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+            && version.is_none_or(|v| !v.is_empty() && !v.contains(char::is_whitespace));
+        if !valid {
+            cx.err(
+                *pos,
+                format!("`{p}` is not a Debian package name (or `name=version`)"),
+                None,
+            );
+            ok = false;
+        }
+    }
+    let recommends = match recommends {
+        None => false,
+        Some((r, _)) if r == "true" => true,
+        Some((r, _)) if r == "false" => false,
+        Some((r, pos)) => {
+            cx.err(
+                pos,
+                format!("`recommends: {r}` must be true or false"),
+                None,
+            );
+            ok = false;
+            false
+        }
+    };
+    for (line, pos) in &debconf {
+        if line.split_whitespace().count() < 3 {
+            cx.err(
+                *pos,
+                format!("`{line}` is not a debconf answer"),
+                Some(
+                    "write `package question type value`, e.g. `tzdata tzdata/Areas select Europe`"
+                        .into(),
+                ),
+            );
+            ok = false;
+        }
+    }
+    let inherit = |own: Option<(String, Pos)>, theirs: Option<&String>| {
+        own.map(|o| o.0).or_else(|| theirs.cloned())
+    };
+    let spec = DebianSpec {
+        suite,
+        components: components
+            .map(|c| c.into_iter().map(|(v, _)| v).collect())
+            .or_else(|| parent.map(|p| p.components.clone()))
+            .unwrap_or_else(|| vec!["main".to_string()]),
+        architecture: inherit(architecture, parent.and_then(|p| p.architecture.as_ref())),
+        minbase,
+        packages: packages.into_iter().map(|(p, _)| p).collect(),
+        recommends,
+        debconf: debconf.into_iter().map(|(d, _)| d).collect(),
+        mirror: inherit(mirror, parent.and_then(|p| p.mirror.as_ref())),
+        keyring: keyring
+            .map(|(k, _)| dir.join(k))
+            .or_else(|| parent.and_then(|p| p.keyring.clone())),
+        has_debian_parent: parent.is_some(),
+        pos: raw.pos,
+    };
+    ok.then_some(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{assert_problems, parse_in, tree};
+
+    #[test]
+    fn debian_is_checked_and_inherited_along_from() {
+        let d = tree();
+        let spec = parse_in(
+            d.path(),
+            concat!(
+                "images:\n",
+                "  base:\n    from: scratch\n",
+                "    debian: {suite: trixie, variant: minbase, mirror: \"http://m/debian\", debconf: [\"tzdata tzdata/Areas select Europe\"]}\n",
+                "  plain:\n    from: base\n",
+                "  php:\n    from: plain\n    debian: {packages: [apache2, \"php8.4=8.4.1-1\"], recommends: true}\n",
+            ),
+        )
+        .unwrap();
+        let php = spec.images["php"].debian.as_ref().unwrap();
+        assert_eq!(php.suite, "trixie");
+        assert_eq!(php.mirror.as_deref(), Some("http://m/debian"));
+        assert_eq!(php.components, ["main"]);
+        assert!(php.has_debian_parent && !php.minbase && php.recommends);
+        let p = parse_in(
+            d.path(),
+            concat!(
+                "images:\n",
+                "  base:\n    from: scratch\n    debian: {suite: trixie, variant: minbase}\n",
+                "  again:\n    from: base\n    debian: {variant: minbase}\n",
+                "  other:\n    from: base\n    debian: {suite: bookworm, packages: [Bad_Name]}\n",
+                "  none:\n    from: scratch\n    debian: {packages: [curl]}\n",
+                "  typo:\n    from: scratch\n    debian: {suite: trixie, pakages: [curl]}\n",
+                "  tarball:\n    from: {rootfs: x.tar}\n    debian: {suite: trixie, packages: [curl]}\n",
+            ),
+        )
+        .unwrap_err();
+        assert_problems(
+            &p,
+            &[
+                "7: `variant: minbase` makes a new Debian base, but an ancestor already installs Debian packages",
+                "10: `suite: bookworm` differs from the parent's `trixie`",
+                "10: `Bad_Name` is not a Debian package name (or `name=version`)",
+                "13: `debian` needs a `suite`",
+                "16: unknown key `pakages` in `debian`",
+                "19: `debian` cannot install into the tarball of the same image's `from: {rootfs: …}`",
+            ],
+        );
+    }
+}

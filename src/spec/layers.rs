@@ -1,0 +1,266 @@
+//! `layers:` and `from: {rootfs: …}`: sources that exist, destinations inside
+//! the image, owners and modes.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::ctx::{Ctx, expand};
+use super::raw::RawImage;
+use super::yaml::Pos;
+use super::{IdSpec, LayerSpec, Owner};
+
+/// The image's layers: the `rootfs` tarball first, if any, then `layers:`.
+pub(super) fn finish_layers(
+    cx: &mut Ctx,
+    raw: &RawImage,
+    vars: &BTreeMap<String, String>,
+    dir: &Path,
+) -> Vec<LayerSpec> {
+    let mut x = |s: &super::ctx::S| (expand(cx, s, vars).unwrap_or_default(), s.pos);
+    let layers: Vec<(RawLayerExpanded, Pos)> = raw
+        .layers
+        .iter()
+        .map(|l| {
+            (
+                RawLayerExpanded {
+                    src: l.src.as_ref().map(&mut x),
+                    dest: l.dest.as_ref().map(&mut x),
+                    owner: l.owner.as_ref().map(&mut x),
+                    mode: l.mode.as_ref().map(&mut x),
+                    exclude: l.exclude.iter().map(&mut x).collect(),
+                },
+                l.pos,
+            )
+        })
+        .collect();
+    let import = raw.rootfs.as_ref().and_then(|r| {
+        let text = expand(cx, r, vars)?;
+        let src = dir.join(&text);
+        match std::fs::metadata(&src) {
+            Ok(m) if m.is_file() => Some(LayerSpec {
+                src,
+                src_text: text,
+                dest: "/".into(),
+                owner: None,
+                mode: None,
+                exclude: Vec::new(),
+                import: true,
+                pos: r.pos,
+            }),
+            Ok(_) => {
+                cx.err(
+                    r.pos,
+                    format!("`rootfs: {text}` is not a file"),
+                    Some("name a tarball of a root filesystem (.tar, .tar.gz or .tar.zst)".into()),
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(
+                    r.pos,
+                    format!("`rootfs: {text}` cannot be read: {}", io_reason(&e)),
+                    Some(format!("paths are relative to {}", dir.display())),
+                );
+                None
+            }
+        }
+    });
+    import
+        .into_iter()
+        .chain(
+            layers
+                .into_iter()
+                .filter_map(|(l, pos)| finish_layer(cx, l, pos, dir)),
+        )
+        .collect()
+}
+
+struct RawLayerExpanded {
+    src: Option<(String, Pos)>,
+    dest: Option<(String, Pos)>,
+    owner: Option<(String, Pos)>,
+    mode: Option<(String, Pos)>,
+    exclude: Vec<(String, Pos)>,
+}
+
+fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded, pos: Pos, dir: &Path) -> Option<LayerSpec> {
+    let (src_text, src_pos) = l.src?;
+    let src = dir.join(&src_text);
+    let meta = std::fs::symlink_metadata(&src);
+    let mut ok = true;
+    match &meta {
+        Err(e) => {
+            ok = false;
+            cx.err(
+                src_pos,
+                format!("layer source `{src_text}` cannot be read: {}", io_reason(e)),
+                Some(format!("paths are relative to {}", dir.display())),
+            )
+        }
+        Ok(m) if !(m.is_dir() || m.is_file()) => {
+            ok = false;
+            cx.err(
+                src_pos,
+                format!("layer source `{src_text}` must be a directory or a regular file"),
+                None,
+            )
+        }
+        Ok(_) => {}
+    }
+    let src_is_file = meta.as_ref().is_ok_and(|m| m.is_file());
+    let dest = match l.dest {
+        None => {
+            if src_is_file {
+                ok = false;
+                cx.err(
+                    src_pos,
+                    format!("layer source `{src_text}` is a file, so the layer needs a `dest`"),
+                    Some("e.g. {src: config.php, dest: /var/www/moodle/config.php}".into()),
+                );
+            }
+            "/".to_string()
+        }
+        Some((d, dpos)) => match normalise_dest(&d) {
+            Ok(n) if src_is_file && (n == "/" || d.ends_with('/')) => {
+                let file_name = src.file_name().map(|f| f.to_string_lossy().into_owned());
+                let base = if n == "/" { String::new() } else { n };
+                format!("{base}/{}", file_name.unwrap_or_default())
+            }
+            Ok(n) => n,
+            Err(why) => {
+                ok = false;
+                cx.err(
+                    dpos,
+                    format!("`dest: {d}` {why}"),
+                    Some("write an absolute path inside the image, like /var/www/moodle".into()),
+                );
+                String::new()
+            }
+        },
+    };
+    let owner = l.owner.and_then(|(o, opos)| match parse_owner(&o) {
+        Some(owner) => Some(owner),
+        None => {
+            ok = false;
+            cx.err(
+                opos,
+                format!("`owner: {o}` is not USER or USER:GROUP"),
+                Some("write numeric ids (33:33) or names from the parent image's /etc/passwd and /etc/group (root:www-data)".into()),
+            );
+            None
+        }
+    });
+    let mode = l.mode.and_then(|(m, mpos)| match parse_mode(&m) {
+        Some(mode) => Some(mode),
+        None => {
+            ok = false;
+            cx.err(
+                mpos,
+                format!("`mode: {m}` is not an octal file mode"),
+                Some(
+                    "write it in octal and quoted, like \"0644\" or \"0750\" (at most 07777)"
+                        .into(),
+                ),
+            );
+            None
+        }
+    });
+    let mut exclude = Vec::new();
+    for (pattern, epos) in l.exclude {
+        if let Err(e) = globset::Glob::new(&pattern) {
+            ok = false;
+            cx.err(
+                epos,
+                format!("`exclude: {pattern}` is not a valid pattern: {}", e.kind()),
+                None,
+            );
+        }
+        exclude.push(pattern);
+    }
+    ok.then_some(LayerSpec {
+        src,
+        src_text,
+        dest,
+        owner,
+        mode,
+        exclude,
+        import: false,
+        pos,
+    })
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// "/a//b/./c/" → "/a/b/c"; refuses relative paths and `..`.
+pub(crate) fn normalise_dest(dest: &str) -> Result<String, &'static str> {
+    if !dest.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    let mut parts = Vec::new();
+    for part in dest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("must not contain `..`"),
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+fn parse_id(s: &str) -> Option<IdSpec> {
+    if s.is_empty() {
+        return None;
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().map(IdSpec::Id);
+    }
+    let valid = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    valid.then(|| IdSpec::Name(s.to_string()))
+}
+
+fn parse_owner(s: &str) -> Option<Owner> {
+    match s.split_once(':') {
+        Some((u, g)) => Some(Owner {
+            user: parse_id(u)?,
+            group: Some(parse_id(g)?),
+        }),
+        None => Some(Owner {
+            user: parse_id(s)?,
+            group: None,
+        }),
+    }
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_and_mode_and_owner_parsing() {
+        assert_eq!(normalise_dest("/a//b/./c/").unwrap(), "/a/b/c");
+        assert!(normalise_dest("a/b").is_err());
+        assert!(normalise_dest("/a/../b").is_err());
+        assert_eq!(parse_mode("755"), Some(0o755));
+        assert_eq!(parse_mode("04755"), Some(0o4755));
+        assert_eq!(parse_mode("rwx"), None);
+        assert_eq!(parse_mode("17777"), None);
+        assert_eq!(parse_owner("33:33").unwrap().group, Some(IdSpec::Id(33)));
+        assert!(parse_owner("a b").is_none());
+    }
+}
