@@ -115,17 +115,37 @@ impl Ctx {
         p
     }
 
-    /// A symlink at `rel` pointing at `target` (as written).
     /// `DIR/bin/busybox` (Debian's static one) and a link per applet, a
     /// tree to copy into an image as its `/`.
     pub fn busybox_tree(&self, dir: &str, applets: &[&str]) {
         self.mkdir(&format!("{dir}/bin"));
         fs::copy(static_busybox(), self.path(&format!("{dir}/bin/busybox"))).unwrap();
+        self.busybox_applets(dir, applets);
+    }
+
+    /// More applets in the busybox tree `DIR`.
+    pub fn busybox_applets(&self, dir: &str, applets: &[&str]) {
         for app in applets {
             self.symlink("busybox", &format!("{dir}/bin/{app}"));
         }
     }
 
+    /// The project run-step tests start from, below `root` (`""` or
+    /// `DIR/`): the busybox tree `busybox/` with `applets`, `site/` (a
+    /// /etc/motd, root's /etc/passwd and an empty /srv), and images.yaml
+    /// with [`on_busybox_base`]`(images)`.
+    pub fn busybox_project(&self, root: &str, applets: &[&str], images: &str) {
+        self.busybox_tree(&format!("{root}busybox"), applets);
+        self.write(&format!("{root}site/etc/motd"), "welcome\n");
+        self.write(
+            &format!("{root}site/etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\n",
+        );
+        self.mkdir(&format!("{root}site/srv"));
+        self.write(&format!("{root}images.yaml"), on_busybox_base(images));
+    }
+
+    /// A symlink at `rel` pointing at `target` (as written).
     pub fn symlink(&self, target: &str, rel: &str) {
         let p = self.path(rel);
         if let Some(parent) = p.parent() {
@@ -718,6 +738,12 @@ pub fn validate_layout(dir: &Path, name: &str) -> ValidImage {
         config,
         layers,
     }
+}
+
+/// images.yaml's text: `base`, a scratch image of the project's `busybox`
+/// and `site` trees, then `images` (more entries of the `images:` map).
+pub fn on_busybox_base(images: &str) -> String {
+    format!("images:\n  base:\n    from: scratch\n    layers: [busybox, site]\n{images}")
 }
 
 /// Fails unless /bin/busybox exists and is statically linked (a dynamic one
