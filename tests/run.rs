@@ -4,7 +4,9 @@ mod common;
 
 use std::fs;
 
-use common::{Ctx, on_busybox_base, require_tool, run_command, static_busybox, validate_layout};
+use common::{
+    Ctx, on_busybox_base, require_tool, run_command, static_busybox, umoci_unpack, validate_layout,
+};
 
 /// A busybox base with a few applets, and a child whose steps write, chmod,
 /// delete and append.
@@ -51,13 +53,9 @@ fn steps_become_one_layer_with_changes_and_deletions() {
     );
     // umoci applies the whiteout.
     require_tool("umoci", "umoci");
-    let bundle = cx.scratch.join("bundle");
-    let mut c = std::process::Command::new("umoci");
-    c.args(["unpack", "--image", &format!("{}:stepped", out.display())])
-        .arg(&bundle);
-    run_command(c).success();
-    assert!(!bundle.join("rootfs/etc/motd").exists());
-    assert!(bundle.join("rootfs/srv/app/hello.txt").exists());
+    let rootfs = umoci_unpack(&out, "stepped", &cx.scratch.join("bundle"));
+    assert!(!rootfs.join("etc/motd").exists());
+    assert!(rootfs.join("srv/app/hello.txt").exists());
     // An unchanged step is not run again.
     let again = cx.build(&["stepped"]);
     assert_eq!(again.manifest("stepped"), report.manifest("stepped"));
@@ -237,15 +235,6 @@ fn round_trip_project() -> Ctx {
     cx
 }
 
-/// The listing the last step printed.
-fn listing_of(run: &common::Run) -> Vec<String> {
-    run.stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("stepped | "))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn steps_round_trip_through_umoci_in_every_isolation() {
     require_tool("umoci", "umoci");
@@ -279,7 +268,8 @@ fn steps_round_trip_through_umoci_in_every_isolation() {
         {
             run.stderr_has(&["with namespace isolation, on an overlay"]);
         }
-        let left = listing_of(&run);
+        // The listing the last step printed.
+        let left = run.step_output("stepped");
         assert!(
             left.iter()
                 .any(|l| l == "srv/data.txt regular file 644 33:33"),
@@ -294,34 +284,21 @@ fn steps_round_trip_through_umoci_in_every_isolation() {
         layer.entry("srv/replaced/.wh.y");
         layer.entry("srv/partial/.wh.a");
         layer.entry("srv/.wh.gone.txt");
-        let bundle = cx.scratch.join("bundle");
-        let mut c = std::process::Command::new("umoci");
-        c.args(["unpack", "--image", &format!("{}:stepped", out.display())])
-            .arg(&bundle);
-        run_command(c).success();
+        let rootfs = umoci_unpack(&out, "stepped", &cx.scratch.join("bundle"));
         let mut sh = std::process::Command::new(static_busybox());
         sh.args(["sh", "-c", LISTING])
             .env("LC_ALL", "C")
-            .current_dir(bundle.join("rootfs"));
-        let unpacked = run_command(sh).success();
-        let unpacked: Vec<String> = unpacked.stdout.lines().map(str::to_string).collect();
+            .current_dir(rootfs);
+        let unpacked = run_command(sh).success().stdout_lines();
         assert_eq!(
             unpacked, left,
             "{iso}: umoci's tree differs from the steps'"
         );
         // A second build in a fresh store gives the same digest.
-        let mut again = cx.command(&["--json", "-q", "build", "stepped", "--isolation", iso]);
-        again.env("IMGBUILD_HOME", cx.scratch.join("second-home"));
-        let again = common::Report(run_command(again).success().json()).manifest("stepped");
-        assert_eq!(
-            again,
-            common::Report(
-                cx.run(&["--json", "-q", "build", "stepped"])
-                    .success()
-                    .json()
-            )
-            .manifest("stepped")
-        );
+        let again = cx
+            .build_in_fresh_store(&["stepped", "--isolation", iso])
+            .manifest("stepped");
+        assert_eq!(again, cx.build(&["stepped"]).manifest("stepped"));
         digests.push(again);
     }
     digests.dedup();

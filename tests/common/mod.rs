@@ -215,6 +215,27 @@ impl Ctx {
         Report(self.run(&all).success().json())
     }
 
+    /// As [`Ctx::build`], in a store of its own (`scratch/second-home`):
+    /// what a build gives afresh.
+    pub fn build_in_fresh_store(&self, args: &[&str]) -> Report {
+        let mut all = vec!["--json", "-q", "build"];
+        all.extend_from_slice(args);
+        let mut c = self.command(&all);
+        c.env("IMGBUILD_HOME", self.scratch.join("second-home"));
+        Report(run_command(c).success().json())
+    }
+
+    /// `build --all --compression COMPRESSION -o oci:OUT`; its report.
+    pub fn build_all_oci(&self, compression: &str, out: &Path) -> Report {
+        self.build(&[
+            "--all",
+            "--compression",
+            compression,
+            "-o",
+            &format!("oci:{}", out.display()),
+        ])
+    }
+
     /// `imgbuild --json plan ARGS…`, which must succeed.
     pub fn plan(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json", "plan"];
@@ -287,6 +308,21 @@ impl Run {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+
+    /// stdout's lines.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lines().map(str::to_string).collect()
+    }
+
+    /// What `image`'s steps printed: its `IMAGE | …` lines on stderr.
+    pub fn step_output(&self, image: &str) -> Vec<String> {
+        let prefix = format!("{image} | ");
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Panics unless stderr contains every one of `parts`.
@@ -787,6 +823,25 @@ pub fn docker(args: &[&str]) -> Run {
     let mut c = Command::new("docker");
     c.args(args);
     run_command(c)
+}
+
+/// `docker run --rm --network none IMAGE COMMAND…`: the image run as a
+/// container runtime runs it, with no network.
+pub fn docker_run_offline(image: &str, command: &[&str]) -> Run {
+    let mut args = vec!["run", "--rm", "--network", "none", image];
+    args.extend_from_slice(command);
+    docker(&args)
+}
+
+/// umoci unpacks `name` of the OCI layout `layout` into `bundle`; its rootfs.
+pub fn umoci_unpack(layout: &Path, name: &str, bundle: &Path) -> PathBuf {
+    let mut c = Command::new("umoci");
+    c.arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{name}", layout.display()))
+        .arg(bundle);
+    run_command(c).success();
+    bundle.join("rootfs")
 }
 
 /// Removes the docker images it names when dropped, even on panic.
