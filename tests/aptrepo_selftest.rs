@@ -38,6 +38,12 @@ fn fetch(repo: &AptRepo, path: &str, dir: &Path) -> PathBuf {
     dest
 }
 
+/// The suite's InRelease, Release and Release.gpg, fetched into `dir`.
+fn fetch_release(repo: &AptRepo, dir: &Path) -> [PathBuf; 3] {
+    ["InRelease", "Release", "Release.gpg"]
+        .map(|name| fetch(repo, &format!("/dists/{}/{name}", repo.suite), dir))
+}
+
 fn gpgv(keyring: &Path, files: &[&Path]) -> Output {
     run(Command::new("gpgv")
         .arg("--keyring")
@@ -91,9 +97,7 @@ fn good_repository_verifies_and_hashes_match() {
     let repo = AptRepo::start(Variant::Good);
     let tmp = tempfile::tempdir().unwrap();
     let dists = format!("/dists/{}", repo.suite);
-    let inrelease = fetch(&repo, &format!("{dists}/InRelease"), tmp.path());
-    let release = fetch(&repo, &format!("{dists}/Release"), tmp.path());
-    let release_gpg = fetch(&repo, &format!("{dists}/Release.gpg"), tmp.path());
+    let [inrelease, release, release_gpg] = fetch_release(&repo, tmp.path());
 
     let out = gpgv(&repo.keyring, &[&inrelease]);
     assert!(out.status.success(), "gpgv InRelease: {}", text(&out));
@@ -151,9 +155,7 @@ fn bad_signature_does_not_verify() {
     let repo = AptRepo::start(Variant::BadSignature);
     let tmp = tempfile::tempdir().unwrap();
     let dists = format!("/dists/{}", repo.suite);
-    let inrelease = fetch(&repo, &format!("{dists}/InRelease"), tmp.path());
-    let release = fetch(&repo, &format!("{dists}/Release"), tmp.path());
-    let release_gpg = fetch(&repo, &format!("{dists}/Release.gpg"), tmp.path());
+    let [inrelease, release, release_gpg] = fetch_release(&repo, tmp.path());
     let out = gpgv(&repo.keyring, &[&inrelease]);
     assert!(!out.status.success(), "InRelease verified: {}", text(&out));
     assert!(text(&out).contains("BAD signature"), "{}", text(&out));

@@ -1007,6 +1007,17 @@ fn source_date_epoch_changes_digests_and_stamps_times() {
 
 // --------------------------------------------------------- layer semantics
 
+/// An entry's kind, mode, uid and gid.
+type Summary = (char, u32, u64, u64);
+
+/// Each named entry of `layer` has this summary.
+fn assert_summaries(layer: &common::ValidLayer, want: &[(&str, Summary)]) {
+    for &(path, summary) in want {
+        let e = layer.entry(path);
+        assert_eq!((e.kind, e.mode, e.uid, e.gid), summary, "{path}");
+    }
+}
+
 #[test]
 fn layer_entries_follow_owner_mode_and_parent_dir_rules() {
     let cx = Ctx::new();
@@ -1056,26 +1067,18 @@ fn layer_entries_follow_owner_mode_and_parent_dir_rules() {
             assert_eq!(e.mtime, 1_600_000_000, "{}", e.path);
         }
     }
-    let summary = |e: &common::TarEntry| (e.kind, e.mode, e.uid, e.gid);
     let site = &img.layers[0];
-    assert_eq!(summary(&site.entry("srv")), ('d', 0o755, 0, 0));
-    assert_eq!(summary(&site.entry("srv/www")), ('d', 0o755, 0, 0));
-    assert_eq!(summary(&site.entry("srv/www/site")), ('d', 0o755, 33, 33));
-    assert_eq!(
-        summary(&site.entry("srv/www/site/index.html")),
-        ('f', 0o644, 33, 33)
-    );
-    assert_eq!(
-        summary(&site.entry("srv/www/site/run.sh")),
-        ('f', 0o755, 33, 33)
-    );
-    assert_eq!(
-        summary(&site.entry("srv/www/site/sub/deep")),
-        ('d', 0o755, 33, 33)
-    );
-    assert_eq!(
-        summary(&site.entry("srv/www/site/empty")),
-        ('d', 0o755, 33, 33)
+    assert_summaries(
+        site,
+        &[
+            ("srv", ('d', 0o755, 0, 0)),
+            ("srv/www", ('d', 0o755, 0, 0)),
+            ("srv/www/site", ('d', 0o755, 33, 33)),
+            ("srv/www/site/index.html", ('f', 0o644, 33, 33)),
+            ("srv/www/site/run.sh", ('f', 0o755, 33, 33)),
+            ("srv/www/site/sub/deep", ('d', 0o755, 33, 33)),
+            ("srv/www/site/empty", ('d', 0o755, 33, 33)),
+        ],
     );
     assert_eq!(site.entry("srv/www/site/index.html").data, b"<h1>hi</h1>\n");
     let link = site.entry("srv/www/site/current");
@@ -1092,35 +1095,36 @@ fn layer_entries_follow_owner_mode_and_parent_dir_rules() {
     );
 
     let conf = &img.layers[1];
-    assert_eq!(summary(&conf.entry("etc")), ('d', 0o755, 0, 0));
-    assert_eq!(summary(&conf.entry("etc/app")), ('d', 0o755, 0, 0));
-    assert_eq!(summary(&conf.entry("etc/app/app.conf")), ('f', 0o640, 0, 0));
+    assert_summaries(
+        conf,
+        &[
+            ("etc", ('d', 0o755, 0, 0)),
+            ("etc/app", ('d', 0o755, 0, 0)),
+            ("etc/app/app.conf", ('f', 0o640, 0, 0)),
+        ],
+    );
     assert_eq!(conf.entries().len(), 3);
 
-    let private = &img.layers[2];
-    assert_eq!(summary(&private.entry("opt")), ('d', 0o755, 0, 0));
-    assert_eq!(
-        summary(&private.entry("opt/private")),
-        ('d', 0o750, 1001, 1001)
-    );
-    assert_eq!(
-        summary(&private.entry("opt/private/d")),
-        ('d', 0o750, 1001, 1001)
-    );
-    assert_eq!(
-        summary(&private.entry("opt/private/key.pem")),
-        ('f', 0o640, 1001, 1001)
+    assert_summaries(
+        &img.layers[2],
+        &[
+            ("opt", ('d', 0o755, 0, 0)),
+            ("opt/private", ('d', 0o750, 1001, 1001)),
+            ("opt/private/d", ('d', 0o750, 1001, 1001)),
+            ("opt/private/key.pem", ('f', 0o640, 1001, 1001)),
+        ],
     );
 
-    let tool = &img.layers[3];
-    assert_eq!(
-        summary(&tool.entry("usr/local/bin/tool")),
-        ('f', 0o755, 0, 0)
+    assert_summaries(
+        &img.layers[3],
+        &[
+            ("usr/local/bin/tool", ('f', 0o755, 0, 0)),
+            ("usr/local", ('d', 0o755, 0, 0)),
+        ],
     );
-    assert_eq!(summary(&tool.entry("usr/local")), ('d', 0o755, 0, 0));
 
     let root = &img.layers[4];
-    assert_eq!(summary(&root.entry("etc/motd")), ('f', 0o644, 0, 0));
+    assert_summaries(root, &[("etc/motd", ('f', 0o644, 0, 0))]);
     assert!(
         !root
             .entries()

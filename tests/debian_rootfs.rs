@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::{Ctx, debian_tarball, require_tool, run_command, validate_layout};
+use common::{Ctx, debian_tarball, require_tool, run_command, umoci_unpack, validate_layout};
 
 /// Every path under /srv, /etc/skel and a few files of /etc, with type,
 /// mode, owner and size, by GNU find (the image's own, or the host's).
@@ -51,13 +51,8 @@ fn steps_in_a_debian_root_filesystem_round_trip() {
                 &format!("oci:{}", out.display()),
             ])
             .success();
-        let left: Vec<String> = run
-            .stderr
-            .lines()
-            .filter_map(|l| l.strip_prefix("app | "))
-            .filter(|l| !l.starts_with("useradd"))
-            .map(str::to_string)
-            .collect();
+        let mut left = run.step_output("app");
+        left.retain(|l| !l.starts_with("useradd"));
         assert!(
             left.iter().any(|l| l == "srv/app/data/f f 4755 990:990 3 "),
             "{iso}: {left:?}"
@@ -68,27 +63,17 @@ fn steps_in_a_debian_root_filesystem_round_trip() {
         // whiteouts.
         layer.entry("usr/share/doc/.wh..wh..opq");
         assert!(layer.entries().len() < 60, "{}", layer.entries().len());
-        let bundle = cx.scratch.join("bundle");
-        let mut c = Command::new("umoci");
-        c.args(["unpack", "--image", &format!("{}:app", out.display())])
-            .arg(&bundle);
-        run_command(c).success();
+        let rootfs = umoci_unpack(&out, "app", &cx.scratch.join("bundle"));
         let mut list = Command::new("sh");
-        list.args(["-c", LISTING, "listing"])
-            .arg(bundle.join("rootfs"));
-        let unpacked: Vec<String> = run_command(list)
-            .success()
-            .stdout
-            .lines()
-            .map(str::to_string)
-            .collect();
+        list.args(["-c", LISTING, "listing"]).arg(rootfs);
+        let unpacked = run_command(list).success().stdout_lines();
         assert_eq!(
             unpacked, left,
             "{iso}: umoci's tree differs from the steps'"
         );
-        let mut again = cx.command(&["--json", "-q", "build", "app", "--isolation", iso]);
-        again.env("IMGBUILD_HOME", cx.scratch.join("second-home"));
-        let again = common::Report(run_command(again).success().json()).manifest("app");
+        let again = cx
+            .build_in_fresh_store(&["app", "--isolation", iso])
+            .manifest("app");
         digests.push(again);
     }
     digests.dedup();

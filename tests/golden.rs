@@ -156,13 +156,7 @@ fn golden_fixture_builds_to_the_committed_digests() {
     let mut layouts = Vec::new();
     for compression in ["gzip", "zstd"] {
         let out = cx.scratch.join(compression);
-        let report = cx.build(&[
-            "--all",
-            "--compression",
-            compression,
-            "-o",
-            &format!("oci:{}", out.display()),
-        ]);
+        let report = cx.build_all_oci(compression, &out);
         actual.insert(compression.into(), describe(&out, &report));
         layouts.push(out);
     }

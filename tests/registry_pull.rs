@@ -20,7 +20,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -28,9 +27,9 @@ use serde_json::{Value, json};
 use common::registry::{Access, Registry, free_port};
 use common::{
     CONFIG, Ctx, INDEX, LAYER_GZIP, MANIFEST, REF_NAME, Report, Run, ValidImage, require_root,
-    require_tool, run_command, sha256_hex, validate_layout,
+    require_tool, run_command, sha256_hex, umoci_unpack, validate_layout,
 };
-use common::{DockerImages, FOREIGN_ENV, docker, require_docker, skopeo};
+use common::{DockerImages, FOREIGN_ENV, docker, docker_run_offline, require_docker, skopeo};
 
 const EPOCH: i64 = 1_700_000_000;
 /// www-data in the base's /etc/passwd and /etc/group: not Debian's 33, so
@@ -162,6 +161,34 @@ fn site_image(name: &str, from: &str) -> String {
     )
 }
 
+/// The base pushed as `base:1` to a registry of its own, and a consumer
+/// whose `child` is a [`site_image`] on it.
+struct OnPushedBase {
+    base: Base,
+    reg: Registry,
+    /// `HOST/base:1`.
+    reference: String,
+    /// The base's manifest digest.
+    digest: String,
+    cx: Ctx,
+}
+
+fn on_pushed_base() -> OnPushedBase {
+    let base = Base::new();
+    let reg = Registry::anonymous();
+    let reference = format!("{}/base:1", reg.host());
+    base.push(&reference, &[]);
+    let digest = reg.digest("base", "1").unwrap();
+    let cx = consumer(&format!("images:\n{}", site_image("child", &reference)));
+    OnPushedBase {
+        base,
+        reg,
+        reference,
+        digest,
+        cx,
+    }
+}
+
 /// Checks a child of the base: the base's layers, then one layer with the
 /// site owned by the base's www-data; the base annotations.
 fn check_child(img: &ValidImage, base: &ValidImage, base_name: &str, base_digest: &str) {
@@ -191,17 +218,6 @@ fn check_child(img: &ValidImage, base: &ValidImage, base_name: &str, base_digest
         img.config["config"]["Cmd"],
         json!(["/bin/cat", "/srv/site/index.html"])
     );
-}
-
-/// umoci unpacks `name` of `layout`; its rootfs.
-fn umoci_unpack(layout: &Path, name: &str, bundle: &Path) -> PathBuf {
-    let mut c = Command::new("umoci");
-    c.arg("unpack")
-        .arg("--image")
-        .arg(format!("{}:{name}", layout.display()))
-        .arg(bundle);
-    run_command(c).success();
-    bundle.join("rootfs")
 }
 
 fn owner_of(p: &Path) -> (u64, u64) {
@@ -484,19 +500,17 @@ fn images_pushed_by_skopeo_are_pulled_and_built_on() {
     let load = docker(&["load", "-i", archive.to_str().unwrap()]).success();
     for t in &tags {
         assert!(load.stdout.contains(t), "{t} loaded: {load}");
-        let run = docker(&["run", "--rm", "--network", "none", t]).success();
+        let run = docker_run_offline(t, &[]).success();
         assert_eq!(run.stdout, "hello from a pulled base\n", "{t}: {run}");
     }
-    let run = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let run = docker_run_offline(
         &tags[1],
-        "/bin/sh",
-        "-c",
-        "stat -c '%u:%g %a' /srv/site /srv/site/index.html; cat /etc/marker",
-    ])
+        &[
+            "/bin/sh",
+            "-c",
+            "stat -c '%u:%g %a' /srv/site /srv/site/index.html; cat /etc/marker",
+        ],
+    )
     .success();
     assert_eq!(run.stdout, "82:82 755\n82:82 644\nbase\n", "{run}");
 }
@@ -507,14 +521,14 @@ fn images_pushed_by_skopeo_are_pulled_and_built_on() {
 #[test]
 fn a_build_goes_on_offline_with_the_last_pull() {
     require_tool("skopeo", "skopeo");
-    let base = Base::new();
-    let reg = Registry::anonymous();
+    let OnPushedBase {
+        base,
+        reg,
+        reference,
+        digest,
+        cx,
+    } = on_pushed_base();
     let host = reg.host();
-    let reference = format!("{host}/base:1");
-    base.push(&reference, &[]);
-    let digest = reg.digest("base", "1").unwrap();
-
-    let cx = consumer(&format!("images:\n{}", site_image("child", &reference)));
     let out1 = cx.scratch.join("oci-1");
     let (run, _) = build_json(&cx, &["child", "-o", &format!("oci:{}", out1.display())]);
     assert!(!run.stderr.contains("warning:"), "{run}");
@@ -727,14 +741,13 @@ fn flip_a_byte(p: &Path) -> Vec<u8> {
 #[test]
 fn a_corrupted_blob_is_refused() {
     require_tool("skopeo", "skopeo");
-    let base = Base::new();
-    let reg = Registry::anonymous();
-    let host = reg.host();
-    let reference = format!("{host}/base:1");
-    base.push(&reference, &[]);
-    let digest = reg.digest("base", "1").unwrap();
-
-    let cx = consumer(&format!("images:\n{}", site_image("child", &reference)));
+    let OnPushedBase {
+        base,
+        reg,
+        reference,
+        digest,
+        cx,
+    } = on_pushed_base();
     let layer = base.img.layers[0].digest.clone();
     let hex = layer.trim_start_matches("sha256:").to_string();
     let size = base.img.layers[0].size;
@@ -770,7 +783,7 @@ fn a_corrupted_blob_is_refused() {
 
     // A manifest pinned by digest whose bytes changed in storage (still a
     // valid manifest) is refused, naming the digest it should have.
-    let pinned = format!("{host}/base@{digest}");
+    let pinned = format!("{}/base@{digest}", reg.host());
     let manifest_path = reg.stored_blob_path(&digest);
     let mut m: Value = serde_json::from_slice(&fs::read(&manifest_path).unwrap()).unwrap();
     m["annotations"] = json!({"tampered": "yes"});
@@ -1101,16 +1114,10 @@ fn from_an_index_takes_the_host_platform() {
     let tag = format!("{child}:latest");
     let _cleanup = DockerImages(vec![tag.clone(), format!("{pinned}:latest")]);
     docker(&["load", "-i", archive.to_str().unwrap()]).success();
-    let run = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let run = docker_run_offline(
         &tag,
-        "/bin/sh",
-        "-c",
-        "cat /etc/marker /srv/site/index.html",
-    ])
+        &["/bin/sh", "-c", "cat /etc/marker /srv/site/index.html"],
+    )
     .success();
     assert_eq!(run.stdout, "native\nhello from a pulled base\n", "{run}");
 }

@@ -67,25 +67,18 @@ fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
     }
     let (uid, gid) = test_user();
     let mut cx = Ctx::new();
-    cx.busybox_tree(
-        "busybox",
+    cx.busybox_project(
+        "",
         &["sh", "echo", "rm", "chmod", "chown", "cat", "id"],
+        concat!(
+            "  stepped:\n",
+            "    from: base\n",
+            "    run:\n",
+            "      - echo \"I am $(id -u)\"; echo hi > /srv/hello && chown 33:33 /srv/hello\n",
+            "      - chmod 600 /srv/hello && rm /etc/motd\n",
+            "    test: [\"cat /srv/hello\"]\n",
+        ),
     );
-    cx.write("site/etc/motd", "welcome\n");
-    cx.write("site/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
-    cx.mkdir("site/srv");
-    cx.yaml(concat!(
-        "images:\n",
-        "  base:\n",
-        "    from: scratch\n",
-        "    layers: [busybox, site]\n",
-        "  stepped:\n",
-        "    from: base\n",
-        "    run:\n",
-        "      - echo \"I am $(id -u)\"; echo hi > /srv/hello && chown 33:33 /srv/hello\n",
-        "      - chmod 600 /srv/hello && rm /etc/motd\n",
-        "    test: [\"cat /srv/hello\"]\n",
-    ));
     let as_root = cx.build(&["stepped"]).manifest("stepped");
     cx.home = cx.scratch.join("user-home");
     // The checkout may sit below a directory only its owner can enter (a

@@ -4,34 +4,29 @@ mod common;
 
 use std::fs;
 
-use common::{Ctx, require_tool, run_command, static_busybox, validate_layout};
+use common::{
+    Ctx, on_busybox_base, require_tool, run_command, static_busybox, umoci_unpack, validate_layout,
+};
 
 /// A busybox base with a few applets, and a child whose steps write, chmod,
 /// delete and append.
 fn project() -> Ctx {
     let cx = Ctx::new();
-    cx.busybox_tree(
-        "busybox",
+    cx.busybox_project(
+        "",
         &["sh", "echo", "rm", "chmod", "mkdir", "cat", "pwd", "id"],
+        concat!(
+            "  stepped:\n",
+            "    from: base\n",
+            "    config:\n",
+            "      env: {GREETING: hi}\n",
+            "      workdir: /srv/app\n",
+            "    run:\n",
+            "      - echo \"$GREETING from $(pwd)\" > hello.txt && chmod 600 hello.txt\n",
+            "      - rm /etc/motd\n",
+            "      - echo \"www-data:x:33:33::/var/www:/bin/sh\" >> /etc/passwd\n",
+        ),
     );
-    cx.write("site/etc/motd", "welcome\n");
-    cx.write("site/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
-    cx.mkdir("site/srv");
-    cx.yaml(concat!(
-        "images:\n",
-        "  base:\n",
-        "    from: scratch\n",
-        "    layers: [busybox, site]\n",
-        "  stepped:\n",
-        "    from: base\n",
-        "    config:\n",
-        "      env: {GREETING: hi}\n",
-        "      workdir: /srv/app\n",
-        "    run:\n",
-        "      - echo \"$GREETING from $(pwd)\" > hello.txt && chmod 600 hello.txt\n",
-        "      - rm /etc/motd\n",
-        "      - echo \"www-data:x:33:33::/var/www:/bin/sh\" >> /etc/passwd\n",
-    ));
     cx
 }
 
@@ -58,13 +53,9 @@ fn steps_become_one_layer_with_changes_and_deletions() {
     );
     // umoci applies the whiteout.
     require_tool("umoci", "umoci");
-    let bundle = cx.scratch.join("bundle");
-    let mut c = std::process::Command::new("umoci");
-    c.args(["unpack", "--image", &format!("{}:stepped", out.display())])
-        .arg(&bundle);
-    run_command(c).success();
-    assert!(!bundle.join("rootfs/etc/motd").exists());
-    assert!(bundle.join("rootfs/srv/app/hello.txt").exists());
+    let rootfs = umoci_unpack(&out, "stepped", &cx.scratch.join("bundle"));
+    assert!(!rootfs.join("etc/motd").exists());
+    assert!(rootfs.join("srv/app/hello.txt").exists());
     // An unchanged step is not run again.
     let again = cx.build(&["stepped"]);
     assert_eq!(again.manifest("stepped"), report.manifest("stepped"));
@@ -113,9 +104,7 @@ fn an_impossible_isolation_is_explained() {
 #[test]
 fn smoke_tests_run_once_per_image_and_fail_the_build() {
     let cx = project();
-    for app in ["test", "["] {
-        cx.symlink("busybox", &format!("busybox/bin/{app}"));
-    }
+    cx.busybox_applets("busybox", &["test", "["]);
     let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
     cx.yaml(&format!(
         "{yaml}    test:\n      - cat /srv/app/hello.txt\n      - \"[ ! -e /etc/motd ]\"\n"
@@ -217,11 +206,12 @@ const LISTING: &str = "find srv etc | sort | while read -r p; do \
 /// step prints the tree they left.
 fn round_trip_project() -> Ctx {
     let cx = project();
-    for app in [
-        "chown", "find", "sort", "stat", "md5sum", "ln", "readlink", "[", "true",
-    ] {
-        cx.symlink("busybox", &format!("busybox/bin/{app}"));
-    }
+    cx.busybox_applets(
+        "busybox",
+        &[
+            "chown", "find", "sort", "stat", "md5sum", "ln", "readlink", "[", "true",
+        ],
+    );
     cx.write("site/usr/local/bin/listing", LISTING);
     cx.write("site/srv/keep/file", "kept\n");
     cx.write("site/srv/data.txt", "data\n");
@@ -231,11 +221,7 @@ fn round_trip_project() -> Ctx {
     cx.write("site/srv/emptied/a", "a\n");
     cx.write("site/srv/partial/a", "a\n");
     cx.write("site/srv/partial/b", "b\n");
-    cx.yaml(concat!(
-        "images:\n",
-        "  base:\n",
-        "    from: scratch\n",
-        "    layers: [busybox, site]\n",
+    cx.yaml(&on_busybox_base(concat!(
         "  stepped:\n",
         "    from: base\n",
         "    run:\n",
@@ -245,17 +231,8 @@ fn round_trip_project() -> Ctx {
         "      - rm -rf /srv/replaced && mkdir /srv/replaced && echo fresh > /srv/replaced/x\n",
         "      - rm /srv/emptied/a && echo new > /srv/emptied/b\n",
         "      - cd / && sh /usr/local/bin/listing\n",
-    ));
+    )));
     cx
-}
-
-/// The listing the last step printed.
-fn listing_of(run: &common::Run) -> Vec<String> {
-    run.stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("stepped | "))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -291,7 +268,8 @@ fn steps_round_trip_through_umoci_in_every_isolation() {
         {
             run.stderr_has(&["with namespace isolation, on an overlay"]);
         }
-        let left = listing_of(&run);
+        // The listing the last step printed.
+        let left = run.step_output("stepped");
         assert!(
             left.iter()
                 .any(|l| l == "srv/data.txt regular file 644 33:33"),
@@ -306,34 +284,21 @@ fn steps_round_trip_through_umoci_in_every_isolation() {
         layer.entry("srv/replaced/.wh.y");
         layer.entry("srv/partial/.wh.a");
         layer.entry("srv/.wh.gone.txt");
-        let bundle = cx.scratch.join("bundle");
-        let mut c = std::process::Command::new("umoci");
-        c.args(["unpack", "--image", &format!("{}:stepped", out.display())])
-            .arg(&bundle);
-        run_command(c).success();
+        let rootfs = umoci_unpack(&out, "stepped", &cx.scratch.join("bundle"));
         let mut sh = std::process::Command::new(static_busybox());
         sh.args(["sh", "-c", LISTING])
             .env("LC_ALL", "C")
-            .current_dir(bundle.join("rootfs"));
-        let unpacked = run_command(sh).success();
-        let unpacked: Vec<String> = unpacked.stdout.lines().map(str::to_string).collect();
+            .current_dir(rootfs);
+        let unpacked = run_command(sh).success().stdout_lines();
         assert_eq!(
             unpacked, left,
             "{iso}: umoci's tree differs from the steps'"
         );
         // A second build in a fresh store gives the same digest.
-        let mut again = cx.command(&["--json", "-q", "build", "stepped", "--isolation", iso]);
-        again.env("IMGBUILD_HOME", cx.scratch.join("second-home"));
-        let again = common::Report(run_command(again).success().json()).manifest("stepped");
-        assert_eq!(
-            again,
-            common::Report(
-                cx.run(&["--json", "-q", "build", "stepped"])
-                    .success()
-                    .json()
-            )
-            .manifest("stepped")
-        );
+        let again = cx
+            .build_in_fresh_store(&["stepped", "--isolation", iso])
+            .manifest("stepped");
+        assert_eq!(again, cx.build(&["stepped"]).manifest("stepped"));
         digests.push(again);
     }
     digests.dedup();
@@ -420,15 +385,9 @@ fn secrets_reach_steps_but_never_layers_output_or_keys() {
         {
             continue;
         }
-        for app in ["grep", "wc", "ls"] {
-            cx.symlink("busybox", &format!("busybox/bin/{app}"));
-        }
+        cx.busybox_applets("busybox", &["grep", "wc", "ls"]);
         cx.write("deploy.key", format!("{KEY}\n"));
-        cx.yaml(concat!(
-            "images:\n",
-            "  base:\n",
-            "    from: scratch\n",
-            "    layers: [busybox, site]\n",
+        cx.yaml(&on_busybox_base(concat!(
             "  secretive:\n",
             "    from: base\n",
             "    secrets:\n",
@@ -438,7 +397,7 @@ fn secrets_reach_steps_but_never_layers_output_or_keys() {
             "      - echo \"token is $(cat /run/secrets/token), key $(cat /run/secrets/deploy_key)\"\n",
             "      - ls -ln /run/secrets/token\n",
             "      - echo used > /srv/done\n",
-        ));
+        )));
         let env = [("BUILD_TOKEN", TOKEN)];
         let run = cx
             .run_env(&["build", "secretive", "--isolation", iso], &env)
@@ -529,13 +488,11 @@ fn network_none_leaves_steps_only_loopback() {
             .stderr_has(&["`network: none` needs namespace"]);
         return;
     }
-    for app in ["grep", "wc"] {
-        cx.symlink("busybox", &format!("busybox/bin/{app}"));
-    }
+    cx.busybox_applets("busybox", &["grep", "wc"]);
     let yaml = |network: &str| {
-        format!(
-            "images:\n  base:\n    from: scratch\n    layers: [busybox, site]\n  offline:\n    from: base\n{network}    run: [\"grep -c : /proc/net/dev\"]\n"
-        )
+        on_busybox_base(&format!(
+            "  offline:\n    from: base\n{network}    run: [\"grep -c : /proc/net/dev\"]\n"
+        ))
     };
     cx.yaml(&yaml("    network: none\n"));
     let run = cx
@@ -625,11 +582,7 @@ fn trees_kept_while_layers_are_written_equal_the_unpacked_chains() {
     cx.write("site/etc/keep", "kept\n");
     cx.mkdir("site/srv/old/sub");
     cx.write("site/srv/old/sub/f", "f\n");
-    cx.yaml(concat!(
-        "images:\n",
-        "  base:\n",
-        "    from: scratch\n",
-        "    layers: [busybox, site]\n",
+    cx.yaml(&on_busybox_base(concat!(
         "  stepped:\n",
         "    from: base\n",
         "    run:\n",
@@ -640,7 +593,7 @@ fn trees_kept_while_layers_are_written_equal_the_unpacked_chains() {
         "    from: stepped\n",
         "    run:\n",
         "      - rm /etc/hello.link && echo changed > /etc/keep && echo x > /etc/new\n",
-    ));
+    )));
     cx.build(&["child"]);
     let kept = kept_trees(&cx.home);
     // base (unpacked), stepped and child (both kept while written), and
@@ -698,11 +651,7 @@ fn steps_see_localhost_and_dev_null_not_the_build_machines() {
         // A /dev of the image's own (as Debian's): under chroot nothing is
         // mounted there, and `> /dev/null` must still not make a file.
         cx.mkdir("site/dev");
-        cx.yaml(concat!(
-            "images:\n",
-            "  base:\n",
-            "    from: scratch\n",
-            "    layers: [busybox, site]\n",
+        cx.yaml(&on_busybox_base(concat!(
             "  named:\n",
             "    from: base\n",
             "    run:\n",
@@ -710,7 +659,7 @@ fn steps_see_localhost_and_dev_null_not_the_build_machines() {
             // applet whatever PATH says).
             "      - h=$(which hostname) && $h > /etc/plain && $h -f > /etc/fqdn\n",
             "      - echo noise > /dev/null\n",
-        ));
+        )));
         cx.wrapper = [
             "unshare",
             "--uts",

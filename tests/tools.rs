@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
+    Ctx, Report, Run, ValidImage, docker_run_offline, require_tool, run_command, validate_layout,
 };
 
 const EPOCH: i64 = 1_700_000_000;
@@ -46,17 +46,14 @@ fn names() -> (String, String) {
 }
 
 fn fixture(compression: &str) -> Fixture {
-    let busybox = static_busybox();
     let (base, child) = names();
     let cx = Ctx::new().with_epoch(EPOCH);
 
     // The base: busybox and the accounts that owner names resolve against.
-    let bb = cx.path("base/bin/busybox");
-    fs::create_dir_all(bb.parent().unwrap()).unwrap();
-    fs::copy(&busybox, &bb).unwrap();
-    for applet in ["sh", "ls", "cat", "stat", "readlink", "id", "find", "echo"] {
-        cx.symlink("busybox", &format!("base/bin/{applet}"));
-    }
+    cx.busybox_tree(
+        "base",
+        &["sh", "ls", "cat", "stat", "readlink", "id", "find", "echo"],
+    );
     cx.write(
         "base/etc/passwd",
         "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\napp:x:1001:1002:app:/srv:/bin/sh\n",
@@ -119,13 +116,7 @@ images:
 "#
     ));
     let out = cx.scratch.join("oci");
-    let report = cx.build(&[
-        "--all",
-        "--compression",
-        compression,
-        "-o",
-        &format!("oci:{}", out.display()),
-    ]);
+    let report = cx.build_all_oci(compression, &out);
     let fx = Fixture {
         cx,
         base,
@@ -309,17 +300,7 @@ fn tree_facts(root: &Path) -> BTreeMap<String, String> {
 fn umoci_unpack(layout: &Path, name: &str, bundle: &Path) -> PathBuf {
     require_tool("umoci", "umoci");
     common::require_root();
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:{name}", layout.display()),
-            &path_arg(bundle),
-        ],
-    )
-    .success();
-    bundle.join("rootfs")
+    common::umoci_unpack(layout, name, bundle)
 }
 
 /// The expectations on the child's root filesystem, as umoci unpacks it.
@@ -539,20 +520,7 @@ fn docker_loads_and_runs_the_archive() {
         "pwd",
     ]
     .join("; ");
-    let run = tool(
-        "docker",
-        &[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &tags[0],
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
-    )
-    .success();
+    let run = docker_run_offline(&tags[0], &["/bin/sh", "-c", &script]).success();
     let e = EPOCH;
     let expected = format!(
         "index.html 644 33:33 {e}\n\
@@ -574,6 +542,6 @@ fn docker_loads_and_runs_the_archive() {
     assert_eq!(run.stdout, expected, "{run}");
 
     // The default command is the image's cmd, with its env.
-    let run = tool("docker", &["run", "--rm", "--network", "none", &tags[1]]).success();
+    let run = docker_run_offline(&tags[1], &[]).success();
     assert_eq!(run.stdout, "hello from layers\n", "{run}");
 }

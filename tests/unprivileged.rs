@@ -10,11 +10,8 @@ use std::process::Command;
 
 use common::{Ctx, DockerImages, require_docker, run_command};
 
+/// The image built on the host and in the container, on `base`.
 const STEPPED: &str = concat!(
-    "images:\n",
-    "  base:\n",
-    "    from: scratch\n",
-    "    layers: [busybox, site]\n",
     "  stepped:\n",
     "    from: base\n",
     "    config:\n",
@@ -47,13 +44,7 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
     require_docker();
     let cx = Ctx::new();
     // The project, built on the host first (namespace isolation here).
-    let project = |root: &str| {
-        cx.busybox_tree(&format!("{root}busybox"), APPLETS);
-        cx.write(&format!("{root}site/etc/motd"), "welcome\n");
-        cx.mkdir(&format!("{root}site/srv"));
-        cx.write(&format!("{root}images.yaml"), STEPPED);
-    };
-    project("");
+    cx.busybox_project("", APPLETS, STEPPED);
     let host = cx.build(&["stepped"]);
     // The tool image: busybox, the imgbuild binary, its libraries, the project.
     cx.busybox_tree("tool", APPLETS);
@@ -65,7 +56,7 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         fs::copy(&lib, &dest).unwrap();
     }
-    project("tool/work/");
+    cx.busybox_project("tool/work/", APPLETS, STEPPED);
     cx.mkdir("tool/tmp");
     let tag = format!("imgbuild-unpriv-{}", std::process::id());
     cx.write(

@@ -12,6 +12,6 @@ pub mod package;
 pub mod release;
 pub mod resolve;
 pub mod sources;
-#[cfg(test)]
-mod testutil;
+#[doc(hidden)]
+pub mod testutil;
 pub mod version;

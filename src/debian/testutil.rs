@@ -1,9 +1,12 @@
-//! Test helpers: packages from a few control fields, and a minimal reader
-//! of the host's apt lists (the real parser lives in `control.rs`).
+//! Test helpers: packages from a few control fields, a minimal reader of
+//! the host's apt lists (the real parser lives in `control.rs`) and a check
+//! of a resolution. Public (hidden) only so that tests/apt.rs, which runs
+//! the host's apt, can share them with the unit tests.
 use std::path::Path;
 use std::process::Command;
 
 use super::package::{Alternatives, Dep, Package, Provide, Relation};
+use super::resolve::{Member, Request, Resolution, State, Universe, group_text};
 
 fn parse_dep(s: &str) -> Dep {
     let s = s.trim();
@@ -170,4 +173,52 @@ pub fn host_status() -> Vec<Package> {
     std::fs::read_to_string("/var/lib/dpkg/status")
         .map(|t| parse_packages(&t, true))
         .unwrap_or_default()
+}
+
+/// Requests from `name` or `name=version` strings.
+pub fn req(list: &[&str]) -> Vec<Request> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// `name=version` of each resolved package.
+pub fn names(r: &Resolution) -> Vec<String> {
+    r.packages
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect()
+}
+
+/// Every Pre-Depends/Depends of the final set (installed + resolution)
+/// holds and no two of its packages conflict.
+pub fn check_consistent(universe: &[Package], installed: &[Package], r: &Resolution) {
+    let u = Universe::new(universe, "amd64");
+    let mut st = State::new(&u, installed);
+    for p in &r.packages {
+        let i = u
+            .versions(&p.name)
+            .unwrap()
+            .iter()
+            .copied()
+            .find(|&i| universe[i].version == p.version)
+            .unwrap();
+        st.chosen.insert(&universe[i].name, i);
+        st.index_conflicts(Member::Uni(i));
+    }
+    for &i in st.chosen.values() {
+        let p = &universe[i];
+        for g in p.pre_depends.iter().chain(&p.depends) {
+            assert!(
+                st.satisfied(g),
+                "{} {}: {}",
+                p.name,
+                p.version,
+                group_text(g)
+            );
+        }
+        // clash() ignores the package's own name, so it can check a
+        // member against the rest.
+        if let Some((_, why)) = st.clash(i) {
+            panic!("{}", why.text());
+        }
+    }
 }

@@ -115,17 +115,37 @@ impl Ctx {
         p
     }
 
-    /// A symlink at `rel` pointing at `target` (as written).
     /// `DIR/bin/busybox` (Debian's static one) and a link per applet, a
     /// tree to copy into an image as its `/`.
     pub fn busybox_tree(&self, dir: &str, applets: &[&str]) {
         self.mkdir(&format!("{dir}/bin"));
         fs::copy(static_busybox(), self.path(&format!("{dir}/bin/busybox"))).unwrap();
+        self.busybox_applets(dir, applets);
+    }
+
+    /// More applets in the busybox tree `DIR`.
+    pub fn busybox_applets(&self, dir: &str, applets: &[&str]) {
         for app in applets {
             self.symlink("busybox", &format!("{dir}/bin/{app}"));
         }
     }
 
+    /// The project run-step tests start from, below `root` (`""` or
+    /// `DIR/`): the busybox tree `busybox/` with `applets`, `site/` (a
+    /// /etc/motd, root's /etc/passwd and an empty /srv), and images.yaml
+    /// with [`on_busybox_base`]`(images)`.
+    pub fn busybox_project(&self, root: &str, applets: &[&str], images: &str) {
+        self.busybox_tree(&format!("{root}busybox"), applets);
+        self.write(&format!("{root}site/etc/motd"), "welcome\n");
+        self.write(
+            &format!("{root}site/etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\n",
+        );
+        self.mkdir(&format!("{root}site/srv"));
+        self.write(&format!("{root}images.yaml"), on_busybox_base(images));
+    }
+
+    /// A symlink at `rel` pointing at `target` (as written).
     pub fn symlink(&self, target: &str, rel: &str) {
         let p = self.path(rel);
         if let Some(parent) = p.parent() {
@@ -193,6 +213,27 @@ impl Ctx {
         let mut all = vec!["--json", "-q", "build"];
         all.extend_from_slice(args);
         Report(self.run(&all).success().json())
+    }
+
+    /// As [`Ctx::build`], in a store of its own (`scratch/second-home`):
+    /// what a build gives afresh.
+    pub fn build_in_fresh_store(&self, args: &[&str]) -> Report {
+        let mut all = vec!["--json", "-q", "build"];
+        all.extend_from_slice(args);
+        let mut c = self.command(&all);
+        c.env("IMGBUILD_HOME", self.scratch.join("second-home"));
+        Report(run_command(c).success().json())
+    }
+
+    /// `build --all --compression COMPRESSION -o oci:OUT`; its report.
+    pub fn build_all_oci(&self, compression: &str, out: &Path) -> Report {
+        self.build(&[
+            "--all",
+            "--compression",
+            compression,
+            "-o",
+            &format!("oci:{}", out.display()),
+        ])
     }
 
     /// `imgbuild --json plan ARGS…`, which must succeed.
@@ -267,6 +308,21 @@ impl Run {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+
+    /// stdout's lines.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lines().map(str::to_string).collect()
+    }
+
+    /// What `image`'s steps printed: its `IMAGE | …` lines on stderr.
+    pub fn step_output(&self, image: &str) -> Vec<String> {
+        let prefix = format!("{image} | ");
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Panics unless stderr contains every one of `parts`.
@@ -720,6 +776,12 @@ pub fn validate_layout(dir: &Path, name: &str) -> ValidImage {
     }
 }
 
+/// images.yaml's text: `base`, a scratch image of the project's `busybox`
+/// and `site` trees, then `images` (more entries of the `images:` map).
+pub fn on_busybox_base(images: &str) -> String {
+    format!("images:\n  base:\n    from: scratch\n    layers: [busybox, site]\n{images}")
+}
+
 /// Fails unless /bin/busybox exists and is statically linked (a dynamic one
 /// cannot run in a scratch image).
 pub fn static_busybox() -> PathBuf {
@@ -761,6 +823,25 @@ pub fn docker(args: &[&str]) -> Run {
     let mut c = Command::new("docker");
     c.args(args);
     run_command(c)
+}
+
+/// `docker run --rm --network none IMAGE COMMAND…`: the image run as a
+/// container runtime runs it, with no network.
+pub fn docker_run_offline(image: &str, command: &[&str]) -> Run {
+    let mut args = vec!["run", "--rm", "--network", "none", image];
+    args.extend_from_slice(command);
+    docker(&args)
+}
+
+/// umoci unpacks `name` of the OCI layout `layout` into `bundle`; its rootfs.
+pub fn umoci_unpack(layout: &Path, name: &str, bundle: &Path) -> PathBuf {
+    let mut c = Command::new("umoci");
+    c.arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{name}", layout.display()))
+        .arg(bundle);
+    run_command(c).success();
+    bundle.join("rootfs")
 }
 
 /// Removes the docker images it names when dropped, even on panic.
