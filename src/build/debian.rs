@@ -869,14 +869,10 @@ impl Session<'_> {
 
     /// The nearest ancestor of `image` that installs Debian packages.
     fn debian_ancestor(&self, image: &Image) -> Result<Option<String>, BuildError> {
-        let mut cur = image;
-        while let crate::spec::Parent::Image(p) = &cur.parent {
-            cur = self.image(p)?;
-            if cur.debian.is_some() {
-                return Ok(Some(cur.name.clone()));
-            }
-        }
-        Ok(None)
+        let parent = |n| self.spec.parent_of(n);
+        Ok(crate::graph::ancestors(&image.name, parent)
+            .find(|n| self.spec.images[*n].debian.is_some())
+            .map(str::to_string))
     }
 
     /// The dpkg status of a Debian chain's root parent (an imported or

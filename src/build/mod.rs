@@ -108,13 +108,14 @@ pub enum BuildError {
     #[error("image {image}: {reference}: this command does not reach registries")]
     Offline {
         image: String,
-        reference: crate::registry::Reference,
+        reference: Box<crate::registry::Reference>,
     },
+    // Boxed: a BuildError travels in every Result of the build.
     #[error("image {image}: {source}")]
     Pull {
         image: String,
-        reference: crate::registry::Reference,
-        source: remote::RemoteError,
+        reference: Box<crate::registry::Reference>,
+        source: Box<remote::RemoteError>,
     },
     #[error("image {image} was not built because {parent}, which it is built from, failed")]
     ParentFailed { image: String, parent: String },

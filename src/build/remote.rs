@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 
 use super::{ImageOutcome, LayerCache, LayerRecord, Puller, Reporter, Session};
+use crate::graph;
 use crate::oci::image::{ImageRecord, host_arch};
 use crate::registry::pull::{last_pull, pull};
 use crate::registry::transfer::{self, Known, PushStats};
@@ -233,7 +234,7 @@ impl<'a> Remote<'a> {
         // Parents first: a shared blob's first home is the image that adds
         // it, and children mount it from there.
         let mut images: Vec<&&ImageOutcome> = images.iter().collect();
-        images.sort_by_key(|i| parent_depth(spec, &i.name));
+        images.sort_by_key(|i| graph::depth(&i.name, |n| spec.parent_of(n)));
         let mut items = Vec::new();
         let mut meta = Vec::new();
         for image in images {
@@ -342,18 +343,6 @@ pub struct Pushed {
     pub digest: String,
     pub tags: Vec<String>,
     pub stats: PushStats,
-}
-
-/// How many `images:` parents `name` has above it in `spec`.
-// TODO(merge): graph::depth replaces this walk.
-fn parent_depth(spec: &Spec, name: &str) -> usize {
-    let mut d = 0;
-    let mut cur = &spec.images[name].parent;
-    while let Parent::Image(p) = cur {
-        d += 1;
-        cur = &spec.images[p].parent;
-    }
-    d
 }
 
 /// Where an image's tags point, as (repository, tag) pairs without the

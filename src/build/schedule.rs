@@ -1,13 +1,14 @@
 //! Scheduling: which images a build needs, in what order, on how many
 //! threads, with registry parents pulled first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex};
 
 use super::{
     BuildError, ImageOutcome, LayerCache, Options, Puller, Queue, RefRecord, Reporter, Session,
     debian,
 };
+use crate::graph;
 use crate::oci::image::ImageRecord;
 use crate::registry::Reference;
 use crate::spec::{Image, Parent, Spec};
@@ -43,37 +44,14 @@ impl<'a> Session<'a> {
 
     /// `names` and everything they are built from, parents first.
     pub fn closure(&self, names: &[String]) -> Result<Vec<String>, BuildError> {
-        let mut order = Vec::new();
-        let mut seen = HashSet::new();
         for name in names {
-            let mut chain = Vec::new();
-            let mut cur = Some(self.image(name)?);
-            while let Some(img) = cur {
-                if !seen.insert(img.name.clone()) {
-                    break;
-                }
-                chain.push(img.name.clone());
-                cur = match &img.parent {
-                    Parent::Image(p) => Some(self.image(p)?),
-                    Parent::Scratch | Parent::Registry(_) => None,
-                };
-            }
-            order.extend(chain.into_iter().rev());
+            self.image(name)?;
         }
-        // Parents first overall: a stable sort by depth keeps that.
-        let depth = |n: &String| self.depth(n);
-        order.sort_by_key(depth);
-        Ok(order)
-    }
-
-    fn depth(&self, name: &str) -> usize {
-        let mut d = 0;
-        let mut cur = self.spec.image(name);
-        while let Some(Parent::Image(p)) = cur.map(|i| &i.parent) {
-            d += 1;
-            cur = self.spec.image(p);
-        }
-        d
+        let parent = |n| self.spec.parent_of(n);
+        Ok(graph::closure(names.iter().map(String::as_str), parent)
+            .into_iter()
+            .map(str::to_string)
+            .collect())
     }
 
     pub fn image(&self, name: &str) -> Result<&'a Image, BuildError> {
@@ -121,12 +99,12 @@ impl<'a> Session<'a> {
             {
                 let puller = self.puller.ok_or_else(|| BuildError::Offline {
                     image: name.clone(),
-                    reference: r.clone(),
+                    reference: Box::new(r.clone()),
                 })?;
                 let record = puller.pull(r).map_err(|source| BuildError::Pull {
                     image: name.clone(),
-                    reference: r.clone(),
-                    source,
+                    reference: Box::new(r.clone()),
+                    source: Box::new(source),
                 })?;
                 pulled.insert(r.clone(), record);
             }
