@@ -7,6 +7,7 @@ pub mod graph;
 pub mod layer;
 pub mod oci;
 pub mod registry;
+pub mod retry;
 pub mod sandbox;
 pub mod spec;
 pub mod store;

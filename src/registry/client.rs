@@ -11,29 +11,14 @@ use serde::Deserialize;
 use super::RegistryError;
 use super::auth::{Challenge, Credential, Secret, Sources};
 use super::reference::Reference;
+use crate::retry;
+pub use crate::retry::Retry;
 
 /// Manifest types a pull accepts, best first.
 pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Upload chunk size: a broken connection costs at most one chunk.
 pub const CHUNK: u64 = 32 << 20;
-
-#[derive(Debug, Clone)]
-pub struct Retry {
-    pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Retry {
-        Retry {
-            attempts: 6,
-            first_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
 
 /// What access a request needs: `repository:NAME:pull,push`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,11 +133,9 @@ impl Client {
         let host = r.api_host().to_string();
         let mut scopes = scopes.to_vec();
         scopes.sort();
-        let mut delay = self.retry.first_delay;
+        let mut backoff = self.retry.backoff();
         let mut challenged = false;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
             let mut req = build(self.http()?);
             if let Some(t) = self.cached_token(&host, &scopes) {
                 req = req.bearer_auth(t.expose());
@@ -161,34 +144,32 @@ impl Client {
             {
                 req = req.basic_auth(username, Some(password.expose()));
             }
-            let result = req.send().await;
-            let wait = match result {
+            let wait = match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
+                    // Not an attempt: the credentials were not sent yet.
                     challenged = true;
                     self.answer_challenge(&host, &scopes, &resp).await?;
-                    attempt -= 1;
                     continue;
                 }
-                Ok(resp) if retryable(resp.status()) && attempt < self.retry.attempts => {
-                    retry_after(&resp).unwrap_or(delay)
+                Ok(resp) if retry::transient_status(resp.status()) => {
+                    match backoff.next(retry::retry_after(&resp)) {
+                        Some(wait) => wait,
+                        None => return Ok(resp),
+                    }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e)
-                    if attempt < self.retry.attempts
-                        && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) =>
-                {
-                    delay
-                }
-                Err(e) => {
-                    return Err(RegistryError::Http {
-                        what: what.to_string(),
-                        reference: r.to_string(),
-                        reason: describe(&e),
-                    });
-                }
+                Err(e) => match backoff.next(None).filter(|_| retry::transient_error(&e)) {
+                    Some(wait) => wait,
+                    None => {
+                        return Err(RegistryError::Http {
+                            what: what.to_string(),
+                            reference: r.to_string(),
+                            reason: describe(&e),
+                        });
+                    }
+                },
             };
             tokio::time::sleep(wait).await;
-            delay = (delay * 2).min(self.retry.max_delay);
         }
     }
 
@@ -768,18 +749,6 @@ impl Client {
         }
         Ok(())
     }
-}
-
-fn retryable(s: StatusCode) -> bool {
-    s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
-}
-
-fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.min(120)))
 }
 
 fn no_credentials(host: &str) -> RegistryError {
