@@ -4,7 +4,7 @@
 //! Layout below the cache directory:
 //! `indexes/<sha256>` (compressed indexes, by the hash the Release gave),
 //! `debs/sha256/<sha256>.deb` and `<sha256>.partial` while downloading.
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -599,7 +599,13 @@ impl Archive {
                     },
                     false => self.fetch_index(&url, &path, &entry).await?,
                 };
-                write_atomic(&cached, &data)?;
+                let dir = crate::fsutil::parent_dir(&cached);
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| crate::fsutil::write_atomic(dir, &cached, &data))
+                    .map_err(|source| FetchError::Io {
+                        path: cached.clone(),
+                        source,
+                    })?;
                 data
             }
         };
@@ -859,19 +865,6 @@ fn read_verified(path: &Path, entry: &FileEntry) -> Option<Vec<u8>> {
         .then_some(data)
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FetchError> {
-    let io = |source| FetchError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(data).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
-}
-
 /// Feeds a file into `hasher`; None when it does not exist.
 async fn hash_into(path: &Path, hasher: &mut Sha256) -> std::io::Result<Option<u64>> {
     use tokio::io::AsyncReadExt;
@@ -919,6 +912,7 @@ async fn remove_if_present(path: &Path) -> Result<(), FetchError> {
 mod tests {
     use super::*;
     use crate::debian::sources;
+    use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Instant;
 
