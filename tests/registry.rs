@@ -1069,6 +1069,17 @@ fn assert_app_pushed_whole(fx: &Fleet, reg: &Registry, r: &Run) {
     assert_eq!(blob_digests(&back), blob_digests(&app));
 }
 
+/// `push app --registry PROXY/fleet`.
+fn push_app(fx: &Fleet, proxy: &Proxy) -> Run {
+    push(
+        &fx.cx,
+        &["app"],
+        &format!("{}/fleet", proxy.host()),
+        &[],
+        &[],
+    )
+}
+
 /// Issue 13: a connection lost on a blob's first PATCH before any byte got
 /// through leaves an empty session, whose status distribution gives as
 /// `Range: 0-0`. Read as "one byte received", the upload went on from byte
@@ -1080,14 +1091,7 @@ fn push_resumes_an_empty_upload_session_from_byte_zero() {
     let proxy = Proxy::start(&reg.host());
     proxy.drop_after("PATCH", "/blobs/uploads/", 0, 1);
 
-    let r = push(
-        &fx.cx,
-        &["app"],
-        &format!("{}/fleet", proxy.host()),
-        &[],
-        &[],
-    )
-    .success();
+    let r = push_app(&fx, &proxy).success();
     assert_eq!(
         proxy.pending(),
         0,
@@ -1112,14 +1116,7 @@ fn push_restarts_a_blob_refused_at_its_final_put() {
     let proxy = Proxy::start(&reg.host());
     proxy.reject("PUT", "/blobs/uploads/", 1, 400, "DIGEST_INVALID");
 
-    let r = push(
-        &fx.cx,
-        &["app"],
-        &format!("{}/fleet", proxy.host()),
-        &[],
-        &[],
-    )
-    .success();
+    let r = push_app(&fx, &proxy).success();
     assert_eq!(
         proxy.pending(),
         0,
@@ -1140,14 +1137,7 @@ fn push_outlives_a_busy_chunk_and_a_forgotten_session() {
     proxy.fail("PATCH", "/blobs/uploads/", 1);
     proxy.reject("PATCH", "/blobs/uploads/", 1, 404, "BLOB_UPLOAD_UNKNOWN");
 
-    let r = push(
-        &fx.cx,
-        &["app"],
-        &format!("{}/fleet", proxy.host()),
-        &[],
-        &[],
-    )
-    .success();
+    let r = push_app(&fx, &proxy).success();
     assert_eq!(proxy.pending(), 0, "faults left: {:?}", proxy.requests());
     assert_app_pushed_whole(&fx, &reg, &r);
 }
@@ -1161,13 +1151,7 @@ fn push_fails_naming_a_blob_that_cannot_go() {
     let proxy = Proxy::start(&reg.host());
     proxy.reject("PUT", "/blobs/uploads/", 1000, 400, "DIGEST_INVALID");
 
-    let r = push(
-        &fx.cx,
-        &["app"],
-        &format!("{}/fleet", proxy.host()),
-        &[],
-        &[],
-    );
+    let r = push_app(&fx, &proxy);
     assert_ne!(r.code, 0, "{r}");
     assert!(
         r.stderr.contains("of blob sha256:") && r.stderr.contains("DIGEST_INVALID"),

@@ -176,21 +176,7 @@ impl Proxy {
 
     /// 503 Service Unavailable, `times` times.
     pub fn fail(&self, method: &str, part: &str, times: usize) {
-        self.fail_with(method, part, times, 503);
-    }
-
-    /// Any status, `times` times.
-    pub fn fail_with(&self, method: &str, part: &str, times: usize, status: u16) {
-        self.rule(
-            method,
-            part,
-            times,
-            Fault::Status {
-                status,
-                retry_after: None,
-                code: None,
-            },
-        );
+        self.reject(method, part, times, 503, "UNAVAILABLE");
     }
 
     /// A registry error: `status` with error `code` (`DIGEST_INVALID`,
