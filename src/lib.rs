@@ -10,6 +10,7 @@ pub mod oci;
 pub mod passwd;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod sandbox;
 pub mod spec;
 pub mod store;

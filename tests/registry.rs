@@ -1019,8 +1019,6 @@ fn push_outlives_a_short_token() {
 #[test]
 fn push_survives_proxy_faults() {
     let fx = Fleet::new();
-    let app = fx.image("app");
-    let blobs = app.layers.len() + 1;
     let reg = Registry::anonymous();
     let proxy = Proxy::start(&reg.host());
     proxy.fail("HEAD", "/blobs/sha256:", 1);
@@ -1038,7 +1036,15 @@ fn push_survives_proxy_faults() {
     )
     .success();
     assert_eq!(proxy.pending(), 0, "faults left: {:?}", proxy.requests());
-    let pushed = Pushed::of(&r);
+    assert_app_pushed_whole(&fx, &reg, &r);
+}
+
+/// After `push app --registry …/fleet`: every tag names app's manifest,
+/// each blob was completed once, and what skopeo reads back is app, whole.
+fn assert_app_pushed_whole(fx: &Fleet, reg: &Registry, r: &Run) {
+    let app = fx.image("app");
+    let blobs = app.layers.len() + 1;
+    let pushed = Pushed::of(r);
     for e in pushed.of_image("app") {
         assert_eq!(e["digest"], app.manifest_digest.as_str(), "{e}");
     }
@@ -1061,6 +1067,98 @@ fn push_survives_proxy_faults() {
     let back = pull_back_and_validate(&fx.cx, &format!("{}/fleet/app:latest", reg.host()), None);
     assert_eq!(back.manifest_digest, app.manifest_digest);
     assert_eq!(blob_digests(&back), blob_digests(&app));
+}
+
+/// `push app --registry PROXY/fleet`.
+fn push_app(fx: &Fleet, proxy: &Proxy) -> Run {
+    push(
+        &fx.cx,
+        &["app"],
+        &format!("{}/fleet", proxy.host()),
+        &[],
+        &[],
+    )
+}
+
+/// Issue 13: a connection lost on a blob's first PATCH before any byte got
+/// through leaves an empty session, whose status distribution gives as
+/// `Range: 0-0`. Read as "one byte received", the upload went on from byte
+/// 1 and the final PUT failed with DIGEST_INVALID, failing the push.
+#[test]
+fn push_resumes_an_empty_upload_session_from_byte_zero() {
+    let fx = Fleet::new();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    proxy.drop_after("PATCH", "/blobs/uploads/", 0, 1);
+
+    let r = push_app(&fx, &proxy).success();
+    assert_eq!(
+        proxy.pending(),
+        0,
+        "no PATCH was cut: {:?}",
+        proxy.requests()
+    );
+    assert!(
+        proxy.count("GET", "/blobs/uploads/") > 0,
+        "the upload did not ask where the session stood: {:?}",
+        proxy.requests()
+    );
+    assert_app_pushed_whole(&fx, &reg, &r);
+}
+
+/// A blob's final PUT refused with 400 DIGEST_INVALID (the registry holds
+/// other bytes than the digest says) starts that blob over in a new upload
+/// session; the push goes on and completes.
+#[test]
+fn push_restarts_a_blob_refused_at_its_final_put() {
+    let fx = Fleet::new();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    proxy.reject("PUT", "/blobs/uploads/", 1, 400, "DIGEST_INVALID");
+
+    let r = push_app(&fx, &proxy).success();
+    assert_eq!(
+        proxy.pending(),
+        0,
+        "no PUT was refused: {:?}",
+        proxy.requests()
+    );
+    assert_app_pushed_whole(&fx, &reg, &r);
+}
+
+/// A chunk answered 503, and a session the registry forgot (404
+/// BLOB_UPLOAD_UNKNOWN): the first goes on where the session stands, the
+/// second starts the blob over in a new session.
+#[test]
+fn push_outlives_a_busy_chunk_and_a_forgotten_session() {
+    let fx = Fleet::new();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    proxy.fail("PATCH", "/blobs/uploads/", 1);
+    proxy.reject("PATCH", "/blobs/uploads/", 1, 404, "BLOB_UPLOAD_UNKNOWN");
+
+    let r = push_app(&fx, &proxy).success();
+    assert_eq!(proxy.pending(), 0, "faults left: {:?}", proxy.requests());
+    assert_app_pushed_whole(&fx, &reg, &r);
+}
+
+/// A blob the registry refuses at every try fails the push after a bounded
+/// number of tries, naming the blob, and no tag is put.
+#[test]
+fn push_fails_naming_a_blob_that_cannot_go() {
+    let fx = Fleet::new();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    proxy.reject("PUT", "/blobs/uploads/", 1000, 400, "DIGEST_INVALID");
+
+    let r = push_app(&fx, &proxy);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(
+        r.stderr.contains("of blob sha256:") && r.stderr.contains("DIGEST_INVALID"),
+        "the error does not name the blob: {r}"
+    );
+    assert!(proxy.pending() > 0, "the tries were not bounded");
+    assert_eq!(reg.manifest_puts(), 0, "a tag names a missing blob");
 }
 
 #[test]

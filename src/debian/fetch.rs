@@ -4,7 +4,7 @@
 //! Layout below the cache directory:
 //! `indexes/<sha256>` (compressed indexes, by the hash the Release gave),
 //! `debs/sha256/<sha256>.deb` and `<sha256>.partial` while downloading.
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use super::control::{self, ControlError};
 use super::package::Package;
 use super::release::{self, FileEntry, Keyring, Release, ReleaseError};
 use super::sources::{Mirror, SignedBy, Suite};
-use crate::registry::client::Retry;
+use crate::retry::{self, Retry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -316,16 +316,7 @@ enum Compression {
 }
 
 /// One attempt's failure: worth another attempt or not.
-enum Failure {
-    Transient(FetchError),
-    Fatal(FetchError),
-}
-
-impl From<FetchError> for Failure {
-    fn from(e: FetchError) -> Failure {
-        Failure::Fatal(e)
-    }
-}
+type Failure = retry::Failure<FetchError>;
 
 impl Archive {
     /// The suites of `suite` on `mirror` (see [`Mirror::suites`]); a
@@ -527,7 +518,8 @@ impl Archive {
     ) -> Result<Release, FetchError> {
         let url = format!("{}/InRelease", suite.dist_url());
         let body = self
-            .with_retry(|| async {
+            .retry
+            .run(|| async {
                 let resp = self.get(&url, None).await?;
                 let bytes = resp.bytes().await.map_err(|e| transient(&url, &e))?;
                 Ok(bytes)
@@ -607,7 +599,13 @@ impl Archive {
                     },
                     false => self.fetch_index(&url, &path, &entry).await?,
                 };
-                write_atomic(&cached, &data)?;
+                let dir = crate::fsutil::parent_dir(&cached);
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| crate::fsutil::write_atomic(dir, &cached, &data))
+                    .map_err(|source| FetchError::Io {
+                        path: cached.clone(),
+                        source,
+                    })?;
                 data
             }
         };
@@ -629,31 +627,32 @@ impl Archive {
         path: &str,
         entry: &FileEntry,
     ) -> Result<Vec<u8>, FetchError> {
-        self.with_retry(|| async {
-            let resp = self.get(url, None).await?;
-            let mut data = Vec::with_capacity(entry.size as usize);
-            let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| transient(url, &e))?;
-                data.extend_from_slice(&chunk);
-                if data.len() as u64 > entry.size {
-                    // Do not read an endless answer to its end.
-                    break;
+        self.retry
+            .run(|| async {
+                let resp = self.get(url, None).await?;
+                let mut data = Vec::with_capacity(entry.size as usize);
+                let mut body = resp.bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| transient(url, &e))?;
+                    data.extend_from_slice(&chunk);
+                    if data.len() as u64 > entry.size {
+                        // Do not read an endless answer to its end.
+                        break;
+                    }
                 }
-            }
-            let actual = hex::encode(Sha256::digest(&data));
-            if data.len() as u64 != entry.size || actual != entry.sha256 {
-                return Err(Failure::Fatal(FetchError::IndexMismatch {
-                    path: path.to_string(),
-                    expected_size: entry.size,
-                    expected_sha256: entry.sha256.clone(),
-                    actual_size: data.len() as u64,
-                    actual_sha256: actual,
-                }));
-            }
-            Ok(data)
-        })
-        .await
+                let actual = hex::encode(Sha256::digest(&data));
+                if data.len() as u64 != entry.size || actual != entry.sha256 {
+                    return Err(Failure::Fatal(FetchError::IndexMismatch {
+                        path: path.to_string(),
+                        expected_size: entry.size,
+                        expected_sha256: entry.sha256.clone(),
+                        actual_size: data.len() as u64,
+                        actual_sha256: actual,
+                    }));
+                }
+                Ok(data)
+            })
+            .await
     }
 
     /// Downloads the packages into the cache (skipping those already
@@ -709,7 +708,8 @@ impl Archive {
         let mut fresh_after_mismatch = false;
         loop {
             let result = self
-                .with_retry(|| self.download_attempt(&url, &partial, p.size, progress))
+                .retry
+                .run(|| self.download_attempt(&url, &partial, p.size, progress))
                 .await;
             let (size, sha, resumed) = result?;
             if size == p.size && sha == hex {
@@ -774,7 +774,7 @@ impl Archive {
             Err(Failure::Fatal(FetchError::Status { status: 416, .. })) => {
                 // The server will not continue this file: start over.
                 remove_if_present(partial).await?;
-                return Err(Failure::Transient(FetchError::Status {
+                return Err(Failure::again(FetchError::Status {
                     url: url.to_string(),
                     status: 416,
                 }));
@@ -819,28 +819,6 @@ impl Archive {
         Ok((have, hex::encode(hasher.finalize()), resumed))
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the attempts
-    /// run out, waiting longer each time.
-    async fn with_retry<T, F, Fut>(&self, mut attempt: F) -> Result<T, FetchError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
-        let mut delay = self.retry.first_delay;
-        let mut n = 0;
-        loop {
-            n += 1;
-            match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Transient(_)) if n < self.retry.attempts => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.retry.max_delay);
-                }
-                Err(Failure::Transient(e) | Failure::Fatal(e)) => return Err(e),
-            }
-        }
-    }
-
     /// A GET that succeeded (2xx), from `from` onwards when given.
     async fn get(&self, url: &str, from: Option<u64>) -> Result<reqwest::Response, Failure> {
         let mut req = self.http.get(url);
@@ -852,17 +830,17 @@ impl Archive {
         if status.is_success() {
             return Ok(resp);
         }
-        let err = FetchError::Status {
+        let error = FetchError::Status {
             url: url.to_string(),
             status: status.as_u16(),
         };
-        let retry = status.is_server_error()
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS;
-        Err(if retry {
-            Failure::Transient(err)
+        Err(if retry::transient_status(status) {
+            Failure::Transient {
+                error,
+                wait: retry::retry_after(&resp),
+            }
         } else {
-            Failure::Fatal(err)
+            Failure::Fatal(error)
         })
     }
 }
@@ -873,8 +851,8 @@ fn transient(url: &str, e: &reqwest::Error) -> Failure {
         url: url.to_string(),
         reason: crate::registry::client::describe(e),
     };
-    if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode() {
-        Failure::Transient(err)
+    if retry::transient_error(e) {
+        Failure::again(err)
     } else {
         Failure::Fatal(err)
     }
@@ -885,19 +863,6 @@ fn read_verified(path: &Path, entry: &FileEntry) -> Option<Vec<u8>> {
     let data = std::fs::read(path).ok()?;
     (data.len() as u64 == entry.size && hex::encode(Sha256::digest(&data)) == entry.sha256)
         .then_some(data)
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FetchError> {
-    let io = |source| FetchError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(data).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
 }
 
 /// Feeds a file into `hasher`; None when it does not exist.
@@ -947,6 +912,7 @@ async fn remove_if_present(path: &Path) -> Result<(), FetchError> {
 mod tests {
     use super::*;
     use crate::debian::sources;
+    use std::io::Write;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Instant;
 

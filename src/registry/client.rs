@@ -11,29 +11,14 @@ use serde::Deserialize;
 use super::RegistryError;
 use super::auth::{Challenge, Credential, Secret, Sources};
 use super::reference::Reference;
+use crate::retry;
+pub use crate::retry::Retry;
 
 /// Manifest types a pull accepts, best first.
 pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Upload chunk size: a broken connection costs at most one chunk.
 pub const CHUNK: u64 = 32 << 20;
-
-#[derive(Debug, Clone)]
-pub struct Retry {
-    pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Retry {
-        Retry {
-            attempts: 6,
-            first_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
 
 /// What access a request needs: `repository:NAME:pull,push`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,11 +133,9 @@ impl Client {
         let host = r.api_host().to_string();
         let mut scopes = scopes.to_vec();
         scopes.sort();
-        let mut delay = self.retry.first_delay;
+        let mut backoff = self.retry.backoff();
         let mut challenged = false;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
             let mut req = build(self.http()?);
             if let Some(t) = self.cached_token(&host, &scopes) {
                 req = req.bearer_auth(t.expose());
@@ -161,34 +144,32 @@ impl Client {
             {
                 req = req.basic_auth(username, Some(password.expose()));
             }
-            let result = req.send().await;
-            let wait = match result {
+            let wait = match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
+                    // Not an attempt: the credentials were not sent yet.
                     challenged = true;
                     self.answer_challenge(&host, &scopes, &resp).await?;
-                    attempt -= 1;
                     continue;
                 }
-                Ok(resp) if retryable(resp.status()) && attempt < self.retry.attempts => {
-                    retry_after(&resp).unwrap_or(delay)
+                Ok(resp) if retry::transient_status(resp.status()) => {
+                    match backoff.next(retry::retry_after(&resp)) {
+                        Some(wait) => wait,
+                        None => return Ok(resp),
+                    }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e)
-                    if attempt < self.retry.attempts
-                        && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) =>
-                {
-                    delay
-                }
-                Err(e) => {
-                    return Err(RegistryError::Http {
-                        what: what.to_string(),
-                        reference: r.to_string(),
-                        reason: describe(&e),
-                    });
-                }
+                Err(e) => match backoff.next(None).filter(|_| retry::transient_error(&e)) {
+                    Some(wait) => wait,
+                    None => {
+                        return Err(RegistryError::Http {
+                            what: what.to_string(),
+                            reference: r.to_string(),
+                            reason: describe(&e),
+                        });
+                    }
+                },
             };
             tokio::time::sleep(wait).await;
-            delay = (delay * 2).min(self.retry.max_delay);
         }
     }
 
@@ -395,8 +376,13 @@ impl Client {
     }
 
     /// Uploads the file at `path` as blob `digest` of `size` bytes, in
-    /// chunks, resuming after a broken connection from what the registry
-    /// says it has. Memory holds one read buffer, not the blob.
+    /// chunks. No one failure fails the blob: a cut chunk or a busy
+    /// registry goes on from the offset the registry reports; a session
+    /// the registry refuses (forgotten, invalid, or a digest that does not
+    /// come out at the PUT) starts over at byte 0 in a new one. Only
+    /// failures without new progress count against the retry policy; the
+    /// error of the last one names the blob. Memory holds one read buffer,
+    /// not the blob.
     pub async fn upload(
         &self,
         r: &Reference,
@@ -405,49 +391,81 @@ impl Client {
         path: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
-        let scopes = [Scope::push(&r.repository)];
-        let mut location = self.start_upload(r).await?;
-        let mut offset = 0u64;
-        let mut failures = 0;
-        while offset < size {
-            let end = (offset + CHUNK).min(size);
-            match self.patch_chunk(r, &location, path, offset, end).await {
-                Ok(next) => {
-                    location = next;
-                    offset = end;
-                    failures = 0;
-                    progress(offset);
-                }
-                Err(_) if failures < self.retry.attempts => {
-                    failures += 1;
-                    tokio::time::sleep(self.retry.first_delay * failures).await;
-                    // Go on from where the registry says it is; a session it
-                    // no longer accepts (distribution's upload state names
-                    // the offset before a cut-off chunk) starts over.
-                    match self.upload_status(r, &location).await {
-                        Ok((loc, have)) if have <= size => {
-                            location = loc;
-                            offset = have;
+        let mut backoff = self.retry.backoff();
+        // The most bytes a session has taken: going past it is progress.
+        let mut best = 0u64;
+        let mut at = UploadAt::New;
+        loop {
+            let step = match at {
+                UploadAt::New => match self.start_upload(r).await {
+                    Ok(loc) => Ok(UploadAt::Send(loc, 0)),
+                    Err(e) => Err((e.into(), None)),
+                },
+                UploadAt::Ask(loc) => match self.upload_status(r, &loc).await {
+                    Ok((loc, have)) if have <= size => Ok(UploadAt::Send(loc, have)),
+                    // A session that cannot say where it is: start over.
+                    _ => Ok(UploadAt::New),
+                },
+                UploadAt::Send(loc, offset) if offset < size => {
+                    let end = (offset + CHUNK).min(size);
+                    match self.patch_chunk(r, &loc, path, offset, end).await {
+                        Ok(next) => {
+                            progress(end);
+                            if end > best {
+                                best = end;
+                                backoff = self.retry.backoff();
+                            }
+                            Ok(UploadAt::Send(next, end))
                         }
-                        _ => {
-                            location = self.start_upload(r).await?;
-                            offset = 0;
-                        }
+                        Err(e) => Err((e, Some(loc))),
                     }
                 }
-                Err(e) => return Err(e),
-            }
+                UploadAt::Send(loc, _) => match self.finish_upload(r, &loc, digest).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => Err((e, Some(loc))),
+                },
+            };
+            at = match step {
+                Ok(next) => next,
+                Err((StepError { error, wait }, loc)) => {
+                    let next = match (resumable(&error), loc) {
+                        (None, _) => return Err(of_blob(error, digest)),
+                        (Some(true), Some(loc)) => UploadAt::Ask(loc),
+                        _ => UploadAt::New,
+                    };
+                    match backoff.next(wait) {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => return Err(of_blob(error, digest)),
+                    }
+                    next
+                }
+            };
         }
-        let put_url = location.clone();
+    }
+
+    /// Puts the finished upload under its digest.
+    async fn finish_upload(
+        &self,
+        r: &Reference,
+        location: &str,
+        digest: &str,
+    ) -> Result<(), StepError> {
         let resp = self
-            .send(r, &scopes, "finishing an upload", &|h| {
-                h.put(&put_url)
-                    .query(&[("digest", digest)])
-                    .header(header::CONTENT_LENGTH, 0)
-            })
+            .send(
+                r,
+                &[Scope::push(&r.repository)],
+                "finishing an upload",
+                &|h| {
+                    h.put(location)
+                        .query(&[("digest", digest)])
+                        .header(header::CONTENT_LENGTH, 0)
+                },
+            )
             .await?;
         if resp.status() != StatusCode::CREATED {
-            return Err(status_error(r, "finishing an upload", resp.status(), resp).await);
+            let wait = retry::retry_after(&resp);
+            let error = status_error(r, "finishing an upload", resp.status(), resp).await;
+            return Err(StepError { error, wait });
         }
         // The registry names what it stored; anything else is not our blob.
         if let Some(stored) = resp
@@ -461,7 +479,8 @@ impl Client {
                 digest: digest.to_string(),
                 expected: digest.to_string(),
                 actual: stored.to_string(),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -490,7 +509,7 @@ impl Client {
         path: &Path,
         start: u64,
         end: u64,
-    ) -> Result<String, RegistryError> {
+    ) -> Result<String, StepError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let mut file = tokio::fs::File::open(path)
             .await
@@ -531,7 +550,7 @@ impl Client {
             reason: describe(&e),
         })?;
         match resp.status() {
-            StatusCode::ACCEPTED | StatusCode::NO_CONTENT => self.location(r, &resp),
+            StatusCode::ACCEPTED | StatusCode::NO_CONTENT => Ok(self.location(r, &resp)?),
             StatusCode::UNAUTHORIZED => {
                 // The token ran out mid-push: renew on the status request.
                 self.drop_token(&host);
@@ -544,9 +563,14 @@ impl Client {
                     what: "uploading a chunk".into(),
                     reference: r.to_string(),
                     reason: "token expired".into(),
-                })
+                }
+                .into())
             }
-            s => Err(status_error(r, "uploading a chunk", s, resp).await),
+            s => {
+                let wait = retry::retry_after(&resp);
+                let error = status_error(r, "uploading a chunk", s, resp).await;
+                Err(StepError { error, wait })
+            }
         }
     }
 
@@ -571,9 +595,7 @@ impl Client {
             .headers()
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit_once('-'))
-            .and_then(|(_, end)| end.parse::<u64>().ok())
-            .map_or(0, |end| end + 1);
+            .map_or(0, received);
         Ok((self.location(r, &resp)?, have))
     }
 
@@ -770,16 +792,91 @@ impl Client {
     }
 }
 
-fn retryable(s: StatusCode) -> bool {
-    s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
+/// The bytes an upload session holds, from its status's `Range: 0-END`.
+/// `0-0` is what distribution answers for an empty session (it cannot say
+/// "none" in this form): read as 0, since going on from too early is caught
+/// at the PUT and starts over, while going on from too late loses a byte.
+fn received(range: &str) -> u64 {
+    match range
+        .rsplit_once('-')
+        .map(|(_, end)| end.trim().parse::<u64>())
+    {
+        Some(Ok(0)) | None | Some(Err(_)) => 0,
+        Some(Ok(end)) => end + 1,
+    }
 }
 
-fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.min(120)))
+/// The next step of a blob upload.
+enum UploadAt {
+    /// Open a new session, at byte 0.
+    New,
+    /// Ask this session where it stands, and go on from there.
+    Ask(String),
+    /// Send the bytes from this offset to this session, then PUT.
+    Send(String, u64),
+}
+
+/// A failed upload step, with the wait the registry asked for.
+struct StepError {
+    error: RegistryError,
+    wait: Option<Duration>,
+}
+
+impl From<RegistryError> for StepError {
+    fn from(error: RegistryError) -> StepError {
+        StepError { error, wait: None }
+    }
+}
+
+/// After a failed upload step: go on in the same session (`true`: the
+/// connection broke or the registry was busy, it may hold what arrived),
+/// start a new session (`false`: the registry refused this one: 400
+/// DIGEST_INVALID or BLOB_UPLOAD_INVALID, 404 BLOB_UPLOAD_UNKNOWN, 416),
+/// or give up (`None`: denied, or our own file or data is at fault).
+fn resumable(e: &RegistryError) -> Option<bool> {
+    match e {
+        RegistryError::Http { .. } => Some(true),
+        RegistryError::Status { status, .. } => {
+            Some(StatusCode::from_u16(*status).is_ok_and(retry::transient_status))
+        }
+        RegistryError::NotFound { .. } | RegistryError::Protocol { .. } => Some(false),
+        _ => None,
+    }
+}
+
+/// The error that ends a blob's upload, naming the blob.
+fn of_blob(e: RegistryError, digest: &str) -> RegistryError {
+    match e {
+        RegistryError::Http {
+            what,
+            reference,
+            reason,
+        } => RegistryError::Http {
+            what: format!("{what} of blob {digest}"),
+            reference,
+            reason,
+        },
+        RegistryError::Status {
+            what,
+            reference,
+            status,
+            detail,
+        } => RegistryError::Status {
+            what: format!("{what} of blob {digest}"),
+            reference,
+            status,
+            detail,
+        },
+        RegistryError::NotFound { reference, what } => RegistryError::NotFound {
+            reference,
+            what: format!("{what} of blob {digest}"),
+        },
+        RegistryError::Protocol { reference, reason } => RegistryError::Protocol {
+            reference,
+            reason: format!("blob {digest}: {reason}"),
+        },
+        other => other,
+    }
 }
 
 fn no_credentials(host: &str) -> RegistryError {
@@ -850,6 +947,14 @@ async fn status_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_session_has_received_nothing() {
+        assert_eq!(received("0-0"), 0, "distribution's answer for no bytes");
+        assert_eq!(received("0-559"), 560);
+        assert_eq!(received("bytes=0-99"), 100);
+        assert_eq!(received("junk"), 0);
+    }
 
     #[test]
     fn urls_never_keep_userinfo() {

@@ -127,19 +127,16 @@ pub async fn push_many(
     }
     // Biggest first: the long uploads start at once.
     first.sort_by_key(|b| std::cmp::Reverse(b.2));
+    let stats_of = |i: usize| &stats[i];
     for phase in [first, rest] {
         let jobs = phase
             .iter()
-            .map(|(i, digest, size)| {
-                push_blob(
-                    client,
-                    store,
-                    &items[*i].dest,
-                    digest,
-                    *size,
-                    known,
-                    &stats[*i],
-                )
+            .map(|(i, digest, size)| async move {
+                let placed = put_blob(client, store, &items[*i].dest, digest, *size, known).await?;
+                if let Ok(mut s) = stats_of(*i).lock() {
+                    s.count(placed);
+                }
+                Ok(())
             })
             .collect();
         bounded(jobs).await?;
@@ -184,6 +181,30 @@ pub async fn push(
     Ok(stats.pop().unwrap_or_default())
 }
 
+/// How a blob came to be in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// It was there already.
+    Present,
+    /// Mounted from another repository of the registry.
+    Mounted,
+    /// Uploaded, this many bytes.
+    Uploaded(u64),
+}
+
+impl PushStats {
+    fn count(&mut self, placed: Placed) {
+        match placed {
+            Placed::Present => self.blobs_present += 1,
+            Placed::Mounted => self.blobs_mounted += 1,
+            Placed::Uploaded(bytes) => {
+                self.blobs_uploaded += 1;
+                self.bytes_uploaded += bytes;
+            }
+        }
+    }
+}
+
 /// Makes sure `dest`'s repository has a blob from the store: present,
 /// mounted from where this run saw it, or uploaded.
 pub async fn put_blob(
@@ -193,54 +214,22 @@ pub async fn put_blob(
     digest: &str,
     size: u64,
     known: &Known,
-) -> Result<(), RegistryError> {
-    push_blob(
-        client,
-        store,
-        dest,
-        digest,
-        size,
-        known,
-        &Mutex::new(PushStats::default()),
-    )
-    .await
-}
-
-async fn push_blob(
-    client: &Client,
-    store: &Store,
-    dest: &Reference,
-    digest: &str,
-    size: u64,
-    known: &Known,
-    stats: &Mutex<PushStats>,
-) -> Result<(), RegistryError> {
-    let bump = |f: &dyn Fn(&mut PushStats)| {
-        if let Ok(mut s) = stats.lock() {
-            f(&mut s);
-        }
-    };
+) -> Result<Placed, RegistryError> {
     if client.blob_size(dest, digest).await? == Some(size) {
-        bump(&|s| s.blobs_present += 1);
         known.add(&dest.registry, digest, &dest.repository);
-        return Ok(());
+        return Ok(Placed::Present);
     }
     if let Some(from) = known.get(&dest.registry, digest)
         && from != dest.repository
         && client.mount(dest, digest, &from).await?
     {
-        bump(&|s| s.blobs_mounted += 1);
-        return Ok(());
+        return Ok(Placed::Mounted);
     }
     let path = store.blob_path(&hex_of(digest));
     // The upload's 201, naming this digest, confirms it.
     client.upload(dest, digest, size, &path, &|_| {}).await?;
     known.add(&dest.registry, digest, &dest.repository);
-    bump(&|s| {
-        s.blobs_uploaded += 1;
-        s.bytes_uploaded += size;
-    });
-    Ok(())
+    Ok(Placed::Uploaded(size))
 }
 
 /// Points `dst` (a tag in any repository of the same registry, or another

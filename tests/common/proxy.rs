@@ -4,7 +4,8 @@
 //! except where a rule set at run time says otherwise:
 //!
 //! - answer the next N matching requests with a status (503, or 429 with
-//!   `Retry-After`), with a registry-style JSON error body, without
+//!   `Retry-After`, or any status and registry error code such as 400
+//!   `DIGEST_INVALID`), with a registry-style JSON error body, without
 //!   forwarding them;
 //! - forward the head and the first K bytes of a request's body (as on the
 //!   wire), then close both connections: a connection lost mid-upload (a
@@ -32,10 +33,12 @@ use super::registry::{Framing, Head, read_head, request_framing, response_framin
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Answer this status (with `Retry-After: N` when given) and a JSON
-    /// error body; the request goes no further.
+    /// error body (with this registry error code, else one that fits the
+    /// status); the request goes no further.
     Status {
         status: u16,
         retry_after: Option<u32>,
+        code: Option<&'static str>,
     },
     /// Forward the head and this many bytes of the body, then close both
     /// connections. A body no longer than that passes, and the rule keeps
@@ -173,11 +176,12 @@ impl Proxy {
 
     /// 503 Service Unavailable, `times` times.
     pub fn fail(&self, method: &str, part: &str, times: usize) {
-        self.fail_with(method, part, times, 503);
+        self.reject(method, part, times, 503, "UNAVAILABLE");
     }
 
-    /// Any status, `times` times.
-    pub fn fail_with(&self, method: &str, part: &str, times: usize, status: u16) {
+    /// A registry error: `status` with error `code` (`DIGEST_INVALID`,
+    /// `BLOB_UPLOAD_UNKNOWN`…) in its body, `times` times.
+    pub fn reject(&self, method: &str, part: &str, times: usize, status: u16, code: &'static str) {
         self.rule(
             method,
             part,
@@ -185,6 +189,7 @@ impl Proxy {
             Fault::Status {
                 status,
                 retry_after: None,
+                code: Some(code),
             },
         );
     }
@@ -198,6 +203,7 @@ impl Proxy {
             Fault::Status {
                 status: 429,
                 retry_after: Some(retry_after_secs),
+                code: None,
             },
         );
     }
@@ -304,8 +310,14 @@ impl<W: Write> Write for Valve<'_, W> {
 }
 
 /// The answer of a `Status` fault.
-fn fault_response(status: u16, retry_after: Option<u32>, close: bool) -> Vec<u8> {
-    let (reason, code) = match status {
+fn fault_response(
+    status: u16,
+    retry_after: Option<u32>,
+    code: Option<&str>,
+    close: bool,
+) -> Vec<u8> {
+    let (reason, fitting) = match status {
+        400 => ("Bad Request", "UNKNOWN"),
         429 => ("Too Many Requests", "TOOMANYREQUESTS"),
         500 => ("Internal Server Error", "UNKNOWN"),
         502 => ("Bad Gateway", "UNAVAILABLE"),
@@ -313,6 +325,7 @@ fn fault_response(status: u16, retry_after: Option<u32>, close: bool) -> Vec<u8>
         504 => ("Gateway Timeout", "UNAVAILABLE"),
         _ => ("Injected Fault", "UNKNOWN"),
     };
+    let code = code.unwrap_or(fitting);
     let body = format!(
         r#"{{"errors":[{{"code":"{code}","message":"{reason} (injected by the test proxy)","detail":null}}]}}"#
     );
@@ -410,17 +423,18 @@ fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
             Fault::Status {
                 status,
                 retry_after,
+                code,
             },
         )) = &taken
         {
             if expect_continue && framing != Framing::Empty {
                 // The client waits for 100 Continue: answer and close.
-                client_writer.write_all(&fault_response(*status, *retry_after, true))?;
+                client_writer.write_all(&fault_response(*status, *retry_after, *code, true))?;
                 close_all(&client_writer, &up);
                 return Ok(());
             }
             transfer_body(&mut client_reader, &mut io::sink(), framing, true)?;
-            client_writer.write_all(&fault_response(*status, *retry_after, client_close))?;
+            client_writer.write_all(&fault_response(*status, *retry_after, *code, client_close))?;
             client_writer.flush()?;
             if client_close {
                 close_all(&client_writer, &up);
