@@ -3,6 +3,7 @@
 pub mod build;
 pub mod debian;
 pub mod digest;
+pub mod env;
 pub mod fsutil;
 pub mod graph;
 pub mod layer;

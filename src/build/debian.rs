@@ -227,7 +227,7 @@ pub fn mirror_for(d: &DebianSpec) -> Result<Mirror, DebianError> {
         return Ok(Mirror::from_url(m)?);
     }
     let sources = read_apt_sources(Path::new("/etc/apt")).unwrap_or_default();
-    let env = std::env::var("IMGBUILD_DEBIAN_MIRROR").ok();
+    let env = std::env::var(crate::env::IMGBUILD_DEBIAN_MIRROR).ok();
     Ok(default_mirror(&sources, env.as_deref())?)
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 
 use super::{ImageOutcome, LayerCache, LayerRecord, Puller, Reporter, Session};
+use crate::env;
 use crate::graph;
 use crate::oci::image::{ImageRecord, host_arch};
 use crate::registry::pull::{last_pull, pull};
@@ -16,13 +17,6 @@ use crate::registry::transfer::{self, Known, PushStats};
 use crate::registry::{Client, Reference, ReferenceError, RegistryError, auth::Sources, cache};
 use crate::spec::{Parent, Spec};
 use crate::store::Store;
-
-/// Where `push` puts images when neither `--registry` nor images.yaml says.
-const REGISTRY_ENV: &str = "IMGBUILD_REGISTRY";
-/// GitLab's registry path of the project, the last fallback.
-const CI_REGISTRY_ENV: &str = "CI_REGISTRY_IMAGE";
-/// The cache repository when none is given.
-const CACHE_REPO_ENV: &str = "IMGBUILD_CACHE_REPO";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -72,18 +66,14 @@ pub struct RemoteOptions {
     pub cache_repo: Option<String>,
 }
 
-fn env(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.is_empty())
-}
-
 impl RemoteOptions {
     /// The prefix to push `spec`'s images under.
     pub fn prefix(&self, spec: &Spec) -> Result<String, RemoteError> {
         self.registry
             .clone()
             .or_else(|| spec.registry.clone())
-            .or_else(|| env(REGISTRY_ENV))
-            .or_else(|| env(CI_REGISTRY_ENV))
+            .or_else(|| env::var(env::IMGBUILD_REGISTRY))
+            .or_else(|| env::var(env::CI_REGISTRY_IMAGE))
             .map(|p| p.trim_end_matches('/').to_string())
             .ok_or(RemoteError::NoRegistry)
     }
@@ -93,7 +83,7 @@ impl RemoteOptions {
     fn cache_reference(&self) -> Result<Option<Reference>, RemoteError> {
         self.cache_repo
             .clone()
-            .or_else(|| env(CACHE_REPO_ENV))
+            .or_else(|| env::var(env::IMGBUILD_CACHE_REPO))
             .map(|c| {
                 format!("{}:cache", c.trim_end_matches('/'))
                     .parse()

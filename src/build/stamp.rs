@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::env;
 use crate::oci::image::{self, Stamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +18,8 @@ pub enum StampError {
 /// revision from `IMGBUILD_REVISION`, `CI_COMMIT_SHA` or git, and the source
 /// address from `CI_PROJECT_URL` or git's `origin`, without credentials.
 pub fn stamp_from_env(dir: &Path) -> Result<Stamp, StampError> {
-    let epoch_given = std::env::var("SOURCE_DATE_EPOCH").is_ok_and(|v| !v.trim().is_empty());
-    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+    let epoch_given = std::env::var(env::SOURCE_DATE_EPOCH).is_ok_and(|v| !v.trim().is_empty());
+    let epoch = match std::env::var(env::SOURCE_DATE_EPOCH) {
         Ok(v) if !v.trim().is_empty() => v
             .trim()
             .parse::<i64>()
@@ -27,14 +28,16 @@ pub fn stamp_from_env(dir: &Path) -> Result<Stamp, StampError> {
             .ok_or_else(|| StampError::Epoch { value: v.clone() })?,
         _ => 0,
     };
-    let nonempty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let revision = match std::env::var("IMGBUILD_REVISION") {
+    // Set but empty means "leave it out", unlike the CI fallbacks.
+    let revision = match std::env::var(env::IMGBUILD_REVISION) {
         Ok(v) => Some(v).filter(|v| !v.is_empty()),
-        Err(_) => nonempty("CI_COMMIT_SHA").or_else(|| git(dir, &["rev-parse", "HEAD"])),
+        Err(_) => env::var(env::CI_COMMIT_SHA).or_else(|| git(dir, &["rev-parse", "HEAD"])),
     };
-    let source = match std::env::var("IMGBUILD_SOURCE") {
+    let source = match std::env::var(env::IMGBUILD_SOURCE) {
         Ok(v) => Some(v).filter(|v| !v.is_empty()),
-        Err(_) => nonempty("CI_PROJECT_URL").or_else(|| git(dir, &["remote", "get-url", "origin"])),
+        Err(_) => {
+            env::var(env::CI_PROJECT_URL).or_else(|| git(dir, &["remote", "get-url", "origin"]))
+        }
     }
     .map(|s| strip_credentials(&s));
     Ok(Stamp {

@@ -17,7 +17,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        let tty = std::io::stderr().is_terminal() && std::env::var_os(imgbuild::env::CI).is_none();
         let bars =
             (!quiet && tty).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Progress {

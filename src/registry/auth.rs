@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::env;
 use serde::Deserialize;
 
 /// A password or token. Deliberately not `Serialize`.
@@ -85,7 +86,7 @@ impl Sources {
     pub fn from_process() -> Sources {
         Sources {
             env: std::env::vars().collect(),
-            home: std::env::var_os("HOME").map(PathBuf::from),
+            home: std::env::var_os(env::HOME).map(PathBuf::from),
         }
     }
 
@@ -99,10 +100,10 @@ impl Sources {
     /// The auth files to read, in order.
     pub fn auth_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        if let Some(f) = self.var("REGISTRY_AUTH_FILE") {
+        if let Some(f) = self.var(env::REGISTRY_AUTH_FILE) {
             files.push(PathBuf::from(f));
         }
-        if let Some(r) = self.var("XDG_RUNTIME_DIR") {
+        if let Some(r) = self.var(env::XDG_RUNTIME_DIR) {
             files.push(Path::new(r).join("containers/auth.json"));
         }
         files.push(self.docker_config());
@@ -111,7 +112,7 @@ impl Sources {
 
     /// Docker's config.json, where `imgbuild login` writes.
     pub fn docker_config(&self) -> PathBuf {
-        match self.var("DOCKER_CONFIG") {
+        match self.var(env::DOCKER_CONFIG) {
             Some(d) => Path::new(d).join("config.json"),
             None => self
                 .home
@@ -123,12 +124,12 @@ impl Sources {
 
     /// The credential for `host`, if any source has one.
     pub fn lookup(&self, host: &str) -> Result<Option<Found>, AuthError> {
-        if let Some(ci) = self.var("CI_REGISTRY")
+        if let Some(ci) = self.var(env::CI_REGISTRY)
             && same_host(ci, host)
         {
             if let (Some(u), Some(p)) = (
-                self.var("CI_REGISTRY_USER"),
-                self.var("CI_REGISTRY_PASSWORD"),
+                self.var(env::CI_REGISTRY_USER),
+                self.var(env::CI_REGISTRY_PASSWORD),
             ) {
                 return Ok(Some(Found {
                     credential: Credential::Basic {
@@ -138,7 +139,7 @@ impl Sources {
                     source: "CI_REGISTRY_USER/CI_REGISTRY_PASSWORD".into(),
                 }));
             }
-            if let Some(t) = self.var("CI_JOB_TOKEN") {
+            if let Some(t) = self.var(env::CI_JOB_TOKEN) {
                 return Ok(Some(Found {
                     credential: Credential::Basic {
                         username: "gitlab-ci-token".into(),

@@ -194,7 +194,7 @@ impl Abilities {
 
 /// Set in the environment of an imgbuild that runs inside the user
 /// namespace its parent made for it.
-pub const USERNS_ENV: &str = "IMGBUILD_USERNS";
+pub const USERNS_ENV: &str = crate::env::IMGBUILD_USERNS;
 
 /// Whether this process is imgbuild re-run inside its user namespace.
 pub fn in_userns() -> bool {

@@ -101,13 +101,13 @@ impl Store {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        if let Some(h) = env("IMGBUILD_HOME") {
+        if let Some(h) = env(crate::env::IMGBUILD_HOME) {
             return Ok(h);
         }
-        if let Some(x) = env("XDG_CACHE_HOME") {
+        if let Some(x) = env(crate::env::XDG_CACHE_HOME) {
             return Ok(x.join("imgbuild"));
         }
-        env("HOME")
+        env(crate::env::HOME)
             .map(|h| h.join(".cache/imgbuild"))
             .ok_or(StoreError::NoHome)
     }
