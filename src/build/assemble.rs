@@ -161,7 +161,7 @@ impl<'a> Session<'a> {
                 let a = image::assemble(
                     base_value.as_ref(),
                     &new_layers,
-                    &config_change(&image.config),
+                    &image.config,
                     &self.opts.stamp,
                 )?;
                 // Config and manifest only after every layer blob exists.
@@ -255,20 +255,5 @@ impl<'r> Done<'r> {
         self.outcomes.push(outcome);
         self.keys.push(key);
         self.layers.push(record);
-    }
-}
-
-/// The run-config change a `config:` section asks for, in oci's terms.
-fn config_change(c: &crate::spec::ConfigSpec) -> image::ConfigChange {
-    image::ConfigChange {
-        env: c.env.clone(),
-        entrypoint: c.entrypoint.clone(),
-        cmd: c.cmd.clone(),
-        workdir: c.workdir.clone(),
-        user: c.user.clone(),
-        ports: c.ports.clone(),
-        volumes: c.volumes.clone(),
-        labels: c.labels.clone(),
-        stop_signal: c.stop_signal.clone(),
     }
 }

@@ -33,20 +33,28 @@ pub struct BuildArgs {
     force_tests: bool,
 }
 
-/// `imgbuild test`: build, and run the smoke tests even if they passed.
-pub fn test_command(cli: &Cli, select: &Selection, layer: &LayerArgs) -> Result<(), Failure> {
-    run(
-        cli,
-        &BuildArgs {
+impl BuildArgs {
+    /// A build with no outputs and no push, as `test` and `push` start from.
+    fn plain(select: &Selection, layer: &LayerArgs) -> BuildArgs {
+        BuildArgs {
             select: select.clone(),
             layer: layer.clone(),
             output: Vec::new(),
             push: false,
             remote: PushArgs::default(),
             push_report: false,
-            force_tests: true,
-        },
-    )
+            force_tests: false,
+        }
+    }
+}
+
+/// `imgbuild test`: build, and run the smoke tests even if they passed.
+pub fn test_command(cli: &Cli, select: &Selection, layer: &LayerArgs) -> Result<(), Failure> {
+    let args = BuildArgs {
+        force_tests: true,
+        ..BuildArgs::plain(select, layer)
+    };
+    run(cli, &args)
 }
 
 /// `imgbuild push`: `build --push` without outputs.
@@ -56,18 +64,13 @@ pub fn push_command(
     layer: &LayerArgs,
     remote: &PushArgs,
 ) -> Result<(), Failure> {
-    run(
-        cli,
-        &BuildArgs {
-            select: select.clone(),
-            layer: layer.clone(),
-            output: Vec::new(),
-            push: true,
-            remote: remote.clone(),
-            push_report: true,
-            force_tests: false,
-        },
-    )
+    let args = BuildArgs {
+        push: true,
+        remote: remote.clone(),
+        push_report: true,
+        ..BuildArgs::plain(select, layer)
+    };
+    run(cli, &args)
 }
 
 #[derive(Serialize)]

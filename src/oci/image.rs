@@ -20,7 +20,7 @@ pub enum OciError {
 }
 
 /// What an image changes in its parent's run config; see [`assemble`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ConfigChange {
     pub env: BTreeMap<String, String>,
     pub entrypoint: Option<Vec<String>>,

@@ -99,20 +99,10 @@ pub struct LayerSpec {
     pub pos: Pos,
 }
 
-/// The `config:` section, after vars; merged over the parent's config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ConfigSpec {
-    pub env: BTreeMap<String, String>,
-    pub entrypoint: Option<Vec<String>>,
-    pub cmd: Option<Vec<String>>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
-    /// Normalised to `PORT/PROTO`.
-    pub ports: Vec<String>,
-    pub volumes: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub stop_signal: Option<String>,
-}
+/// The `config:` section, after vars (ports normalised to `PORT/PROTO`):
+/// exactly what the image changes in its parent's run config, so oci's own
+/// type. Its JSON is part of an image's cache key.
+pub type ConfigSpec = crate::oci::image::ConfigChange;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
