@@ -12,6 +12,7 @@
 //! provenance stamp from the environment.
 mod assemble;
 pub mod debian;
+pub mod deliver;
 mod follow;
 mod ids;
 mod layers;

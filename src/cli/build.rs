@@ -2,9 +2,10 @@
 use clap::Args;
 use serde::Serialize;
 
-use imgbuild::build::remote::{Pushed, Remote, repo_tags};
+use imgbuild::build::deliver::{Delivered, Delivery};
+use imgbuild::build::remote::{Pushed, Remote};
 use imgbuild::build::{BuildError, ImageOutcome, Session};
-use imgbuild::oci::output::{Named, Output};
+use imgbuild::oci::output::Output;
 
 use super::progress::Progress;
 use super::push::PushArgs;
@@ -112,7 +113,15 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     let progress = Progress::new(cli.quiet);
     let remote = Remote::new(&store, &remote_opts, &progress)?;
     let session = Session::new(&store, &spec, &opts).with_remote(&remote);
-    let results = session.build(&names, &progress)?;
+    let delivery = Delivery {
+        outputs: &outputs,
+        push: args.push,
+    };
+    let Delivered {
+        results,
+        outputs_written,
+        pushed,
+    } = session.deliver(&names, &remote, &delivery, &progress)?;
 
     let mut ok = Vec::new();
     let mut failed = Vec::new();
@@ -127,33 +136,6 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
             }),
         }
     }
-    // Outputs hold the requested images, and only when all of them built.
-    let requested: Vec<&ImageOutcome> = names
-        .iter()
-        .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
-        .collect();
-    let write_outputs = failed.is_empty() && !outputs.is_empty();
-    if write_outputs {
-        let named: Vec<Named> = names
-            .iter()
-            .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
-            .map(|o| Named {
-                name: &o.name,
-                record: &o.record,
-                repo_tags: repo_tags(&o.name, &spec.images[&o.name].tags),
-            })
-            .collect();
-        for out in &outputs {
-            out.write(&store, &named, opts.stamp.epoch)
-                .map_err(Failure::failed)?;
-        }
-    }
-    // Pushed only when every image built: a fleet is shipped whole.
-    let pushed = if failed.is_empty() && args.push {
-        Some(remote.push(&spec, &requested)?)
-    } else {
-        None
-    };
     if let Some(p) = &pushed
         && !cli.json
     {
@@ -165,7 +147,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
         print_json(&Report {
             images: ok,
             failed: &failed,
-            outputs: if write_outputs { &args.output } else { &[] },
+            outputs: if outputs_written { &args.output } else { &[] },
             pushed: pushed.as_deref(),
         });
     }

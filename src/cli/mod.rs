@@ -258,6 +258,17 @@ impl From<RemoteError> for Failure {
     }
 }
 
+impl From<imgbuild::build::deliver::DeliverError> for Failure {
+    fn from(e: imgbuild::build::deliver::DeliverError) -> Failure {
+        use imgbuild::build::deliver::DeliverError;
+        match e {
+            DeliverError::Build(e) => e.into(),
+            DeliverError::Remote(e) => e.into(),
+            DeliverError::Output(e) => Failure::failed(e),
+        }
+    }
+}
+
 /// 2 for what the user's input got wrong, 1 for everything else.
 pub fn exit_code(e: &BuildError) -> u8 {
     match e {

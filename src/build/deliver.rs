@@ -1,0 +1,76 @@
+//! A build and what follows it: the outputs written and the images pushed,
+//! each only when every image built (a fleet is shipped whole, never half).
+use std::collections::BTreeMap;
+
+use super::remote::{Pushed, Remote, RemoteError, repo_tags};
+use super::{BuildError, ImageOutcome, Reporter, Session};
+use crate::oci::output::{Named, Output, OutputError};
+
+/// What to do with the images once built.
+#[derive(Default)]
+pub struct Delivery<'o> {
+    /// Layouts and archives to write the requested images into.
+    pub outputs: &'o [Output],
+    /// Push the requested images through the remote.
+    pub push: bool,
+}
+
+/// Every image's result, and what was delivered.
+pub struct Delivered {
+    pub results: BTreeMap<String, Result<ImageOutcome, BuildError>>,
+    pub outputs_written: bool,
+    pub pushed: Option<Vec<Pushed>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl Session<'_> {
+    /// Builds `names` and what they need, then writes the outputs and
+    /// pushes, in that order, when all of them built.
+    pub fn deliver(
+        &self,
+        names: &[String],
+        remote: &Remote<'_>,
+        delivery: &Delivery<'_>,
+        reporter: &dyn Reporter,
+    ) -> Result<Delivered, DeliverError> {
+        let results = self.build(names, reporter)?;
+        let all_built = results.values().all(Result::is_ok);
+        let requested: Vec<&ImageOutcome> = names
+            .iter()
+            .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
+            .collect();
+        let outputs_written = all_built && !delivery.outputs.is_empty();
+        if outputs_written {
+            let named: Vec<Named> = requested
+                .iter()
+                .map(|o| Named {
+                    name: &o.name,
+                    record: &o.record,
+                    repo_tags: repo_tags(&o.name, &self.spec.images[&o.name].tags),
+                })
+                .collect();
+            for out in delivery.outputs {
+                out.write(self.store, &named, self.opts.stamp.epoch)?;
+            }
+        }
+        let pushed = if all_built && delivery.push {
+            Some(remote.push(self.spec, &requested)?)
+        } else {
+            None
+        };
+        Ok(Delivered {
+            results,
+            outputs_written,
+            pushed,
+        })
+    }
+}
