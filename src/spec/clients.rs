@@ -617,6 +617,33 @@ clients:
     }
 
     #[test]
+    fn client_is_reserved_and_an_entrypoint_drops_the_template_cmd() {
+        let d = tree();
+        write(
+            d.path(),
+            "clients/acme/client.yaml",
+            "vars: {client: other}\nconfig: {entrypoint: [\"/init\"]}\n",
+        );
+        let p = parse_in(d.path(), IMAGES).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].line, p[0].column), (1, 8));
+        assert!(
+            p[0].message
+                .contains("the var `client` is set by `clients:`")
+        );
+        write(
+            d.path(),
+            "clients/acme/client.yaml",
+            "config: {entrypoint: [\"/init\"], ports: [443]}\n",
+        );
+        let spec = parse_in(d.path(), IMAGES).unwrap();
+        let c = &spec.images["client-acme"].config;
+        assert_eq!(c.entrypoint.as_deref(), Some(&["/init".to_string()][..]));
+        assert_eq!(c.cmd, None);
+        assert_eq!(c.ports, ["443/tcp"]);
+    }
+
+    #[test]
     fn five_hundred_clients_on_two_lines_load() {
         // Issue 11: a fleet of 500 clients must load in well under a second;
         // this checks the result, and loading is linear by construction.
