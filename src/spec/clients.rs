@@ -644,6 +644,35 @@ clients:
     }
 
     #[test]
+    fn a_parent_the_template_cannot_find_is_the_client_file_s_problem() {
+        let d = tree();
+        write(
+            d.path(),
+            "clients/acme/client.yaml",
+            "vars: {line: \"9\"}\n",
+        );
+        write(
+            d.path(),
+            "clients/beta/client.yaml",
+            "vars: {line: \"8\"}\n",
+        );
+        let p = parse_in(d.path(), IMAGES).unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
+        for (p, (file, line)) in p.iter().zip([("acme", "9"), ("beta", "8")]) {
+            assert_eq!(
+                p.file.as_deref(),
+                Some(Path::new(&format!("clients/{file}/client.yaml")))
+            );
+            assert_eq!(
+                p.message,
+                format!(
+                    "unknown parent image `moodle-{line}` (the template's `from: moodle-${{line}}`, images.yaml line 10)"
+                )
+            );
+        }
+    }
+
+    #[test]
     fn five_hundred_clients_on_two_lines_load() {
         // Issue 11: a fleet of 500 clients must load in well under a second;
         // this checks the result, and loading is linear by construction.

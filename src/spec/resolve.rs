@@ -108,14 +108,34 @@ fn resolve(
         } else {
             let hint = match suggest::closest(&target, raw.keys().map(String::as_str)) {
                 Some(c) => format!("did you mean `{c}`?"),
-                None => format!(
-                    "`from` takes `scratch`, an image of this file ({}), or a registry reference",
-                    raw.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
+                None => {
+                    // A fleet has hundreds of images: name a few.
+                    let mut some: Vec<&str> = raw.keys().take(10).map(String::as_str).collect();
+                    if raw.len() > some.len() {
+                        some.push("…");
+                    }
+                    format!(
+                        "`from` takes `scratch`, an image of this file ({}), or a registry reference",
+                        some.join(", ")
+                    )
+                }
+            };
+            // A template's `from` (`clients:`) names a parent per client
+            // file: the problem is the file's.
+            let (pos, whose) = if from.pos.file == image.pos.file {
+                (from.pos, String::new())
+            } else {
+                (
+                    image.pos,
+                    format!(
+                        " (the template's `from: {}`, images.yaml line {})",
+                        from.v, from.pos.line
+                    ),
+                )
             };
             cx.err(
-                from.pos,
-                format!("unknown parent image `{target}`"),
+                pos,
+                format!("unknown parent image `{target}`{whose}"),
                 Some(hint),
             );
             continue;
