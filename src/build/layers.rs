@@ -23,7 +23,7 @@ impl<'a> Session<'a> {
         match &layer.owner {
             None => Ok(Ids::default()),
             Some(owner) => accounts.resolve(owner).map_err(|why| BuildError::Owner {
-                file: self.spec.file.display().to_string(),
+                file: self.spec.file_at(layer.pos).display().to_string(),
                 line: layer.pos.line,
                 column: layer.pos.col,
                 image: image.name.clone(),

@@ -2,6 +2,7 @@
 //! problems found so far (one per position), typed readers of yaml nodes, and
 //! var expansion that reports where it failed.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 use super::Problem;
 use super::vars::{self, VarError};
@@ -20,24 +21,45 @@ pub(super) struct Ctx {
     pub(super) problems: Vec<Problem>,
     /// The image being read, named in each problem.
     pub(super) image: Option<String>,
-    /// (line, column) of each problem, so recording one is O(1).
-    reported: HashSet<(usize, usize)>,
+    /// The files images.yaml includes (client files), relative to its
+    /// directory; `Pos::file` n is `files[n - 1]`.
+    pub(super) files: Vec<PathBuf>,
+    /// (file, line, column) of each problem, so recording one is O(1).
+    reported: HashSet<(u32, usize, usize)>,
 }
 
 impl Ctx {
     /// Records a problem; one per position, so a value whose vars failed
     /// is not also reported as, say, a bad path.
     pub(super) fn err(&mut self, pos: Pos, message: impl Into<String>, hint: Option<String>) {
-        if !self.reported.insert((pos.line, pos.col)) {
+        if !self.reported.insert((pos.file, pos.line, pos.col)) {
             return;
         }
+        let file = self.included(pos).map(Path::to_path_buf);
         self.problems.push(Problem {
+            file,
             line: pos.line,
             column: pos.col,
             image: self.image.clone(),
             message: message.into(),
             hint,
         });
+    }
+
+    /// The included file `pos` is in (relative to images.yaml's
+    /// directory), or None for images.yaml itself.
+    pub(super) fn included(&self, pos: Pos) -> Option<&Path> {
+        let n = usize::try_from(pos.file).ok()?.checked_sub(1)?;
+        self.files.get(n).map(PathBuf::as_path)
+    }
+
+    /// The directory a path written at `pos` is relative to: that of the
+    /// file it is written in (`dir` is images.yaml's).
+    pub(super) fn base(&self, pos: Pos, dir: &Path) -> PathBuf {
+        match self.included(pos).and_then(Path::parent) {
+            Some(sub) => dir.join(sub),
+            None => dir.to_path_buf(),
+        }
     }
 
     pub(super) fn map<'n>(&mut self, node: &'n Node, what: &str) -> &'n [(Node, Node)] {

@@ -34,7 +34,8 @@ pub(super) fn finish_layers(
         .collect();
     let import = raw.rootfs.as_ref().and_then(|r| {
         let text = expand(cx, r, vars)?;
-        let src = dir.join(&text);
+        let base = cx.base(r.pos, dir);
+        let src = base.join(&text);
         match std::fs::metadata(&src) {
             Ok(m) if m.is_file() => Some(LayerSpec {
                 src,
@@ -58,7 +59,7 @@ pub(super) fn finish_layers(
                 cx.err(
                     r.pos,
                     format!("`rootfs: {text}` cannot be read: {}", io_reason(&e)),
-                    Some(format!("paths are relative to {}", dir.display())),
+                    Some(format!("paths are relative to {}", base.display())),
                 );
                 None
             }
@@ -84,7 +85,9 @@ struct RawLayerExpanded {
 
 fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded, pos: Pos, dir: &Path) -> Option<LayerSpec> {
     let (src_text, src_pos) = l.src?;
-    let src = dir.join(&src_text);
+    // A client file's paths are relative to its own directory.
+    let base = cx.base(src_pos, dir);
+    let src = base.join(&src_text);
     let meta = std::fs::symlink_metadata(&src);
     let mut ok = true;
     match &meta {
@@ -93,7 +96,7 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded, pos: Pos, dir: &Path) -> Opti
             cx.err(
                 src_pos,
                 format!("layer source `{src_text}` cannot be read: {}", io_reason(e)),
-                Some(format!("paths are relative to {}", dir.display())),
+                Some(format!("paths are relative to {}", base.display())),
             )
         }
         Ok(m) if !(m.is_dir() || m.is_file()) => {

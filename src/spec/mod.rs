@@ -9,6 +9,7 @@
 //! in their own module (`layers`, `config`, `tags`, `steps` for secrets and
 //! network, `debian`), and `ctx` holds what they share: positioned scalars,
 //! the problem list, and var expansion that reports where it failed.
+mod clients;
 mod config;
 mod ctx;
 mod debian;
@@ -194,6 +195,9 @@ pub struct Spec {
     /// The directory that relative paths are resolved against.
     pub dir: PathBuf,
     pub images: BTreeMap<String, Image>,
+    /// The client files `clients:` read, as the user would name them;
+    /// `Pos::file` n is `files[n - 1]` (see [`Spec::file_at`]).
+    pub files: Vec<PathBuf>,
     /// `registry:`: where `push` puts images (`HOST/PATH`), vars expanded.
     pub registry: Option<String>,
 }
@@ -201,6 +205,10 @@ pub struct Spec {
 /// One thing wrong with images.yaml.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    /// The file the problem is in, when it is not images.yaml (a client
+    /// file), as the user would name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     pub line: usize,
     pub column: usize,
     pub image: Option<String>,
@@ -229,6 +237,7 @@ fn render_problems(file: &Path, problems: &[Problem]) -> String {
         if i > 0 {
             out.push('\n');
         }
+        let file = p.file.as_deref().unwrap_or(file);
         out.push_str(&format!("{}:{}:{}: ", file.display(), p.line, p.column));
         if let Some(image) = &p.image {
             out.push_str(&format!("image {image}: "));
@@ -258,15 +267,23 @@ impl Spec {
 
     /// Parses `text` as if read from `file`, resolving paths against `dir`.
     pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
+        // An included file is named as images.yaml is: `clients/a/client.yaml`
+        // beside `images.yaml`, `/p/clients/a/client.yaml` beside `/p/images.yaml`.
+        let beside = |rel: &Path| file.parent().unwrap_or(Path::new("")).join(rel);
         resolve::parse(text, dir)
             .map(|(images, top)| Spec {
                 file: file.to_path_buf(),
                 dir: dir.to_path_buf(),
                 images,
+                files: top.files.iter().map(|f| beside(f)).collect(),
                 registry: top.registry,
             })
             .map_err(|mut problems| {
-                problems.sort_by_key(|p| (p.line, p.column));
+                for p in &mut problems {
+                    p.file = p.file.as_deref().map(beside);
+                }
+                problems
+                    .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
                 SpecError::Invalid {
                     file: file.to_path_buf(),
                     problems,
@@ -285,6 +302,15 @@ impl Spec {
             Parent::Image(p) => Some(p),
             Parent::Scratch | Parent::Registry(_) => None,
         }
+    }
+
+    /// The file a position of this spec is in: images.yaml or a client file.
+    pub fn file_at(&self, pos: Pos) -> &Path {
+        usize::try_from(pos.file)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|n| self.files.get(n))
+            .unwrap_or(&self.file)
     }
 
     /// The absolute path of images.yaml.

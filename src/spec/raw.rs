@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::ctx::{Ctx, S};
 use super::yaml::{Kind, Node, Pos};
 
-const TOP_KEYS: &[&str] = &["vars", "images", "registry"];
+const TOP_KEYS: &[&str] = &["vars", "images", "registry", "clients"];
 const IMAGE_KEYS: &[&str] = &[
     "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets", "network",
 ];
@@ -35,7 +35,7 @@ const CONFIG_KEYS: &[&str] = &[
     "stop_signal",
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct RawLayer {
     pub(super) src: Option<S>,
     pub(super) dest: Option<S>,
@@ -45,7 +45,7 @@ pub(super) struct RawLayer {
     pub(super) pos: Pos,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct RawConfig {
     pub(super) env: Vec<(S, S)>,
     pub(super) entrypoint: Option<Vec<S>>,
@@ -58,7 +58,7 @@ pub(super) struct RawConfig {
     pub(super) stop_signal: Option<S>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct RawImage {
     pub(super) pos: Pos,
     pub(super) from: Option<S>,
@@ -75,7 +75,7 @@ pub(super) struct RawImage {
     pub(super) debian: Option<RawDebian>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct RawDebian {
     pub(super) pos: Pos,
     pub(super) suite: Option<S>,
@@ -89,7 +89,7 @@ pub(super) struct RawDebian {
     pub(super) keyring: Option<S>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct RawSecret {
     pub(super) name: S,
     pub(super) env: Option<S>,
@@ -103,6 +103,8 @@ pub(super) struct RawFile {
     pub(super) vars: Vec<(S, S)>,
     pub(super) registry: Option<S>,
     pub(super) images: BTreeMap<String, RawImage>,
+    /// `clients:`: images made from files (see `clients`).
+    pub(super) clients: Vec<super::clients::RawGroup>,
 }
 
 pub(super) fn read_file(cx: &mut Ctx, root: &Node) -> RawFile {
@@ -112,6 +114,7 @@ pub(super) fn read_file(cx: &mut Ctx, root: &Node) -> RawFile {
         match key {
             "vars" => file.vars = cx.pairs(value, "vars"),
             "registry" => file.registry = cx.scalar(value, "`registry`"),
+            "clients" => file.clients = super::clients::read_groups(cx, value),
             "images" => {
                 saw_images = true;
                 for (k, v) in cx.map(value, "images") {
@@ -136,7 +139,7 @@ pub(super) fn read_file(cx: &mut Ctx, root: &Node) -> RawFile {
             _ => unreachable!("keyed() only returns allowed keys"),
         }
     }
-    if !saw_images {
+    if !saw_images && file.clients.is_empty() {
         cx.err(
             root.pos,
             "images.yaml has no `images:` section",
@@ -146,14 +149,14 @@ pub(super) fn read_file(cx: &mut Ctx, root: &Node) -> RawFile {
     file
 }
 
-fn valid_image_name(name: &str) -> bool {
+pub(super) fn valid_image_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
         && name.len() <= 128
 }
 
-fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
+pub(super) fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
     let mut image = RawImage {
         pos,
         ..RawImage::default()

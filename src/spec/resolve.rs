@@ -7,13 +7,15 @@ use super::ctx::{Ctx, check_var_names, expand, expand_each, expand_var_defs};
 use super::raw::{self, RawImage};
 use super::yaml;
 use super::{Image, Parent, Problem};
-use super::{config, debian, layers, steps, tags};
+use super::{clients, config, debian, layers, steps, tags};
 use crate::{graph, suggest};
 
 /// What the top level of images.yaml gives, besides images.
 #[derive(Debug, Default)]
 pub(super) struct Top {
     pub registry: Option<String>,
+    /// The client files read, relative to images.yaml's directory.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 pub(super) fn parse(
@@ -22,6 +24,7 @@ pub(super) fn parse(
 ) -> Result<(BTreeMap<String, Image>, Top), Vec<Problem>> {
     let root = yaml::parse(text).map_err(|e| {
         vec![Problem {
+            file: None,
             line: e.pos.line,
             column: e.pos.col,
             image: None,
@@ -30,10 +33,11 @@ pub(super) fn parse(
         }]
     })?;
     let mut cx = Ctx::default();
-    let file = raw::read_file(&mut cx, &root);
+    let mut file = raw::read_file(&mut cx, &root);
     check_var_names(&mut cx, &file.vars);
     let file_vars: BTreeMap<String, String> =
         expand_var_defs(&mut cx, &BTreeMap::new(), &file.vars);
+    clients::add_images(&mut cx, &file.clients, &mut file.images, &file_vars, dir);
     let images = resolve(&mut cx, &file.images, &file_vars, dir);
     let registry = file.registry.and_then(|r| {
         let value = expand(&mut cx, &r, &file_vars)?;
@@ -51,7 +55,13 @@ pub(super) fn parse(
         }
     });
     if cx.problems.is_empty() {
-        Ok((images, Top { registry }))
+        Ok((
+            images,
+            Top {
+                registry,
+                files: cx.files,
+            },
+        ))
     } else {
         Err(cx.problems)
     }
@@ -98,14 +108,34 @@ fn resolve(
         } else {
             let hint = match suggest::closest(&target, raw.keys().map(String::as_str)) {
                 Some(c) => format!("did you mean `{c}`?"),
-                None => format!(
-                    "`from` takes `scratch`, an image of this file ({}), or a registry reference",
-                    raw.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
+                None => {
+                    // A fleet has hundreds of images: name a few.
+                    let mut some: Vec<&str> = raw.keys().take(10).map(String::as_str).collect();
+                    if raw.len() > some.len() {
+                        some.push("…");
+                    }
+                    format!(
+                        "`from` takes `scratch`, an image of this file ({}), or a registry reference",
+                        some.join(", ")
+                    )
+                }
+            };
+            // A template's `from` (`clients:`) names a parent per client
+            // file: the problem is the file's.
+            let (pos, whose) = if from.pos.file == image.pos.file {
+                (from.pos, String::new())
+            } else {
+                (
+                    image.pos,
+                    format!(
+                        " (the template's `from: {}`, images.yaml line {})",
+                        from.v, from.pos.line
+                    ),
+                )
             };
             cx.err(
-                from.pos,
-                format!("unknown parent image `{target}`"),
+                pos,
+                format!("unknown parent image `{target}`{whose}"),
                 Some(hint),
             );
             continue;

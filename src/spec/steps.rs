@@ -73,7 +73,7 @@ pub(super) fn finish_secrets(
                 None => continue,
             },
             (None, Some(f)) => match expand(cx, f, vars) {
-                Some(v) => SecretSource::File(dir.join(v)),
+                Some(v) => SecretSource::File(cx.base(f.pos, dir).join(v)),
                 None => continue,
             },
             _ => {

@@ -8,11 +8,15 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// A 1-based line and column in the source file.
+/// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pos {
     pub line: usize,
     pub col: usize,
+    /// Which file: 0 is images.yaml, `n` the n-th file it includes
+    /// (`Spec::file_at` names it), so a problem in a client file names that
+    /// file.
+    pub file: u32,
 }
 
 impl std::fmt::Display for Pos {
@@ -68,14 +72,24 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Parses one YAML document. An empty document is an empty mapping.
+/// Parses one YAML document of images.yaml. An empty document is an empty
+/// mapping.
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder::default();
+    parse_file(source, 0)
+}
+
+/// As [`parse`], for the file numbered `file` (see [`Pos::file`]).
+pub fn parse_file(source: &str, file: u32) -> Result<Node, SyntaxError> {
+    let mut builder = Builder {
+        file,
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(source);
     parser.load(&mut builder, true).map_err(|e| SyntaxError {
         pos: Pos {
             line: e.marker().line(),
             col: e.marker().col() + 1,
+            file,
         },
         message: e.info().to_string(),
     })?;
@@ -84,7 +98,11 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     }
     Ok(builder.root.unwrap_or(Node {
         kind: Kind::Map(Vec::new()),
-        pos: Pos { line: 1, col: 1 },
+        pos: Pos {
+            line: 1,
+            col: 1,
+            file,
+        },
     }))
 }
 
@@ -99,17 +117,19 @@ struct Builder {
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
     error: Option<SyntaxError>,
-}
-
-fn pos(mark: Marker) -> Pos {
-    // yaml-rust2 lines are 1-based and columns 0-based.
-    Pos {
-        line: mark.line(),
-        col: mark.col() + 1,
-    }
+    file: u32,
 }
 
 impl Builder {
+    fn pos(&self, mark: Marker) -> Pos {
+        // yaml-rust2 lines are 1-based and columns 0-based.
+        Pos {
+            line: mark.line(),
+            col: mark.col() + 1,
+            file: self.file,
+        }
+    }
+
     fn push_value(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
             self.anchors.insert(anchor, node.clone());
@@ -145,21 +165,21 @@ impl MarkedEventReceiver for Builder {
                         value,
                         plain: style == TScalarStyle::Plain,
                     },
-                    pos: pos(mark),
+                    pos: self.pos(mark),
                 };
                 self.push_value(node, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(
                 Node {
                     kind: Kind::Seq(Vec::new()),
-                    pos: pos(mark),
+                    pos: self.pos(mark),
                 },
                 anchor,
             )),
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(
                 Node {
                     kind: Kind::Map(Vec::new()),
-                    pos: pos(mark),
+                    pos: self.pos(mark),
                 },
                 anchor,
                 None,
@@ -173,19 +193,19 @@ impl MarkedEventReceiver for Builder {
             Event::Alias(id) => match self.anchors.get(&id) {
                 Some(node) => {
                     let mut node = node.clone();
-                    node.pos = pos(mark);
+                    node.pos = self.pos(mark);
                     self.push_value(node, 0);
                 }
                 None => {
                     self.error = Some(SyntaxError {
-                        pos: pos(mark),
+                        pos: self.pos(mark),
                         message: "alias to an unknown anchor".into(),
                     })
                 }
             },
             Event::DocumentStart if self.root.is_some() => {
                 self.error = Some(SyntaxError {
-                    pos: pos(mark),
+                    pos: self.pos(mark),
                     message: "more than one YAML document; images.yaml holds one".into(),
                 })
             }
@@ -205,13 +225,34 @@ mod tests {
             panic!()
         };
         let (k, v) = &entries[0];
-        assert_eq!(k.pos, Pos { line: 1, col: 1 });
+        assert_eq!(
+            k.pos,
+            Pos {
+                line: 1,
+                col: 1,
+                file: 0
+            }
+        );
         let Kind::Map(inner) = &v.kind else { panic!() };
-        assert_eq!(inner[0].0.pos, Pos { line: 2, col: 3 });
+        assert_eq!(
+            inner[0].0.pos,
+            Pos {
+                line: 2,
+                col: 3,
+                file: 0
+            }
+        );
         let Kind::Seq(items) = &inner[0].1.kind else {
             panic!()
         };
-        assert_eq!(items[1].pos, Pos { line: 2, col: 10 });
+        assert_eq!(
+            items[1].pos,
+            Pos {
+                line: 2,
+                col: 10,
+                file: 0
+            }
+        );
         assert!(matches!(&items[1].kind, Kind::Scalar { plain: false, .. }));
     }
 
