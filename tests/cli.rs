@@ -1225,3 +1225,133 @@ fn docker_archive_headers_parse_with_strict_tar_readers() {
         assert_eq!((e.uid, e.gid), (0, 0), "{}", e.path);
     }
 }
+
+/// The files of an output under `umask`: 0666 less it, as any program's.
+#[test]
+fn outputs_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cx = fleet();
+    for (umask, want) in [("022", 0o644), ("027", 0o640)] {
+        cx.wrapper = ["sh", "-c", &format!("umask {umask} && exec \"$@\""), "sh"]
+            .map(String::from)
+            .to_vec();
+        let archive = cx.scratch.join(format!("base-{umask}.tar"));
+        let layout = cx.scratch.join(format!("oci-{umask}"));
+        cx.build(&[
+            "base",
+            "-o",
+            &format!("docker-archive:{}", archive.display()),
+            "-o",
+            &format!("oci:{}", layout.display()),
+        ]);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&archive), want, "docker-archive under umask {umask}");
+        let mut files = vec![layout.join("index.json"), layout.join("oci-layout")];
+        for e in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        for f in &files {
+            assert_eq!(mode(f), want, "{} under umask {umask}", f.display());
+        }
+        validate_layout(&layout, "base");
+    }
+}
+
+/// Runs `build ARGS…` and SIGKILLs it once it has written more than a MiB
+/// of a temporary file in its directory of the store's tmp/; that file.
+fn kill_mid_write(cx: &Ctx, args: &[&str]) -> std::path::PathBuf {
+    use std::process::Stdio;
+    let mut child = cx
+        .command(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("{}-", child.id());
+    let started = std::time::Instant::now();
+    let partial = loop {
+        let big = fs::read_dir(cx.home.join("tmp"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|d| d.file_name().to_string_lossy().starts_with(&prefix))
+            .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten())
+            .filter_map(Result::ok)
+            .find(|f| f.metadata().is_ok_and(|m| m.is_file() && m.len() > 1 << 20));
+        if let Some(f) = big {
+            break f.path();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the build ended ({status}) before it was seen writing its layer in tmp/");
+        }
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no temporary file of the build in tmp/ after 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        fs::metadata(&partial).is_ok_and(|m| m.len() > 1 << 20),
+        "the kill left no partial file: {}",
+        partial.display()
+    );
+    partial
+}
+
+/// A build killed while writing a big layer leaves its partial file; the
+/// next process to open the store removes it (and gc reports one).
+#[test]
+fn a_killed_builds_temporary_file_is_removed_by_the_next_build() {
+    use std::io::Read;
+    let cx = fleet();
+    // Incompressible, so the layer is written for a while.
+    let mut noise = Vec::new();
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(96 << 20)
+        .read_to_end(&mut noise)
+        .unwrap();
+    cx.write("layers/big/srv/noise", &noise);
+    drop(noise);
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&format!(
+        "{yaml}  big:\n    from: scratch\n    layers: [layers/big]\n"
+    ));
+    let tmp = cx.home.join("tmp");
+    let partial = kill_mid_write(&cx, &["build", "big"]);
+    let dead = partial.parent().unwrap().to_path_buf();
+    assert_eq!(list_of(&tmp), [file_name(&dead)], "the killed build's");
+    cx.build(&["base"]);
+    assert!(!dead.exists(), "the next build removed {}", dead.display());
+    assert!(
+        list_of(&tmp).is_empty(),
+        "tmp/ after a build that ended: {:?}",
+        list_of(&tmp)
+    );
+    // gc removes and reports them too.
+    let partial = kill_mid_write(&cx, &["build", "big"]);
+    let gc = cx.run(&["--json", "gc"]).success().json();
+    assert_eq!(gc["temps_removed"], 1, "{gc:#}");
+    assert!(
+        gc["temp_bytes_removed"].as_u64().unwrap() > 1 << 20,
+        "{gc:#}"
+    );
+    assert!(!partial.exists());
+    assert!(list_of(&tmp).is_empty(), "{:?}", list_of(&tmp));
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The names in a directory, sorted.
+fn list_of(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| file_name(&e.unwrap().path()))
+        .collect();
+    names.sort();
+    names
+}

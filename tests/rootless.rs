@@ -8,7 +8,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{Ctx, run_command};
+use common::aptrepo::{AptRepo, SUITE, Variant};
+use common::{Ctx, debian_tarball, run_command, validate_layout};
 
 const USER: &str = "imgbuild-rootless";
 
@@ -55,52 +56,113 @@ fn open_up(cx: &Ctx) {
     }
 }
 
-#[test]
-fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
-    if !fs::read_to_string("/proc/self/status")
+/// Whether the test can make its user: it needs root. CI runs the tests as
+/// root, so there a test that cannot fails, naming why.
+fn can_make_user() -> bool {
+    let root = fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    {
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test makes a user with subordinate ids, which needs root; run the tests as root on CI"
+        );
         eprintln!("skipped: making a test user needs root");
+    }
+    root
+}
+
+/// A wrapper that runs `then` (and the binary) where the machine is called
+/// `leaky.example.org`, so that a leak of its name shows whatever this
+/// machine's name is.
+fn leaky(then: &[String]) -> Vec<String> {
+    let mut w: Vec<String> = ["unshare", "--uts", "sh", "-c"].map(String::from).to_vec();
+    w.push("hostname leaky.example.org && exec \"$@\"".into());
+    w.push("sh".into());
+    w.extend_from_slice(then);
+    w
+}
+
+/// Runs as the test user, without supplementary groups.
+fn as_user(uid: u32, gid: u32) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
+}
+
+/// The binary copied where the user can reach it: the checkout may sit
+/// below a directory only its owner can enter (a `mktemp -d` clone).
+fn user_binary(cx: &mut Ctx) {
+    let bin = cx.scratch.join("bin/imgbuild");
+    fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    fs::copy(&cx.bin, &bin).unwrap();
+    cx.bin = bin;
+}
+
+#[test]
+fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
+    if !can_make_user() {
         return;
     }
     let (uid, gid) = test_user();
     let mut cx = Ctx::new();
     cx.busybox_project(
         "",
-        &["sh", "echo", "rm", "chmod", "chown", "cat", "id"],
+        &[
+            "sh", "echo", "rm", "chmod", "chown", "cat", "id", "hostname",
+        ],
         concat!(
             "  stepped:\n",
             "    from: base\n",
             "    run:\n",
             "      - echo \"I am $(id -u)\"; echo hi > /srv/hello && chown 33:33 /srv/hello\n",
             "      - chmod 600 /srv/hello && rm /etc/motd\n",
+            // What exim's and debconf's scripts ask; the build machine's
+            // name must not be the answer (issue 13, item 9).
+            "      - echo \"$(hostname) $(cat /proc/sys/kernel/hostname)\" > /srv/name\n",
             "    test: [\"cat /srv/hello\"]\n",
         ),
     );
+    // Both builds run where the machine is called `leaky.example.org`.
+    cx.wrapper = leaky(&[]);
+    let root_out = cx.scratch.join("oci-root");
+    cx.build(&["stepped", "-o", &format!("oci:{}", root_out.display())]);
     let as_root = cx.build(&["stepped"]).manifest("stepped");
+    let name = validate_layout(&root_out, "stepped").layers[2]
+        .entry("srv/name")
+        .data;
+    assert_eq!(String::from_utf8_lossy(&name), "localhost localhost\n");
     cx.home = cx.scratch.join("user-home");
-    // The checkout may sit below a directory only its owner can enter (a
-    // `mktemp -d` clone): the user runs a copy in the test's own tree.
-    let bin = cx.scratch.join("bin/imgbuild");
-    fs::create_dir_all(bin.parent().unwrap()).unwrap();
-    fs::copy(&cx.bin, &bin).unwrap();
-    cx.bin = bin;
+    user_binary(&mut cx);
     open_up(&cx);
-    cx.wrapper = vec![
-        "setpriv".into(),
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".into(),
-        "--".into(),
-    ];
-    let run = cx.run(&["build", "stepped"]).success();
+    cx.wrapper = leaky(&as_user(uid, gid));
+    let user_out = cx.scratch.join("oci-user");
+    let run = cx
+        .run(&[
+            "build",
+            "stepped",
+            "-o",
+            &format!("oci:{}", user_out.display()),
+        ])
+        .success();
     run.stderr_has(&[
         "stepped: running steps with userns isolation",
         "stepped | I am 0",
         "stepped: running its tests",
     ]);
+    let name = validate_layout(&user_out, "stepped").layers[2]
+        .entry("srv/name")
+        .data;
+    assert_eq!(
+        String::from_utf8_lossy(&name),
+        "localhost localhost\n",
+        "under userns"
+    );
     let as_user = cx.build(&["stepped"]).manifest("stepped");
     assert_eq!(as_user, as_root, "the user's build differs from root's");
     // `imgbuild run` and gc work there too, and gc can remove what steps
@@ -111,4 +173,68 @@ fn a_normal_user_builds_in_a_user_namespace_as_root_would() {
     cx.run(&["gc"]).success();
     let left = fs::read_dir(cx.home.join("rootfs")).map_or(0, |d| d.count());
     assert_eq!(left, 0, "unpacked root filesystems left after gc");
+}
+
+/// A Debian layer (packages whose scripts add a user and chown to it, over
+/// a trixie minbase) and a step on it come out of a normal user's build bit
+/// for bit as out of root's, where the machine has a name of its own
+/// (issue 13, item 9).
+#[test]
+fn a_normal_users_debian_layer_equals_roots() {
+    if !can_make_user() {
+        return;
+    }
+    let (uid, gid) = test_user();
+    let repo = AptRepo::start(Variant::Good);
+    let mut cx = Ctx::new();
+    fs::copy(debian_tarball(), cx.path("debian.tar")).unwrap();
+    fs::copy(&repo.keyring, cx.path("test-keyring.gpg")).unwrap();
+    cx.yaml(&format!(
+        concat!(
+            "images:\n",
+            "  debian-root:\n",
+            "    from: {{rootfs: debian.tar}}\n",
+            "  app:\n",
+            "    from: debian-root\n",
+            "    debian:\n",
+            "      suite: {suite}\n",
+            "      mirror: \"{url}\"\n",
+            "      keyring: test-keyring.gpg\n",
+            "      packages: [adds-user, alt-link, needs-mta]\n",
+            "    run:\n",
+            "      - cat /proc/sys/kernel/hostname > /etc/built-on\n",
+        ),
+        suite = SUITE,
+        url = repo.url,
+    ));
+    cx.build(&["debian-root"]);
+    cx.run(&["lock"]).success();
+    cx.wrapper = leaky(&[]);
+    let root_out = cx.scratch.join("oci-root");
+    let as_root = cx.build(&["app", "-o", &format!("oci:{}", root_out.display())]);
+    let image = validate_layout(&root_out, "app");
+    let built_on = image.layers.last().unwrap().entry("etc/built-on").data;
+    assert_eq!(built_on, b"localhost\n");
+    // Root's trees are not needed any more: room for the user's.
+    fs::remove_dir_all(&cx.home).unwrap();
+    fs::remove_dir_all(&root_out).unwrap();
+    cx.home = cx.scratch.join("user-home");
+    user_binary(&mut cx);
+    open_up(&cx);
+    cx.wrapper = leaky(&as_user(uid, gid));
+    let as_user = cx.build(&["app"]);
+    let key_and_digest = |r: &common::Report, name: &str| -> Vec<(String, String)> {
+        r.layer_summary(name)
+            .into_iter()
+            .map(|(k, d, _)| (k, d))
+            .collect()
+    };
+    for name in ["debian-root", "app"] {
+        assert_eq!(
+            key_and_digest(&as_user, name),
+            key_and_digest(&as_root, name),
+            "{name}: the user's layers differ from root's"
+        );
+        assert_eq!(as_user.manifest(name), as_root.manifest(name), "{name}");
+    }
 }

@@ -311,9 +311,15 @@ fn mount_points(root: &Path, lower: Option<&Path>) -> Result<Vec<String>, RunErr
 pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<(), RunError> {
     // GNU cp shares extents where the filesystem can; busybox's cp (in
     // minimal CI images) has no --reflink, so plain -a is the fallback.
+    let cp = crate::sandbox::host_tool(crate::sandbox::Tool::Cp).map_err(|e| {
+        RunError::Cp(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            e.to_string(),
+        ))
+    })?;
     let mut last = String::new();
     for args in [&["-a", "--reflink=auto"][..], &["-a"][..]] {
-        let out = std::process::Command::new("cp")
+        let out = std::process::Command::new(cp)
             .args(args)
             .arg(from)
             .arg(to)

@@ -22,10 +22,12 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         print_json(&stats);
     } else {
         println!(
-            "removed {} blob(s), {:.1} MiB, and {} unpacked root filesystem(s); kept {} blob(s), {:.1} MiB",
+            "removed {} blob(s), {:.1} MiB, {} unpacked root filesystem(s), and {} temporary file(s) of killed processes, {:.1} MiB; kept {} blob(s), {:.1} MiB",
             stats.blobs_removed,
             stats.bytes_removed as f64 / 1_048_576.0,
             stats.rootfs_removed,
+            stats.temps_removed,
+            stats.temp_bytes_removed as f64 / 1_048_576.0,
             stats.blobs_kept,
             stats.bytes_kept as f64 / 1_048_576.0
         );

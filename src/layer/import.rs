@@ -33,12 +33,11 @@ pub fn media_type_of(path: &Path) -> Result<&'static str, LayerError> {
     })
 }
 
-/// Owner and mode of each path in the tarball's headers (the last header
-/// of a path wins, as when unpacking).
-fn header_modes(
-    path: &Path,
-    media_type: &str,
-) -> Result<HashMap<String, (u32, u32, u32)>, LayerError> {
+/// Owner, mode and (for device files and FIFOs) kind of each path in the
+/// tarball's headers (the last header of a path wins, as when unpacking).
+type Header = (u32, u32, u32, Option<super::EntryKind>);
+
+fn header_modes(path: &Path, media_type: &str) -> Result<HashMap<String, Header>, LayerError> {
     let bad = |e: std::io::Error| LayerError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -64,7 +63,24 @@ fn header_modes(
         let uid = h.uid().map_err(bad)? as u32;
         let gid = h.gid().map_err(bad)? as u32;
         let mode = h.mode().map_err(bad)? & 0o7777;
-        out.insert(name.to_string(), (uid, gid, mode));
+        let device = || -> Result<(u32, u32), LayerError> {
+            let major = h.device_major().map_err(bad)?.unwrap_or(0);
+            let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+            Ok((major, minor))
+        };
+        let special = match h.entry_type() {
+            tar::EntryType::Char => {
+                let (major, minor) = device()?;
+                Some(super::EntryKind::CharDevice { major, minor })
+            }
+            tar::EntryType::Block => {
+                let (major, minor) = device()?;
+                Some(super::EntryKind::BlockDevice { major, minor })
+            }
+            tar::EntryType::Fifo => Some(super::EntryKind::Fifo),
+            _ => None,
+        };
+        out.insert(name.to_string(), (uid, gid, mode, special));
     }
     Ok(out)
 }
@@ -94,11 +110,40 @@ pub fn entries(path: &Path, work: &Path, threads: usize) -> Result<Entries, Laye
     let (mut entries, _) = diff(&empty, &root, &opts)?;
     let headers = header_modes(path, media_type)?;
     for e in &mut entries.0 {
-        if let Some(&(uid, gid, mode)) = headers.get(e.path.as_str()) {
+        if let Some(&(uid, gid, mode, _)) = headers.get(e.path.as_str()) {
             e.uid = uid;
             e.gid = gid;
             e.mode = mode;
         }
+    }
+    // Device files and FIFOs the unpacker could not make (a user, or a user
+    // namespace, may not mknod) come from their headers, so the layer is
+    // the same whoever imports the tarball.
+    let present: std::collections::HashSet<&str> =
+        entries.0.iter().map(|e| e.path.as_str()).collect();
+    let mut missing: Vec<super::Entry> = headers
+        .iter()
+        .filter(|(name, _)| !present.contains(name.as_str()))
+        .filter_map(|(name, (uid, gid, mode, special))| {
+            let parent = name.rsplit_once('/').map(|(p, _)| p);
+            // Only where the tree has its directory (a later entry may have
+            // replaced it).
+            let placed = parent.is_none_or(|p| present.contains(p));
+            special.clone().filter(|_| placed).map(|kind| super::Entry {
+                path: name.clone(),
+                kind,
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+            })
+        })
+        .collect();
+    if !missing.is_empty() {
+        entries.0.append(&mut missing);
+        // The walk's order: depth first, names sorted, component by component.
+        entries
+            .0
+            .sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
     }
     Ok(entries)
 }

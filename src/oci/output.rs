@@ -114,6 +114,7 @@ pub fn write_layout(
     if !layout.exists() {
         atomic_write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     }
+    let mode = new_file_mode(&blob_dir)?;
     for hex in all_blobs(images) {
         let dest = blob_dir.join(&hex);
         let src = blobs.blob_path(&hex);
@@ -122,7 +123,7 @@ pub fn write_layout(
             _ => false,
         };
         if !same_size {
-            link_or_copy(&src, &dest)?;
+            link_or_copy(&src, &dest, mode)?;
         }
     }
     let index_path = dir.join("index.json");
@@ -154,16 +155,44 @@ pub fn write_layout(
     atomic_write(&index_path, &canonical_json(&index))
 }
 
-/// Hard-links a blob out of the store (blobs are immutable), or copies it.
-fn link_or_copy(src: &Path, dest: &Path) -> Result<(), OutputError> {
+/// A temporary file in `dir`, mode 0666 less the umask as any file a
+/// program creates (a plain temporary file would be 0600 whatever the
+/// umask), to be renamed into place when whole.
+fn new_file(dir: &Path) -> Result<tempfile::NamedTempFile, OutputError> {
+    tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(io_at(dir))
+}
+
+/// The mode a new file gets in `dir`: 0666 less the umask.
+fn new_file_mode(dir: &Path) -> Result<u32, OutputError> {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = new_file(dir)?;
+    let meta = probe.as_file().metadata().map_err(io_at(probe.path()))?;
+    Ok(meta.permissions().mode() & 0o7777)
+}
+
+/// Hard-links a blob out of the store (blobs are immutable) when it has
+/// the mode a new file gets here, else copies it with that mode.
+fn link_or_copy(src: &Path, dest: &Path, mode: u32) -> Result<(), OutputError> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
         dest.file_name().unwrap_or_default().to_string_lossy()
     ));
     let _ = fs::remove_file(&tmp);
-    if fs::hard_link(src, &tmp).is_err() {
+    let mut linked = fs::hard_link(src, &tmp).is_ok();
+    if linked && fs::metadata(&tmp).map_or(0, |m| m.permissions().mode() & 0o7777) != mode {
+        // A link shares the store's mode, which another umask made; the
+        // copy must not write through it.
+        fs::remove_file(&tmp).map_err(io_at(&tmp))?;
+        linked = false;
+    }
+    if !linked {
         fs::copy(src, &tmp).map_err(io_at(src))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_at(&tmp))?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(io_at(&tmp))?;
@@ -172,7 +201,11 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<(), OutputError> {
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    crate::fsutil::write_atomic(crate::fsutil::parent_dir(path), path, bytes).map_err(io_at(path))
+    use std::io::Write;
+    let mut tmp = new_file(crate::fsutil::parent_dir(path))?;
+    tmp.write_all(bytes).map_err(io_at(path))?;
+    tmp.persist(path).map_err(|e| io_at(path)(e.error))?;
+    Ok(())
 }
 
 /// Writes a docker-archive tarball: `manifest.json` for `docker load`, and
@@ -187,7 +220,7 @@ pub fn write_docker_archive(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_at(dir))?;
+    let tmp = new_file(dir)?;
     let mut b = tar::Builder::new(io::BufWriter::new(tmp));
     let mtime = u64::try_from(epoch).unwrap_or(0);
     let add = |b: &mut tar::Builder<io::BufWriter<tempfile::NamedTempFile>>,

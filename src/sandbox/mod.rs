@@ -11,7 +11,12 @@
 //!   the user is root inside.
 //!
 //! The work is done by Debian's own `unshare` (util-linux) and `chroot`
-//! (coreutils), which keeps raw system calls out of this crate.
+//! (coreutils), which keeps raw system calls out of this crate. They are
+//! found once on a fixed PATH and run by absolute path (see [`tools`]).
+mod tools;
+
+pub use tools::{HOST_PATH, Tool, host_tool};
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -68,6 +73,14 @@ pub enum SandboxError {
     Impossible(String),
     #[error("isolation `{wanted}` is not possible here: {why}")]
     NotPossible { wanted: Isolation, why: String },
+    #[error(
+        "`{tool}` is not on {}, where imgbuild looks for the host's tools whatever the image's PATH; install it (Debian package {package})",
+        HOST_PATH
+    )]
+    NoTool {
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -93,9 +106,11 @@ pub struct Abilities {
     pub notes: Vec<String>,
 }
 
-fn succeeds(program: &str, args: &[&str]) -> Result<(), String> {
+fn succeeds(tool: Tool, args: &[&str]) -> Result<(), String> {
+    let program = host_tool(tool).map_err(|e| e.to_string())?;
     match Command::new(program)
         .args(args)
+        .env("PATH", HOST_PATH)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -103,7 +118,7 @@ fn succeeds(program: &str, args: &[&str]) -> Result<(), String> {
     {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-        Err(e) => Err(format!("{program}: {e}")),
+        Err(e) => Err(format!("{}: {e}", program.display())),
     }
 }
 
@@ -126,7 +141,7 @@ pub fn detect() -> Abilities {
     let root = is_root();
     let mut notes = Vec::new();
     let chroot = root
-        && match succeeds("chroot", &["/", "true"]) {
+        && match succeeds(Tool::Chroot, &["/", "true"]) {
             Ok(()) => true,
             Err(e) => {
                 notes.push(format!("chroot: {e}"));
@@ -141,7 +156,7 @@ pub fn detect() -> Abilities {
     }
     let unshare = root
         && match succeeds(
-            "unshare",
+            Tool::Unshare,
             &["--mount", "--pid", "--ipc", "--uts", "--fork", "true"],
         ) {
             Ok(()) => true,
@@ -210,10 +225,12 @@ fn userns_args() -> Option<&'static [&'static str]> {
     *ARGS.get_or_init(|| {
         let with_subids: &'static [&'static str] = &["--user", "--map-auto", "--map-root-user"];
         let alone: &'static [&'static str] = &["--user", "--map-root-user"];
+        let unshare = host_tool(Tool::Unshare).ok()?;
         [with_subids, alone].into_iter().find(|args| {
-            Command::new("unshare")
+            Command::new(unshare)
                 .args(*args)
                 .arg("true")
+                .env("PATH", HOST_PATH)
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -233,7 +250,7 @@ pub fn reenter_in_userns() -> Option<i32> {
     }
     let args = userns_args()?;
     let exe = std::env::current_exe().ok()?;
-    let status = Command::new("unshare")
+    let status = Command::new(host_tool(Tool::Unshare).ok()?)
         .args(args)
         .arg("--")
         .arg(exe)
@@ -346,9 +363,14 @@ pub fn overlay_works(isolation: Isolation, scratch: &Path) -> bool {
     let Some(options) = ovl.options(isolation) else {
         return false;
     };
-    let mut c = Command::new("unshare");
+    let (Ok(unshare), Ok(sh)) = (host_tool(Tool::Unshare), host_tool(Tool::Sh)) else {
+        return false;
+    };
+    let mut c = Command::new(unshare);
     let ok = c
-        .args(["--mount", "--", "/bin/sh", "-c"])
+        .args(["--mount", "--"])
+        .arg(sh)
+        .arg("-c")
         .arg("mount -t overlay overlay -o \"$1\" \"$2\" && touch \"$2/made\" && rm \"$2/gone\"")
         .arg("probe")
         .arg(&options)
@@ -377,12 +399,19 @@ fn quote(s: &str) -> String {
 
 /// The shell script that prepares mounts in the new mount namespace, then
 /// enters the root. `$1` is the root, `$2` overlay's options or empty, `$3`
-/// the number of binds, then each bind's host directory and name under /run.
+/// the number of binds, then each bind's host directory and name under /run,
+/// then the command that enters the root (`env -i -- K=V… chroot …`). It
+/// runs with PATH=[`HOST_PATH`] and nothing else of the step's env.
 const NAMESPACE_SETUP: &str = r#"set -e
 root=$1 overlay=$2 binds=$3; shift 3
 [ -z "$overlay" ] || mount -t overlay overlay -o "$overlay" "$root"
-# The build machine's name stays out of what steps write (exim's mailname).
-printf localhost > /proc/sys/kernel/hostname 2>/dev/null || :
+# The build machine's name stays out of what steps write (exim's mailname,
+# debconf): sethostname(2) works in a user namespace, where
+# /proc/sys/kernel/hostname cannot be written.
+hostname localhost 2>/dev/null || printf localhost > /proc/sys/kernel/hostname 2>/dev/null || {
+  echo "imgbuild: cannot name the sandbox localhost: install hostname (Debian package hostname)" >&2
+  exit 125
+}
 mount -t proc proc "$root/proc" 2>/dev/null || { mkdir -p "$root/proc" && mount -t proc proc "$root/proc"; }
 mkdir -p "$root/dev" "$root/tmp" "$root/run"
 mount -t tmpfs -o mode=755,nosuid tmpfs "$root/dev"
@@ -400,7 +429,7 @@ while [ "$binds" -gt 0 ]; do
   mount --bind -o ro "$1" "$root/run/$2"
   shift 2; binds=$((binds - 1))
 done
-exec chroot "$@"
+exec "$@"
 "#;
 
 /// Runs `step`, passing each output line to `line`; the command's exit code.
@@ -445,6 +474,7 @@ pub fn run(
         Some(o) => vec![&o.upper, &o.lower],
         None => vec![&root],
     };
+    let chroot = host_tool(Tool::Chroot)?;
     let mut chroot_args: Vec<String> = Vec::new();
     if let Some(u) = &step.user {
         let (uid, gid) = resolve_user_in(&etc_roots, u)?;
@@ -459,14 +489,25 @@ pub fn run(
         Isolation::Namespace | Isolation::Userns => script,
     };
     chroot_args.extend(["/bin/sh".to_string(), "-c".to_string(), script]);
+    // The step's env: the image's, with the host's PATH where it has none.
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    if !step.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH", HOST_PATH));
+    }
+    env.extend(step.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // Host programs run by absolute path, with the host's PATH and nothing
+    // else of the environment; the step's env goes in as the root is
+    // entered (chroot itself finds /bin/sh without a PATH).
     let mut cmd = match isolation {
         Isolation::Chroot => {
-            let mut c = Command::new("chroot");
+            let mut c = Command::new(chroot);
             c.args(&chroot_args);
+            c.env_clear();
+            c.envs(env);
             c
         }
         Isolation::Namespace | Isolation::Userns => {
-            let mut c = Command::new("unshare");
+            let mut c = Command::new(host_tool(Tool::Unshare)?);
             c.args([
                 "--mount",
                 "--pid",
@@ -478,27 +519,24 @@ pub fn run(
             if !step.network {
                 c.arg("--net");
             }
-            c.args(["--", "/bin/sh", "-c", NAMESPACE_SETUP, "setup"]);
+            c.arg("--").arg(host_tool(Tool::Sh)?);
+            c.args(["-c", NAMESPACE_SETUP, "setup"]);
             c.arg(&root);
             c.arg(overlay.unwrap_or_default());
             c.arg(step.binds.len().to_string());
             for b in &step.binds {
                 c.arg(&b.host).arg(&b.name);
             }
-            c.args(&chroot_args);
+            // `env -i` takes NAME=VALUE words up to the first without `=`:
+            // chroot's absolute path, whose name has none.
+            c.arg(host_tool(Tool::Env)?).args(["-i", "--"]);
+            c.args(env.iter().map(|(k, v)| format!("{k}={v}")));
+            c.arg(chroot).args(&chroot_args);
+            c.env_clear();
+            c.env("PATH", HOST_PATH);
             c
         }
     };
-    // The host's environment stays outside; the image's goes in. The tools
-    // that enter the root are found on the host's PATH.
-    cmd.env_clear();
-    cmd.env(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
-    for (k, v) in &step.env {
-        cmd.env(k, v);
-    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -843,7 +881,12 @@ mod tests {
         let abilities = detect();
         let mut tried = 0;
         for iso in [Isolation::Namespace, Isolation::Chroot, Isolation::Userns] {
-            if abilities.choose(Request::Exactly(iso)).is_err() {
+            if let Err(e) = abilities.choose(Request::Exactly(iso)) {
+                // On CI, as root, root's isolations must all work.
+                if std::env::var_os("CI").is_some() && is_root() && iso != Isolation::Userns {
+                    panic!("{iso} must run on CI as root, but: {e}");
+                }
+                eprintln!("{iso} not tried: {e}");
                 continue;
             }
             tried += 1;
@@ -851,7 +894,9 @@ mod tests {
                 root: root.path().to_path_buf(),
                 command: "echo \"$GREETING from $(pwd)\"; id -u; touch /srv/made-by-$MODE; exit 3"
                     .into(),
+                // No sbin: the host's chroot is found all the same.
                 env: vec![
+                    ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
                     ("GREETING".into(), "hello".into()),
                     ("MODE".into(), iso.to_string()),
                 ],
@@ -884,6 +929,17 @@ mod tests {
                     .any(|l| l.starts_with("HOME=") || l.starts_with("CARGO")),
                 "{iso}: {env:?}"
             );
+            if iso != Isolation::Chroot {
+                // The namespace's own name, not the build machine's.
+                let (_, name) = run_collect(
+                    &Step {
+                        command: "hostname; cat /proc/sys/kernel/hostname".into(),
+                        ..step.clone()
+                    },
+                    iso,
+                );
+                assert_eq!(name, ["localhost", "localhost"], "{iso}");
+            }
             if iso == Isolation::Namespace {
                 // A private /proc: the step is PID 1's child in its own namespace.
                 let (_, ps) = run_collect(

@@ -15,14 +15,18 @@
 //! rootfs/<chain>.layers     the blobs of that chain, so gc drops it with them
 //! debian/indexes/<sha256>   verified Debian archive indexes (see debian::fetch)
 //! debian/debs/sha256/       verified .deb packages, by their sha256
-//! tmp/                      temporary names; renamed into place when complete
+//! tmp/<pid>-<start>-<n>/    one process's temporary names, renamed into
+//!                           place when complete; its `lock` is held while
+//!                           the process lives
 //! lock                      shared by builds, exclusive for gc
 //! ```
 //! Every file is written under a temporary name and renamed, blobs after an
 //! fsync, and records only after the blobs they name, so a kill at any point
-//! leaves either the old state or the new one.
+//! leaves either the old state or the new one. What a killed process leaves
+//! in `tmp/` is removed by the next process that opens the store: a
+//! directory whose `lock` nobody holds belongs to no living process.
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs::{self, File, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -77,8 +81,32 @@ impl Kind {
 
 pub struct Store {
     root: PathBuf,
+    // Dropped (removed) before the store's lock is released.
+    tmp: OwnTmp,
     // Held for the store's lifetime: shared by builds, exclusive for gc.
     _lock: File,
+    swept: Swept,
+}
+
+/// This process's directory under `tmp/`, with its `lock` held for as long
+/// as the store is open; removed on drop.
+struct OwnTmp {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Drop for OwnTmp {
+    fn drop(&mut self) {
+        let _ = crate::fsutil::remove_tree(&self.dir);
+    }
+}
+
+/// Temporary files of dead processes, removed when the store was opened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// Directories (one per dead process) or stray files.
+    pub temps_removed: u64,
+    pub temp_bytes_removed: u64,
 }
 
 /// What `gc` removed.
@@ -89,6 +117,9 @@ pub struct GcStats {
     pub records_removed: u64,
     /// Unpacked root filesystems whose layers are gone.
     pub rootfs_removed: u64,
+    /// Left in `tmp/` by processes that were killed.
+    pub temps_removed: u64,
+    pub temp_bytes_removed: u64,
     pub blobs_kept: u64,
     pub bytes_kept: u64,
 }
@@ -150,9 +181,14 @@ impl Store {
         } else {
             lock.lock_shared().map_err(io_at(&lock_path))?;
         }
+        let tmp = root.join("tmp");
+        let swept = sweep_dead(&tmp)?;
+        let own = own_tmp(&tmp)?;
         Ok(Store {
             root: root.to_path_buf(),
+            tmp: own,
             _lock: lock,
+            swept,
         })
     }
 
@@ -160,10 +196,18 @@ impl Store {
         &self.root
     }
 
-    /// `tmp/`: temporary files and directories, on the same filesystem as
-    /// what they are renamed to.
+    /// What opening the store removed from `tmp/`: the leftovers of killed
+    /// processes.
+    pub fn swept(&self) -> Swept {
+        self.swept
+    }
+
+    /// This process's own directory under `tmp/` for temporary files and
+    /// directories, on the same filesystem as what they are renamed to;
+    /// removed when the store is dropped, and by the next process to open
+    /// the store if this one is killed.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.tmp.dir.clone()
     }
 
     /// `rootfs/`: unpacked chains of layers, each beside its `.layers` list.
@@ -217,10 +261,14 @@ impl Store {
         Ok(hex)
     }
 
-    /// A temporary file on the store's filesystem, removed unless committed.
+    /// A temporary file on the store's filesystem, removed unless committed;
+    /// 0666 less the umask, so that outputs can hard-link the blob it becomes.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
         let dir = self.tmp_dir();
-        tempfile::NamedTempFile::new_in(&dir).map_err(io_at(&dir))
+        tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .tempfile_in(&dir)
+            .map_err(io_at(&dir))
     }
 
     /// A directory under the store's `tmp/` (same filesystem as what it
@@ -310,7 +358,12 @@ impl Store {
         names: impl Fn(&Path) -> Option<BTreeSet<String>>,
     ) -> Result<GcStats, StoreError> {
         let mut keep: BTreeSet<String> = BTreeSet::new();
-        let mut stats = GcStats::default();
+        // What opening the store swept counts as gc's work.
+        let mut stats = GcStats {
+            temps_removed: self.swept.temps_removed,
+            temp_bytes_removed: self.swept.temp_bytes_removed,
+            ..GcStats::default()
+        };
         let refs = self.root.join("refs");
         for graph in read_dir_names(&refs)? {
             let dir = refs.join(&graph);
@@ -405,16 +458,133 @@ impl Store {
                 stats.rootfs_removed += 1;
             }
         }
-        // Left by builds that were killed (gc holds the store alone).
-        let tmp = self.tmp_dir();
+        // Left by processes that were killed, or by imgbuild versions that
+        // wrote straight into tmp/ (gc holds the store alone: only its own
+        // directory is in use).
+        let tmp = self.root.join("tmp");
         for name in read_dir_names(&tmp)? {
-            let p = tmp.join(name);
-            let _ = match fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => crate::fsutil::remove_tree(&p),
-                _ => fs::remove_file(&p),
-            };
+            let p = tmp.join(&name);
+            if p == self.tmp.dir {
+                continue;
+            }
+            let size = tree_size(&p);
+            if remove_any(&p).is_ok() {
+                stats.temps_removed += 1;
+                stats.temp_bytes_removed += size;
+            }
         }
         Ok(stats)
+    }
+}
+
+/// Whether `name` is a process's directory under `tmp/`: `<pid>-<start>-<n>`.
+fn is_process_dir(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the directories under `tmp/` of processes that are gone: their
+/// `lock` can be taken. Others' entries (an older imgbuild's, or one being
+/// made, still named `.new-…`) are left to `gc`.
+fn sweep_dead(tmp: &Path) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
+    for name in read_dir_names(tmp)? {
+        if !is_process_dir(&name) {
+            continue;
+        }
+        let dir = tmp.join(&name);
+        let lock_path = dir.join("lock");
+        // Held while its directory is removed, so no one else sweeps it too.
+        let _held = match File::open(&lock_path) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
+            },
+            // Only a directory being removed has a final name and no lock:
+            // its owner got the lock before giving it that name.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_at(&lock_path)(e)),
+        };
+        let size = tree_size(&dir);
+        match crate::fsutil::remove_tree(&dir) {
+            Ok(()) => {
+                swept.temps_removed += 1;
+                swept.temp_bytes_removed += size;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(&dir)(e)),
+        }
+    }
+    Ok(swept)
+}
+
+/// Makes this process's directory under `tmp/`, locked before it gets its
+/// final name, so that a sweep never sees it unlocked while it lives.
+fn own_tmp(tmp: &Path) -> Result<OwnTmp, StoreError> {
+    static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{}-{}-{n}", std::process::id(), process_start());
+    let making = tempfile::Builder::new()
+        .prefix(".new-")
+        .tempdir_in(tmp)
+        .map_err(io_at(tmp))?;
+    let lock_path = making.path().join("lock");
+    let lock = File::options()
+        .create_new(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_at(&lock_path))?;
+    lock.lock().map_err(io_at(&lock_path))?;
+    let dir = tmp.join(name);
+    // A dead namesake (a pid and start time seen again after a reboot) was
+    // swept just before; whatever is left of it goes now.
+    if fs::symlink_metadata(&dir).is_ok() {
+        remove_any(&dir).map_err(io_at(&dir))?;
+    }
+    fs::rename(making.path(), &dir).map_err(io_at(&dir))?;
+    // Renamed away: nothing left for the TempDir to remove.
+    let _ = making.keep();
+    Ok(OwnTmp { dir, _lock: lock })
+}
+
+/// When this process started, in clock ticks since boot (Linux's
+/// /proc/self/stat field 22); with the pid, it names the process uniquely.
+fn process_start() -> u64 {
+    fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The command name (field 2) may hold spaces: count after it.
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The bytes of the files under `path` (or of the file), as far as it can
+/// be read.
+fn tree_size(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .map(|e| tree_size(&e.path()))
+            .sum()
+    })
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => crate::fsutil::remove_tree(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
     }
 }
 
@@ -541,6 +711,65 @@ mod tests {
         fs::remove_file(&graph).unwrap();
         let stats = s.gc(|v: &Vec<String>| v.clone(), all).unwrap();
         assert_eq!(stats.blobs_removed, 1);
+    }
+
+    #[test]
+    fn temporary_files_of_dead_processes_are_swept_and_the_living_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let first = Store::open(d.path()).unwrap();
+        let living = first.tmp_dir();
+        fs::write(living.join("partial"), vec![0u8; 1000]).unwrap();
+        // What a killed process leaves: its directory, its unheld lock and a
+        // partial file; and what an older imgbuild left straight in tmp/.
+        let tmp = d.path().join("tmp");
+        let dead = tmp.join("4000001-77-0");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        fs::write(dead.join(".tmpAbc123"), vec![0u8; 5000]).unwrap();
+        fs::write(tmp.join(".tmpOld999"), vec![0u8; 300]).unwrap();
+        let second = Store::open(d.path()).unwrap();
+        assert_eq!(
+            second.swept(),
+            Swept {
+                temps_removed: 1,
+                temp_bytes_removed: 5000
+            }
+        );
+        assert!(!dead.exists(), "the dead process's directory is gone");
+        assert!(
+            living.join("partial").exists(),
+            "the living store's directory is kept"
+        );
+        assert_ne!(second.tmp_dir(), living);
+        assert!(tmp.join(".tmpOld999").exists(), "left for gc");
+        let mut names = read_dir_names(&tmp).unwrap();
+        names.retain(|n| is_process_dir(n));
+        assert_eq!(names.len(), 2, "{names:?}");
+        // A store's directory goes with it.
+        let own = second.tmp_dir();
+        drop(second);
+        assert!(!own.exists());
+        drop(first);
+        assert!(!living.exists());
+        // gc removes and reports whatever is left that is not its own.
+        let s = Store::open_exclusive(d.path()).unwrap();
+        let dead = tmp.join("4000002-78-0");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        fs::write(dead.join("x"), vec![0u8; 10]).unwrap();
+        let stats = s.gc(|v: &Vec<String>| v.clone(), |_| None).unwrap();
+        assert_eq!((stats.temps_removed, stats.temp_bytes_removed), (2, 310));
+        // What opening it swept is gc's work too.
+        drop(s);
+        let dead = tmp.join("4000003-79-0");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), b"").unwrap();
+        fs::write(dead.join("y"), vec![0u8; 20]).unwrap();
+        let s = Store::open_exclusive(d.path()).unwrap();
+        let stats = s.gc(|v: &Vec<String>| v.clone(), |_| None).unwrap();
+        assert_eq!((stats.temps_removed, stats.temp_bytes_removed), (1, 20));
+        assert_eq!(read_dir_names(&tmp).unwrap().len(), 1, "gc's own");
+        assert!(s.tmp_dir().is_dir());
     }
 
     #[test]
