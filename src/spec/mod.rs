@@ -15,6 +15,7 @@ mod debian;
 mod layers;
 mod raw;
 mod resolve;
+mod sources;
 mod steps;
 mod tags;
 #[cfg(test)]
@@ -28,6 +29,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use sources::{
+    LoadOptions, ResolvedSource, Source, SourceFailure, SourceFetcher, SourceLocation, SourceSpec,
+};
 pub use yaml::Pos;
 
 use crate::reference::Reference;
@@ -95,6 +99,8 @@ pub struct LayerSpec {
     /// `src` is a root filesystem tarball taken as it is (`from: {rootfs:
     /// …}`): owners, modes and links from its headers, nothing excluded.
     pub import: bool,
+    /// `source: NAME`: `src` is inside that source's tree.
+    pub source: Option<String>,
     #[serde(skip)]
     pub pos: Pos,
 }
@@ -206,6 +212,8 @@ pub struct Spec {
     pub images: BTreeMap<String, Image>,
     /// `registry:`: where `push` puts images (`HOST/PATH`), vars expanded.
     pub registry: Option<String>,
+    /// `sources:`, fetched.
+    pub sources: BTreeMap<String, Source>,
 }
 
 /// One thing wrong with images.yaml.
@@ -252,8 +260,14 @@ fn render_problems(file: &Path, problems: &[Problem]) -> String {
 }
 
 impl Spec {
-    /// Reads and validates `file`, including that every layer source exists.
+    /// Reads and validates `file`, including that every layer source exists;
+    /// `sources:` cannot be fetched (see [`Spec::load_with`]).
     pub fn load(file: &Path) -> Result<Spec, SpecError> {
+        Spec::load_with(file, &LoadOptions::default())
+    }
+
+    /// [`Spec::load`] with `--set` vars and a fetcher for `sources:`.
+    pub fn load_with(file: &Path, opts: &LoadOptions<'_>) -> Result<Spec, SpecError> {
         let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read {
             file: file.to_path_buf(),
             source,
@@ -263,17 +277,28 @@ impl Spec {
             source,
         })?;
         let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-        Spec::parse(&text, file, &dir)
+        Spec::parse_with(&text, file, &dir, opts)
     }
 
     /// Parses `text` as if read from `file`, resolving paths against `dir`.
     pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
-        resolve::parse(text, dir)
+        Spec::parse_with(text, file, dir, &LoadOptions::default())
+    }
+
+    /// [`Spec::parse`] with `--set` vars and a fetcher for `sources:`.
+    pub fn parse_with(
+        text: &str,
+        file: &Path,
+        dir: &Path,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Spec, SpecError> {
+        resolve::parse(text, dir, opts)
             .map(|(images, top)| Spec {
                 file: file.to_path_buf(),
                 dir: dir.to_path_buf(),
                 images,
                 registry: top.registry,
+                sources: top.sources,
             })
             .map_err(|mut problems| {
                 problems.sort_by_key(|p| (p.line, p.column));

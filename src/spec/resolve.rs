@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::ctx::{Ctx, check_var_names, expand, expand_each, expand_var_defs};
 use super::raw::{self, RawImage};
+use super::sources::{self, Known, LoadOptions, Source};
 use super::yaml;
 use super::{Image, Parent, Problem};
 use super::{config, debian, layers, steps, tags};
@@ -14,11 +15,13 @@ use crate::{graph, suggest};
 #[derive(Debug, Default)]
 pub(super) struct Top {
     pub registry: Option<String>,
+    pub sources: BTreeMap<String, Source>,
 }
 
 pub(super) fn parse(
     text: &str,
     dir: &Path,
+    opts: &LoadOptions<'_>,
 ) -> Result<(BTreeMap<String, Image>, Top), Vec<Problem>> {
     let root = yaml::parse(text).map_err(|e| {
         vec![Problem {
@@ -30,11 +33,19 @@ pub(super) fn parse(
         }]
     })?;
     let mut cx = Ctx::default();
-    let file = raw::read_file(&mut cx, &root);
+    let mut file = raw::read_file(&mut cx, &root);
     check_var_names(&mut cx, &file.vars);
-    let file_vars: BTreeMap<String, String> =
+    sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);
+    let mut file_vars: BTreeMap<String, String> =
         expand_var_defs(&mut cx, &BTreeMap::new(), &file.vars);
-    let images = resolve(&mut cx, &file.images, &file_vars, dir);
+    let fetched =
+        sources::finish_sources(&mut cx, &file.sources, &mut file_vars, dir, opts.fetcher);
+    let declared: Vec<String> = file.sources.iter().map(|s| s.name().to_string()).collect();
+    let known = Known {
+        fetched: &fetched,
+        declared: &declared,
+    };
+    let images = resolve(&mut cx, &file.images, &file_vars, dir, &known);
     let registry = file.registry.and_then(|r| {
         let value = expand(&mut cx, &r, &file_vars)?;
         let prefix = value.trim_end_matches('/');
@@ -51,7 +62,13 @@ pub(super) fn parse(
         }
     });
     if cx.problems.is_empty() {
-        Ok((images, Top { registry }))
+        Ok((
+            images,
+            Top {
+                registry,
+                sources: fetched,
+            },
+        ))
     } else {
         Err(cx.problems)
     }
@@ -62,6 +79,7 @@ fn resolve(
     raw: &BTreeMap<String, RawImage>,
     file_vars: &BTreeMap<String, String>,
     dir: &Path,
+    known: &Known<'_>,
 ) -> BTreeMap<String, Image> {
     // Parents first: `from` sees the file's vars and the image's own.
     let mut parents: BTreeMap<&str, Parent> = BTreeMap::new();
@@ -162,7 +180,7 @@ fn resolve(
             _ => None,
         }
         .and_then(|i| i.debian.clone());
-        let mut image = finish_image(cx, name, &raw[name], parent.clone(), &inherited, dir);
+        let mut image = finish_image(cx, name, &raw[name], parent.clone(), &inherited, dir, known);
         if let Some(d) = &raw[name].debian {
             if raw[name].rootfs.is_some() {
                 // Packages go in before file layers, and the tarball is one.
@@ -195,6 +213,7 @@ fn finish_image(
     parent: Parent,
     inherited: &BTreeMap<String, String>,
     dir: &Path,
+    known: &Known<'_>,
 ) -> Image {
     check_var_names(cx, &raw.vars);
     let vars = expand_var_defs(cx, inherited, &raw.vars);
@@ -204,7 +223,7 @@ fn finish_image(
     let tags = tags::finish_tags(cx, &raw.tags, &vars);
     let secrets = steps::finish_secrets(cx, &raw.secrets, &vars, dir);
     let network = steps::finish_network(cx, raw.network.as_ref(), &vars);
-    let layers = layers::finish_layers(cx, raw, &vars, dir);
+    let layers = layers::finish_layers(cx, raw, &vars, dir, known);
     Image {
         name: name.to_string(),
         pos: raw.pos,
