@@ -109,7 +109,19 @@ impl Repo {
             }
         };
         self.ensure_commit(url, reference, &commit, token)?;
-        Ok(commit)
+        // An annotated tag's own object, peeled to its commit.
+        let peeled = run(
+            self.git()?
+                .args(["rev-parse", "--verify", "--quiet"])
+                .arg(format!("{commit}^{{commit}}")),
+            None,
+            "rev-parse",
+        )?;
+        let peeled = peeled.trim().to_string();
+        if peeled != commit {
+            self.keep(&peeled)?;
+        }
+        Ok(peeled)
     }
 
     /// Makes sure `commit` is in the cache: there already, fetched alone
