@@ -12,7 +12,7 @@ use crate::store::Store;
 fn git_path() -> Result<&'static Path, SourceError> {
     static GIT: OnceLock<Option<PathBuf>> = OnceLock::new();
     GIT.get_or_init(|| {
-        let path = std::env::var_os("PATH")?;
+        let path = std::env::var_os(crate::env::PATH)?;
         std::env::split_paths(&path)
             .map(|d| d.join("git"))
             .find(|p| p.is_file())
