@@ -386,3 +386,113 @@ impl RawSource {
         &self.name.v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{assert_problems, tree};
+    use super::super::{Spec, SpecError};
+    use super::*;
+
+    /// Resolves every source to `root`, with Moodle's vars.
+    struct Fake(PathBuf);
+
+    impl SourceFetcher for Fake {
+        fn fetch(&self, source: &SourceSpec) -> Result<ResolvedSource, SourceFailure> {
+            if let SourceLocation::Git { reference, .. } = &source.location
+                && reference == "nope"
+            {
+                return Err(SourceFailure {
+                    message: "no such ref".into(),
+                    hint: Some("check `ref:`".into()),
+                });
+            }
+            Ok(ResolvedSource {
+                root: self.0.clone(),
+                vars: [("release", "5.1.3"), ("short", "0123abcd")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                identity: "commit 0123abcd".into(),
+            })
+        }
+    }
+
+    fn load(dir: &Path, text: &str, set: &[(String, String)]) -> Result<Spec, Vec<Problem>> {
+        let fake = Fake(dir.join("layers"));
+        let opts = LoadOptions {
+            set,
+            fetcher: Some(&fake),
+        };
+        Spec::parse_with(text, Path::new("images.yaml"), dir, &opts).map_err(|e| match e {
+            SpecError::Invalid { problems, .. } => problems,
+            other => panic!("{other}"),
+        })
+    }
+
+    use super::super::Problem;
+
+    #[test]
+    fn a_layer_takes_a_source_and_its_vars() {
+        let d = tree();
+        let spec = load(
+            d.path(),
+            "vars:\n  where: base\nsources:\n  m:\n    git: {url: \"https://git.example/m.git\", ref: v1}\nimages:\n  a:\n    from: scratch\n    layers:\n      - {source: m, dest: /srv}\n      - {source: m, src: \"${where}/etc\", dest: /etc}\n    tags: [\"a:${source.m.release}-${source.m.short}\"]\n",
+            &[],
+        )
+        .unwrap();
+        let a = &spec.images["a"];
+        assert_eq!(a.tags, vec!["a:5.1.3-0123abcd"]);
+        assert_eq!(a.layers[0].src, d.path().join("layers"));
+        assert_eq!(a.layers[0].src_text, "m");
+        assert_eq!(a.layers[1].src, d.path().join("layers/base/etc"));
+        assert_eq!(a.layers[1].src_text, "m:base/etc");
+        assert_eq!(a.layers[1].source.as_deref(), Some("m"));
+        assert_eq!(spec.sources["m"].resolved.identity, "commit 0123abcd");
+    }
+
+    #[test]
+    fn bad_sources_and_names_are_reported_where_written() {
+        let d = tree();
+        let p = load(
+            d.path(),
+            "sources:\n  m:\n    git: {url: \"https://x/m.git\", ref: nope}\n  both:\n    git: {url: \"https://x\", ref: v1}\n    dir: layers\n  arch:\n    archive: {url: \"ftp://x/a.tgz\", sha256: abc}\n  half:\n    git: {url: \"https://x\"}\nimages:\n  a:\n    from: scratch\n    layers:\n      - {source: mm, dest: /srv}\n      - {source: half, src: ../../etc, dest: /etc}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_problems(
+            &p,
+            &[
+                "2: source `m`: no such ref",
+                "5: source `both` needs exactly one of `git`, `archive` or `dir`",
+                "8: `url: ftp://x/a.tgz` is not a URL this source takes",
+                "10: `git` needs `ref`",
+                "15: unknown source `mm`",
+            ],
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.hint.as_deref() == Some("did you mean `m`?"))
+        );
+    }
+
+    #[test]
+    fn set_overrides_a_top_level_var_and_names_typos() {
+        let d = tree();
+        let text = "vars:\n  src: nowhere\n  twice: \"${src}\"\nsources:\n  local:\n    dir: \"${src}\"\nimages:\n  a:\n    from: scratch\n    tags: [\"a:${twice}\"]\n    layers:\n      - {source: local, src: base, dest: /}\n";
+        let p = load(d.path(), text, &[]).unwrap_err();
+        assert_problems(&p, &["6: source directory `nowhere` is not a directory"]);
+        let set = [("src".to_string(), "layers".to_string())];
+        let spec = load(d.path(), text, &set).unwrap();
+        assert_eq!(spec.images["a"].tags, vec!["a:layers"]);
+        let p = load(d.path(), text, &[("sr".into(), "x".into())]).unwrap_err();
+        assert!(
+            p.iter().any(|x| x.message.contains("no top-level var `sr`")
+                && x.hint.as_deref() == Some("did you mean `--set src=…`?")),
+            "{p:?}"
+        );
+        // Without a fetcher, sources cannot be loaded.
+        let p = super::super::testutil::parse_in(d.path(), &text.replace("nowhere", "layers"))
+            .unwrap_err();
+        assert!(p[0].message.contains("cannot be fetched"), "{p:?}");
+    }
+}
