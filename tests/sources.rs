@@ -211,11 +211,73 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
+/// The same with `git http-backend` behind it (argv: the directory of
+/// repositories, the backend program), for git over HTTP.
+const GIT_SERVER: &str = r#"
+import http.server, os, subprocess, sys
+want = os.environ.get("WANT_AUTH")
+root, backend = sys.argv[1], sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def serve(self, method):
+        if want and self.headers.get("Authorization") != want:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1",
+                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=method,
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(body)), REMOTE_ADDR="127.0.0.1",
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""),
+                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
+        out = subprocess.run([backend], input=body, env=env, capture_output=True).stdout
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
+        head, _, rest = out.partition(sep)
+        status, headers = 200, []
+        for line in head.decode().splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+    def do_GET(self):
+        self.serve("GET")
+    def do_POST(self):
+        self.serve("POST")
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
 impl Server {
     fn start(dir: &Path, auth: Option<&str>) -> Server {
+        Server::spawn(SERVER, &[dir], auth)
+    }
+
+    /// `git http-backend` serving the repositories below `dir`.
+    fn git(dir: &Path, auth: Option<&str>) -> Server {
+        let exec = git(dir, &["--exec-path"]);
+        let backend = Path::new(&exec).join("git-http-backend");
+        assert!(backend.is_file(), "no {}", backend.display());
+        Server::spawn(GIT_SERVER, &[dir, &backend], auth)
+    }
+
+    fn spawn(script: &str, args: &[&Path], auth: Option<&str>) -> Server {
         let mut c = Command::new("python3");
-        c.args(["-u", "-c", SERVER])
-            .arg(dir)
+        c.args(["-u", "-c", script])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(a) = auth {
@@ -517,5 +579,74 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if t.is_file() {
             out.push(e.path());
         }
+    }
+}
+
+#[test]
+fn a_private_git_source_over_http_gets_its_token_from_the_environment() {
+    let cx = Ctx::new();
+    let (repo, _) = moodle_repo(&cx);
+    let token = "oauth2:glpat-s3cret-GIT-token";
+    let header = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(token)
+        )
+    };
+    let server = Server::git(&cx.scratch, Some(&header));
+    cx.yaml(&format!(
+        "sources:\n  private:\n    git: {{url: \"{}\", ref: v5.1.3}}\n    token_env: GIT_TOKEN\nimages:\n  p:\n    from: scratch\n    layers:\n      - {{source: private, dest: /p}}\n",
+        server.url("moodle/.git")
+    ));
+    cx.run(&["lock"])
+        .exit(2)
+        .stderr_has(&["GIT_TOKEN is not set"]);
+    let wrong = cx
+        .run_env(&["lock"], &[("GIT_TOKEN", "oauth2:wrong-token")])
+        .exit(2);
+    wrong.stderr_has(&["`git ls-remote` failed"]);
+    assert!(!wrong.stderr.contains("wrong-token"), "{wrong}");
+
+    let lock = cx
+        .run_env(&["--json", "lock"], &[("GIT_TOKEN", token)])
+        .success();
+    let commit = git(&repo, &["rev-parse", "v5.1.3^{commit}"]);
+    assert_eq!(lock.json()["sources"]["private"]["commit"], commit.as_str());
+    let out = cx.scratch.join("out");
+    let build = cx
+        .run_env(
+            &[
+                "--json",
+                "build",
+                "p",
+                "-o",
+                &format!("oci:{}", out.display()),
+            ],
+            &[("GIT_TOKEN", token)],
+        )
+        .success();
+    assert!(
+        layer_paths(&out, "p")[0]
+            .iter()
+            .any(|p| p == "p/version.php")
+    );
+    for run in [&lock, &build] {
+        for text in [&run.stdout, &run.stderr] {
+            assert!(
+                !text.contains("s3cret") && !text.contains(&header[6..]),
+                "{run}"
+            );
+        }
+    }
+    let mut files = vec![cx.path("images.lock")];
+    walk(&cx.home, &mut files);
+    for f in files {
+        let s = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(
+            !s.contains("s3cret") && !s.contains(&header[6..]),
+            "{}",
+            f.display()
+        );
     }
 }

@@ -226,13 +226,26 @@ fn run(cmd: &mut Command, token: Option<Token<'_>>, what: &str) -> Result<String
                 "GIT_CONFIG_VALUE_0",
                 format!("Authorization: {}", t.header()),
             );
+        // Traces would print the header into the output we pass on.
+        for v in [
+            "GIT_TRACE",
+            "GIT_TRACE_CURL",
+            "GIT_CURL_VERBOSE",
+            "GIT_TRACE_PACKET",
+        ] {
+            cmd.env_remove(v);
+        }
     }
     let out = cmd.output().map_err(|source| SourceError::Io {
         path: PathBuf::from("git"),
         source,
     })?;
     if !out.status.success() {
-        return Err(git_error(what, &out.status, &out.stderr));
+        let mut e = git_error(what, &out.status, &out.stderr);
+        if let (Some(t), SourceError::Git { output, .. }) = (token, &mut e) {
+            *output = t.mask(output);
+        }
+        return Err(e);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

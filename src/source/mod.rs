@@ -259,6 +259,19 @@ impl Token<'_> {
     /// The `Authorization` header: `USER:PASSWORD` as Basic (GitLab:
     /// `oauth2:TOKEN`, `gitlab-ci-token:$CI_JOB_TOKEN`), anything else as
     /// Bearer.
+    /// `text` with the token and its header value replaced by `***`.
+    pub(crate) fn mask(&self, text: &str) -> String {
+        let header = self.header();
+        let value = header.split_once(' ').map_or("", |(_, v)| v);
+        let mut out = text.to_string();
+        for secret in [self.0, value] {
+            if !secret.is_empty() {
+                out = out.replace(secret, "***");
+            }
+        }
+        out
+    }
+
     pub(crate) fn header(&self) -> String {
         use base64::Engine as _;
         match self.0.contains(':') {
