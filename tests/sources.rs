@@ -639,6 +639,8 @@ fn a_private_git_source_over_http_gets_its_token_from_the_environment() {
             );
         }
     }
+    // Pinned and in the store: no network, so no token needed.
+    cx.run(&["build", "--locked", "p"]).success();
     let mut files = vec![cx.path("images.lock")];
     walk(&cx.home, &mut files);
     for f in files {

@@ -39,6 +39,12 @@ impl ArchiveKind {
     }
 }
 
+/// `sources/archive/<sha256>`, when it is there already.
+pub(super) fn cached(store: &Store, sha256: &str) -> Option<PathBuf> {
+    let dest = store.sources_dir().join("archive").join(sha256);
+    dest.is_dir().then_some(dest)
+}
+
 /// `sources/archive/<sha256>`: downloaded, verified and extracted once.
 pub(super) fn fetch(
     store: &Store,

@@ -21,6 +21,24 @@ fn git_path() -> Result<&'static Path, SourceError> {
     .ok_or(SourceError::NoGit)
 }
 
+/// `sources/tree/<commit>`.
+fn tree(store: &Store, commit: &str) -> PathBuf {
+    store.sources_dir().join("tree").join(commit)
+}
+
+/// Whether the commit's tree is in the store (then git is not needed).
+pub(super) fn exported(store: &Store, commit: &str) -> bool {
+    tree(store, commit).is_dir()
+}
+
+/// The commit's tree: in the store, or exported from `url`'s cache.
+pub(super) fn export(store: &Store, url: &str, commit: &str) -> Result<PathBuf, SourceError> {
+    if exported(store, commit) {
+        return Ok(tree(store, commit));
+    }
+    Repo::open(store, url)?.export(store, commit)
+}
+
 pub(super) struct Repo {
     dir: PathBuf,
 }
@@ -170,7 +188,7 @@ impl Repo {
 
     /// `sources/tree/<commit>`: the commit's tree, exported once.
     pub(super) fn export(&self, store: &Store, commit: &str) -> Result<PathBuf, SourceError> {
-        let dest = store.sources_dir().join("tree").join(commit);
+        let dest = tree(store, commit);
         if dest.is_dir() {
             return Ok(dest);
         }

@@ -156,13 +156,14 @@ impl Fetcher {
     }
 
     fn fetch_source(&self, s: &SourceSpec) -> Result<ResolvedSource, SourceError> {
-        let token = match &s.token_env {
-            Some(name) => Some(
-                crate::env::var(name).ok_or_else(|| SourceError::NoToken { name: name.clone() })?,
-            ),
-            None => None,
+        // The token is needed only when the network is: a pinned commit
+        // or an archive already in the store is used without it.
+        let token_text = s.token_env.as_deref().and_then(crate::env::var);
+        let token = || match (&s.token_env, &token_text) {
+            (Some(_), Some(t)) => Ok(Some(Token(t))),
+            (Some(name), None) => Err(SourceError::NoToken { name: name.clone() }),
+            (None, _) => Ok(None),
         };
-        let token = token.as_deref().map(Token);
         match &s.location {
             SourceLocation::Git { url, reference } => {
                 let clean = crate::build::strip_credentials(url);
@@ -174,10 +175,17 @@ impl Fetcher {
                     Pinning::Update(names) => names.is_empty() || names.contains(&s.name),
                     _ => false,
                 };
-                let repo = git::Repo::open(self.store()?, url)?;
+                let store = self.store()?;
                 let commit = match pin {
                     Some(p) if !fresh => {
-                        repo.ensure_commit(url, reference, &p.commit, token)?;
+                        if !git::exported(store, &p.commit) {
+                            git::Repo::open(store, url)?.ensure_commit(
+                                url,
+                                reference,
+                                &p.commit,
+                                token()?,
+                            )?;
+                        }
                         p.commit.clone()
                     }
                     _ if self.pinning == Pinning::Locked => {
@@ -194,10 +202,10 @@ impl Fetcher {
                         if !fresh && let Ok(mut u) = self.unpinned.lock() {
                             u.push(s.name.clone());
                         }
-                        repo.resolve(url, reference, token)?
+                        git::Repo::open(store, url)?.resolve(url, reference, token()?)?
                     }
                 };
-                let root = repo.export(self.store()?, &commit)?;
+                let root = git::export(store, url, &commit)?;
                 if let Ok(mut used) = self.used.lock() {
                     used.insert(
                         s.name.clone(),
@@ -218,7 +226,11 @@ impl Fetcher {
                 })
             }
             SourceLocation::Archive { url, sha256 } => {
-                let root = archive::fetch(self.store()?, url, sha256, token)?;
+                let store = self.store()?;
+                let root = match archive::cached(store, sha256) {
+                    Some(root) => root,
+                    None => archive::fetch(store, url, sha256, token()?)?,
+                };
                 let mut vars = moodle::vars(&root);
                 vars.insert("sha256".into(), sha256.clone());
                 Ok(ResolvedSource {
