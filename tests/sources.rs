@@ -526,8 +526,9 @@ fn a_token_is_sent_but_never_shown_or_stored() {
     cx.run(&["check"])
         .exit(2)
         .stderr_has(&["`token_env: SRC_TOKEN`", "SRC_TOKEN is not set"]);
+    // A refused download is a failure (1), not bad input (2).
     cx.run_env(&["check"], &[("SRC_TOKEN", "oauth2:wrong")])
-        .exit(2)
+        .exit(1)
         .stderr_has(&["answered 401"]);
     let out = cx.scratch.join("out");
     let run = cx
@@ -604,7 +605,7 @@ fn a_private_git_source_over_http_gets_its_token_from_the_environment() {
         .stderr_has(&["GIT_TOKEN is not set"]);
     let wrong = cx
         .run_env(&["lock"], &[("GIT_TOKEN", "oauth2:wrong-token")])
-        .exit(2);
+        .exit(1);
     wrong.stderr_has(&["`git ls-remote` failed"]);
     assert!(!wrong.stderr.contains("wrong-token"), "{wrong}");
 

@@ -228,7 +228,12 @@ impl Failure {
 impl From<SpecError> for Failure {
     fn from(e: SpecError) -> Failure {
         Failure {
-            code: 2,
+            // A source that could not be fetched is not bad input.
+            code: if matches!(e, SpecError::Fetch { .. }) {
+                1
+            } else {
+                2
+            },
             error: e.into(),
             reported: false,
         }

@@ -83,6 +83,20 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// A failure of the fetch itself (network, server, git, disk), not of
+    /// what images.yaml says.
+    pub fn is_fetch(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Io { .. }
+                | SourceError::NoGit
+                | SourceError::Git { .. }
+                | SourceError::Http { .. }
+                | SourceError::Status { .. }
+                | SourceError::Store(_)
+        )
+    }
+
     /// What would fix it.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
@@ -253,6 +267,7 @@ impl SourceFetcher for Fetcher {
         self.fetch_source(source).map_err(|e| SourceFailure {
             message: e.to_string(),
             hint: e.hint(),
+            fetch: e.is_fetch(),
         })
     }
 }

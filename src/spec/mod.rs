@@ -239,6 +239,13 @@ pub enum SpecError {
         file: PathBuf,
         problems: Vec<Problem>,
     },
+    /// A source could not be fetched (network, server, disk); `problems`
+    /// says which, with everything else wrong.
+    #[error("{}", render_problems(file, problems))]
+    Fetch {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 fn render_problems(file: &Path, problems: &[Problem]) -> String {
@@ -300,11 +307,13 @@ impl Spec {
                 registry: top.registry,
                 sources: top.sources,
             })
-            .map_err(|mut problems| {
+            .map_err(|failed| {
+                let mut problems = failed.problems;
                 problems.sort_by_key(|p| (p.line, p.column));
-                SpecError::Invalid {
-                    file: file.to_path_buf(),
-                    problems,
+                let file = file.to_path_buf();
+                match failed.fetch {
+                    true => SpecError::Fetch { file, problems },
+                    false => SpecError::Invalid { file, problems },
                 }
             })
     }

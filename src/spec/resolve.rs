@@ -11,6 +11,12 @@ use super::{Image, Parent, Problem};
 use super::{config, debian, layers, steps, tags};
 use crate::{graph, suggest};
 
+/// What is wrong with images.yaml; `fetch`: a source could not be fetched.
+pub(super) struct Failed {
+    pub problems: Vec<Problem>,
+    pub fetch: bool,
+}
+
 /// What the top level of images.yaml gives, besides images.
 #[derive(Debug, Default)]
 pub(super) struct Top {
@@ -22,15 +28,16 @@ pub(super) fn parse(
     text: &str,
     dir: &Path,
     opts: &LoadOptions<'_>,
-) -> Result<(BTreeMap<String, Image>, Top), Vec<Problem>> {
-    let root = yaml::parse(text).map_err(|e| {
-        vec![Problem {
+) -> Result<(BTreeMap<String, Image>, Top), Failed> {
+    let root = yaml::parse(text).map_err(|e| Failed {
+        problems: vec![Problem {
             line: e.pos.line,
             column: e.pos.col,
             image: None,
             message: format!("YAML syntax: {}", e.message),
             hint: None,
-        }]
+        }],
+        fetch: false,
     })?;
     let mut cx = Ctx::default();
     let mut file = raw::read_file(&mut cx, &root);
@@ -38,7 +45,7 @@ pub(super) fn parse(
     sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);
     let mut file_vars: BTreeMap<String, String> =
         expand_var_defs(&mut cx, &BTreeMap::new(), &file.vars);
-    let fetched =
+    let (fetched, fetch_failed) =
         sources::finish_sources(&mut cx, &file.sources, &mut file_vars, dir, opts.fetcher);
     let declared: Vec<String> = file.sources.iter().map(|s| s.name().to_string()).collect();
     let known = Known {
@@ -70,7 +77,10 @@ pub(super) fn parse(
             },
         ))
     } else {
-        Err(cx.problems)
+        Err(Failed {
+            problems: cx.problems,
+            fetch: fetch_failed,
+        })
     }
 }
 

@@ -60,6 +60,9 @@ pub struct ResolvedSource {
 pub struct SourceFailure {
     pub message: String,
     pub hint: Option<String>,
+    /// The fetch failed (network, server, disk), not what images.yaml
+    /// says: loading fails with [`super::SpecError::Fetch`] (exit 1).
+    pub fetch: bool,
 }
 
 /// Makes sources available (fetches, verifies, extracts).
@@ -212,15 +215,16 @@ pub(super) fn apply_set(cx: &mut Ctx, defs: &mut [(S, S)], set: &[(String, Strin
 }
 
 /// Expands, checks and fetches every source; adds `source.NAME.KEY` to
-/// `vars`.
+/// `vars`. The bool: whether a fetch failed (see [`SourceFailure::fetch`]).
 pub(super) fn finish_sources(
     cx: &mut Ctx,
     raw: &[RawSource],
     vars: &mut BTreeMap<String, String>,
     dir: &Path,
     fetcher: Option<&dyn SourceFetcher>,
-) -> BTreeMap<String, Source> {
+) -> (BTreeMap<String, Source>, bool) {
     let mut out = BTreeMap::new();
+    let mut fetch_failed = false;
     let mut facts: Vec<(String, String)> = Vec::new();
     for s in raw {
         let Some(spec) = finish_source(cx, s, vars, dir) else {
@@ -241,15 +245,18 @@ pub(super) fn finish_sources(
                 }
                 out.insert(spec.name.clone(), Source { spec, resolved });
             }
-            Err(f) => cx.err(
-                s.name.pos,
-                format!("source `{}`: {}", spec.name, f.message),
-                f.hint,
-            ),
+            Err(f) => {
+                fetch_failed |= f.fetch;
+                cx.err(
+                    s.name.pos,
+                    format!("source `{}`: {}", spec.name, f.message),
+                    f.hint,
+                )
+            }
         }
     }
     vars.extend(facts);
-    out
+    (out, fetch_failed)
 }
 
 fn finish_source(
@@ -404,6 +411,7 @@ mod tests {
                 return Err(SourceFailure {
                     message: "no such ref".into(),
                     hint: Some("check `ref:`".into()),
+                    fetch: false,
                 });
             }
             Ok(ResolvedSource {
@@ -424,7 +432,7 @@ mod tests {
             fetcher: Some(&fake),
         };
         Spec::parse_with(text, Path::new("images.yaml"), dir, &opts).map_err(|e| match e {
-            SpecError::Invalid { problems, .. } => problems,
+            SpecError::Invalid { problems, .. } | SpecError::Fetch { problems, .. } => problems,
             other => panic!("{other}"),
         })
     }
