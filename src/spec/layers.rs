@@ -130,6 +130,20 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded<'_>, pos: Pos, dir: &Path) -> 
             } else {
                 s.resolved.root.join(rel)
             };
+            // A link inside a fetched tree must not lead `src` out of it.
+            if let (Ok(real), Ok(root)) = (src.canonicalize(), s.resolved.root.canonicalize())
+                && !real.starts_with(&root)
+            {
+                cx.err(
+                    p,
+                    format!(
+                        "`src: {inner}` leads out of source `{}` through a link",
+                        s.spec.name
+                    ),
+                    Some("name a path whose directories are inside the source's tree".into()),
+                );
+                return None;
+            }
             (
                 src,
                 text,

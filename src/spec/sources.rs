@@ -456,6 +456,19 @@ mod tests {
         assert_eq!(a.layers[1].src_text, "m:base/etc");
         assert_eq!(a.layers[1].source.as_deref(), Some("m"));
         assert_eq!(spec.sources["m"].resolved.identity, "commit 0123abcd");
+
+        // A link in the tree does not lead `src` out of it.
+        std::os::unix::fs::symlink(d.path(), d.path().join("layers/out")).unwrap();
+        let p = load(
+            d.path(),
+            "sources:\n  m:\n    dir: .\nimages:\n  a:\n    from: scratch\n    layers:\n      - {source: m, src: out/config.php, dest: /c}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_problems(
+            &p,
+            &["8: `src: out/config.php` leads out of source `m` through a link"],
+        );
     }
 
     #[test]
