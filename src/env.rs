@@ -42,6 +42,11 @@ pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Docker's configuration directory (default `~/.docker`).
 pub const DOCKER_CONFIG: &str = "DOCKER_CONFIG";
 
+/// Where the `git` command of `git:` sources is looked for.
+pub const PATH: &str = "PATH";
+// A source's `token_env: NAME` names a variable of the user's choosing; it
+// is read (through [`var`]) only when that source is fetched.
+
 /// A variable's value; unset and empty are the same.
 pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -13,6 +13,7 @@ pub mod reference;
 pub mod registry;
 pub mod retry;
 pub mod sandbox;
+pub mod source;
 pub mod spec;
 pub mod store;
 pub mod suggest;

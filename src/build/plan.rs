@@ -118,9 +118,16 @@ impl Session<'_> {
                 };
                 let (entries, key) = self.walk(image, i, l, ids)?;
                 let cached = self.cached_layer(&key)?.is_some();
-                let reason = (!cached).then(|| match (l.import, &last) {
-                    (true, Some(_)) => "the tarball changed".to_string(),
-                    _ => self.layer_reason(last.as_ref(), i, &entries),
+                let reason = (!cached).then(|| {
+                    let r = match (l.import, &last) {
+                        (true, Some(_)) => "the tarball changed".to_string(),
+                        _ => self.layer_reason(last.as_ref(), i, &entries),
+                    };
+                    // A fetched source says what it is now, then what moved.
+                    match l.source.as_ref().and_then(|n| self.spec.sources.get(n)) {
+                        Some(s) => format!("source {} ({}): {r}", s.spec.name, s.resolved.identity),
+                        None => r,
+                    }
                 });
                 if let Some(r) = &reason {
                     reasons.push(format!("layer {i} ({}): {r}", l.src_text));

@@ -16,7 +16,7 @@ pub struct BuildArgs {
     #[command(flatten)]
     select: Selection,
     #[command(flatten)]
-    layer: LayerArgs,
+    pub(super) layer: LayerArgs,
     /// Write the built images: oci:DIR (an OCI image layout, each image
     /// named by its graph name) or docker-archive:FILE (for `docker load`).
     #[arg(long, short = 'o', value_name = "oci:DIR|docker-archive:FILE")]

@@ -1,10 +1,10 @@
 //! `imgbuild check`
-use imgbuild::spec::{Spec, SpecError};
+use imgbuild::spec::SpecError;
 
 use super::{Cli, Failure, print_json};
 
 pub fn run(cli: &Cli) -> Result<(), Failure> {
-    match Spec::load(&cli.file) {
+    match super::load_spec(&cli.file) {
         Ok(spec) => {
             if cli.json {
                 print_json(

@@ -5,13 +5,14 @@ use imgbuild::build::remote::{Remote, RemoteOptions};
 use imgbuild::debian::lock::{Lock, path_for};
 
 use super::progress::Progress;
-use super::{Cli, Failure, LayerArgs, load, open_store, print_json};
+use super::{Cli, Failure, LayerArgs, open_store, print_json};
 
 #[derive(Args)]
 pub struct LockArgs {
-    /// Resolve again from the archive as it is now: every image, or the
-    /// images that install one of the packages named.
-    #[arg(long, num_args = 0.., value_name = "PKG")]
+    /// Resolve again from the archive and the sources' remotes as they are
+    /// now: every image and git source, or the images that install one of
+    /// the packages named and the git sources named.
+    #[arg(long, num_args = 0.., value_name = "PKG|SOURCE")]
     update: Option<Vec<String>>,
     /// Speak plain HTTP to this registry when pulling a parent named by
     /// reference (loopback registries always are).
@@ -20,7 +21,11 @@ pub struct LockArgs {
 }
 
 pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
-    let spec = load(&cli.file)?;
+    let pinning = match &args.update {
+        Some(names) => imgbuild::source::Pinning::Update(names.clone()),
+        None => imgbuild::source::Pinning::Use,
+    };
+    let (spec, pins, _) = super::load_pinned(&cli.file, &cli.set, pinning)?;
     let opts = LayerArgs::defaults().options(&spec)?;
     let store = open_store()?;
     // A parent named by registry reference is pulled: its dpkg status is
@@ -35,7 +40,8 @@ pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
     let session = Session::new(&store, &spec, &opts).with_puller(&remote);
     let path = path_for(&spec);
     let old = Lock::read(&path).map_err(Failure::usage)?;
-    let (lock, outcomes) = session.lock(old.as_ref(), args.update.as_deref())?;
+    let (mut lock, outcomes) = session.lock(old.as_ref(), args.update.as_deref())?;
+    lock.sources = pins;
     let changed = old.as_ref() != Some(&lock);
     if changed {
         lock.write(&path).map_err(Failure::failed)?;
@@ -45,6 +51,7 @@ pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
             "lock": path,
             "written": changed,
             "images": outcomes,
+            "sources": lock.sources,
         }));
     } else {
         for o in &outcomes {
@@ -52,6 +59,15 @@ pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
             for c in &o.changed {
                 eprintln!("  {c}");
             }
+        }
+        for (name, pin) in &lock.sources {
+            let was = old.as_ref().and_then(|o| o.sources.get(name));
+            let action = match was {
+                Some(w) if w.commit == pin.commit => "kept",
+                Some(_) => "updated",
+                None => "pinned",
+            };
+            eprintln!("source {name}: {action} {} ({})", pin.commit, pin.reference);
         }
         let what = if changed { "written" } else { "unchanged" };
         eprintln!("{}: {what}", path.display());

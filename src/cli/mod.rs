@@ -11,6 +11,7 @@ mod push;
 mod remote;
 mod run;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,8 +20,10 @@ use clap::{Args, Parser, Subcommand};
 
 use imgbuild::build::remote::RemoteError;
 use imgbuild::build::{BuildError, Options, stamp_from_env};
+use imgbuild::debian::lock::LockedSource;
 use imgbuild::layer::{Compression, LayerError};
-use imgbuild::spec::{Spec, SpecError};
+use imgbuild::source::{Fetcher, Pinning};
+use imgbuild::spec::{LoadOptions, Spec, SpecError};
 use imgbuild::store::Store;
 
 #[derive(Parser)]
@@ -45,6 +48,10 @@ pub struct Cli {
     /// No progress on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Override a top-level var of images.yaml for this run (repeatable),
+    /// e.g. `--set moodle_51_src=../moodle` to build against a checkout.
+    #[arg(long = "set", global = true, value_name = "NAME=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -221,7 +228,12 @@ impl Failure {
 impl From<SpecError> for Failure {
     fn from(e: SpecError) -> Failure {
         Failure {
-            code: 2,
+            // A source that could not be fetched is not bad input.
+            code: if matches!(e, SpecError::Fetch { .. }) {
+                1
+            } else {
+                2
+            },
             error: e.into(),
             reported: false,
         }
@@ -281,8 +293,71 @@ pub fn exit_code(e: &BuildError) -> u8 {
     }
 }
 
+fn parse_set(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if imgbuild::spec::vars::valid_name(name) => {
+            Ok((name.to_string(), value.to_string()))
+        }
+        Some((name, _)) => Err(format!("`{name}` is not a var name")),
+        None => Err("write NAME=VALUE".into()),
+    }
+}
+
+/// What loading images.yaml takes from the whole command line (set once,
+/// in [`run`]): `--set`, and how git sources meet images.lock.
+static LOADING: std::sync::OnceLock<(Vec<(String, String)>, Pinning)> = std::sync::OnceLock::new();
+
 fn load(file: &Path) -> Result<Spec, Failure> {
-    Ok(Spec::load(file)?)
+    Ok(load_spec(file)?)
+}
+
+/// images.yaml with `--set` applied and its sources fetched.
+fn load_spec(file: &Path) -> Result<Spec, SpecError> {
+    let (set, pinning) = LOADING.get().cloned().unwrap_or((Vec::new(), Pinning::Use));
+    let (spec, _, unpinned) = load_pinned(file, &set, pinning)?;
+    for name in unpinned {
+        eprintln!(
+            "warning: git source `{name}` is not pinned in {}: using the commit its ref names now; run `imgbuild lock` to pin it",
+            imgbuild::debian::lock::path_for(&spec).display()
+        );
+    }
+    Ok(spec)
+}
+
+/// A loaded spec, the git commits its sources were fetched at (what
+/// images.lock's `sources` pins), and the git sources no pin held.
+type Loaded = (Spec, BTreeMap<String, LockedSource>, Vec<String>);
+
+/// [`load_spec`], with the commits its git sources were fetched at.
+fn load_pinned(
+    file: &Path,
+    set: &[(String, String)],
+    pinning: Pinning,
+) -> Result<Loaded, SpecError> {
+    let read_err = |source| SpecError::Read {
+        file: file.to_path_buf(),
+        source,
+    };
+    let lock_path = std::path::absolute(file)
+        .map_err(read_err)?
+        .with_file_name(imgbuild::debian::lock::FILE_NAME);
+    // A lock that cannot be read pins nothing; `lock` and `--locked`
+    // builds report it themselves.
+    let pins = imgbuild::debian::lock::Lock::read(&lock_path)
+        .ok()
+        .flatten()
+        .map(|l| l.sources)
+        .unwrap_or_default();
+    let root = Store::default_root().map_err(|e| read_err(std::io::Error::other(e)))?;
+    let fetcher = Fetcher::new(root, pins, pinning);
+    let spec = Spec::load_with(
+        file,
+        &LoadOptions {
+            set,
+            fetcher: Some(&fetcher),
+        },
+    )?;
+    Ok((spec, fetcher.pins(), fetcher.unpinned()))
 }
 
 fn open_store() -> Result<Store, Failure> {
@@ -303,6 +378,16 @@ fn print_json(value: &impl serde::Serialize) {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    let pinning = match &cli.command {
+        Command::Build(a) if a.layer.locked => Pinning::Locked,
+        Command::Push(PushCommand { layer, .. }) | Command::Test(TestCommand { layer, .. })
+            if layer.locked =>
+        {
+            Pinning::Locked
+        }
+        _ => Pinning::Use,
+    };
+    let _ = LOADING.set((cli.set.clone(), pinning));
     // A normal user's builds run inside a user namespace of their own,
     // where unpacked images keep their owners and steps can chown.
     if matches!(

@@ -6,6 +6,10 @@
 //! and the `.deb`s in the cache reads no index at all. `inputs` is a hash
 //! of every image's `debian:` section (and parent): `build --locked` fails
 //! when images.yaml changed since the lock was written.
+//!
+//! `sources` pins each `git:` source of images.yaml to the commit its ref
+//! named when `imgbuild lock` ran (see `crate::source`); builds use that
+//! commit until `imgbuild lock --update`.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,19 @@ pub struct Lock {
     /// sha256 of what the lock was resolved from (see [`inputs`]).
     pub inputs: String,
     pub images: BTreeMap<String, LockedImage>,
+    /// Git sources by name, pinned to a commit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, LockedSource>,
+}
+
+/// A `git:` source pinned: its URL (without credentials) and ref as
+/// images.yaml gave them, and the commit the ref named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedSource {
+    pub git: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub commit: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +139,7 @@ impl Lock {
             lock_version: VERSION,
             inputs,
             images: BTreeMap::new(),
+            sources: BTreeMap::new(),
         }
     }
 

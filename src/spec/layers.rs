@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::ctx::{Ctx, expand};
 use super::raw::RawImage;
+use super::sources::{Known, Source, lookup};
 use super::yaml::Pos;
 use super::{IdSpec, LayerSpec, Owner};
 
@@ -14,14 +15,28 @@ pub(super) fn finish_layers(
     raw: &RawImage,
     vars: &BTreeMap<String, String>,
     dir: &Path,
+    known: &Known<'_>,
 ) -> Vec<LayerSpec> {
+    // Each layer's source first: `None` when it names one that is unknown
+    // (reported), `Some(None)` when it names none.
+    let sources: Vec<Option<Option<&Source>>> = raw
+        .layers
+        .iter()
+        .map(|l| match &l.source {
+            None => Some(None),
+            Some(name) => lookup(cx, known, name).map(Some),
+        })
+        .collect();
     let mut x = |s: &super::ctx::S| (expand(cx, s, vars).unwrap_or_default(), s.pos);
     let layers: Vec<(RawLayerExpanded, Pos)> = raw
         .layers
         .iter()
-        .map(|l| {
+        .zip(sources)
+        .filter_map(|(l, source)| Some((l, source?)))
+        .map(|(l, source)| {
             (
                 RawLayerExpanded {
+                    source: source.map(|s| (s, l.source.as_ref().map_or(l.pos, |n| n.pos))),
                     src: l.src.as_ref().map(&mut x),
                     dest: l.dest.as_ref().map(&mut x),
                     owner: l.owner.as_ref().map(&mut x),
@@ -45,6 +60,7 @@ pub(super) fn finish_layers(
                 mode: None,
                 exclude: Vec::new(),
                 import: true,
+                source: None,
                 pos: r.pos,
             }),
             Ok(_) => {
@@ -75,7 +91,9 @@ pub(super) fn finish_layers(
         .collect()
 }
 
-struct RawLayerExpanded {
+struct RawLayerExpanded<'s> {
+    /// The source `src` is inside of, and where `source:` is written.
+    source: Option<(&'s Source, Pos)>,
     src: Option<(String, Pos)>,
     dest: Option<(String, Pos)>,
     owner: Option<(String, Pos)>,
@@ -83,20 +101,74 @@ struct RawLayerExpanded {
     exclude: Vec<(String, Pos)>,
 }
 
-fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded, pos: Pos, dir: &Path) -> Option<LayerSpec> {
-    let (src_text, src_pos) = l.src?;
-    // A client file's paths are relative to its own directory.
-    let base = cx.base(src_pos, dir);
-    let src = base.join(&src_text);
-    let meta = std::fs::symlink_metadata(&src);
+fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded<'_>, pos: Pos, dir: &Path) -> Option<LayerSpec> {
     let mut ok = true;
+    let (src, src_text, src_pos, base, source) = match l.source {
+        None => {
+            let (text, p) = l.src?;
+            // A client file's paths are relative to its own directory.
+            let base = cx.base(p, dir);
+            (base.join(&text), text, p, base, None)
+        }
+        Some((s, spos)) => {
+            let (inner, p) = l.src.unwrap_or_else(|| (String::new(), spos));
+            let rel = inner.trim_start_matches("./").trim_end_matches('/');
+            if inner.starts_with('/') || rel.split('/').any(|c| c == "..") {
+                cx.err(
+                    p,
+                    format!("`src: {inner}` must stay inside source `{}`", s.spec.name),
+                    Some(
+                        "with `source:`, `src` is a relative path inside the source's tree".into(),
+                    ),
+                );
+                return None;
+            }
+            let text = if rel.is_empty() || rel == "." {
+                s.spec.name.clone()
+            } else {
+                format!("{}:{rel}", s.spec.name)
+            };
+            let src = if rel.is_empty() || rel == "." {
+                s.resolved.root.clone()
+            } else {
+                s.resolved.root.join(rel)
+            };
+            // A link inside a fetched tree must not lead `src` out of it.
+            if let (Ok(real), Ok(root)) = (src.canonicalize(), s.resolved.root.canonicalize())
+                && !real.starts_with(&root)
+            {
+                cx.err(
+                    p,
+                    format!(
+                        "`src: {inner}` leads out of source `{}` through a link",
+                        s.spec.name
+                    ),
+                    Some("name a path whose directories are inside the source's tree".into()),
+                );
+                return None;
+            }
+            (
+                src,
+                text,
+                p,
+                s.resolved.root.clone(),
+                Some(s.spec.name.clone()),
+            )
+        }
+    };
+    let meta = std::fs::symlink_metadata(&src);
     match &meta {
         Err(e) => {
             ok = false;
             cx.err(
                 src_pos,
                 format!("layer source `{src_text}` cannot be read: {}", io_reason(e)),
-                Some(format!("paths are relative to {}", base.display())),
+                Some(match &source {
+                    None => format!("paths are relative to {}", base.display()),
+                    Some(name) => {
+                        format!("with `source: {name}`, `src` is relative to the source's tree")
+                    }
+                }),
             )
         }
         Ok(m) if !(m.is_dir() || m.is_file()) => {
@@ -187,6 +259,7 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded, pos: Pos, dir: &Path) -> Opti
         mode,
         exclude,
         import: false,
+        source,
         pos,
     })
 }

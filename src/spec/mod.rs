@@ -16,6 +16,7 @@ mod debian;
 mod layers;
 mod raw;
 mod resolve;
+mod sources;
 mod steps;
 mod tags;
 #[cfg(test)]
@@ -29,6 +30,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use sources::{
+    LoadOptions, ResolvedSource, Source, SourceFailure, SourceFetcher, SourceLocation, SourceSpec,
+};
 pub use yaml::Pos;
 
 use crate::reference::Reference;
@@ -96,6 +100,8 @@ pub struct LayerSpec {
     /// `src` is a root filesystem tarball taken as it is (`from: {rootfs:
     /// …}`): owners, modes and links from its headers, nothing excluded.
     pub import: bool,
+    /// `source: NAME`: `src` is inside that source's tree.
+    pub source: Option<String>,
     #[serde(skip)]
     pub pos: Pos,
 }
@@ -200,6 +206,8 @@ pub struct Spec {
     pub files: Vec<PathBuf>,
     /// `registry:`: where `push` puts images (`HOST/PATH`), vars expanded.
     pub registry: Option<String>,
+    /// `sources:`, fetched.
+    pub sources: BTreeMap<String, Source>,
 }
 
 /// One thing wrong with images.yaml.
@@ -229,6 +237,13 @@ pub enum SpecError {
         file: PathBuf,
         problems: Vec<Problem>,
     },
+    /// A source could not be fetched (network, server, disk); `problems`
+    /// says which, with everything else wrong.
+    #[error("{}", render_problems(file, problems))]
+    Fetch {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 fn render_problems(file: &Path, problems: &[Problem]) -> String {
@@ -251,8 +266,14 @@ fn render_problems(file: &Path, problems: &[Problem]) -> String {
 }
 
 impl Spec {
-    /// Reads and validates `file`, including that every layer source exists.
+    /// Reads and validates `file`, including that every layer source exists;
+    /// `sources:` cannot be fetched (see [`Spec::load_with`]).
     pub fn load(file: &Path) -> Result<Spec, SpecError> {
+        Spec::load_with(file, &LoadOptions::default())
+    }
+
+    /// [`Spec::load`] with `--set` vars and a fetcher for `sources:`.
+    pub fn load_with(file: &Path, opts: &LoadOptions<'_>) -> Result<Spec, SpecError> {
         let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read {
             file: file.to_path_buf(),
             source,
@@ -262,31 +283,44 @@ impl Spec {
             source,
         })?;
         let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-        Spec::parse(&text, file, &dir)
+        Spec::parse_with(&text, file, &dir, opts)
     }
 
     /// Parses `text` as if read from `file`, resolving paths against `dir`.
     pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Spec, SpecError> {
+        Spec::parse_with(text, file, dir, &LoadOptions::default())
+    }
+
+    /// [`Spec::parse`] with `--set` vars and a fetcher for `sources:`.
+    pub fn parse_with(
+        text: &str,
+        file: &Path,
+        dir: &Path,
+        opts: &LoadOptions<'_>,
+    ) -> Result<Spec, SpecError> {
         // An included file is named as images.yaml is: `clients/a/client.yaml`
         // beside `images.yaml`, `/p/clients/a/client.yaml` beside `/p/images.yaml`.
         let beside = |rel: &Path| file.parent().unwrap_or(Path::new("")).join(rel);
-        resolve::parse(text, dir)
+        resolve::parse(text, dir, opts)
             .map(|(images, top)| Spec {
                 file: file.to_path_buf(),
                 dir: dir.to_path_buf(),
                 images,
                 files: top.files.iter().map(|f| beside(f)).collect(),
                 registry: top.registry,
+                sources: top.sources,
             })
-            .map_err(|mut problems| {
+            .map_err(|failed| {
+                let mut problems = failed.problems;
                 for p in &mut problems {
                     p.file = p.file.as_deref().map(beside);
                 }
                 problems
                     .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-                SpecError::Invalid {
-                    file: file.to_path_buf(),
-                    problems,
+                let file = file.to_path_buf();
+                match failed.fetch {
+                    true => SpecError::Fetch { file, problems },
+                    false => SpecError::Invalid { file, problems },
                 }
             })
     }

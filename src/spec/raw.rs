@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::ctx::{Ctx, S};
 use super::yaml::{Kind, Node, Pos};
 
-const TOP_KEYS: &[&str] = &["vars", "images", "registry", "clients"];
+const TOP_KEYS: &[&str] = &["vars", "images", "registry", "sources", "clients"];
 const IMAGE_KEYS: &[&str] = &[
     "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets", "network",
 ];
@@ -22,7 +22,7 @@ const DEBIAN_KEYS: &[&str] = &[
     "mirror",
     "keyring",
 ];
-const LAYER_KEYS: &[&str] = &["src", "dest", "owner", "mode", "exclude"];
+const LAYER_KEYS: &[&str] = &["src", "dest", "owner", "mode", "exclude", "source"];
 const CONFIG_KEYS: &[&str] = &[
     "env",
     "entrypoint",
@@ -42,6 +42,8 @@ pub(super) struct RawLayer {
     pub(super) owner: Option<S>,
     pub(super) mode: Option<S>,
     pub(super) exclude: Vec<S>,
+    /// `source: NAME`: `src` is inside that source (see `sources`).
+    pub(super) source: Option<S>,
     pub(super) pos: Pos,
 }
 
@@ -105,14 +107,28 @@ pub(super) struct RawFile {
     pub(super) images: BTreeMap<String, RawImage>,
     /// `clients:`: images made from files (see `clients`).
     pub(super) clients: Vec<super::clients::RawGroup>,
+    pub(super) sources: Vec<super::sources::RawSource>,
+    /// Where `--set` problems are reported: the `vars:` key, else 1:1.
+    pub(super) vars_pos: Pos,
 }
 
 pub(super) fn read_file(cx: &mut Ctx, root: &Node) -> RawFile {
-    let mut file = RawFile::default();
+    let mut file = RawFile {
+        vars_pos: Pos {
+            line: 1,
+            col: 1,
+            file: 0,
+        },
+        ..RawFile::default()
+    };
     let mut saw_images = false;
     for (key, value) in cx.keyed(root, "images.yaml", TOP_KEYS) {
         match key {
-            "vars" => file.vars = cx.pairs(value, "vars"),
+            "vars" => {
+                file.vars = cx.pairs(value, "vars");
+                file.vars_pos = node_pos_of_key(root, "vars");
+            }
+            "sources" => file.sources = super::sources::read_sources(cx, value),
             "registry" => file.registry = cx.scalar(value, "`registry`"),
             "clients" => file.clients = super::clients::read_groups(cx, value),
             "images" => {
@@ -288,14 +304,15 @@ fn raw_layer(cx: &mut Ctx, node: &Node) -> Option<RawLayer> {
             "owner" => layer.owner = cx.scalar(value, "`owner`"),
             "mode" => layer.mode = cx.scalar(value, "`mode`"),
             "exclude" => layer.exclude = cx.list(value, "`exclude`"),
+            "source" => layer.source = cx.scalar(value, "`source`"),
             _ => unreachable!(),
         }
     }
-    if layer.src.is_none() {
+    if layer.src.is_none() && layer.source.is_none() {
         cx.err(
             node.pos,
             "this layer has no `src`",
-            Some("name the file or directory to copy: {src: path, dest: /where}".into()),
+            Some("name the file or directory to copy: {src: path, dest: /where}, or a source: {source: NAME, dest: /where}".into()),
         );
         return None;
     }

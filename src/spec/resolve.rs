@@ -5,10 +5,17 @@ use std::path::Path;
 
 use super::ctx::{Ctx, check_var_names, expand, expand_each, expand_var_defs};
 use super::raw::{self, RawImage};
+use super::sources::{self, Known, LoadOptions, Source};
 use super::yaml;
 use super::{Image, Parent, Problem};
 use super::{clients, config, debian, layers, steps, tags};
 use crate::{graph, suggest};
+
+/// What is wrong with images.yaml; `fetch`: a source could not be fetched.
+pub(super) struct Failed {
+    pub problems: Vec<Problem>,
+    pub fetch: bool,
+}
 
 /// What the top level of images.yaml gives, besides images.
 #[derive(Debug, Default)]
@@ -16,29 +23,40 @@ pub(super) struct Top {
     pub registry: Option<String>,
     /// The client files read, relative to images.yaml's directory.
     pub files: Vec<std::path::PathBuf>,
+    pub sources: BTreeMap<String, Source>,
 }
 
 pub(super) fn parse(
     text: &str,
     dir: &Path,
-) -> Result<(BTreeMap<String, Image>, Top), Vec<Problem>> {
-    let root = yaml::parse(text).map_err(|e| {
-        vec![Problem {
+    opts: &LoadOptions<'_>,
+) -> Result<(BTreeMap<String, Image>, Top), Failed> {
+    let root = yaml::parse(text).map_err(|e| Failed {
+        problems: vec![Problem {
             file: None,
             line: e.pos.line,
             column: e.pos.col,
             image: None,
             message: format!("YAML syntax: {}", e.message),
             hint: None,
-        }]
+        }],
+        fetch: false,
     })?;
     let mut cx = Ctx::default();
     let mut file = raw::read_file(&mut cx, &root);
     check_var_names(&mut cx, &file.vars);
-    let file_vars: BTreeMap<String, String> =
+    sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);
+    let mut file_vars: BTreeMap<String, String> =
         expand_var_defs(&mut cx, &BTreeMap::new(), &file.vars);
+    let (fetched, fetch_failed) =
+        sources::finish_sources(&mut cx, &file.sources, &mut file_vars, dir, opts.fetcher);
+    let declared: Vec<String> = file.sources.iter().map(|s| s.name().to_string()).collect();
+    let known = Known {
+        fetched: &fetched,
+        declared: &declared,
+    };
     clients::add_images(&mut cx, &file.clients, &mut file.images, &file_vars, dir);
-    let images = resolve(&mut cx, &file.images, &file_vars, dir);
+    let images = resolve(&mut cx, &file.images, &file_vars, dir, &known);
     let registry = file.registry.and_then(|r| {
         let value = expand(&mut cx, &r, &file_vars)?;
         let prefix = value.trim_end_matches('/');
@@ -60,10 +78,14 @@ pub(super) fn parse(
             Top {
                 registry,
                 files: cx.files,
+                sources: fetched,
             },
         ))
     } else {
-        Err(cx.problems)
+        Err(Failed {
+            problems: cx.problems,
+            fetch: fetch_failed,
+        })
     }
 }
 
@@ -72,6 +94,7 @@ fn resolve(
     raw: &BTreeMap<String, RawImage>,
     file_vars: &BTreeMap<String, String>,
     dir: &Path,
+    known: &Known<'_>,
 ) -> BTreeMap<String, Image> {
     // Parents first: `from` sees the file's vars and the image's own.
     let mut parents: BTreeMap<&str, Parent> = BTreeMap::new();
@@ -192,7 +215,7 @@ fn resolve(
             _ => None,
         }
         .and_then(|i| i.debian.clone());
-        let mut image = finish_image(cx, name, &raw[name], parent.clone(), &inherited, dir);
+        let mut image = finish_image(cx, name, &raw[name], parent.clone(), &inherited, dir, known);
         if let Some(d) = &raw[name].debian {
             if raw[name].rootfs.is_some() {
                 // Packages go in before file layers, and the tarball is one.
@@ -225,6 +248,7 @@ fn finish_image(
     parent: Parent,
     inherited: &BTreeMap<String, String>,
     dir: &Path,
+    known: &Known<'_>,
 ) -> Image {
     check_var_names(cx, &raw.vars);
     let vars = expand_var_defs(cx, inherited, &raw.vars);
@@ -234,7 +258,7 @@ fn finish_image(
     let tags = tags::finish_tags(cx, &raw.tags, &vars);
     let secrets = steps::finish_secrets(cx, &raw.secrets, &vars, dir);
     let network = steps::finish_network(cx, raw.network.as_ref(), &vars);
-    let layers = layers::finish_layers(cx, raw, &vars, dir);
+    let layers = layers::finish_layers(cx, raw, &vars, dir, known);
     Image {
         name: name.to_string(),
         pos: raw.pos,

@@ -6,7 +6,7 @@ use super::{Problem, Spec, SpecError};
 
 pub(super) fn parse_in(dir: &Path, text: &str) -> Result<Spec, Vec<Problem>> {
     Spec::parse(text, Path::new("images.yaml"), dir).map_err(|e| match e {
-        SpecError::Invalid { problems, .. } => problems,
+        SpecError::Invalid { problems, .. } | SpecError::Fetch { problems, .. } => problems,
         other => panic!("{other}"),
     })
 }

@@ -15,6 +15,9 @@
 //! rootfs/<chain>.layers     the blobs of that chain, so gc drops it with them
 //! debian/indexes/<sha256>   verified Debian archive indexes (see debian::fetch)
 //! debian/debs/sha256/       verified .deb packages, by their sha256
+//! sources/git/<hash>        a bare git repository per `git:` URL (sha256 of the URL, 16 hex)
+//! sources/tree/<commit>     one commit's tree, exported (see crate::source)
+//! sources/archive/<sha256>  an `archive:` source, verified and extracted
 //! tmp/<pid>-<start>-<n>/    one process's temporary names, renamed into
 //!                           place when complete; its `lock` is held while
 //!                           the process lives
@@ -223,6 +226,12 @@ impl Store {
     /// `debian/`: the Debian archive's indexes and packages, verified.
     pub fn debian_cache_dir(&self) -> PathBuf {
         self.root.join("debian")
+    }
+
+    /// `sources/`: fetched `sources:` (git caches, exported trees,
+    /// extracted archives). Kept by `gc`; delete it to reclaim the space.
+    pub fn sources_dir(&self) -> PathBuf {
+        self.root.join("sources")
     }
 
     pub fn blob_path(&self, hex: &str) -> PathBuf {
