@@ -20,6 +20,18 @@ pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, app
 /// Upload chunk size: a broken connection costs at most one chunk.
 pub const CHUNK: u64 = 32 << 20;
 
+/// The most bytes a manifest, an index or a config may have: distribution
+/// refuses manifests over 4 MiB itself. `Client::manifest_limit` changes it.
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
+
+/// How long one request, or one blob's transfer, may go on retrying since
+/// its last progress. `Client::budget` changes it.
+pub const BUDGET: Duration = Duration::from_secs(600);
+
+/// Connections refused in a row before a registry counts as down: a
+/// registry that is not there is not worth the whole retry policy.
+const CONNECT_TRIES: u32 = 4;
+
 /// What access a request needs: `repository:NAME:pull,push`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
@@ -64,6 +76,11 @@ pub struct Client {
     /// Hosts spoken to over plain HTTP (loopback always is).
     insecure: Vec<String>,
     pub retry: Retry,
+    /// The most bytes read of a manifest, an index or a config.
+    pub manifest_limit: u64,
+    /// How long one request or blob transfer may retry since its last
+    /// progress, within `retry`'s attempts.
+    pub budget: Duration,
     /// Bearer tokens by (host, scopes).
     tokens: Mutex<HashMap<(String, Vec<Scope>), Token>>,
     /// Hosts that asked for Basic auth.
@@ -87,6 +104,8 @@ impl Client {
             sources,
             insecure,
             retry: Retry::default(),
+            manifest_limit: MANIFEST_LIMIT,
+            budget: BUDGET,
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
         })
@@ -111,6 +130,11 @@ impl Client {
         Ok(self.http.get_or_init(|| built))
     }
 
+    /// The waits of one operation, within the time budget.
+    fn backoff(&self) -> retry::Backoff {
+        self.retry.backoff_until(Instant::now() + self.budget)
+    }
+
     fn base(&self, r: &Reference) -> String {
         let host = r.api_host();
         let plain = r.is_loopback() || self.insecure.iter().any(|h| h == host);
@@ -133,8 +157,9 @@ impl Client {
         let host = r.api_host().to_string();
         let mut scopes = scopes.to_vec();
         scopes.sort();
-        let mut backoff = self.retry.backoff();
+        let mut backoff = self.backoff();
         let mut challenged = false;
+        let mut refused = 0;
         loop {
             let mut req = build(self.http()?);
             if let Some(t) = self.cached_token(&host, &scopes) {
@@ -158,7 +183,10 @@ impl Client {
                     }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => match backoff.next(None).filter(|_| retry::transient_error(&e)) {
+                Err(e) => match backoff.next(None).filter(|_| {
+                    refused = if e.is_connect() { refused + 1 } else { 0 };
+                    retry::transient_error(&e) && refused < CONNECT_TRIES
+                }) {
                     Some(wait) => wait,
                     None => {
                         return Err(RegistryError::Http {
@@ -254,10 +282,36 @@ impl Client {
             query.push(("scope", s.as_param()));
         }
         let cred = self.credential(host)?;
+        let mut backoff = self.backoff();
+        loop {
+            let failed = match self.token_once(host, realm, &query, &cred, scopes).await {
+                Ok(token) => return Ok(token),
+                Err(failed) => failed,
+            };
+            match failed {
+                retry::Failure::Transient { error, wait } => match backoff.next(wait) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(error),
+                },
+                retry::Failure::Fatal(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One token request: the token, or a failure worth another try (the
+    /// connection broke, the service was busy) or not (refused).
+    async fn token_once(
+        &self,
+        host: &str,
+        realm: &str,
+        query: &[(&str, String)],
+        cred: &Option<Credential>,
+        scopes: &[Scope],
+    ) -> Result<Token, retry::Failure<RegistryError>> {
         let started = Instant::now();
         let http = self.http()?;
-        let mut req = http.get(realm).query(&query);
-        match &cred {
+        let mut req = http.get(realm).query(query);
+        match cred {
             Some(Credential::Basic { username, password }) => {
                 req = req.basic_auth(username, Some(password.expose()));
             }
@@ -273,12 +327,29 @@ impl Client {
             }
             None => {}
         }
-        let resp = req.send().await.map_err(|e| RegistryError::Denied {
-            host: host.to_string(),
-            reason: format!("token request failed: {}", describe(&e)),
-        })?;
+        let failed = |e: &reqwest::Error| {
+            let error = RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("token request failed: {}", describe(e)),
+            };
+            if retry::transient_error(e) {
+                retry::Failure::again(error)
+            } else {
+                retry::Failure::Fatal(error)
+            }
+        };
+        let resp = req.send().await.map_err(|e| failed(&e))?;
+        if retry::transient_status(resp.status()) {
+            return Err(retry::Failure::Transient {
+                wait: retry::retry_after(&resp),
+                error: RegistryError::Denied {
+                    host: host.to_string(),
+                    reason: format!("the token service answered {}", resp.status()),
+                },
+            });
+        }
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            return Err(match cred {
+            return Err(retry::Failure::Fatal(match cred {
                 None => no_credentials(host),
                 Some(_) => RegistryError::Denied {
                     host: host.to_string(),
@@ -291,12 +362,20 @@ impl Client {
                             .join(" ")
                     ),
                 },
-            });
+            }));
         }
-        let reply: TokenReply = resp.json().await.map_err(|e| RegistryError::Denied {
-            host: host.to_string(),
-            reason: format!("unreadable token reply: {}", describe(&e)),
-        })?;
+        let body = read_capped(resp, MANIFEST_LIMIT)
+            .await
+            .map_err(|e| failed(&e))?
+            .ok_or_else(|| RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("token reply over {MANIFEST_LIMIT} bytes"),
+            })?;
+        let reply: TokenReply =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("unreadable token reply: {e}"),
+            })?;
         let value = reply
             .token
             .or(reply.access_token)
@@ -391,7 +470,7 @@ impl Client {
         path: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
-        let mut backoff = self.retry.backoff();
+        let mut backoff = self.backoff();
         // The most bytes a session has taken: going past it is progress.
         let mut best = 0u64;
         let mut at = UploadAt::New;
@@ -413,7 +492,7 @@ impl Client {
                             progress(end);
                             if end > best {
                                 best = end;
-                                backoff = self.retry.backoff();
+                                backoff = self.backoff();
                             }
                             Ok(UploadAt::Send(next, end))
                         }
@@ -619,32 +698,59 @@ impl Client {
         )
     }
 
-    /// GETs a manifest: its bytes and media type.
+    /// GETs a manifest: its bytes and media type. At most
+    /// `manifest_limit` bytes are read; the bytes must hash to the digest
+    /// the reference pins, and to the registry's `Docker-Content-Digest`
+    /// when it sends one. A body cut short is asked for again.
     pub async fn get_manifest(&self, r: &Reference) -> Result<(Vec<u8>, String), RegistryError> {
         let url = self.url(r, &format!("manifests/{}", r.object()));
-        let resp = self
-            .send(
-                r,
-                &[Scope::pull(&r.repository)],
-                "reading a manifest",
-                &|h| h.get(&url).header(header::ACCEPT, ACCEPT_MANIFESTS),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(status_error(r, "reading a manifest", resp.status(), resp).await);
+        let what = "reading a manifest";
+        let mut backoff = self.backoff();
+        loop {
+            let resp = self
+                .send(r, &[Scope::pull(&r.repository)], what, &|h| {
+                    h.get(&url).header(header::ACCEPT, ACCEPT_MANIFESTS)
+                })
+                .await?;
+            if !resp.status().is_success() {
+                return Err(status_error(r, what, resp.status(), resp).await);
+            }
+            let text = |name: header::HeaderName| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let media_type = text(header::CONTENT_TYPE).unwrap_or_default();
+            let claimed = text(header::HeaderName::from_static("docker-content-digest"));
+            let error = match read_capped(resp, self.manifest_limit).await {
+                Ok(Some(bytes)) => {
+                    verify_manifest(r, &bytes, claimed.as_deref())?;
+                    return Ok((bytes, media_type));
+                }
+                Ok(None) => {
+                    return Err(RegistryError::TooLarge {
+                        reference: r.to_string(),
+                        what: "the manifest".into(),
+                        limit: self.manifest_limit,
+                    });
+                }
+                Err(e) => e,
+            };
+            match backoff
+                .next(None)
+                .filter(|_| retry::transient_error(&error))
+            {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    return Err(RegistryError::Http {
+                        what: what.into(),
+                        reference: r.to_string(),
+                        reason: describe(&error),
+                    });
+                }
+            }
         }
-        let media_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let bytes = resp.bytes().await.map_err(|e| RegistryError::Http {
-            what: "reading a manifest".into(),
-            reference: r.to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok((bytes.to_vec(), media_type))
     }
 
     /// The digest a tag points at, by HEAD.
@@ -695,35 +801,141 @@ impl Client {
         Ok(())
     }
 
-    /// Streams a blob into `out`, returning its byte count.
+    /// Fetches blob `digest` of `size` bytes into `out`, and checks it. A
+    /// connection cut mid-body goes on from the bytes received (`Range`),
+    /// or from the start when the registry cannot; each try that brings no
+    /// new byte counts against the retry policy and the time budget. Never
+    /// more than `size` bytes are read: a longer body is refused at once.
     pub async fn get_blob(
         &self,
         r: &Reference,
         digest: &str,
-        out: &mut (dyn std::io::Write + Send),
-    ) -> Result<u64, RegistryError> {
+        size: u64,
+        out: &mut dyn Sink,
+    ) -> Result<(), RegistryError> {
+        use sha2::Digest as _;
         let url = self.url(r, &format!("blobs/{digest}"));
-        let mut resp = self
-            .send(r, &[Scope::pull(&r.repository)], "reading a blob", &|h| {
-                h.get(&url)
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(status_error(r, "reading a blob", resp.status(), resp).await);
+        let what = "reading a blob";
+        let repository = format!("{}/{}", r.registry, r.repository);
+        let io = |e: std::io::Error| RegistryError::Io {
+            path: out_path(digest),
+            source: e,
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut have = 0u64;
+        let mut backoff = self.backoff();
+        loop {
+            let from = have;
+            let mut resp = self
+                .send(r, &[Scope::pull(&r.repository)], what, &|h| {
+                    let req = h.get(&url);
+                    if from > 0 {
+                        req.header(header::RANGE, format!("bytes={from}-"))
+                    } else {
+                        req
+                    }
+                })
+                .await?;
+            let status = resp.status();
+            let resumed = status == StatusCode::PARTIAL_CONTENT
+                && from > 0
+                && content_range_start(&resp) == Some(from);
+            if status == StatusCode::RANGE_NOT_SATISFIABLE {
+                // Nothing after byte `from`: the registry's blob is short.
+                return Err(RegistryError::ShortBlob {
+                    repository,
+                    digest: digest.into(),
+                    got: have,
+                    size,
+                    reason: "the registry has no more".into(),
+                });
+            }
+            if !status.is_success() {
+                return Err(status_error(r, what, status, resp).await);
+            }
+            if !resumed && have > 0 {
+                // The whole blob again (or an answer we cannot place).
+                out.restart().map_err(io)?;
+                hasher = sha2::Sha256::new();
+                have = 0;
+            }
+            if resp.content_length().is_some_and(|n| have + n > size) {
+                return Err(RegistryError::BlobTooLong {
+                    repository,
+                    digest: digest.into(),
+                    size,
+                });
+            }
+            let cut = loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if have + chunk.len() as u64 > size {
+                            return Err(RegistryError::BlobTooLong {
+                                repository,
+                                digest: digest.into(),
+                                size,
+                            });
+                        }
+                        out.append(&chunk).map_err(io)?;
+                        hasher.update(&chunk);
+                        have += chunk.len() as u64;
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(describe(&e)),
+                }
+            };
+            if have == size {
+                let actual = format!("sha256:{:x}", hasher.finalize());
+                if actual != digest {
+                    return Err(RegistryError::Mismatch {
+                        reference: r.to_string(),
+                        digest: digest.into(),
+                        expected: format!("{digest}, {size} bytes"),
+                        actual: format!("{actual}, {have} bytes"),
+                    });
+                }
+                return Ok(());
+            }
+            let short = |reason: String| RegistryError::ShortBlob {
+                repository: repository.clone(),
+                digest: digest.into(),
+                got: have,
+                size,
+                reason,
+            };
+            // A body that ended where the registry said it would is what
+            // the registry holds: asking again gives the same.
+            let Some(reason) = cut else {
+                return Err(short(String::new()));
+            };
+            if have > from {
+                backoff = self.backoff();
+            }
+            match backoff.next(None) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(short(reason)),
+            }
         }
-        let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Http {
-            what: "reading a blob".into(),
-            reference: r.to_string(),
-            reason: e.to_string(),
-        })? {
-            out.write_all(&chunk).map_err(|e| RegistryError::Io {
-                path: Default::default(),
-                source: e,
-            })?;
-            n += chunk.len() as u64;
+    }
+
+    /// A small blob (a config) in memory: at most `manifest_limit` bytes,
+    /// checked against its digest.
+    pub async fn get_config(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if size > self.manifest_limit {
+            return Err(RegistryError::TooLarge {
+                reference: r.to_string(),
+                what: format!("config {digest} ({size} bytes declared)"),
+                limit: self.manifest_limit,
+            });
         }
-        Ok(n)
+        let mut buf = Vec::new();
+        self.get_blob(r, digest, size, &mut buf).await?;
+        Ok(buf)
     }
 
     pub async fn tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
@@ -790,6 +1002,107 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Where a blob's bytes go as they come: appended, or started over when
+/// the registry sends the whole blob again.
+pub trait Sink: Send {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    fn restart(&mut self) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+impl Sink for std::fs::File {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(self, bytes)
+    }
+
+    fn restart(&mut self) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.set_len(0)?;
+        self.rewind().map(|_| ())
+    }
+}
+
+/// A stand-in path for errors writing a blob that has no file of its own.
+fn out_path(digest: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("<blob {digest}>"))
+}
+
+/// The first byte a 206 answer holds, from `Content-Range: bytes A-B/N`.
+fn content_range_start(resp: &Response) -> Option<u64> {
+    let v = resp.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
+    v.trim()
+        .strip_prefix("bytes ")?
+        .split_once('-')?
+        .0
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A response's body, unless it is over `limit` bytes (`None`): reading
+/// stops at `limit + 1`, so memory never holds more.
+async fn read_capped(mut resp: Response, limit: u64) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
+/// A manifest's bytes against the digest its reference pins and the one
+/// the registry claims (`Docker-Content-Digest`): either differing is
+/// refused, naming both.
+fn verify_manifest(
+    r: &Reference,
+    bytes: &[u8],
+    claimed: Option<&str>,
+) -> Result<(), RegistryError> {
+    let actual = format!("sha256:{}", crate::digest::sha256_hex(bytes));
+    let checks = [
+        (r.digest.as_deref(), "the digest in its reference"),
+        (claimed, "the registry's Docker-Content-Digest"),
+    ];
+    for (expected, against) in checks {
+        let Some(expected) = expected else { continue };
+        if !expected.starts_with("sha256:") {
+            if claimed == Some(expected) {
+                // Another algorithm's header: nothing to compare it with.
+                continue;
+            }
+            return Err(RegistryError::Protocol {
+                reference: r.to_string(),
+                reason: format!("`{expected}`: only sha256 digests can be checked"),
+            });
+        }
+        if expected != actual {
+            return Err(RegistryError::ManifestMismatch {
+                reference: r.to_string(),
+                against,
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The bytes an upload session holds, from its status's `Range: 0-END`.
