@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
-use common::proxy::Proxy;
+use common::proxy::{Chaos, Fault, Proxy};
 use common::registry::{Registry, TokenOptions, basic_auth, http, write_docker_config};
 use common::{
     Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
@@ -1286,4 +1286,193 @@ fn copy_across_two_registries() {
         a.digest("other/app", "1"),
         Some(app.manifest_digest.clone())
     );
+}
+
+// ---------------------------------------------------------------------------
+// Limits on what a registry sends, and digests checked (issue 13)
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// What an endless answer would send: far more than any limit.
+const ENDLESS: u64 = 1 << 30;
+/// What the proxy may have sent before imgbuild stopped reading: the limit
+/// and the loopback socket buffers, far from `ENDLESS`.
+const READ_BOUND: u64 = 64 << 20;
+
+/// The bytes of a blob of the fleet's layout.
+fn layout_blob(fx: &Fleet, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    fs::read(fx.out.join("blobs/sha256").join(hex)).expect("the blob in the layout")
+}
+
+/// The one request the proxy answered itself, and the bytes it sent.
+fn answered(proxy: &Proxy) -> u64 {
+    let seen: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|s| matches!(s.fault, Some(Fault::Endless { .. } | Fault::Answer { .. })))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    seen[0].answered
+}
+
+/// Issue 13: a 300 MiB manifest was read whole by `copy` (934 MB of
+/// memory). An endless manifest is read to the 4 MiB limit and no further,
+/// by `copy` and `inspect`, and the error names the reference and limit.
+#[test]
+fn an_endless_manifest_stops_at_the_limit() {
+    let fx = Fleet::new();
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    for args in [
+        vec!["copy", "fleet/app:v1", "other/app:1"],
+        vec!["inspect", "fleet/app:v1"],
+    ] {
+        let proxy = Proxy::start(&reg.host());
+        proxy.rule(
+            "GET",
+            "/manifests/",
+            1,
+            Fault::Endless {
+                headers: vec![("Content-Type".into(), OCI_MANIFEST.into())],
+                limit: ENDLESS,
+            },
+        );
+        let args: Vec<String> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match i {
+                0 => a.to_string(),
+                1 => format!("{}/{a}", proxy.host()),
+                _ => format!("{}/{a}", reg.host()),
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = imgbuild(&fx.cx, &args, &[]);
+        assert_ne!(r.code, 0, "{r}");
+        r.stderr_has(&[&format!("{}/fleet/app:v1", proxy.host()), "4194304 bytes"]);
+        let sent = answered(&proxy);
+        assert!(
+            sent < READ_BOUND,
+            "imgbuild read on past the limit: the proxy sent {sent} bytes\n{r}"
+        );
+        assert_eq!(reg.digest("other/app", "1"), None, "a tag was put");
+    }
+}
+
+/// Issue 13: a blob declared as 300 KB was read to 1 GiB. An endless blob
+/// is read to its declared size and no further; a short one is reported
+/// with its digest and repository.
+#[test]
+fn blobs_are_read_to_their_size_and_no_further() {
+    let fx = Fleet::new();
+    let app = fx.image("app");
+    let layer = app.layers.last().expect("app's own layer");
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    let full = layout_blob(&fx, &layer.digest);
+    let faults = [
+        Fault::Endless {
+            headers: vec![],
+            limit: ENDLESS,
+        },
+        Fault::Answer {
+            status: 200,
+            headers: vec![],
+            body: full[..full.len() / 2].to_vec(),
+        },
+    ];
+    for (i, fault) in faults.into_iter().enumerate() {
+        let proxy = Proxy::start(&reg.host());
+        proxy.rule("GET", &format!("/blobs/{}", layer.digest), 1, fault);
+        // Across "registries" (the proxy, the registry): every blob moves.
+        let src = format!("{}/fleet/app:v1", proxy.host());
+        let dst = format!("{}/mirror{i}/app:1", reg.host());
+        let r = imgbuild(&fx.cx, &["copy", &src, &dst], &[]);
+        assert_ne!(r.code, 0, "{r}");
+        let repository = format!("{}/fleet/app", proxy.host());
+        if i == 0 {
+            r.stderr_has(&[&layer.digest, &repository, "more than its declared"]);
+            let sent = answered(&proxy);
+            assert!(
+                sent < READ_BOUND,
+                "imgbuild read on past the blob's size: the proxy sent {sent} bytes\n{r}"
+            );
+        } else {
+            let said = format!("ended after {} of its {} bytes", full.len() / 2, full.len());
+            r.stderr_has(&[&layer.digest, &repository, &said]);
+        }
+        assert_eq!(
+            reg.digest(&format!("mirror{i}/app"), "1"),
+            None,
+            "a tag names a missing blob"
+        );
+    }
+}
+
+/// Issue 13: `copy` and `inspect` of REPO@sha256:X accepted other bytes,
+/// and `digest` printed the registry's Docker-Content-Digest unchecked.
+#[test]
+fn a_manifest_that_is_not_its_digest_is_refused() {
+    let fx = Fleet::new();
+    let (app, web) = (fx.image("app"), fx.image("web"));
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    let web_bytes = layout_blob(&fx, &web.manifest_digest);
+    let expected = [app.manifest_digest.as_str(), web.manifest_digest.as_str()];
+
+    // Pinned: the registry answers web's manifest for app's digest.
+    for cmd in ["copy", "inspect", "digest"] {
+        let proxy = Proxy::start(&reg.host());
+        proxy.rule(
+            "GET",
+            "/manifests/sha256:",
+            1000,
+            Fault::Answer {
+                status: 200,
+                headers: vec![("Content-Type".into(), OCI_MANIFEST.into())],
+                body: web_bytes.clone(),
+            },
+        );
+        let src = format!("{}/fleet/app@{}", proxy.host(), app.manifest_digest);
+        let dst = format!("{}/other/app:1", reg.host());
+        let mut args = vec![cmd, src.as_str()];
+        if cmd == "copy" {
+            args.push(&dst);
+        }
+        let r = imgbuild(&fx.cx, &args, &[]);
+        assert_ne!(r.code, 0, "{cmd} took other bytes: {r}");
+        r.stderr_has(&expected);
+        assert!(
+            proxy.injected().iter().all(|s| s.method == "GET"),
+            "{:?}",
+            proxy.requests()
+        );
+        assert_eq!(reg.digest("other/app", "1"), None, "{cmd} put a tag");
+    }
+
+    // A tag: the bytes are app's, the header says all zeros.
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let proxy = Proxy::start(&reg.host());
+    proxy.rule(
+        "*",
+        "/manifests/",
+        1000,
+        Fault::SetHeader("Docker-Content-Digest".into(), zeros.clone()),
+    );
+    let r = imgbuild(
+        &fx.cx,
+        &["digest", &format!("{}/fleet/app:v1", proxy.host())],
+        &[],
+    );
+    assert_ne!(r.code, 0, "digest printed a digest it did not check: {r}");
+    r.stderr_has(&[&zeros, &app.manifest_digest]);
+    // Without the lie, the digest of the bytes.
+    proxy.clear();
+    let r = imgbuild(
+        &fx.cx,
+        &["digest", &format!("{}/fleet/app:v1", proxy.host())],
+        &[],
+    )
+    .success();
+    assert_eq!(r.stdout.trim(), app.manifest_digest);
 }
