@@ -1476,3 +1476,345 @@ fn a_manifest_that_is_not_its_digest_is_refused() {
     .success();
     assert_eq!(r.stdout.trim(), app.manifest_digest);
 }
+
+// ---------------------------------------------------------------------------
+// A fleet through a flaky registry (issue 13): every kind of request meets
+// seeded faults (503, 429 with Retry-After: 1, connections cut before the
+// request, mid-body, before the answer), in front of a token registry.
+
+/// 5 % 503, 5 % cuts, 2 % 429: the issue's setup, where pushes got 0 of 20.
+const MILD: (f64, f64, f64) = (0.05, 0.05, 0.02);
+/// 20 % 503, 20 % cuts, 10 % 429: half of all requests fail.
+const HARSH: (f64, f64, f64) = (0.20, 0.20, 0.10);
+
+fn chaos(seed: u64, (unavailable, dropped, throttled): (f64, f64, f64)) -> Chaos {
+    Chaos {
+        seed,
+        unavailable,
+        dropped,
+        throttled,
+    }
+}
+
+/// base (busybox) and 19 sites on it, each with a layer of its own (over
+/// 64 KiB, so bodies can be cut): 20 images.
+struct Twenty {
+    cx: Ctx,
+    out: PathBuf,
+    report: Report,
+    names: Vec<String>,
+}
+
+fn twenty() -> Twenty {
+    let cx = Ctx::new().with_epoch(1_700_000_000);
+    let bb = cx.path("base/bin/busybox");
+    fs::create_dir_all(bb.parent().unwrap()).unwrap();
+    fs::copy(static_busybox(), &bb).unwrap();
+    for applet in ["sh", "cat", "ls"] {
+        cx.symlink("busybox", &format!("base/bin/{applet}"));
+    }
+    cx.write("base/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    let mut yaml = String::from(
+        "images:\n  base:\n    from: scratch\n    layers: [base]\n    config: {env: {PATH: /bin}}\n",
+    );
+    let mut names = vec!["base".to_string()];
+    for i in 1..20 {
+        let name = format!("site{i:02}");
+        cx.write(&format!("{name}/noise.bin"), noise(96 * 1024, i));
+        cx.write(&format!("{name}/name.txt"), format!("{name}\n"));
+        yaml.push_str(&format!(
+            "  {name}:\n    from: base\n    layers: [{{src: {name}, dest: /srv/site}}]\n"
+        ));
+        names.push(name);
+    }
+    cx.yaml(&yaml);
+    let out = cx.scratch.join("oci");
+    let report = cx.build(&["--all", "-o", &format!("oci:{}", out.display())]);
+    Twenty {
+        cx,
+        out,
+        report,
+        names,
+    }
+}
+
+impl Twenty {
+    /// A fresh directory under scratch.
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.cx.scratch.join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).collect()
+    }
+
+    /// Every image is `REG/PREFIX/NAME:latest` at its built digest: skopeo
+    /// copies each out of the registry itself (not the proxy) into an OCI
+    /// layout, where every blob must hash to its name. The tags completed.
+    fn check_pushed(&self, reg: &Registry, prefix: &str) -> usize {
+        let mut done = 0;
+        for name in &self.names {
+            let built = validate_layout(&self.out, name);
+            let reference = format!("{}/{prefix}/{name}:latest", reg.host());
+            if reg.digest(&format!("{prefix}/{name}"), "latest").as_ref()
+                != Some(&built.manifest_digest)
+            {
+                continue;
+            }
+            let back = pull_back_and_validate(&self.cx, &reference, reg.creds_arg().as_deref());
+            assert_eq!(back.manifest_digest, built.manifest_digest, "{name}");
+            assert_eq!(blob_digests(&back), blob_digests(&built), "{name}");
+            done += 1;
+        }
+        done
+    }
+}
+
+/// A token registry behind a chaos proxy, and a docker config with its
+/// credentials for the proxy's host.
+fn flaky_registry(cx: &Ctx, c: Chaos) -> (Registry, Proxy, PathBuf) {
+    let reg = Registry::token(TokenOptions::new(USER, PASSWORD));
+    let token = reg.token_server().expect("a token server").host();
+    let proxy = Proxy::start_with_token(&reg.host(), &token);
+    proxy.chaos(c);
+    let cfg = cx.scratch.join(format!("docker-{}", proxy.host().replace(':', "_")));
+    fs::create_dir_all(&cfg).unwrap();
+    reg.write_docker_config(&cfg, &proxy.host());
+    (reg, proxy, cfg)
+}
+
+/// The faults the proxy injected, by kind of request and kind of fault;
+/// each kind of request in `kinds` must have met faults, and each kind of
+/// fault must have been injected.
+fn faults_met(proxy: &Proxy, kinds: &[&str]) -> String {
+    let kind_of = |s: &common::proxy::Seen| -> &'static str {
+        let t = s.target.as_str();
+        match s.method.as_str() {
+            _ if t.starts_with("/token") => "token",
+            _ if t == "/v2/" => "/v2/",
+            "HEAD" if t.contains("/blobs/") => "HEAD blob",
+            "HEAD" => "HEAD manifest",
+            "POST" => "POST upload",
+            "PATCH" => "PATCH upload",
+            "PUT" if t.contains("/manifests/") => "PUT manifest",
+            "PUT" => "PUT upload",
+            "GET" if t.contains("/manifests/") => "GET manifest",
+            "GET" if t.contains("/blobs/uploads/") => "GET upload status",
+            "GET" if t.contains("/blobs/") => "GET blob",
+            _ => "other",
+        }
+    };
+    let fault_of = |f: &Fault| -> &'static str {
+        match f {
+            Fault::Status { status: 503, .. } => "503",
+            Fault::Status { status: 429, .. } => "429",
+            Fault::Cut(common::proxy::Cut::BeforeRequest) => "cut before request",
+            Fault::Cut(common::proxy::Cut::MidBody) => "cut mid-body",
+            Fault::Cut(common::proxy::Cut::BeforeAnswer) => "cut before answer",
+            _ => "other",
+        }
+    };
+    let requests = proxy.requests();
+    let mut by_kind: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let mut by_fault: std::collections::BTreeMap<&str, usize> = Default::default();
+    for s in &requests {
+        let e = by_kind.entry(kind_of(s)).or_default();
+        e.0 += 1;
+        if let Some(f) = &s.fault {
+            e.1 += 1;
+            *by_fault.entry(fault_of(f)).or_default() += 1;
+        }
+    }
+    let summary = format!("requests (seen, faulted): {by_kind:?}; faults: {by_fault:?}");
+    for k in kinds {
+        assert!(
+            by_kind.get(k).is_some_and(|(_, f)| *f > 0),
+            "no fault met a {k} request: {summary}"
+        );
+    }
+    for f in [
+        "503",
+        "429",
+        "cut before request",
+        "cut mid-body",
+        "cut before answer",
+    ] {
+        assert!(by_fault.contains_key(f), "no `{f}` injected: {summary}");
+    }
+    summary
+}
+
+const PUSH_KINDS: &[&str] = &[
+    "token",
+    "HEAD blob",
+    "POST upload",
+    "PATCH upload",
+    "PUT upload",
+    "PUT manifest",
+];
+const PULL_KINDS: &[&str] = &["token", "GET manifest", "GET blob"];
+
+fn fleet_push_through(rates: (f64, f64, f64), seed: u64) {
+    let fx = twenty();
+    let (reg, proxy, cfg) = flaky_registry(&fx.cx, chaos(seed, rates));
+    let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
+    let r = push(
+        &fx.cx,
+        &fx.names(),
+        &format!("{}/fleet", proxy.host()),
+        &[],
+        &env,
+    );
+    proxy.clear();
+    let summary = faults_met(&proxy, PUSH_KINDS);
+    eprintln!("{summary}");
+    assert_eq!(r.code, 0, "the push failed: {r}\n{summary}");
+    assert_no_secret(&r, USER, PASSWORD);
+    let done = fx.check_pushed(&reg, "fleet");
+    eprintln!("imgbuild push: {done} of 20 tags complete");
+    assert_eq!(done, 20, "{summary}");
+}
+
+#[test]
+fn a_fleet_pushes_whole_through_mild_faults() {
+    fleet_push_through(MILD, 13);
+}
+
+#[test]
+fn a_fleet_pushes_whole_through_harsh_faults() {
+    fleet_push_through(HARSH, 1313);
+}
+
+/// 20 images `from:` the fleet's 20, pulled through the faults: each built
+/// on its parent's exact layers.
+fn fleet_pull_through(rates: (f64, f64, f64), seed: u64) {
+    let fx = twenty();
+    let reg = Registry::token(TokenOptions::new(USER, PASSWORD));
+    let direct = fx.dir("docker-direct");
+    reg.write_docker_config(&direct, &reg.host());
+    push(
+        &fx.cx,
+        &fx.names(),
+        &format!("{}/fleet", reg.host()),
+        &[],
+        &[("DOCKER_CONFIG", direct.to_str().unwrap())],
+    )
+    .success();
+    let token = reg.token_server().expect("a token server").host();
+    let proxy = Proxy::start_with_token(&reg.host(), &token);
+    let cfg = fx.dir("docker-proxy");
+    reg.write_docker_config(&cfg, &proxy.host());
+
+    let cx = Ctx::new().with_epoch(1_700_000_000);
+    let mut yaml = String::from("images:\n");
+    for name in &fx.names {
+        cx.write(&format!("on-{name}/on.txt"), format!("on {name}\n"));
+        yaml.push_str(&format!(
+            "  on-{name}:\n    from: {}/fleet/{name}:latest\n    layers: [{{src: on-{name}, dest: /srv/on}}]\n",
+            proxy.host()
+        ));
+    }
+    cx.yaml(&yaml);
+    proxy.chaos(chaos(seed, rates));
+    let out = cx.scratch.join("oci");
+    let r = imgbuild(
+        &cx,
+        &["build", "--all", "-o", &format!("oci:{}", out.display())],
+        &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+    );
+    proxy.clear();
+    let summary = faults_met(&proxy, PULL_KINDS);
+    eprintln!("{summary}");
+    assert_eq!(r.code, 0, "the build failed: {r}\n{summary}");
+    for name in &fx.names {
+        let parent = validate_layout(&fx.out, name);
+        let child = validate_layout(&out, &format!("on-{name}"));
+        let n = parent.layers.len();
+        assert_eq!(child.layers.len(), n + 1, "on-{name}");
+        for (c, p) in child.layers.iter().zip(&parent.layers) {
+            assert_eq!(c.digest, p.digest, "on-{name}: the pulled layers");
+        }
+    }
+}
+
+#[test]
+fn a_fleet_pulls_whole_through_mild_faults() {
+    fleet_pull_through(MILD, 21);
+}
+
+#[test]
+fn a_fleet_pulls_whole_through_harsh_faults() {
+    fleet_pull_through(HARSH, 2121);
+}
+
+/// The layer cache through the faults: runner A fills it, runner B (an
+/// empty store) fetches every layer from it; never given up on.
+fn fleet_cache_through(rates: (f64, f64, f64), seed: u64) {
+    let mut fx = twenty();
+    let (reg, proxy, cfg) = flaky_registry(&fx.cx, chaos(seed, rates));
+    let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
+    let cache = format!("{}/cache", proxy.host());
+    let names = fx.names.clone();
+    fx.cx.home = fx.cx.scratch.join("home-a");
+    let r = imgbuild(
+        &fx.cx,
+        &["--json", "build", "--all", "--cache-repo", &cache],
+        &env,
+    );
+    assert_eq!(r.code, 0, "runner A failed: {r}");
+    assert!(!r.stderr.contains("warning:"), "the cache was given up: {r}");
+    let a = Report(r.json());
+    let mut keys: Vec<String> = names
+        .iter()
+        .flat_map(|n| a.layer_summary(n))
+        .map(|(key, _, _)| format!("layer-{key}"))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(reg.tags("cache"), keys, "one cache tag per layer");
+
+    fx.cx.home = fx.cx.scratch.join("home-b");
+    let out = fx.cx.scratch.join("oci-b");
+    let r = imgbuild(
+        &fx.cx,
+        &[
+            "--json",
+            "build",
+            "--all",
+            "--cache-repo",
+            &cache,
+            "-o",
+            &format!("oci:{}", out.display()),
+        ],
+        &env,
+    );
+    proxy.clear();
+    let summary = faults_met(
+        &proxy,
+        &["token", "PATCH upload", "PUT manifest", "GET manifest", "GET blob"],
+    );
+    eprintln!("{summary}");
+    assert_eq!(r.code, 0, "runner B failed: {r}\n{summary}");
+    assert!(!r.stderr.contains("warning:"), "the cache was given up: {r}");
+    let b = Report(r.json());
+    for name in &names {
+        assert_eq!(b.manifest(name), a.manifest(name), "{name}: same digest");
+        assert_eq!(b.manifest(name), fx.report.manifest(name), "{name}");
+        for l in b.layers(name) {
+            assert_eq!(l["fetched"], true, "{name}: {l}");
+        }
+        validate_layout(&out, name);
+    }
+}
+
+#[test]
+fn the_layer_cache_works_through_mild_faults() {
+    fleet_cache_through(MILD, 31);
+}
+
+#[test]
+fn the_layer_cache_works_through_harsh_faults() {
+    fleet_cache_through(HARSH, 3131);
+}
