@@ -1574,21 +1574,39 @@ impl Twenty {
 
 /// A token registry behind a chaos proxy, and a docker config with its
 /// credentials for the proxy's host.
-fn flaky_registry(cx: &Ctx, c: Chaos) -> (Registry, Proxy, PathBuf) {
+fn flaky_registry(cx: &Ctx) -> (Registry, Proxy, PathBuf) {
     let reg = Registry::token(TokenOptions::new(USER, PASSWORD));
     let token = reg.token_server().expect("a token server").host();
     let proxy = Proxy::start_with_token(&reg.host(), &token);
-    proxy.chaos(c);
-    let cfg = cx.scratch.join(format!("docker-{}", proxy.host().replace(':', "_")));
+    let cfg = cx
+        .scratch
+        .join(format!("docker-{}", proxy.host().replace(':', "_")));
     fs::create_dir_all(&cfg).unwrap();
     reg.write_docker_config(&cfg, &proxy.host());
     (reg, proxy, cfg)
 }
 
+/// Kinds of request: a name, a method and a part of the target.
+const TOKEN: (&str, &str, &str) = ("token", "*", "/token");
+const HEAD_BLOB: (&str, &str, &str) = ("HEAD blob", "HEAD", "/blobs/sha256:");
+const POST_UPLOAD: (&str, &str, &str) = ("POST upload", "POST", "/blobs/uploads/");
+const PATCH_UPLOAD: (&str, &str, &str) = ("PATCH upload", "PATCH", "/blobs/uploads/");
+const PUT_UPLOAD: (&str, &str, &str) = ("PUT upload", "PUT", "/blobs/uploads/");
+const PUT_MANIFEST: (&str, &str, &str) = ("PUT manifest", "PUT", "/manifests/");
+const GET_MANIFEST: (&str, &str, &str) = ("GET manifest", "GET", "/manifests/");
+const GET_BLOB: (&str, &str, &str) = ("GET blob", "GET", "/blobs/sha256:");
+
+/// Chaos on, and each fault once on each of these kinds of request.
+fn unleash(proxy: &Proxy, c: Chaos, kinds: &[(&str, &str, &str)]) {
+    for (_, method, part) in kinds {
+        proxy.every_fault(method, part);
+    }
+    proxy.chaos(c);
+}
+
 /// The faults the proxy injected, by kind of request and kind of fault;
-/// each kind of request in `kinds` must have met faults, and each kind of
-/// fault must have been injected.
-fn faults_met(proxy: &Proxy, kinds: &[&str]) -> String {
+/// each kind of request in `kinds` must have met every kind of fault.
+fn faults_met(proxy: &Proxy, kinds: &[(&str, &str, &str)]) -> String {
     let kind_of = |s: &common::proxy::Seen| -> &'static str {
         let t = s.target.as_str();
         match s.method.as_str() {
@@ -1616,49 +1634,61 @@ fn faults_met(proxy: &Proxy, kinds: &[&str]) -> String {
             _ => "other",
         }
     };
-    let requests = proxy.requests();
-    let mut by_kind: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
-    let mut by_fault: std::collections::BTreeMap<&str, usize> = Default::default();
-    for s in &requests {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut by_kind: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut by_fault: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut met: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for s in &proxy.requests() {
         let e = by_kind.entry(kind_of(s)).or_default();
         e.0 += 1;
         if let Some(f) = &s.fault {
             e.1 += 1;
             *by_fault.entry(fault_of(f)).or_default() += 1;
+            met.insert((kind_of(s), fault_of(f)));
         }
     }
     let summary = format!("requests (seen, faulted): {by_kind:?}; faults: {by_fault:?}");
-    for k in kinds {
-        assert!(
-            by_kind.get(k).is_some_and(|(_, f)| *f > 0),
-            "no fault met a {k} request: {summary}"
-        );
-    }
-    for f in [
-        "503",
-        "429",
-        "cut before request",
-        "cut mid-body",
-        "cut before answer",
-    ] {
-        assert!(by_fault.contains_key(f), "no `{f}` injected: {summary}");
+    for (k, _, _) in kinds {
+        for f in [
+            "503",
+            "429",
+            "cut before request",
+            "cut mid-body",
+            "cut before answer",
+        ] {
+            assert!(
+                met.contains(&(*k, f)),
+                "no `{f}` met a {k} request: {summary}"
+            );
+        }
     }
     summary
 }
 
-const PUSH_KINDS: &[&str] = &[
-    "token",
-    "HEAD blob",
-    "POST upload",
-    "PATCH upload",
-    "PUT upload",
-    "PUT manifest",
+const PUSH_KINDS: &[(&str, &str, &str)] = &[
+    TOKEN,
+    HEAD_BLOB,
+    POST_UPLOAD,
+    PATCH_UPLOAD,
+    PUT_UPLOAD,
+    PUT_MANIFEST,
 ];
-const PULL_KINDS: &[&str] = &["token", "GET manifest", "GET blob"];
+const PULL_KINDS: &[(&str, &str, &str)] = &[TOKEN, GET_MANIFEST, GET_BLOB];
+const CACHE_KINDS: &[(&str, &str, &str)] = &[
+    TOKEN,
+    HEAD_BLOB,
+    POST_UPLOAD,
+    PATCH_UPLOAD,
+    PUT_UPLOAD,
+    PUT_MANIFEST,
+    GET_MANIFEST,
+    GET_BLOB,
+];
 
 fn fleet_push_through(rates: (f64, f64, f64), seed: u64) {
     let fx = twenty();
-    let (reg, proxy, cfg) = flaky_registry(&fx.cx, chaos(seed, rates));
+    let (reg, proxy, cfg) = flaky_registry(&fx.cx);
+    unleash(&proxy, chaos(seed, rates), PUSH_KINDS);
     let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
     let r = push(
         &fx.cx,
@@ -1717,7 +1747,7 @@ fn fleet_pull_through(rates: (f64, f64, f64), seed: u64) {
         ));
     }
     cx.yaml(&yaml);
-    proxy.chaos(chaos(seed, rates));
+    unleash(&proxy, chaos(seed, rates), PULL_KINDS);
     let out = cx.scratch.join("oci");
     let r = imgbuild(
         &cx,
@@ -1753,7 +1783,8 @@ fn a_fleet_pulls_whole_through_harsh_faults() {
 /// empty store) fetches every layer from it; never given up on.
 fn fleet_cache_through(rates: (f64, f64, f64), seed: u64) {
     let mut fx = twenty();
-    let (reg, proxy, cfg) = flaky_registry(&fx.cx, chaos(seed, rates));
+    let (reg, proxy, cfg) = flaky_registry(&fx.cx);
+    unleash(&proxy, chaos(seed, rates), CACHE_KINDS);
     let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
     let cache = format!("{}/cache", proxy.host());
     let names = fx.names.clone();
@@ -1764,7 +1795,10 @@ fn fleet_cache_through(rates: (f64, f64, f64), seed: u64) {
         &env,
     );
     assert_eq!(r.code, 0, "runner A failed: {r}");
-    assert!(!r.stderr.contains("warning:"), "the cache was given up: {r}");
+    assert!(
+        !r.stderr.contains("warning:"),
+        "the cache was given up: {r}"
+    );
     let a = Report(r.json());
     let mut keys: Vec<String> = names
         .iter()
@@ -1791,13 +1825,13 @@ fn fleet_cache_through(rates: (f64, f64, f64), seed: u64) {
         &env,
     );
     proxy.clear();
-    let summary = faults_met(
-        &proxy,
-        &["token", "PATCH upload", "PUT manifest", "GET manifest", "GET blob"],
-    );
+    let summary = faults_met(&proxy, CACHE_KINDS);
     eprintln!("{summary}");
     assert_eq!(r.code, 0, "runner B failed: {r}\n{summary}");
-    assert!(!r.stderr.contains("warning:"), "the cache was given up: {r}");
+    assert!(
+        !r.stderr.contains("warning:"),
+        "the cache was given up: {r}"
+    );
     let b = Report(r.json());
     for name in &names {
         assert_eq!(b.manifest(name), a.manifest(name), "{name}: same digest");

@@ -330,6 +330,28 @@ impl Proxy {
         self.rule(method, part, times, Fault::Delay(delay));
     }
 
+    /// Each fault chaos draws from, once, on the next requests of
+    /// `method` ("*": any) whose target contains `part`: 503, 429 with
+    /// `Retry-After: 1`, and the three cuts. With chaos on, each kind of
+    /// request then surely meets each fault, whatever the draws.
+    pub fn every_fault(&self, method: &str, part: &str) {
+        for status in [503, 429] {
+            self.rule(
+                method,
+                part,
+                1,
+                Fault::Status {
+                    status,
+                    retry_after: (status == 429).then_some(1),
+                    code: None,
+                },
+            );
+        }
+        for cut in [Cut::BeforeRequest, Cut::MidBody, Cut::BeforeAnswer] {
+            self.rule(method, part, 1, Fault::Cut(cut));
+        }
+    }
+
     /// Removes every rule, and stops chaos.
     pub fn clear(&self) {
         self.state.rules.lock().unwrap().clear();
