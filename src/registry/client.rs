@@ -501,6 +501,14 @@ impl Client {
                 }
                 UploadAt::Send(loc, _) => match self.finish_upload(r, &loc, digest).await {
                     Ok(()) => return Ok(()),
+                    // The session is gone: a PUT whose answer was lost may
+                    // have completed it. The blob named by its digest is ours.
+                    Err(e)
+                        if matches!(e.error, RegistryError::NotFound { .. })
+                            && matches!(self.blob_size(r, digest).await, Ok(Some(n)) if n == size) =>
+                    {
+                        return Ok(());
+                    }
                     Err(e) => Err((e, Some(loc))),
                 },
             };

@@ -785,10 +785,10 @@ fn serve(client: TcpStream, route: &Route, state: &State) -> io::Result<()> {
 
         // Token requests go to the token server, on a connection of their own.
         let to_token = route.token.is_some() && target.starts_with("/token");
-        if up.as_ref().is_some_and(|u| u.token != to_token) {
-            if let Some(u) = up.take() {
-                let _ = u.writer.shutdown(Shutdown::Both);
-            }
+        if up.as_ref().is_some_and(|u| u.token != to_token)
+            && let Some(u) = up.take()
+        {
+            let _ = u.writer.shutdown(Shutdown::Both);
         }
         if up.is_none() {
             let addr = match (&route.token, to_token) {
