@@ -1852,3 +1852,41 @@ fn the_layer_cache_works_through_mild_faults() {
 fn the_layer_cache_works_through_harsh_faults() {
     fleet_cache_through(HARSH, 3131);
 }
+
+/// A blob download cut mid-body goes on from the bytes received: the
+/// registry answers one ranged GET (206), and the copy is whole.
+#[test]
+fn a_cut_download_resumes_where_it_broke() {
+    let fx = Fleet::new();
+    let app = fx.image("app");
+    let layer = app.layers.last().expect("app's own layer").digest.clone();
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    let proxy = Proxy::start(&reg.host());
+    proxy.rule(
+        "GET",
+        &format!("/blobs/{layer}"),
+        1,
+        Fault::Cut(common::proxy::Cut::MidBody),
+    );
+    let dst = format!("{}/mirror/app:1", reg.host());
+    imgbuild(
+        &fx.cx,
+        &["copy", &format!("{}/fleet/app:v1", proxy.host()), &dst],
+        &[],
+    )
+    .success();
+    assert_eq!(proxy.pending(), 0, "no download was cut");
+    let blob = format!("/blobs/{layer}");
+    assert_eq!(
+        (
+            reg.count("GET", &blob, Some(200)),
+            reg.count("GET", &blob, Some(206))
+        ),
+        (1, 1),
+        "one whole GET (cut), then one ranged GET for the rest:\n{}",
+        reg.log_text()
+    );
+    let back = pull_back_and_validate(&fx.cx, &dst, None);
+    assert_eq!(back.manifest_digest, app.manifest_digest);
+}

@@ -1278,6 +1278,27 @@ mod tests {
     }
 
     #[test]
+    fn manifests_must_be_the_digests_they_are_said_to_be() {
+        let bytes = b"{}";
+        let good = format!("sha256:{}", crate::digest::sha256_hex(bytes));
+        let zeros = format!("sha256:{}", "0".repeat(64));
+        let tag: Reference = "127.0.0.1:5000/app:v1".parse().unwrap();
+        assert!(verify_manifest(&tag, bytes, None).is_ok());
+        assert!(verify_manifest(&tag, bytes, Some(&good)).is_ok());
+        let lie = verify_manifest(&tag, bytes, Some(&zeros)).unwrap_err();
+        let text = lie.to_string();
+        assert!(text.contains(&zeros) && text.contains(&good), "{text}");
+        // Another algorithm's header cannot be compared: not a lie.
+        assert!(verify_manifest(&tag, bytes, Some("sha512:abc")).is_ok());
+        let pinned = tag.with_digest(&zeros);
+        let text = verify_manifest(&pinned, bytes, None)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(&zeros) && text.contains(&good), "{text}");
+        assert!(verify_manifest(&tag.with_digest(&good), bytes, Some(&good)).is_ok());
+    }
+
+    #[test]
     fn urls_never_keep_userinfo() {
         assert_eq!(
             redact("error sending request for url (https://u:pw@host/v2/)"),
