@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod cache;
 pub mod client;
+pub mod fetch;
 pub mod pull;
 pub mod transfer;
 
