@@ -269,6 +269,8 @@ class Chaos:
                 fault = None
             if fault:
                 self.c[fault] += 1
+            if self.c["requests"] % 20 == 0:
+                write_json(self.path, self.c)
             return fault
 
     def save(self):
@@ -298,8 +300,9 @@ def read_head(r):
     return start.strip(), headers, raw
 
 
-def framing(headers, no_body=False):
-    """("none"|"chunked"|"length"|"close", length)."""
+def framing(headers, no_body=False, request=False):
+    """("none"|"chunked"|"length"|"close", length): a request without a length has
+    no body; an answer without one runs until the connection closes."""
     if no_body:
         return "none", 0
     if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
@@ -307,7 +310,7 @@ def framing(headers, no_body=False):
     if "content-length" in headers:
         n = int(headers["content-length"][0] or 0)
         return ("length", n) if n else ("none", 0)
-    return "close", 0
+    return ("none", 0) if request else ("close", 0)
 
 
 class Cut(Exception):
@@ -402,7 +405,7 @@ def chaos_conn(client, port, chaos):
                 return
             start, headers, raw = head
             method = (start.split() + [""])[0]
-            kind, n = framing(headers)
+            kind, n = framing(headers, request=True)
             expect = "100-continue" in ",".join(headers.get("expect", [])).lower()
             close = "close" in ",".join(headers.get("connection", [])).lower()
             fault = chaos.draw()
