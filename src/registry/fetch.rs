@@ -78,7 +78,9 @@ impl Client {
     ) -> Result<(), RegistryError> {
         use sha2::Digest as _;
         let url = self.url(r, &format!("blobs/{digest}"));
-        let what = "reading a blob";
+        // Every error of this blob names it.
+        let what = format!("reading blob {digest}");
+        let what = what.as_str();
         let repository = format!("{}/{}", r.registry, r.repository);
         let io = |e: std::io::Error| RegistryError::Io {
             path: out_path(digest),
