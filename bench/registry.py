@@ -399,6 +399,12 @@ def chaos_conn(client, port, chaos):
     upstream = None
     ur = None
     try:
+        if r.peek(1)[:1] == b"\x16":
+            # A TLS handshake (skopeo tries https first): answer as Go's HTTP server
+            # does, so the client falls back to HTTP at once instead of timing out.
+            client.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n"
+                           b"Client sent an HTTP request to an HTTPS server.\n")
+            return
         while True:
             head = read_head(r)
             if head is None:
