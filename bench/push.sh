@@ -11,13 +11,19 @@
 #   2. re-tagging every client `:latest` as `:5.1.4`: a loop of CLIENTS `imgbuild tag`
 #      calls vs a loop of `skopeo copy docker://…:latest docker://…:5.1.4`;
 #   3. one image with one layer of BIG_MIB (300) MiB of random bytes pushed to an empty
-#      registry: peak RSS and time, imgbuild vs skopeo.
+#      registry: peak RSS and time, imgbuild vs skopeo;
+#   4. a flaky registry: 20 images (moodle and 19 clients) pushed through a proxy that
+#      injects seeded faults (503, connections cut, 429 with Retry-After: 1) at each of
+#      FLAKY_RATES, `imgbuild push` vs one `skopeo copy --retry-times 5` per image, each
+#      to a fresh registry: the tags complete afterwards (the layout's manifest, every
+#      blob stored), as the registry says, printed as N / 20 per tool (n/a: not measured).
 # A report, not a test: always exits 0 once it has measured.
 #
 # Environment: CLIENTS (50), PUSH_RUNS (5) timed fleet pushes per tool, TAG_RUNS (5)
 # timed tag loops per tool, BIG_MIB (300), BIG_RUNS (3), PUSH_TAG (5.1.4),
 # SEED/FILES/MIB for the core tree, IMGBUILD, IMGBUILD_NO_BUILD=1, SKIP_IMGBUILD=1,
-# SKIP_SKOPEO=1, SKIP_BIG=1, BENCH_WORK (bench/work).
+# SKIP_SKOPEO=1, SKIP_BIG=1, SKIP_FLAKY=1, FLAKY_RATES ("P503:PDROP:P429 …", default
+# "0.05:0.05:0.02 0.20:0.20:0.10"), FLAKY_SEED (13), BENCH_WORK (bench/work).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -103,14 +109,16 @@ if [[ $IMGBUILD_OK != 1 ]]; then
 fi
 
 # --- registries --------------------------------------------------------------------
-# reg_start NAME: a fresh registry (empty storage) behind a counting proxy, under
-# $OUT/reg-NAME; sets REG_PORT[NAME] (the registry) and REG_PROXY[NAME] (the proxy).
+# reg_start NAME [CHAOS]: a fresh registry (empty storage) behind a counting proxy (with
+# CHAOS, SEED:P503:PDROP:P429, a fault-injecting one instead), under $OUT/reg-NAME; sets
+# REG_PORT[NAME] (the registry) and REG_PROXY[NAME] (the proxy).
 declare -A REG_PID=() REG_PORT=() REG_PROXY=()
 reg_start() {
-    local name=$1 dir=$OUT/reg-$1 i
+    local name=$1 dir=$OUT/reg-$1 i chaos=()
+    [[ -n ${2:-} ]] && chaos=(--chaos "$2")
     reset_dir "$dir"
     mkdir -p "$dir"
-    python3 "$REG" serve "$dir" >"$OUT/reg-$name.log" 2>&1 &
+    python3 "$REG" serve "$dir" "${chaos[@]}" >"$OUT/reg-$name.log" 2>&1 &
     REG_PID[$name]=$!
     for ((i = 0; i < 300; i++)); do
         [[ -s $dir/state.json ]] && break
@@ -327,4 +335,54 @@ if [[ $IMGBUILD_OK == 1 && ${SKIP_BIG:-0} != 1 ]]; then
     reset_dir "$big_oci"
 fi
 
+# --- 4. a flaky registry ---------------------------------------------------------------
+FLAKY_RATES=${FLAKY_RATES:-"0.05:0.05:0.02 0.20:0.20:0.10"}
+FLAKY_SEED=${FLAKY_SEED:-13}
+flaky_names=(moodle "${CLIENT_NAMES[@]:0:19}")
+declare -A FLAKY=()
+# flaky_count NAME TOOL RATE: the tags complete on registry NAME, into FLAKY[TOOL@RATE].
+flaky_count() {
+    local got
+    if got=$(python3 "$REG" complete "$OUT/reg-$1" flaky "$oci" "${flaky_names[@]}" 2>>"$OUT/flaky.stderr"); then
+        printf '%s\n' "$got" >"$OUT/flaky-$2-${3//[.:]/_}.json"
+        FLAKY[$2@$3]=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["complete"])' "$got")
+    fi
+}
+if [[ $IMGBUILD_OK == 1 && ${SKIP_FLAKY:-0} != 1 ]]; then
+    for rate in $FLAKY_RATES; do
+        log "flaky registry, faults $rate (503:cut:429): imgbuild push of ${#flaky_names[@]} images"
+        reg_start flakyi "$FLAKY_SEED:$rate"
+        IMGBUILD_HOME=$home "$IMGBUILD" -f "$YAML" push "${flaky_names[@]}" \
+            --registry "127.0.0.1:${REG_PROXY[flakyi]}/flaky" --json \
+            >"$OUT/flaky-imgbuild.stdout" 2>>"$OUT/flaky-imgbuild.stderr" ||
+            warn "imgbuild push through faults $rate failed: $(tail -n 3 "$OUT/flaky-imgbuild.stderr")"
+        flaky_count flakyi imgbuild "$rate"
+        reg_stop flakyi
+        if [[ $SKOPEO_OK == 1 ]]; then
+            log "flaky registry, faults $rate: skopeo copy --retry-times 5, one per image"
+            reg_start flakys "$FLAKY_SEED:$rate"
+            for n in "${flaky_names[@]}"; do
+                skopeo --insecure-policy copy -q --retry-times 5 --dest-tls-verify=false \
+                    "oci:$oci:$n" "docker://127.0.0.1:${REG_PROXY[flakys]}/flaky/$n:latest" \
+                    2>>"$OUT/flaky-skopeo.stderr" || true
+            done
+            flaky_count flakys skopeo "$rate"
+            reg_stop flakys
+        fi
+    done
+fi
+
 python3 "$BENCH_DIR/report.py" push "$WORK" "$(versions_json)"
+
+# The flaky registry's figures (report.py does not know them): tags completed / N.
+if [[ ${SKIP_FLAKY:-0} != 1 ]]; then
+    printf '\nflaky registry: tags completed / %d, faults as P(503):P(cut):P(429), seed %s\n' \
+        "${#flaky_names[@]}" "$FLAKY_SEED"
+    # figure N: "N / 20", or n/a when nothing was measured.
+    figure() { if [[ -n $1 ]]; then printf '%s / %s' "$1" "${#flaky_names[@]}"; else printf 'n/a'; fi; }
+    printf '%-20s %12s %26s\n' faults imgbuild "skopeo --retry-times 5"
+    for rate in $FLAKY_RATES; do
+        printf '%-20s %12s %26s\n' "$rate" "$(figure "${FLAKY[imgbuild@$rate]:-}")" \
+            "$(figure "${FLAKY[skopeo@$rate]:-}")"
+    done
+fi

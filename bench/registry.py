@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A real registry for bench/push.sh, behind a byte-counting proxy.
 
-usage: registry.py serve DIR      run docker-registry (CNCF distribution) on a free
+usage: registry.py serve DIR [--chaos SEED:P503:PDROP:P429]
+                                  run docker-registry (CNCF distribution) on a free
                                   127.0.0.1 port with fresh storage DIR/storage, and a
                                   counting proxy in front of it; writes DIR/state.json
                                   ({port, proxy_port, pid, registry_pid}) once both
@@ -24,6 +25,10 @@ usage: registry.py serve DIR      run docker-registry (CNCF distribution) on a f
                                   got N manifests and stores at least B bytes
        registry.py tags DIR PREFIX TAG NAME...
                                   whether PREFIX/NAME:TAG is PREFIX/NAME:latest, each NAME
+       registry.py complete DIR PREFIX OCI_DIR NAME...
+                                  how many PREFIX/NAME:latest name the layout's
+                                  manifest of NAME with every blob it names stored
+                                  (asked of the registry directly)
        registry.py layout OCI_DIR NAME...
                                   the blobs (configs, layers) and manifests that these
                                   images of an OCI layout name: unique count, bytes
@@ -35,10 +40,17 @@ into request heads, blob upload bodies (POST/PATCH/PUT .../blobs/uploads/...),
 manifest bodies (PUT .../manifests/...) and other bodies. A stream it cannot parse is
 forwarded as it is and counted only in the total. Counters are rewritten to
 DIR/counts.json whenever a connection closes.
+
+With --chaos the proxy is another one: it passes one request at a time and, drawing
+from SEED, answers a fraction P503 of requests 503, P429 429 with `Retry-After: 1`,
+and cuts a fraction PDROP of connections (before the request is read, mid-body of
+the request or else of the answer, or after the request but before its answer, each
+a third). What it injected is rewritten to DIR/chaos.json as it goes.
 """
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -231,6 +243,279 @@ def serve_conn(client, port, counters):
     counters.save()
 
 
+class Chaos:
+    """Seeded fault draws, and what was injected."""
+
+    def __init__(self, spec, path):
+        seed, p503, pdrop, p429 = spec.split(":")
+        self.rng = random.Random(int(seed))
+        self.p503, self.pdrop, self.p429 = float(p503), float(pdrop), float(p429)
+        self.path = path
+        self.lock = threading.Lock()
+        self.c = {"requests": 0, "503": 0, "429": 0, "cut_before_request": 0,
+                  "cut_mid_body": 0, "cut_before_answer": 0}
+
+    def draw(self):
+        with self.lock:
+            self.c["requests"] += 1
+            u = self.rng.random()
+            if u < self.p503:
+                fault = "503"
+            elif u < self.p503 + self.p429:
+                fault = "429"
+            elif u < self.p503 + self.p429 + self.pdrop:
+                fault = self.rng.choice(["cut_before_request", "cut_mid_body", "cut_before_answer"])
+            else:
+                fault = None
+            if fault:
+                self.c[fault] += 1
+            if self.c["requests"] % 20 == 0:
+                write_json(self.path, self.c)
+            return fault
+
+    def save(self):
+        with self.lock:
+            write_json(self.path, self.c)
+
+
+def read_head(r):
+    """(start line, {lower name: [values]}, raw bytes), or None at EOF."""
+    line = r.readline(65536)
+    if not line:
+        return None
+    head = [line]
+    while line not in (b"\r\n", b"\n"):
+        line = r.readline(65536)
+        if not line:
+            raise EOFError("inside a head")
+        head.append(line)
+    raw = b"".join(head)
+    text = raw.decode("latin-1")
+    start, _, rest = text.partition("\n")
+    headers = {}
+    for h in rest.split("\n"):
+        k, sep, v = h.partition(":")
+        if sep:
+            headers.setdefault(k.strip().lower(), []).append(v.strip())
+    return start.strip(), headers, raw
+
+
+def framing(headers, no_body=False, request=False):
+    """("none"|"chunked"|"length"|"close", length): a request without a length has
+    no body; an answer without one runs until the connection closes."""
+    if no_body:
+        return "none", 0
+    if "chunked" in ",".join(headers.get("transfer-encoding", [])).lower():
+        return "chunked", 0
+    if "content-length" in headers:
+        n = int(headers["content-length"][0] or 0)
+        return ("length", n) if n else ("none", 0)
+    return ("none", 0) if request else ("close", 0)
+
+
+class Cut(Exception):
+    """The valve's limit was reached: the connection is to be cut."""
+
+
+class Valve:
+    """Passes at most `left` bytes (all when None), then raises Cut."""
+
+    def __init__(self, w, left):
+        self.w, self.left = w, left
+
+    def sendall(self, data):
+        if self.left is not None:
+            if len(data) > self.left:
+                self.w.sendall(data[:self.left])
+                raise Cut()
+            self.left -= len(data)
+        self.w.sendall(data)
+
+
+def copy_body(r, w, kind, n, limit=None):
+    """Forward a body as it is on the wire; with `limit`, only that many bytes, and
+    False (the connection is to be cut)."""
+    try:
+        pass_body(r, Valve(w, limit), kind, n)
+        return True
+    except Cut:
+        return False
+
+
+def pass_body(r, w, kind, n):
+    if kind == "length":
+        while n > 0:
+            data = r.read1(min(n, BUF))
+            if not data:
+                raise EOFError("inside a body")
+            w.sendall(data)
+            n -= len(data)
+    elif kind == "close":
+        while True:
+            data = r.read1(BUF)
+            if not data:
+                return
+            w.sendall(data)
+    elif kind == "chunked":
+        while True:
+            size_line = r.readline(65536)
+            if not size_line:
+                raise EOFError("inside a chunked body")
+            w.sendall(size_line)
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while True:
+                    t = r.readline(65536)
+                    if not t:
+                        raise EOFError("inside trailers")
+                    w.sendall(t)
+                    if t in (b"\r\n", b"\n"):
+                        return
+            pass_body(r, w, "length", size)
+            w.sendall(r.readline(65536))
+
+
+class Sink:
+    def sendall(self, data):
+        pass
+
+
+def fault_answer(status, close):
+    reason = {503: "Service Unavailable", 429: "Too Many Requests"}[status]
+    code = {503: "UNAVAILABLE", 429: "TOOMANYREQUESTS"}[status]
+    body = json.dumps({"errors": [{"code": code, "message": f"{reason} (injected)"}]}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n")
+    if status == 429:
+        head += "Retry-After: 1\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def chaos_conn(client, port, chaos):
+    """One client connection through the chaos proxy, a request at a time."""
+    r = client.makefile("rb", buffering=BUF)
+    upstream = None
+    ur = None
+    try:
+        if r.peek(1)[:1] == b"\x16":
+            # A TLS handshake (skopeo tries https first): answer as Go's HTTP server
+            # does, so the client falls back to HTTP at once instead of timing out.
+            client.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n"
+                           b"Client sent an HTTP request to an HTTPS server.\n")
+            return
+        while True:
+            head = read_head(r)
+            if head is None:
+                return
+            start, headers, raw = head
+            method = (start.split() + [""])[0]
+            kind, n = framing(headers, request=True)
+            expect = "100-continue" in ",".join(headers.get("expect", [])).lower()
+            close = "close" in ",".join(headers.get("connection", [])).lower()
+            fault = chaos.draw()
+            if fault in ("503", "429"):
+                if expect and kind != "none":
+                    client.sendall(fault_answer(int(fault), True))
+                    return
+                copy_body(r, Sink(), kind, n)
+                client.sendall(fault_answer(int(fault), close))
+                if close:
+                    return
+                continue
+            if fault == "cut_before_request":
+                return
+            if upstream is None:
+                upstream = socket.create_connection(("127.0.0.1", port))
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                ur = upstream.makefile("rb", buffering=BUF)
+            upstream.sendall(raw)
+            if expect and kind != "none":
+                interim = read_head(ur)
+                if interim is None:
+                    return
+                client.sendall(interim[2])
+                if not interim[0].split()[1:2] == ["100"]:
+                    copy_body(ur, client, *framing(interim[1], method == "HEAD"))
+                    return
+            cut_request = fault == "cut_mid_body" and kind != "none"
+            limit = (n // 2 if kind == "length" else 1) if cut_request else None
+            if not copy_body(r, upstream, kind, n, limit):
+                return
+            while True:
+                resp = read_head(ur)
+                if resp is None:
+                    return
+                status = int((resp[0].split() + ["0", "0"])[1])
+                if 100 <= status < 200 and status != 101:
+                    if fault != "cut_before_answer":
+                        client.sendall(resp[2])
+                    continue
+                break
+            if fault == "cut_before_answer":
+                return
+            rkind, rn = framing(resp[1], method == "HEAD" or status in (204, 304))
+            if fault == "cut_mid_body":
+                if rkind == "none":
+                    return
+                client.sendall(resp[2])
+                copy_body(ur, client, rkind, rn, rn // 2 if rkind == "length" else 64)
+                return
+            client.sendall(resp[2])
+            copy_body(ur, client, rkind, rn)
+            if close or rkind == "close" or "close" in ",".join(resp[1].get("connection", [])).lower():
+                return
+    except (OSError, EOFError, ValueError):
+        return
+    finally:
+        chaos.save()
+        for s in (client, upstream):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
+def complete(d, prefix, oci, names):
+    """How many PREFIX/NAME:latest are the layout's NAME, every blob stored."""
+    with open(os.path.join(d, "state.json")) as f:
+        port = json.load(f)["port"]
+    with open(os.path.join(oci, "index.json")) as f:
+        index = json.load(f)
+    by_name = {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m
+               for m in index["manifests"]}
+
+    def ask(method, path, accept=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/{prefix}/{path}", method=method,
+                                     headers={"Accept": accept} if accept else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, b""
+        except OSError:
+            return 0, {}, b""
+
+    done = []
+    for name in names:
+        m = by_name.get(name)
+        if m is None:
+            continue
+        status, h, _ = ask("HEAD", f"{name}/manifests/latest", m["mediaType"])
+        if status != 200 or h.get("Docker-Content-Digest") != m["digest"]:
+            continue
+        with open(os.path.join(oci, "blobs", *m["digest"].split(":", 1)), "rb") as f:
+            manifest = json.load(f)
+        blobs = [manifest["config"]] + manifest.get("layers", [])
+        if all(ask("HEAD", f"{name}/blobs/{b['digest']}")[0] == 200 for b in blobs):
+            done.append(name)
+    return {"complete": len(done), "of": len(names),
+            "missing": [n for n in names if n not in done]}
+
+
 def answers(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
@@ -250,7 +535,7 @@ def die_with_parent():
         pass
 
 
-def serve(d):
+def serve(d, chaos_spec=None):
     d = os.path.abspath(d)
     os.makedirs(d, exist_ok=True)
     log_path = os.path.join(d, "registry.log")
@@ -327,9 +612,15 @@ http:
     threading.Thread(target=watch, daemon=True).start()
     write_json(os.path.join(d, "state.json"),
                {"port": port, "proxy_port": proxy_port, "registry_pid": proc.pid, "pid": os.getpid()})
+    chaos = Chaos(chaos_spec, os.path.join(d, "chaos.json")) if chaos_spec else None
+    if chaos:
+        chaos.save()
     while True:
         conn, _ = lsock.accept()
-        threading.Thread(target=serve_conn, args=(conn, port, counters), daemon=True).start()
+        if chaos:
+            threading.Thread(target=chaos_conn, args=(conn, port, chaos), daemon=True).start()
+        else:
+            threading.Thread(target=serve_conn, args=(conn, port, counters), daemon=True).start()
 
 
 def counts(d):
@@ -542,6 +833,13 @@ def main():
         p.add_argument("dir")
         if name == "log":
             p.add_argument("--from", dest="start", type=int, default=0)
+        if name == "serve":
+            p.add_argument("--chaos")
+    p = sub.add_parser("complete")
+    p.add_argument("dir")
+    p.add_argument("prefix")
+    p.add_argument("oci")
+    p.add_argument("names", nargs="+")
     p = sub.add_parser("layout")
     p.add_argument("dir")
     p.add_argument("names", nargs="+")
@@ -566,12 +864,13 @@ def main():
     p.add_argument("--bytes", type=int, required=True)
     a = ap.parse_args()
     if a.cmd == "serve":
-        serve(a.dir)
+        serve(a.dir, a.chaos)
         return
     out = {"counts": lambda: counts(a.dir), "log": lambda: log_summary(a.dir, a.start),
            "stored": lambda: stored(a.dir), "snapshot": lambda: snapshot(a.dir),
            "layout": lambda: layout(a.dir, a.names), "record": lambda: record(a.dir, a),
            "verify": lambda: verify(a.dir, a),
+           "complete": lambda: complete(a.dir, a.prefix, a.oci, a.names),
            "tags": lambda: tag_check(a.dir, a.prefix, a.tag, a.names)}[a.cmd]()
     if out is not None:
         print(json.dumps(out))

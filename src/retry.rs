@@ -2,7 +2,7 @@
 //! alike: how many attempts, how long to wait between them, and which
 //! failures are worth another attempt. Callers classify nothing themselves.
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Response, StatusCode, header};
 
@@ -18,10 +18,13 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Retry {
+        // Sixteen: a registry failing half its requests (as the fault
+        // tests' worst case does) still lets one through in all but 1 of
+        // 65,000 cases; waits are capped low so that costs seconds.
         Retry {
-            attempts: 6,
+            attempts: 16,
             first_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(5),
         }
     }
 }
@@ -78,18 +81,23 @@ pub struct Backoff {
     left: u32,
     delay: Duration,
     max: Duration,
+    /// No wait runs past this.
+    deadline: Option<Instant>,
 }
 
 impl Backoff {
     /// After a failed attempt: how long to wait before the next one (what
     /// the server `asked`, else the doubling delay), or None when the
-    /// attempts are used up.
+    /// attempts or the time budget are used up.
     pub fn next(&mut self, asked: Option<Duration>) -> Option<Duration> {
         if self.left == 0 {
             return None;
         }
-        self.left -= 1;
         let wait = asked.unwrap_or(self.delay);
+        if self.deadline.is_some_and(|d| Instant::now() + wait > d) {
+            return None;
+        }
+        self.left -= 1;
         self.delay = (self.delay * 2).min(self.max);
         Some(wait)
     }
@@ -102,6 +110,15 @@ impl Retry {
             left: self.attempts.saturating_sub(1),
             delay: self.first_delay,
             max: self.max_delay,
+            deadline: None,
+        }
+    }
+
+    /// The waits for one operation that must be over by `deadline`.
+    pub fn backoff_until(&self, deadline: Instant) -> Backoff {
+        Backoff {
+            deadline: Some(deadline),
+            ..self.backoff()
         }
     }
 
@@ -144,6 +161,20 @@ mod tests {
         assert_eq!(b.next(None), Some(ms(300)));
         assert_eq!(b.next(None), Some(ms(300)));
         assert_eq!(b.next(None), None, "five attempts, four waits");
+    }
+
+    #[test]
+    fn no_wait_runs_past_the_deadline() {
+        let policy = Retry {
+            attempts: 100,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(1),
+        };
+        let mut b = policy.backoff_until(Instant::now() + Duration::from_millis(2500));
+        assert_eq!(b.next(None), Some(Duration::from_secs(1)));
+        assert_eq!(b.next(Some(Duration::from_secs(60))), None, "past it");
+        let mut spent = policy.backoff_until(Instant::now());
+        assert_eq!(spent.next(None), None, "no budget left");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
-use common::proxy::Proxy;
+use common::proxy::{Chaos, Fault, Proxy};
 use common::registry::{Registry, TokenOptions, basic_auth, http, write_docker_config};
 use common::{
     Ctx, Report, Run, ValidImage, require_tool, run_command, static_busybox, validate_layout,
@@ -1286,4 +1286,607 @@ fn copy_across_two_registries() {
         a.digest("other/app", "1"),
         Some(app.manifest_digest.clone())
     );
+}
+
+// ---------------------------------------------------------------------------
+// Limits on what a registry sends, and digests checked (issue 13)
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// What an endless answer would send: far more than any limit.
+const ENDLESS: u64 = 1 << 30;
+/// What the proxy may have sent before imgbuild stopped reading: the limit
+/// and the loopback socket buffers, far from `ENDLESS`.
+const READ_BOUND: u64 = 64 << 20;
+
+/// The bytes of a blob of the fleet's layout.
+fn layout_blob(fx: &Fleet, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    fs::read(fx.out.join("blobs/sha256").join(hex)).expect("the blob in the layout")
+}
+
+/// The one request the proxy answered itself, and the bytes it sent.
+fn answered(proxy: &Proxy) -> u64 {
+    let seen: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|s| matches!(s.fault, Some(Fault::Endless { .. } | Fault::Answer { .. })))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    seen[0].answered
+}
+
+/// Issue 13: a 300 MiB manifest was read whole by `copy` (934 MB of
+/// memory). An endless manifest is read to the 4 MiB limit and no further,
+/// by `copy` and `inspect`, and the error names the reference and limit.
+#[test]
+fn an_endless_manifest_stops_at_the_limit() {
+    let fx = Fleet::new();
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    for args in [
+        vec!["copy", "fleet/app:v1", "other/app:1"],
+        vec!["inspect", "fleet/app:v1"],
+    ] {
+        let proxy = Proxy::start(&reg.host());
+        proxy.rule(
+            "GET",
+            "/manifests/",
+            1,
+            Fault::Endless {
+                headers: vec![("Content-Type".into(), OCI_MANIFEST.into())],
+                limit: ENDLESS,
+            },
+        );
+        let args: Vec<String> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match i {
+                0 => a.to_string(),
+                1 => format!("{}/{a}", proxy.host()),
+                _ => format!("{}/{a}", reg.host()),
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = imgbuild(&fx.cx, &args, &[]);
+        assert_ne!(r.code, 0, "{r}");
+        r.stderr_has(&[&format!("{}/fleet/app:v1", proxy.host()), "4194304 bytes"]);
+        let sent = answered(&proxy);
+        assert!(
+            sent < READ_BOUND,
+            "imgbuild read on past the limit: the proxy sent {sent} bytes\n{r}"
+        );
+        assert_eq!(reg.digest("other/app", "1"), None, "a tag was put");
+    }
+}
+
+/// Issue 13: a blob declared as 300 KB was read to 1 GiB. An endless blob
+/// is read to its declared size and no further; a short one is reported
+/// with its digest and repository.
+#[test]
+fn blobs_are_read_to_their_size_and_no_further() {
+    let fx = Fleet::new();
+    let app = fx.image("app");
+    let layer = app.layers.last().expect("app's own layer");
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    let full = layout_blob(&fx, &layer.digest);
+    let faults = [
+        Fault::Endless {
+            headers: vec![],
+            limit: ENDLESS,
+        },
+        Fault::Answer {
+            status: 200,
+            headers: vec![],
+            body: full[..full.len() / 2].to_vec(),
+        },
+    ];
+    for (i, fault) in faults.into_iter().enumerate() {
+        let proxy = Proxy::start(&reg.host());
+        proxy.rule("GET", &format!("/blobs/{}", layer.digest), 1, fault);
+        // Across "registries" (the proxy, the registry): every blob moves.
+        let src = format!("{}/fleet/app:v1", proxy.host());
+        let dst = format!("{}/mirror{i}/app:1", reg.host());
+        let r = imgbuild(&fx.cx, &["copy", &src, &dst], &[]);
+        assert_ne!(r.code, 0, "{r}");
+        let repository = format!("{}/fleet/app", proxy.host());
+        if i == 0 {
+            r.stderr_has(&[&layer.digest, &repository, "more than its declared"]);
+            let sent = answered(&proxy);
+            assert!(
+                sent < READ_BOUND,
+                "imgbuild read on past the blob's size: the proxy sent {sent} bytes\n{r}"
+            );
+        } else {
+            let said = format!("ended after {} of its {} bytes", full.len() / 2, full.len());
+            r.stderr_has(&[&layer.digest, &repository, &said]);
+        }
+        assert_eq!(
+            reg.digest(&format!("mirror{i}/app"), "1"),
+            None,
+            "a tag names a missing blob"
+        );
+    }
+}
+
+/// Issue 13: `copy` and `inspect` of REPO@sha256:X accepted other bytes,
+/// and `digest` printed the registry's Docker-Content-Digest unchecked.
+#[test]
+fn a_manifest_that_is_not_its_digest_is_refused() {
+    let fx = Fleet::new();
+    let (app, web) = (fx.image("app"), fx.image("web"));
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    let web_bytes = layout_blob(&fx, &web.manifest_digest);
+    let expected = [app.manifest_digest.as_str(), web.manifest_digest.as_str()];
+
+    // Pinned: the registry answers web's manifest for app's digest.
+    for cmd in ["copy", "inspect", "digest"] {
+        let proxy = Proxy::start(&reg.host());
+        proxy.rule(
+            "GET",
+            "/manifests/sha256:",
+            1000,
+            Fault::Answer {
+                status: 200,
+                headers: vec![("Content-Type".into(), OCI_MANIFEST.into())],
+                body: web_bytes.clone(),
+            },
+        );
+        let src = format!("{}/fleet/app@{}", proxy.host(), app.manifest_digest);
+        let dst = format!("{}/other/app:1", reg.host());
+        let mut args = vec![cmd, src.as_str()];
+        if cmd == "copy" {
+            args.push(&dst);
+        }
+        let r = imgbuild(&fx.cx, &args, &[]);
+        assert_ne!(r.code, 0, "{cmd} took other bytes: {r}");
+        r.stderr_has(&expected);
+        assert!(
+            proxy.injected().iter().all(|s| s.method == "GET"),
+            "{:?}",
+            proxy.requests()
+        );
+        assert_eq!(reg.digest("other/app", "1"), None, "{cmd} put a tag");
+    }
+
+    // A tag: the bytes are app's, the header says all zeros.
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let proxy = Proxy::start(&reg.host());
+    proxy.rule(
+        "*",
+        "/manifests/",
+        1000,
+        Fault::SetHeader("Docker-Content-Digest".into(), zeros.clone()),
+    );
+    let r = imgbuild(
+        &fx.cx,
+        &["digest", &format!("{}/fleet/app:v1", proxy.host())],
+        &[],
+    );
+    assert_ne!(r.code, 0, "digest printed a digest it did not check: {r}");
+    r.stderr_has(&[&zeros, &app.manifest_digest]);
+    // Without the lie, the digest of the bytes.
+    proxy.clear();
+    let r = imgbuild(
+        &fx.cx,
+        &["digest", &format!("{}/fleet/app:v1", proxy.host())],
+        &[],
+    )
+    .success();
+    assert_eq!(r.stdout.trim(), app.manifest_digest);
+}
+
+// ---------------------------------------------------------------------------
+// A fleet through a flaky registry (issue 13): every kind of request meets
+// seeded faults (503, 429 with Retry-After: 1, connections cut before the
+// request, mid-body, before the answer), in front of a token registry.
+
+/// 5 % 503, 5 % cuts, 2 % 429: the issue's setup, where pushes got 0 of 20.
+const MILD: (f64, f64, f64) = (0.05, 0.05, 0.02);
+/// 20 % 503, 20 % cuts, 10 % 429: half of all requests fail.
+const HARSH: (f64, f64, f64) = (0.20, 0.20, 0.10);
+
+fn chaos(seed: u64, (unavailable, dropped, throttled): (f64, f64, f64)) -> Chaos {
+    Chaos {
+        seed,
+        unavailable,
+        dropped,
+        throttled,
+    }
+}
+
+/// base (busybox) and 19 sites on it, each with a layer of its own (over
+/// 64 KiB, so bodies can be cut): 20 images.
+struct Twenty {
+    cx: Ctx,
+    out: PathBuf,
+    report: Report,
+    names: Vec<String>,
+}
+
+fn twenty() -> Twenty {
+    let cx = Ctx::new().with_epoch(1_700_000_000);
+    let bb = cx.path("base/bin/busybox");
+    fs::create_dir_all(bb.parent().unwrap()).unwrap();
+    fs::copy(static_busybox(), &bb).unwrap();
+    for applet in ["sh", "cat", "ls"] {
+        cx.symlink("busybox", &format!("base/bin/{applet}"));
+    }
+    cx.write("base/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    let mut yaml = String::from(
+        "images:\n  base:\n    from: scratch\n    layers: [base]\n    config: {env: {PATH: /bin}}\n",
+    );
+    let mut names = vec!["base".to_string()];
+    for i in 1..20 {
+        let name = format!("site{i:02}");
+        cx.write(&format!("{name}/noise.bin"), noise(96 * 1024, i));
+        cx.write(&format!("{name}/name.txt"), format!("{name}\n"));
+        yaml.push_str(&format!(
+            "  {name}:\n    from: base\n    layers: [{{src: {name}, dest: /srv/site}}]\n"
+        ));
+        names.push(name);
+    }
+    cx.yaml(&yaml);
+    let out = cx.scratch.join("oci");
+    let report = cx.build(&["--all", "-o", &format!("oci:{}", out.display())]);
+    Twenty {
+        cx,
+        out,
+        report,
+        names,
+    }
+}
+
+impl Twenty {
+    /// A fresh directory under scratch.
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.cx.scratch.join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).collect()
+    }
+
+    /// Every image is `REG/PREFIX/NAME:latest` at its built digest: skopeo
+    /// copies each out of the registry itself (not the proxy) into an OCI
+    /// layout, where every blob must hash to its name. The tags completed.
+    fn check_pushed(&self, reg: &Registry, prefix: &str) -> usize {
+        let mut done = 0;
+        for name in &self.names {
+            let built = validate_layout(&self.out, name);
+            let reference = format!("{}/{prefix}/{name}:latest", reg.host());
+            if reg.digest(&format!("{prefix}/{name}"), "latest").as_ref()
+                != Some(&built.manifest_digest)
+            {
+                continue;
+            }
+            let back = pull_back_and_validate(&self.cx, &reference, reg.creds_arg().as_deref());
+            assert_eq!(back.manifest_digest, built.manifest_digest, "{name}");
+            assert_eq!(blob_digests(&back), blob_digests(&built), "{name}");
+            done += 1;
+        }
+        done
+    }
+}
+
+/// A token registry behind a chaos proxy, and a docker config with its
+/// credentials for the proxy's host.
+fn flaky_registry(cx: &Ctx) -> (Registry, Proxy, PathBuf) {
+    let reg = Registry::token(TokenOptions::new(USER, PASSWORD));
+    let token = reg.token_server().expect("a token server").host();
+    let proxy = Proxy::start_with_token(&reg.host(), &token);
+    let cfg = cx
+        .scratch
+        .join(format!("docker-{}", proxy.host().replace(':', "_")));
+    fs::create_dir_all(&cfg).unwrap();
+    reg.write_docker_config(&cfg, &proxy.host());
+    (reg, proxy, cfg)
+}
+
+/// Kinds of request: a name, a method and a part of the target.
+const TOKEN: (&str, &str, &str) = ("token", "*", "/token");
+const HEAD_BLOB: (&str, &str, &str) = ("HEAD blob", "HEAD", "/blobs/sha256:");
+const POST_UPLOAD: (&str, &str, &str) = ("POST upload", "POST", "/blobs/uploads/");
+const PATCH_UPLOAD: (&str, &str, &str) = ("PATCH upload", "PATCH", "/blobs/uploads/");
+const PUT_UPLOAD: (&str, &str, &str) = ("PUT upload", "PUT", "/blobs/uploads/");
+const PUT_MANIFEST: (&str, &str, &str) = ("PUT manifest", "PUT", "/manifests/");
+const GET_MANIFEST: (&str, &str, &str) = ("GET manifest", "GET", "/manifests/");
+const GET_BLOB: (&str, &str, &str) = ("GET blob", "GET", "/blobs/sha256:");
+
+/// Chaos on, and each fault once on each of these kinds of request.
+fn unleash(proxy: &Proxy, c: Chaos, kinds: &[(&str, &str, &str)]) {
+    for (_, method, part) in kinds {
+        proxy.every_fault(method, part);
+    }
+    proxy.chaos(c);
+}
+
+/// The faults the proxy injected, by kind of request and kind of fault;
+/// each kind of request in `kinds` must have met every kind of fault.
+fn faults_met(proxy: &Proxy, kinds: &[(&str, &str, &str)]) -> String {
+    let kind_of = |s: &common::proxy::Seen| -> &'static str {
+        let t = s.target.as_str();
+        match s.method.as_str() {
+            _ if t.starts_with("/token") => "token",
+            _ if t == "/v2/" => "/v2/",
+            "HEAD" if t.contains("/blobs/") => "HEAD blob",
+            "HEAD" => "HEAD manifest",
+            "POST" => "POST upload",
+            "PATCH" => "PATCH upload",
+            "PUT" if t.contains("/manifests/") => "PUT manifest",
+            "PUT" => "PUT upload",
+            "GET" if t.contains("/manifests/") => "GET manifest",
+            "GET" if t.contains("/blobs/uploads/") => "GET upload status",
+            "GET" if t.contains("/blobs/") => "GET blob",
+            _ => "other",
+        }
+    };
+    let fault_of = |f: &Fault| -> &'static str {
+        match f {
+            Fault::Status { status: 503, .. } => "503",
+            Fault::Status { status: 429, .. } => "429",
+            Fault::Cut(common::proxy::Cut::BeforeRequest) => "cut before request",
+            Fault::Cut(common::proxy::Cut::MidBody) => "cut mid-body",
+            Fault::Cut(common::proxy::Cut::BeforeAnswer) => "cut before answer",
+            _ => "other",
+        }
+    };
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut by_kind: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut by_fault: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut met: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for s in &proxy.requests() {
+        let e = by_kind.entry(kind_of(s)).or_default();
+        e.0 += 1;
+        if let Some(f) = &s.fault {
+            e.1 += 1;
+            *by_fault.entry(fault_of(f)).or_default() += 1;
+            met.insert((kind_of(s), fault_of(f)));
+        }
+    }
+    let summary = format!("requests (seen, faulted): {by_kind:?}; faults: {by_fault:?}");
+    for (k, _, _) in kinds {
+        for f in [
+            "503",
+            "429",
+            "cut before request",
+            "cut mid-body",
+            "cut before answer",
+        ] {
+            assert!(
+                met.contains(&(*k, f)),
+                "no `{f}` met a {k} request: {summary}"
+            );
+        }
+    }
+    summary
+}
+
+const PUSH_KINDS: &[(&str, &str, &str)] = &[
+    TOKEN,
+    HEAD_BLOB,
+    POST_UPLOAD,
+    PATCH_UPLOAD,
+    PUT_UPLOAD,
+    PUT_MANIFEST,
+];
+const PULL_KINDS: &[(&str, &str, &str)] = &[TOKEN, GET_MANIFEST, GET_BLOB];
+const CACHE_KINDS: &[(&str, &str, &str)] = &[
+    TOKEN,
+    HEAD_BLOB,
+    POST_UPLOAD,
+    PATCH_UPLOAD,
+    PUT_UPLOAD,
+    PUT_MANIFEST,
+    GET_MANIFEST,
+    GET_BLOB,
+];
+
+fn fleet_push_through(rates: (f64, f64, f64), seed: u64) {
+    let fx = twenty();
+    let (reg, proxy, cfg) = flaky_registry(&fx.cx);
+    unleash(&proxy, chaos(seed, rates), PUSH_KINDS);
+    let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
+    let r = push(
+        &fx.cx,
+        &fx.names(),
+        &format!("{}/fleet", proxy.host()),
+        &[],
+        &env,
+    );
+    proxy.clear();
+    let summary = faults_met(&proxy, PUSH_KINDS);
+    eprintln!("{summary}");
+    assert_eq!(r.code, 0, "the push failed: {r}\n{summary}");
+    assert_no_secret(&r, USER, PASSWORD);
+    let done = fx.check_pushed(&reg, "fleet");
+    eprintln!("imgbuild push: {done} of 20 tags complete");
+    assert_eq!(done, 20, "{summary}");
+}
+
+#[test]
+fn a_fleet_pushes_whole_through_mild_faults() {
+    fleet_push_through(MILD, 13);
+}
+
+#[test]
+fn a_fleet_pushes_whole_through_harsh_faults() {
+    fleet_push_through(HARSH, 1313);
+}
+
+/// 20 images `from:` the fleet's 20, pulled through the faults: each built
+/// on its parent's exact layers.
+fn fleet_pull_through(rates: (f64, f64, f64), seed: u64) {
+    let fx = twenty();
+    let reg = Registry::token(TokenOptions::new(USER, PASSWORD));
+    let direct = fx.dir("docker-direct");
+    reg.write_docker_config(&direct, &reg.host());
+    push(
+        &fx.cx,
+        &fx.names(),
+        &format!("{}/fleet", reg.host()),
+        &[],
+        &[("DOCKER_CONFIG", direct.to_str().unwrap())],
+    )
+    .success();
+    let token = reg.token_server().expect("a token server").host();
+    let proxy = Proxy::start_with_token(&reg.host(), &token);
+    let cfg = fx.dir("docker-proxy");
+    reg.write_docker_config(&cfg, &proxy.host());
+
+    let cx = Ctx::new().with_epoch(1_700_000_000);
+    let mut yaml = String::from("images:\n");
+    for name in &fx.names {
+        cx.write(&format!("on-{name}/on.txt"), format!("on {name}\n"));
+        yaml.push_str(&format!(
+            "  on-{name}:\n    from: {}/fleet/{name}:latest\n    layers: [{{src: on-{name}, dest: /srv/on}}]\n",
+            proxy.host()
+        ));
+    }
+    cx.yaml(&yaml);
+    unleash(&proxy, chaos(seed, rates), PULL_KINDS);
+    let out = cx.scratch.join("oci");
+    let r = imgbuild(
+        &cx,
+        &["build", "--all", "-o", &format!("oci:{}", out.display())],
+        &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+    );
+    proxy.clear();
+    let summary = faults_met(&proxy, PULL_KINDS);
+    eprintln!("{summary}");
+    assert_eq!(r.code, 0, "the build failed: {r}\n{summary}");
+    for name in &fx.names {
+        let parent = validate_layout(&fx.out, name);
+        let child = validate_layout(&out, &format!("on-{name}"));
+        let n = parent.layers.len();
+        assert_eq!(child.layers.len(), n + 1, "on-{name}");
+        for (c, p) in child.layers.iter().zip(&parent.layers) {
+            assert_eq!(c.digest, p.digest, "on-{name}: the pulled layers");
+        }
+    }
+}
+
+#[test]
+fn a_fleet_pulls_whole_through_mild_faults() {
+    fleet_pull_through(MILD, 21);
+}
+
+#[test]
+fn a_fleet_pulls_whole_through_harsh_faults() {
+    fleet_pull_through(HARSH, 2121);
+}
+
+/// The layer cache through the faults: runner A fills it, runner B (an
+/// empty store) fetches every layer from it; never given up on.
+fn fleet_cache_through(rates: (f64, f64, f64), seed: u64) {
+    let mut fx = twenty();
+    let (reg, proxy, cfg) = flaky_registry(&fx.cx);
+    unleash(&proxy, chaos(seed, rates), CACHE_KINDS);
+    let env = [("DOCKER_CONFIG", cfg.to_str().unwrap())];
+    let cache = format!("{}/cache", proxy.host());
+    let names = fx.names.clone();
+    fx.cx.home = fx.cx.scratch.join("home-a");
+    let r = imgbuild(
+        &fx.cx,
+        &["--json", "build", "--all", "--cache-repo", &cache],
+        &env,
+    );
+    assert_eq!(r.code, 0, "runner A failed: {r}");
+    assert!(
+        !r.stderr.contains("warning:"),
+        "the cache was given up: {r}"
+    );
+    let a = Report(r.json());
+    let mut keys: Vec<String> = names
+        .iter()
+        .flat_map(|n| a.layer_summary(n))
+        .map(|(key, _, _)| format!("layer-{key}"))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(reg.tags("cache"), keys, "one cache tag per layer");
+
+    fx.cx.home = fx.cx.scratch.join("home-b");
+    let out = fx.cx.scratch.join("oci-b");
+    let r = imgbuild(
+        &fx.cx,
+        &[
+            "--json",
+            "build",
+            "--all",
+            "--cache-repo",
+            &cache,
+            "-o",
+            &format!("oci:{}", out.display()),
+        ],
+        &env,
+    );
+    proxy.clear();
+    let summary = faults_met(&proxy, CACHE_KINDS);
+    eprintln!("{summary}");
+    assert_eq!(r.code, 0, "runner B failed: {r}\n{summary}");
+    assert!(
+        !r.stderr.contains("warning:"),
+        "the cache was given up: {r}"
+    );
+    let b = Report(r.json());
+    for name in &names {
+        assert_eq!(b.manifest(name), a.manifest(name), "{name}: same digest");
+        assert_eq!(b.manifest(name), fx.report.manifest(name), "{name}");
+        for l in b.layers(name) {
+            assert_eq!(l["fetched"], true, "{name}: {l}");
+        }
+        validate_layout(&out, name);
+    }
+}
+
+#[test]
+fn the_layer_cache_works_through_mild_faults() {
+    fleet_cache_through(MILD, 31);
+}
+
+#[test]
+fn the_layer_cache_works_through_harsh_faults() {
+    fleet_cache_through(HARSH, 3131);
+}
+
+/// A blob download cut mid-body goes on from the bytes received: the
+/// registry answers one ranged GET (206), and the copy is whole.
+#[test]
+fn a_cut_download_resumes_where_it_broke() {
+    let fx = Fleet::new();
+    let app = fx.image("app");
+    let layer = app.layers.last().expect("app's own layer").digest.clone();
+    let reg = Registry::anonymous();
+    push(&fx.cx, &["app"], &format!("{}/fleet", reg.host()), &[], &[]).success();
+    let proxy = Proxy::start(&reg.host());
+    proxy.rule(
+        "GET",
+        &format!("/blobs/{layer}"),
+        1,
+        Fault::Cut(common::proxy::Cut::MidBody),
+    );
+    let dst = format!("{}/mirror/app:1", reg.host());
+    imgbuild(
+        &fx.cx,
+        &["copy", &format!("{}/fleet/app:v1", proxy.host()), &dst],
+        &[],
+    )
+    .success();
+    assert_eq!(proxy.pending(), 0, "no download was cut");
+    let blob = format!("/blobs/{layer}");
+    assert_eq!(
+        (
+            reg.count("GET", &blob, Some(200)),
+            reg.count("GET", &blob, Some(206))
+        ),
+        (1, 1),
+        "one whole GET (cut), then one ranged GET for the rest:\n{}",
+        reg.log_text()
+    );
+    let back = pull_back_and_validate(&fx.cx, &dst, None);
+    assert_eq!(back.manifest_digest, app.manifest_digest);
 }

@@ -84,19 +84,13 @@ pub struct RefArgs {
 pub fn digest(cli: &Cli, a: &RefArgs) -> Result<(), Failure> {
     let r = reference(&a.reference)?;
     let client = a.net.client()?;
-    let rt = runtime()?;
-    let digest = match rt
-        .block_on(client.head_manifest(&r))
-        .map_err(Failure::failed)?
-    {
-        Some(d) => d,
-        None => {
-            let (bytes, _) = rt
-                .block_on(client.get_manifest(&r))
-                .map_err(Failure::failed)?;
-            format!("sha256:{}", imgbuild::oci::digest::sha256_hex(&bytes))
-        }
-    };
+    // The digest of the bytes received, never a header taken on trust:
+    // get_manifest refuses bytes that differ from Docker-Content-Digest
+    // or from the digest the reference pins.
+    let (bytes, _) = runtime()?
+        .block_on(client.get_manifest(&r))
+        .map_err(Failure::failed)?;
+    let digest = format!("sha256:{}", imgbuild::oci::digest::sha256_hex(&bytes));
     if cli.json {
         print_json(&serde_json::json!({ "reference": r.to_string(), "digest": digest }));
     } else {
@@ -151,14 +145,17 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
         .map_err(Failure::failed)?;
     let digest = format!("sha256:{}", imgbuild::oci::digest::sha256_hex(&bytes));
     let manifest: serde_json::Value = serde_json::from_slice(&bytes).map_err(Failure::failed)?;
-    let config = match manifest["config"]["digest"].as_str() {
-        Some(cd) => {
-            let mut buf = Vec::new();
-            rt.block_on(client.get_blob(&r, cd, &mut buf))
+    let config = match (
+        manifest["config"]["digest"].as_str(),
+        manifest["config"]["size"].as_u64(),
+    ) {
+        (Some(cd), Some(size)) => {
+            let buf = rt
+                .block_on(client.get_config(&r, cd, size))
                 .map_err(Failure::failed)?;
             serde_json::from_slice::<serde_json::Value>(&buf).ok()
         }
-        None => None,
+        _ => None,
     };
     if cli.json {
         let layers: Vec<serde_json::Value> = manifest["layers"]

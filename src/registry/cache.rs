@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::transfer::Known;
 use super::{Client, Reference, RegistryError};
-use crate::oci::digest::sha256_hex;
 use crate::oci::image::{LayerDesc, canonical_json};
 use crate::store::Store;
 
@@ -55,16 +54,14 @@ pub async fn get(
     if manifest.config().media_type().to_string() != CACHE_CONFIG || manifest.layers().len() != 1 {
         return Err(err(&at, "not an imgbuild cache entry".into()));
     }
-    let mut config = Vec::new();
-    client
-        .get_blob(&at, manifest.config().digest().as_ref(), &mut config)
-        .await?;
-    if format!("sha256:{}", sha256_hex(&config)) != manifest.config().digest().to_string() {
-        return Err(err(
+    // Capped and checked against its digest.
+    let config = client
+        .get_config(
             &at,
-            "cache entry config does not match its digest".into(),
-        ));
-    }
+            manifest.config().digest().as_ref(),
+            manifest.config().size(),
+        )
+        .await?;
     let entry: Entry = serde_json::from_slice(&config)
         .map_err(|e| err(&at, format!("unreadable cache entry: {e}")))?;
     let layer = &manifest.layers()[0];

@@ -20,6 +20,18 @@ pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, app
 /// Upload chunk size: a broken connection costs at most one chunk.
 pub const CHUNK: u64 = 32 << 20;
 
+/// The most bytes a manifest, an index or a config may have: distribution
+/// refuses manifests over 4 MiB itself. `Client::manifest_limit` changes it.
+pub const MANIFEST_LIMIT: u64 = 4 << 20;
+
+/// How long one request, or one blob's transfer, may go on retrying since
+/// its last progress. `Client::budget` changes it.
+pub const BUDGET: Duration = Duration::from_secs(600);
+
+/// Connections refused in a row before a registry counts as down: a
+/// registry that is not there is not worth the whole retry policy.
+const CONNECT_TRIES: u32 = 4;
+
 /// What access a request needs: `repository:NAME:pull,push`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
@@ -64,6 +76,11 @@ pub struct Client {
     /// Hosts spoken to over plain HTTP (loopback always is).
     insecure: Vec<String>,
     pub retry: Retry,
+    /// The most bytes read of a manifest, an index or a config.
+    pub manifest_limit: u64,
+    /// How long one request or blob transfer may retry since its last
+    /// progress, within `retry`'s attempts.
+    pub budget: Duration,
     /// Bearer tokens by (host, scopes).
     tokens: Mutex<HashMap<(String, Vec<Scope>), Token>>,
     /// Hosts that asked for Basic auth.
@@ -87,6 +104,8 @@ impl Client {
             sources,
             insecure,
             retry: Retry::default(),
+            manifest_limit: MANIFEST_LIMIT,
+            budget: BUDGET,
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
         })
@@ -111,6 +130,11 @@ impl Client {
         Ok(self.http.get_or_init(|| built))
     }
 
+    /// The waits of one operation, within the time budget.
+    pub(super) fn backoff(&self) -> retry::Backoff {
+        self.retry.backoff_until(Instant::now() + self.budget)
+    }
+
     fn base(&self, r: &Reference) -> String {
         let host = r.api_host();
         let plain = r.is_loopback() || self.insecure.iter().any(|h| h == host);
@@ -133,8 +157,9 @@ impl Client {
         let host = r.api_host().to_string();
         let mut scopes = scopes.to_vec();
         scopes.sort();
-        let mut backoff = self.retry.backoff();
+        let mut backoff = self.backoff();
         let mut challenged = false;
+        let mut refused = 0;
         loop {
             let mut req = build(self.http()?);
             if let Some(t) = self.cached_token(&host, &scopes) {
@@ -158,7 +183,10 @@ impl Client {
                     }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => match backoff.next(None).filter(|_| retry::transient_error(&e)) {
+                Err(e) => match backoff.next(None).filter(|_| {
+                    refused = if e.is_connect() { refused + 1 } else { 0 };
+                    retry::transient_error(&e) && refused < CONNECT_TRIES
+                }) {
                     Some(wait) => wait,
                     None => {
                         return Err(RegistryError::Http {
@@ -254,10 +282,36 @@ impl Client {
             query.push(("scope", s.as_param()));
         }
         let cred = self.credential(host)?;
+        let mut backoff = self.backoff();
+        loop {
+            let failed = match self.token_once(host, realm, &query, &cred, scopes).await {
+                Ok(token) => return Ok(token),
+                Err(failed) => failed,
+            };
+            match failed {
+                retry::Failure::Transient { error, wait } => match backoff.next(wait) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(error),
+                },
+                retry::Failure::Fatal(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One token request: the token, or a failure worth another try (the
+    /// connection broke, the service was busy) or not (refused).
+    async fn token_once(
+        &self,
+        host: &str,
+        realm: &str,
+        query: &[(&str, String)],
+        cred: &Option<Credential>,
+        scopes: &[Scope],
+    ) -> Result<Token, retry::Failure<RegistryError>> {
         let started = Instant::now();
         let http = self.http()?;
-        let mut req = http.get(realm).query(&query);
-        match &cred {
+        let mut req = http.get(realm).query(query);
+        match cred {
             Some(Credential::Basic { username, password }) => {
                 req = req.basic_auth(username, Some(password.expose()));
             }
@@ -273,12 +327,29 @@ impl Client {
             }
             None => {}
         }
-        let resp = req.send().await.map_err(|e| RegistryError::Denied {
-            host: host.to_string(),
-            reason: format!("token request failed: {}", describe(&e)),
-        })?;
+        let failed = |e: &reqwest::Error| {
+            let error = RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("token request failed: {}", describe(e)),
+            };
+            if retry::transient_error(e) {
+                retry::Failure::again(error)
+            } else {
+                retry::Failure::Fatal(error)
+            }
+        };
+        let resp = req.send().await.map_err(|e| failed(&e))?;
+        if retry::transient_status(resp.status()) {
+            return Err(retry::Failure::Transient {
+                wait: retry::retry_after(&resp),
+                error: RegistryError::Denied {
+                    host: host.to_string(),
+                    reason: format!("the token service answered {}", resp.status()),
+                },
+            });
+        }
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            return Err(match cred {
+            return Err(retry::Failure::Fatal(match cred {
                 None => no_credentials(host),
                 Some(_) => RegistryError::Denied {
                     host: host.to_string(),
@@ -291,12 +362,20 @@ impl Client {
                             .join(" ")
                     ),
                 },
-            });
+            }));
         }
-        let reply: TokenReply = resp.json().await.map_err(|e| RegistryError::Denied {
-            host: host.to_string(),
-            reason: format!("unreadable token reply: {}", describe(&e)),
-        })?;
+        let body = super::fetch::read_capped(resp, MANIFEST_LIMIT)
+            .await
+            .map_err(|e| failed(&e))?
+            .ok_or_else(|| RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("token reply over {MANIFEST_LIMIT} bytes"),
+            })?;
+        let reply: TokenReply =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Denied {
+                host: host.to_string(),
+                reason: format!("unreadable token reply: {e}"),
+            })?;
         let value = reply
             .token
             .or(reply.access_token)
@@ -391,7 +470,7 @@ impl Client {
         path: &Path,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
-        let mut backoff = self.retry.backoff();
+        let mut backoff = self.backoff();
         // The most bytes a session has taken: going past it is progress.
         let mut best = 0u64;
         let mut at = UploadAt::New;
@@ -413,7 +492,7 @@ impl Client {
                             progress(end);
                             if end > best {
                                 best = end;
-                                backoff = self.retry.backoff();
+                                backoff = self.backoff();
                             }
                             Ok(UploadAt::Send(next, end))
                         }
@@ -422,6 +501,14 @@ impl Client {
                 }
                 UploadAt::Send(loc, _) => match self.finish_upload(r, &loc, digest).await {
                     Ok(()) => return Ok(()),
+                    // The session is gone: a PUT whose answer was lost may
+                    // have completed it. The blob named by its digest is ours.
+                    Err(e)
+                        if matches!(e.error, RegistryError::NotFound { .. })
+                            && matches!(self.blob_size(r, digest).await, Ok(Some(n)) if n == size) =>
+                    {
+                        return Ok(());
+                    }
                     Err(e) => Err((e, Some(loc))),
                 },
             };
@@ -619,34 +706,6 @@ impl Client {
         )
     }
 
-    /// GETs a manifest: its bytes and media type.
-    pub async fn get_manifest(&self, r: &Reference) -> Result<(Vec<u8>, String), RegistryError> {
-        let url = self.url(r, &format!("manifests/{}", r.object()));
-        let resp = self
-            .send(
-                r,
-                &[Scope::pull(&r.repository)],
-                "reading a manifest",
-                &|h| h.get(&url).header(header::ACCEPT, ACCEPT_MANIFESTS),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(status_error(r, "reading a manifest", resp.status(), resp).await);
-        }
-        let media_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let bytes = resp.bytes().await.map_err(|e| RegistryError::Http {
-            what: "reading a manifest".into(),
-            reference: r.to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok((bytes.to_vec(), media_type))
-    }
-
     /// The digest a tag points at, by HEAD.
     pub async fn head_manifest(&self, r: &Reference) -> Result<Option<String>, RegistryError> {
         let url = self.url(r, &format!("manifests/{}", r.object()));
@@ -693,37 +752,6 @@ impl Client {
             return Err(status_error(r, "putting a manifest", resp.status(), resp).await);
         }
         Ok(())
-    }
-
-    /// Streams a blob into `out`, returning its byte count.
-    pub async fn get_blob(
-        &self,
-        r: &Reference,
-        digest: &str,
-        out: &mut (dyn std::io::Write + Send),
-    ) -> Result<u64, RegistryError> {
-        let url = self.url(r, &format!("blobs/{digest}"));
-        let mut resp = self
-            .send(r, &[Scope::pull(&r.repository)], "reading a blob", &|h| {
-                h.get(&url)
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(status_error(r, "reading a blob", resp.status(), resp).await);
-        }
-        let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Http {
-            what: "reading a blob".into(),
-            reference: r.to_string(),
-            reason: e.to_string(),
-        })? {
-            out.write_all(&chunk).map_err(|e| RegistryError::Io {
-                path: Default::default(),
-                source: e,
-            })?;
-            n += chunk.len() as u64;
-        }
-        Ok(n)
     }
 
     pub async fn tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
@@ -918,7 +946,7 @@ fn redact(s: &str) -> String {
     out
 }
 
-async fn status_error(
+pub(super) async fn status_error(
     r: &Reference,
     what: &str,
     status: StatusCode,

@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod cache;
 pub mod client;
+pub mod fetch;
 pub mod pull;
 pub mod transfer;
 
@@ -16,7 +17,7 @@ impl RegistryError {
     /// opposed to answering: not found, denied, or wrong content).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            RegistryError::Http { .. } => true,
+            RegistryError::Http { .. } | RegistryError::ShortBlob { .. } => true,
             RegistryError::Status { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
@@ -56,6 +57,39 @@ pub enum RegistryError {
     Mismatch {
         reference: String,
         digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "{what} of {reference} is over {limit} bytes, the most imgbuild reads (distribution's own limit for manifests is 4 MiB); it stopped reading there"
+    )]
+    TooLarge {
+        reference: String,
+        what: String,
+        limit: u64,
+    },
+    #[error(
+        "blob {digest} of {repository} sends more than its declared {size} bytes; reading stopped there"
+    )]
+    BlobTooLong {
+        repository: String,
+        digest: String,
+        size: u64,
+    },
+    #[error("blob {digest} of {repository} ended after {got} of its {size} bytes{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    ShortBlob {
+        repository: String,
+        digest: String,
+        got: u64,
+        size: u64,
+        reason: String,
+    },
+    #[error(
+        "the manifest of {reference} does not match {against}: expected {expected}, got {actual} (the digest of the bytes received)"
+    )]
+    ManifestMismatch {
+        reference: String,
+        against: &'static str,
         expected: String,
         actual: String,
     },

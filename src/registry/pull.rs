@@ -7,7 +7,7 @@ use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
 use super::{Client, Reference, RegistryError};
-use crate::oci::digest::{HashingWriter, sha256_hex};
+use crate::digest::sha256_hex;
 use crate::oci::image::{ImageRecord, LayerDesc, hex_of, parse_config};
 use crate::store::{Kind, Store};
 
@@ -50,8 +50,8 @@ pub async fn pull(
         reference: r.to_string(),
         reason,
     };
+    // Checked against the digest `r` pins, if any, and capped in size.
     let (mut bytes, mut media_type) = client.get_manifest(r).await?;
-    verify_pinned(r, &bytes)?;
     let mut at = r.clone();
     if media_type.contains("index") || media_type.contains("manifest.list") {
         let index: ImageIndex =
@@ -78,12 +78,19 @@ pub async fn pull(
             })?;
         at = r.with_digest(chosen.digest().as_ref());
         (bytes, media_type) = client.get_manifest(&at).await?;
-        verify_pinned(&at, &bytes)?;
     }
     let _ = media_type;
     let manifest: ImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
     let config_digest = manifest.config().digest().to_string();
+    let limit = client.manifest_limit;
+    if manifest.config().size() > limit {
+        return Err(RegistryError::TooLarge {
+            reference: r.to_string(),
+            what: format!("config {config_digest}"),
+            limit,
+        });
+    }
     fetch_blob(client, store, &at, &config_digest, manifest.config().size()).await?;
     let config_bytes = store.read_blob(&hex_of(&config_digest))?;
     let config =
@@ -96,19 +103,28 @@ pub async fn pull(
             diff_ids.len()
         )));
     }
-    let mut layers = Vec::new();
-    for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let digest = l.digest().to_string();
-        let media = oci_layer_type(l.media_type().as_ref());
-        fetch_blob(client, store, &at, &digest, l.size()).await?;
-        check_layer(store, &at, &digest, &media)?;
-        layers.push(LayerDesc {
-            digest,
+    let layers: Vec<LayerDesc> = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(l, diff_id)| LayerDesc {
+            digest: l.digest().to_string(),
             diff_id: diff_id.clone(),
             size: l.size(),
-            media_type: media,
-        });
-    }
+            media_type: oci_layer_type(l.media_type().as_ref()),
+        })
+        .collect();
+    // Side by side; one layer that cannot come does not stop the others
+    // (they stay in the store for the next try), and its error names it.
+    let at = &at;
+    let jobs = layers
+        .iter()
+        .map(|l| async move {
+            fetch_blob(client, store, at, &l.digest, l.size).await?;
+            check_layer(store, at, &l.digest, &l.media_type)
+        })
+        .collect();
+    super::transfer::bounded(jobs).await?;
     store.put_blob(&bytes)?;
     let record = ImageRecord {
         manifest: format!("sha256:{}", sha256_hex(&bytes)),
@@ -126,22 +142,6 @@ pub async fn pull(
         },
     )?;
     Ok(record)
-}
-
-/// A manifest fetched by digest must be the bytes that digest names.
-fn verify_pinned(r: &Reference, bytes: &[u8]) -> Result<(), RegistryError> {
-    if let Some(pinned) = &r.digest {
-        let actual = format!("sha256:{}", sha256_hex(bytes));
-        if &actual != pinned {
-            return Err(RegistryError::Mismatch {
-                reference: r.to_string(),
-                digest: pinned.clone(),
-                expected: pinned.clone(),
-                actual,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Streams a blob into the store unless it is there, checking it.
@@ -165,17 +165,10 @@ pub(super) async fn fetch_blob(
         path: tmp.path().to_path_buf(),
         source: e,
     })?;
-    let mut hashing = HashingWriter::new(&mut file);
-    client.get_blob(r, digest, &mut hashing).await?;
-    let (_, actual, n) = hashing.finish();
-    if actual != hex || n != size {
-        return Err(RegistryError::Mismatch {
-            reference: r.to_string(),
-            digest: digest.to_string(),
-            expected: format!("{digest}, {size} bytes"),
-            actual: format!("sha256:{actual}, {n} bytes"),
-        });
-    }
+    // Resumed or restarted as the connection allows; digest and size
+    // checked, never more than `size` bytes read.
+    client.get_blob(r, digest, size, &mut file).await?;
+    drop(file);
     store.commit_blob(tmp, &hex)?;
     Ok(())
 }

@@ -76,8 +76,9 @@ fn blobs_of(record: &ImageRecord) -> Vec<(String, u64)> {
     blobs
 }
 
-/// Runs `jobs` at most `PARALLEL` at a time; the first error wins.
-async fn bounded<F>(jobs: Vec<F>) -> Result<(), RegistryError>
+/// Runs `jobs` at most `PARALLEL` at a time, each to its end; the first
+/// error wins.
+pub(super) async fn bounded<F>(jobs: Vec<F>) -> Result<(), RegistryError>
 where
     F: std::future::Future<Output = Result<(), RegistryError>>,
 {
@@ -240,12 +241,21 @@ pub async fn copy(
     dst: &Reference,
     known: &Known,
 ) -> Result<String, RegistryError> {
+    // Capped, and checked against the digest `src` pins, if any.
     let (bytes, media_type) = client.get_manifest(src).await?;
-    let digest = format!("sha256:{}", crate::oci::digest::sha256_hex(&bytes));
+    let digest = format!("sha256:{}", crate::digest::sha256_hex(&bytes));
     if !(src.registry == dst.registry && src.repository == dst.repository) {
         let blobs = referenced(src, &bytes, &media_type, client).await?;
-        for (d, size) in blobs {
-            copy_blob(client, src, dst, &d, size, known).await?;
+        // Child manifests only once their own blobs are there.
+        let (children, blobs): (Vec<_>, Vec<_>) = blobs
+            .into_iter()
+            .partition(|(d, _)| d.starts_with("manifest:"));
+        for group in [blobs, children] {
+            let jobs = group
+                .iter()
+                .map(|(d, size)| copy_blob(client, src, dst, d, *size, known))
+                .collect();
+            bounded(jobs).await?;
         }
     }
     client.put_manifest(dst, &bytes, &media_type).await?;
@@ -317,17 +327,9 @@ async fn copy_blob(
         path: tmp.path().to_path_buf(),
         source: e,
     })?;
-    let mut hashing = crate::oci::digest::HashingWriter::new(&mut f);
-    client.get_blob(src, digest, &mut hashing).await?;
-    let (_, hex, n) = hashing.finish();
-    if format!("sha256:{hex}") != digest || n != size {
-        return Err(RegistryError::Mismatch {
-            reference: src.to_string(),
-            digest: digest.to_string(),
-            expected: format!("{digest} ({size} bytes)"),
-            actual: format!("sha256:{hex} ({n} bytes)"),
-        });
-    }
+    // Resumed or restarted as the connection allows, digest checked.
+    client.get_blob(src, digest, size, &mut f).await?;
+    drop(f);
     client
         .upload(dst, digest, size, tmp.path(), &|_| {})
         .await?;

@@ -10,7 +10,18 @@
 //! - forward the head and the first K bytes of a request's body (as on the
 //!   wire), then close both connections: a connection lost mid-upload (a
 //!   rule's use is taken only by a body longer than K);
-//! - hold a response back D before passing it on.
+//! - hold a response back D before passing it on;
+//! - cut a connection: before the request is read, mid-body (the
+//!   request's, or the answer's when the request has none), or after the
+//!   request went through but before its answer;
+//! - answer itself, with given bytes or an endless body (counting what it
+//!   sent), or pass the answer on with a header replaced.
+//!
+//! With [`Proxy::chaos`], every request that no rule matches meets a fault
+//! drawn from a seed: 503, 429 with `Retry-After: 1`, or one of the three
+//! cuts, at the rates given. With [`Proxy::start_with_token`] the proxy
+//! fronts a token server too (`/token`), and rewrites the registry's
+//! `WWW-Authenticate` realm to itself, so token requests meet faults too.
 //!
 //! A rule matches a method (`*` for any) and a part of the request target
 //! (path and query). The first matching rule with uses left applies. Every
@@ -46,6 +57,46 @@ pub enum Fault {
     DropAfter(u64),
     /// Forward, and hold the response back this long.
     Delay(Duration),
+    /// Close the connection at this point.
+    Cut(Cut),
+    /// Answer this, without forwarding (`Content-Length` is added).
+    Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Answer 200 with these headers and a chunked body of `limit` bytes
+    /// (endless, to the client), or until the client stops reading.
+    Endless {
+        headers: Vec<(String, String)>,
+        limit: u64,
+    },
+    /// Forward, and set this header of the answer.
+    SetHeader(String, String),
+}
+
+/// Where a `Fault::Cut` closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Right after the request's head, nothing forwarded.
+    BeforeRequest,
+    /// Half-way through the request's body; for a request without one,
+    /// half-way through the answer's (before its head if it has none).
+    MidBody,
+    /// The request went through whole; its answer is dropped.
+    BeforeAnswer,
+}
+
+/// Fault rates for [`Proxy::chaos`], each a fraction of all requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    pub seed: u64,
+    /// 503 Service Unavailable.
+    pub unavailable: f64,
+    /// A cut, its kind drawn among the three.
+    pub dropped: f64,
+    /// 429 Too Many Requests with `Retry-After: 1`.
+    pub throttled: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -62,12 +113,16 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub fault: Option<Fault>,
+    /// Body bytes the proxy itself sent in answer (`Answer`, `Endless`).
+    pub answered: u64,
 }
 
 #[derive(Default)]
 struct State {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
+    /// The chaos rates and the state of their random numbers.
+    chaos: Mutex<Option<(Chaos, u64)>>,
 }
 
 impl State {
@@ -84,6 +139,44 @@ impl State {
             rule.left -= 1;
         }
         Some((i, rule.fault.clone()))
+    }
+
+    /// A fault drawn by chaos, if it is on.
+    fn roll(&self) -> Option<Fault> {
+        let mut chaos = self.chaos.lock().unwrap();
+        let (c, x) = chaos.as_mut()?;
+        let mut next = || {
+            // xorshift64*
+            *x ^= *x >> 12;
+            *x ^= *x << 25;
+            *x ^= *x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+        if u < c.unavailable {
+            Some(Fault::Status {
+                status: 503,
+                retry_after: None,
+                code: None,
+            })
+        } else if u < c.unavailable + c.throttled {
+            Some(Fault::Status {
+                status: 429,
+                retry_after: Some(1),
+                code: None,
+            })
+        } else if u < c.unavailable + c.throttled + c.dropped {
+            let cut = [Cut::BeforeRequest, Cut::MidBody, Cut::BeforeAnswer][(next() % 3) as usize];
+            Some(Fault::Cut(cut))
+        } else {
+            None
+        }
+    }
+
+    fn answered(&self, index: usize, bytes: u64) {
+        if let Some(s) = self.seen.lock().unwrap().get_mut(index) {
+            s.answered += bytes;
+        }
     }
 
     /// Takes a use of a rule if it has one left.
@@ -103,6 +196,7 @@ impl State {
             method: method.to_string(),
             target: target.to_string(),
             fault,
+            answered: 0,
         });
         seen.len() - 1
     }
@@ -118,6 +212,7 @@ impl State {
 pub struct Proxy {
     port: u16,
     upstream: String,
+    token: Option<String>,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -126,21 +221,37 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `upstream` ("127.0.0.1:PORT").
     pub fn start(upstream: &str) -> Proxy {
+        Proxy::launch(upstream, None)
+    }
+
+    /// A proxy to the registry `upstream` and its token server `token`
+    /// ("127.0.0.1:PORT" each): requests for `/token…` go to the token
+    /// server, and the registry's challenges name the proxy as the realm.
+    pub fn start_with_token(upstream: &str, token: &str) -> Proxy {
+        Proxy::launch(upstream, Some(token))
+    }
+
+    fn launch(upstream: &str, token: Option<&str>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("its address").port();
         let state = Arc::new(State::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let route = Arc::new(Route {
+            upstream: upstream.to_string(),
+            token: token.map(str::to_string),
+            me: format!("127.0.0.1:{port}"),
+        });
         let thread = {
-            let (state, stop, upstream) = (state.clone(), stop.clone(), upstream.to_string());
+            let (state, stop, route) = (state.clone(), stop.clone(), route.clone());
             thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (state, upstream) = (state.clone(), upstream.clone());
+                    let (state, route) = (state.clone(), route.clone());
                     thread::spawn(move || {
-                        let _ = serve(conn, &upstream, &state);
+                        let _ = serve(conn, &route, &state);
                     });
                 }
             })
@@ -148,6 +259,7 @@ impl Proxy {
         Proxy {
             port,
             upstream: upstream.to_string(),
+            token: token.map(str::to_string),
             state,
             stop,
             thread: Some(thread),
@@ -218,9 +330,38 @@ impl Proxy {
         self.rule(method, part, times, Fault::Delay(delay));
     }
 
-    /// Removes every rule.
+    /// Each fault chaos draws from, once, on the next requests of
+    /// `method` ("*": any) whose target contains `part`: 503, 429 with
+    /// `Retry-After: 1`, and the three cuts. With chaos on, each kind of
+    /// request then surely meets each fault, whatever the draws.
+    pub fn every_fault(&self, method: &str, part: &str) {
+        for status in [503, 429] {
+            self.rule(
+                method,
+                part,
+                1,
+                Fault::Status {
+                    status,
+                    retry_after: (status == 429).then_some(1),
+                    code: None,
+                },
+            );
+        }
+        for cut in [Cut::BeforeRequest, Cut::MidBody, Cut::BeforeAnswer] {
+            self.rule(method, part, 1, Fault::Cut(cut));
+        }
+    }
+
+    /// Removes every rule, and stops chaos.
     pub fn clear(&self) {
         self.state.rules.lock().unwrap().clear();
+        *self.state.chaos.lock().unwrap() = None;
+    }
+
+    /// From now on, every request no rule matches meets a fault at the
+    /// rates of `c`, drawn from its seed.
+    pub fn chaos(&self, c: Chaos) {
+        *self.state.chaos.lock().unwrap() = Some((c, c.seed | 1));
     }
 
     /// Uses left, over all rules: 0 once every fault has been injected.
@@ -274,6 +415,8 @@ struct Valve<'a, W> {
     inner: W,
     left: Option<u64>,
     gate: Option<(&'a State, usize)>,
+    /// Trip at the limit whatever the rules say (a chaos cut).
+    force: bool,
     tripped: bool,
     failed: bool,
 }
@@ -281,6 +424,10 @@ struct Valve<'a, W> {
 impl<W: Write> Write for Valve<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.left == Some(0) && !buf.is_empty() {
+            if self.force {
+                self.tripped = true;
+                return Err(io::Error::other("the proxy cuts this connection"));
+            }
             match self.gate {
                 Some((state, rule)) if state.consume(rule) => {
                     self.tripped = true;
@@ -349,19 +496,61 @@ fn fault_response(
 struct Upstream {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// Connected to the token server, not the registry.
+    token: bool,
 }
 
-/// Passes one response (and any interim ones before it) from upstream to
-/// the client, after `delay`. Returns whether the connection must close.
-fn pass_response(
-    up: &mut Upstream,
-    client: &mut TcpStream,
-    method: &str,
-    first: Option<Head>,
-    delay: Option<Duration>,
-) -> io::Result<bool> {
+/// Where requests go.
+struct Route {
+    upstream: String,
+    token: Option<String>,
+    /// The proxy's own "127.0.0.1:PORT".
+    me: String,
+}
+
+/// Changes to an answer's head before it is passed on.
+struct Edits<'a> {
+    route: &'a Route,
+    set: Option<(&'a str, &'a str)>,
+}
+
+impl Edits<'_> {
+    /// The head with its realm pointing at the proxy and the header set.
+    fn apply(&self, mut head: Head) -> Head {
+        let mut changed = false;
+        if let Some(token) = &self.route.token {
+            let (from, to) = (
+                format!("http://{token}"),
+                format!("http://{}", self.route.me),
+            );
+            for (k, v) in &mut head.headers {
+                if k.eq_ignore_ascii_case("www-authenticate") && v.contains(&from) {
+                    *v = v.replace(&from, &to);
+                    changed = true;
+                }
+            }
+        }
+        if let Some((name, value)) = self.set {
+            head.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+            head.headers.push((name.to_string(), value.to_string()));
+            changed = true;
+        }
+        if changed {
+            let mut raw = format!("{}\r\n", head.start);
+            for (k, v) in &head.headers {
+                raw.push_str(&format!("{k}: {v}\r\n"));
+            }
+            raw.push_str("\r\n");
+            head.raw = raw.into_bytes();
+        }
+        head
+    }
+}
+
+/// Reads the final head of an answer, passing interim ones on.
+fn final_head(up: &mut Upstream, client: &mut dyn Write, first: Option<Head>) -> io::Result<Head> {
     let mut next = first;
-    let head = loop {
+    loop {
         let h = match next.take() {
             Some(h) => h,
             None => read_head(&mut up.reader)?
@@ -371,19 +560,106 @@ fn pass_response(
             client.write_all(&h.raw)?;
             continue;
         }
-        break h;
-    };
+        return Ok(h);
+    }
+}
+
+/// Passes one response (and any interim ones before it) from upstream to
+/// the client, after `delay`; with `cut`, only half its body, then fails.
+/// Returns whether the connection must close.
+#[allow(clippy::too_many_arguments)]
+fn pass_response(
+    up: &mut Upstream,
+    client: &mut TcpStream,
+    method: &str,
+    first: Option<Head>,
+    delay: Option<Duration>,
+    edits: &Edits,
+    cut: bool,
+) -> io::Result<bool> {
+    let head = edits.apply(final_head(up, client, first)?);
     if let Some(d) = delay {
         thread::sleep(d);
     }
-    client.write_all(&head.raw)?;
     let framing = response_framing(method, &head);
+    if cut && framing == Framing::Empty {
+        return Err(io::Error::other("the proxy cuts this answer"));
+    }
+    client.write_all(&head.raw)?;
+    if cut {
+        let mut valve = Valve {
+            inner: &mut *client,
+            left: Some(match framing {
+                Framing::Length(n) => n / 2,
+                _ => 64,
+            }),
+            gate: None,
+            force: true,
+            tripped: false,
+            failed: false,
+        };
+        let _ = transfer_body(&mut up.reader, &mut valve, framing, true);
+        let _ = valve.flush();
+        return Err(io::Error::other("the proxy cut this answer"));
+    }
     transfer_body(&mut up.reader, client, framing, true)?;
     client.flush()?;
     Ok(framing == Framing::UntilClose || head.has_token("connection", "close"))
 }
 
-fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
+/// Writes `headers` and `body` as an answer of `status`.
+fn answer(
+    client: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+    close: bool,
+) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} Answered By The Proxy\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    client.write_all(head.as_bytes())?;
+    client.write_all(body)?;
+    client.flush()
+}
+
+/// Writes an endless chunked answer, up to `limit` body bytes or until the
+/// client stops reading; the body bytes written.
+fn endless(client: &mut TcpStream, headers: &[(String, String)], limit: u64) -> u64 {
+    let mut head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n".to_string();
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    if client.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < limit {
+        let n = chunk.len().min((limit - sent) as usize);
+        let framed = [
+            format!("{n:x}\r\n").as_bytes(),
+            &chunk[..n],
+            b"\r\n".as_slice(),
+        ]
+        .concat();
+        if client.write_all(&framed).is_err() {
+            break;
+        }
+        sent += n as u64;
+    }
+    let _ = client.write_all(b"0\r\n\r\n");
+    sent
+}
+
+fn serve(client: TcpStream, route: &Route, state: &State) -> io::Result<()> {
     let mut client_reader = BufReader::new(client.try_clone()?);
     let mut client_writer = client;
     // A TLS handshake (clients that try HTTPS first): answer as Go's HTTP
@@ -411,36 +687,81 @@ fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
         let framing = request_framing(&head);
         let expect_continue = head.has_token("expect", "100-continue");
         let client_close = head.has_token("connection", "close");
-        let taken = state.take(&method, &target);
+        let taken = state
+            .take(&method, &target)
+            .or_else(|| state.roll().map(|f| (usize::MAX, f)));
         let recorded = taken
             .as_ref()
             .map(|(_, f)| f.clone())
             .filter(|f| !matches!(f, Fault::DropAfter(_)));
         let seen = state.record(&method, &target, recorded);
 
-        if let Some((
-            _,
-            Fault::Status {
-                status,
-                retry_after,
-                code,
-            },
-        )) = &taken
-        {
-            if expect_continue && framing != Framing::Empty {
-                // The client waits for 100 Continue: answer and close.
-                client_writer.write_all(&fault_response(*status, *retry_after, *code, true))?;
+        match &taken {
+            Some((
+                _,
+                Fault::Status {
+                    status,
+                    retry_after,
+                    code,
+                },
+            )) => {
+                if expect_continue && framing != Framing::Empty {
+                    // The client waits for 100 Continue: answer and close.
+                    client_writer.write_all(&fault_response(*status, *retry_after, *code, true))?;
+                    close_all(&client_writer, &up);
+                    return Ok(());
+                }
+                transfer_body(&mut client_reader, &mut io::sink(), framing, true)?;
+                client_writer.write_all(&fault_response(
+                    *status,
+                    *retry_after,
+                    *code,
+                    client_close,
+                ))?;
+                client_writer.flush()?;
+                if client_close {
+                    close_all(&client_writer, &up);
+                    return Ok(());
+                }
+                continue;
+            }
+            Some((_, Fault::Cut(Cut::BeforeRequest))) => {
                 close_all(&client_writer, &up);
                 return Ok(());
             }
-            transfer_body(&mut client_reader, &mut io::sink(), framing, true)?;
-            client_writer.write_all(&fault_response(*status, *retry_after, *code, client_close))?;
-            client_writer.flush()?;
-            if client_close {
+            Some((
+                _,
+                Fault::Answer {
+                    status,
+                    headers,
+                    body,
+                },
+            )) => {
+                if !expect_continue {
+                    transfer_body(&mut client_reader, &mut io::sink(), framing, true)?;
+                }
+                let close = client_close || expect_continue;
+                let body = if method.eq_ignore_ascii_case("HEAD") {
+                    &[][..]
+                } else {
+                    &body[..]
+                };
+                answer(&mut client_writer, *status, headers, body, close)?;
+                state.answered(seen, body.len() as u64);
+                if close {
+                    close_all(&client_writer, &up);
+                    return Ok(());
+                }
+                continue;
+            }
+            Some((_, Fault::Endless { headers, limit })) => {
+                let _ = transfer_body(&mut client_reader, &mut io::sink(), framing, true);
+                let sent = endless(&mut client_writer, headers, *limit);
+                state.answered(seen, sent);
                 close_all(&client_writer, &up);
                 return Ok(());
             }
-            continue;
+            _ => {}
         }
         let delay = match &taken {
             Some((_, Fault::Delay(d))) => Some(*d),
@@ -450,12 +771,35 @@ fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
             Some((i, Fault::DropAfter(k))) => Some((*i, *k)),
             _ => None,
         };
+        let cut = match &taken {
+            Some((_, Fault::Cut(c))) => Some(*c),
+            _ => None,
+        };
+        let edits = Edits {
+            route,
+            set: match &taken {
+                Some((_, Fault::SetHeader(k, v))) => Some((k.as_str(), v.as_str())),
+                _ => None,
+            },
+        };
 
+        // Token requests go to the token server, on a connection of their own.
+        let to_token = route.token.is_some() && target.starts_with("/token");
+        if up.as_ref().is_some_and(|u| u.token != to_token)
+            && let Some(u) = up.take()
+        {
+            let _ = u.writer.shutdown(Shutdown::Both);
+        }
         if up.is_none() {
-            let s = TcpStream::connect(upstream)?;
+            let addr = match (&route.token, to_token) {
+                (Some(t), true) => t.as_str(),
+                _ => route.upstream.as_str(),
+            };
+            let s = TcpStream::connect(addr)?;
             up = Some(Upstream {
                 reader: BufReader::new(s.try_clone()?),
                 writer: s,
+                token: to_token,
             });
         }
         let u = up.as_mut().expect("connected");
@@ -468,16 +812,33 @@ fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
                 client_writer.write_all(&interim.raw)?;
             } else {
                 // A final answer before the body: pass it on and close.
-                pass_response(u, &mut client_writer, &method, Some(interim), delay)?;
+                let _ = pass_response(
+                    u,
+                    &mut client_writer,
+                    &method,
+                    Some(interim),
+                    delay,
+                    &edits,
+                    false,
+                );
                 close_all(&client_writer, &up);
                 return Ok(());
             }
         }
 
+        let cut_request = cut == Some(Cut::MidBody) && framing != Framing::Empty;
         let mut valve = Valve {
             inner: &mut u.writer,
-            left: drop_after.map(|(_, k)| k),
+            left: if cut_request {
+                Some(match framing {
+                    Framing::Length(n) => n / 2,
+                    _ => 1,
+                })
+            } else {
+                drop_after.map(|(_, k)| k)
+            },
             gate: drop_after.map(|(rule, _)| (state, rule)),
+            force: cut_request,
             tripped: false,
             failed: false,
         };
@@ -500,13 +861,35 @@ fn serve(client: TcpStream, upstream: &str, state: &State) -> io::Result<()> {
             if failed {
                 // The registry answered early and closed (a 401 before the
                 // body, say): pass its answer on if there is one.
-                let _ = pass_response(u, &mut client_writer, &method, None, delay);
+                let _ = pass_response(u, &mut client_writer, &method, None, delay, &edits, false);
             }
             close_all(&client_writer, &up);
             return Err(e);
         }
         u.writer.flush()?;
-        let close = pass_response(u, &mut client_writer, &method, None, delay)?;
+        if cut == Some(Cut::BeforeAnswer) {
+            // Wait until the upstream has answered (it did the work), then
+            // lose the answer.
+            let _ = final_head(u, &mut io::sink(), None);
+            close_all(&client_writer, &up);
+            return Ok(());
+        }
+        let cut_answer = cut == Some(Cut::MidBody);
+        let close = match pass_response(
+            u,
+            &mut client_writer,
+            &method,
+            None,
+            delay,
+            &edits,
+            cut_answer,
+        ) {
+            Ok(close) => close,
+            Err(e) => {
+                close_all(&client_writer, &up);
+                return if cut_answer { Ok(()) } else { Err(e) };
+            }
+        };
         if close || client_close {
             close_all(&client_writer, &up);
             return Ok(());
