@@ -7,6 +7,9 @@
 #   STANDIN=1 ci/real-moodle.sh        the same with ci/standin-moodle's trees:
 #                                      the checks that need real Moodle are skipped
 #
+# The containers run on Docker's default bridge, as on a platform: the database
+# and the sink listen on the bridge's gateway address (loopback to the host,
+# another host to the container, whose exim refuses to relay to itself).
 # Per line it checks: install completes; web serves the login page (200); as
 # admin, the dashboard and admin/environment.php answer 200; admin/cli/checks.php
 # runs; the probes; denied paths answer 404; cron completes a run; a mail
@@ -50,13 +53,20 @@ for line in "${lines[@]}"; do
     fi
 done
 
-# --- PostgreSQL on loopback ------------------------------------------------------
+# --- PostgreSQL on loopback and the bridge's gateway -------------------------------
+gw=$(ip -4 -o addr show docker0 2>/dev/null | awk '{sub("/.*", "", $4); print $4; exit}')
+[ -n "$gw" ] || { echo "no docker0 address: Docker's default bridge is needed" >&2; exit 2; }
 if ! command -v pg_lsclusters >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 cluster=$(pg_lsclusters -h | awk 'NR == 1 {print $1, $2}')
 [ -n "$cluster" ] || { echo "no PostgreSQL cluster (pg_createcluster)" >&2; exit 2; }
-pg_ctlcluster $cluster start 2>/dev/null || true
+conf=/etc/postgresql/${cluster/ //}
+mkdir -p "$conf/conf.d"
+echo "listen_addresses = 'localhost,$gw'" >"$conf/conf.d/real-moodle.conf"
+grep -q "real-moodle" "$conf/pg_hba.conf" ||
+    echo "host all all $gw/16 scram-sha-256 # real-moodle: Docker's bridge" >>"$conf/pg_hba.conf"
+pg_ctlcluster $cluster restart
 pgport=$(pg_lsclusters -h | awk 'NR == 1 {print $3}')
 psql() { runuser -u postgres -- psql -p "$pgport" -qAtX "$@"; }
 psql -c 'select 1' >/dev/null || { echo "PostgreSQL does not answer on port $pgport" >&2; exit 2; }
@@ -65,9 +75,9 @@ psql -c 'select 1' >/dev/null || { echo "PostgreSQL does not answer on port $pgp
 sinkdir=$work/mail
 rm -rf "$sinkdir" && mkdir -p "$sinkdir"
 sinkport=2525
-python3 - "$sinkport" "$sinkdir" <<'EOF' &
+python3 - "$gw" "$sinkport" "$sinkdir" <<'EOF' &
 import socketserver, sys, os, itertools
-port, out = int(sys.argv[1]), sys.argv[2]
+addr, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 seq = itertools.count()
 class H(socketserver.StreamRequestHandler):
     def handle(self):
@@ -88,7 +98,7 @@ class H(socketserver.StreamRequestHandler):
             elif up == "QUIT": w("221 bye"); return
             else: w("250 ok")
 socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer(("127.0.0.1", port), H).serve_forever()
+socketserver.ThreadingTCPServer((addr, port), H).serve_forever()
 EOF
 sink=$!
 cleanup() {
@@ -107,7 +117,7 @@ $bin lock >/dev/null || exit 1
 $bin build "${images[@]}" -o "docker-archive:$work/fleet.tar" || exit 1
 docker load -i "$work/fleet.tar" | tail -n "${#images[@]}"
 
-wwwroot=http://localhost
+wwwroot=http://localhost:8080
 http() { curl -s -o "$work/page.html" -w '%{http_code}' --max-time 60 -b "$work/jar" -c "$work/jar" "$@"; }
 
 for line in "${lines[@]}"; do
@@ -120,11 +130,11 @@ for line in "${lines[@]}"; do
     printf 'secret-%s\n' "$db" >"$work/db.secret"
     printf 'Admin-pass-1!\n' >"$work/admin.secret"
     chmod 0644 "$work/db.secret" "$work/admin.secret"
-    env=(--network host -v "$db-data:/var/www/moodledata" -v "$work:/run/secrets/site:ro"
-        -e MOODLE_WWWROOT=$wwwroot -e MOODLE_DB_HOST=127.0.0.1 -e MOODLE_DB_PORT="$pgport"
+    env=(-v "$db-data:/var/www/moodledata" -v "$work:/run/secrets/site:ro"
+        -e MOODLE_WWWROOT=$wwwroot -e MOODLE_DB_HOST="$gw" -e MOODLE_DB_PORT="$pgport"
         -e MOODLE_DB_NAME=$db -e MOODLE_DB_USER=$db -e MOODLE_DB_PASSWORD_FILE=/run/secrets/site/db.secret
         -e MOODLE_ADMIN_PASSWORD_FILE=/run/secrets/site/admin.secret -e MOODLE_ADMIN_EMAIL=admin@example.org
-        -e MOODLE_SMTP_HOST=127.0.0.1 -e MOODLE_SMTP_PORT=$sinkport -e MOODLE_SMTP_TLS=off
+        -e MOODLE_SMTP_HOST="$gw" -e MOODLE_SMTP_PORT=$sinkport -e MOODLE_SMTP_TLS=off
         -e MOODLE_NOREPLY=noreply@acme.example -e TZ=Europe/Zurich)
 
     # A missing variable: one line, non-zero.
@@ -143,7 +153,7 @@ for line in "${lines[@]}"; do
     fi
 
     docker rm -f rm-web >/dev/null 2>&1
-    docker run -d --name rm-web "${env[@]}" "$image" >/dev/null
+    docker run -d --name rm-web -p 8080:80 "${env[@]}" "$image" >/dev/null
     for _ in $(seq 60); do [ "$(http $wwwroot/_health/live)" = 200 ] && break; sleep 0.5; done
     code=$(http $wwwroot/_health/live) && [ "$code" = 200 ] && pass "/_health/live 200" || fail "/_health/live $code"
     code=$(http $wwwroot/_health/ready) && [ "$code" = 200 ] && pass "/_health/ready 200: $(cat "$work/page.html")" || fail "/_health/ready $code: $(head -c 300 "$work/page.html")"
@@ -212,7 +222,7 @@ for line in "${lines[@]}"; do
 
     # systemd: boots, serves, and the timer runs cron with the container's environment.
     docker rm -f rm-vm >/dev/null 2>&1
-    docker run -d --name rm-vm "${env[@]}" --stop-signal SIGRTMIN+3 --tmpfs /run --tmpfs /run/lock \
+    docker run -d --name rm-vm -p 8080:80 "${env[@]}" --stop-signal SIGRTMIN+3 --tmpfs /run --tmpfs /run/lock \
         -v /sys/fs/cgroup:/sys/fs/cgroup:ro "$image" systemd >/dev/null
     for _ in $(seq 60); do
         state=$(docker exec rm-vm systemctl is-system-running 2>/dev/null)
@@ -229,6 +239,10 @@ for line in "${lines[@]}"; do
     result=$(docker exec rm-vm systemctl show moodle-cron.service -p Result -p ExecMainStatus --value 2>&1 | tr '\n' ' ')
     if docker exec rm-vm journalctl -u moodle-cron.service --no-pager 2>/dev/null | grep -q 'Finished\|Deactivated successfully'; then
         pass "systemd: moodle-cron.timer ran cron (Result/status: $result)"
+        if [ $real = 0 ]; then
+            seen=$(docker exec rm-vm tail -1 /var/www/moodledata/standin-cron.log 2>&1)
+            case $seen in *"for $wwwroot"*) pass "systemd: cron saw the container's environment: $seen" ;; *) fail "systemd: cron's environment: $seen" ;; esac
+        fi
     else fail "systemd: no cron run in 90 s: $(docker exec rm-vm journalctl -u moodle-cron.service --no-pager 2>&1 | tail -5 | tr '\n' ' ')"; fi
     for t in $(docker exec rm-vm systemctl list-timers --all --no-legend 2>/dev/null | grep -o '[^ ]*\.timer'); do
         docker exec rm-vm systemctl cat "$(docker exec rm-vm systemctl show -p Triggers --value "$t")" >/dev/null 2>&1 || fail "systemd: $t has no service behind it"
