@@ -4,6 +4,10 @@
 // ABORT_AFTER_CONFIG stops lib/setup.php before sessions, the database and
 // the wwwroot host check (probes come by the pod's address, not wwwroot).
 define('ABORT_AFTER_CONFIG', true);
+if (PHP_SAPI === 'cli') {
+    // The entrypoint's install mode asks from the command line.
+    define('CLI_SCRIPT', true);
+}
 define('NO_MOODLE_COOKIES', true);
 header('Content-Type: text/plain');
 header('Cache-Control: no-store');
