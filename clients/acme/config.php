@@ -1,13 +1,4 @@
-<?php  // Moodle configuration for acme; secrets come from the environment at run time.
-unset($CFG);
-global $CFG;
-$CFG = new stdClass();
-$CFG->dbtype    = 'pgsql';
-$CFG->dbhost    = getenv('MOODLE_DB_HOST');
-$CFG->dbname    = getenv('MOODLE_DB_NAME');
-$CFG->dbuser    = getenv('MOODLE_DB_USER');
-$CFG->dbpass    = getenv('MOODLE_DB_PASSWORD');
-$CFG->wwwroot   = getenv('MOODLE_WWWROOT');
-$CFG->dataroot  = '/var/www/moodledata';
-$CFG->theme     = 'acme';
-require_once(__DIR__ . '/lib/setup.php');
+<?php
+// Settings of this client, included by the fleet's config.php from
+// /etc/moodle/config.d/ before Moodle starts; site values come from the environment.
+$CFG->theme = 'acme';
