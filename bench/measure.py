@@ -7,7 +7,9 @@ usage: measure.py --name NAME --out FILE [--runs N] [--warmup W] [--append]
 Each run is `/usr/bin/time bash -c CMD`: wall time from a monotonic clock,
 user/sys CPU and the peak resident set size from GNU time, the number that
 `time -v` prints as "Maximum resident set size": the largest single process
-among the command and the children it waited for, not their sum.
+among the command and the children it waited for, not their sum. When GNU
+time's output cannot be read, these are null (never 0), and so is the
+result's max_rss_mib: the reports print n/a.
 
 --prepare runs (untimed) before every run, warm-ups included; --cleanup after
 every run. --append adds the runs to those already in FILE, so that callers can
@@ -42,13 +44,16 @@ def run_once(cmd: str, stderr_path: str) -> dict:
         proc = subprocess.run([GNU_TIME, "-f", "%M %U %S", "-o", rus_path, "bash", "-c", cmd],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         wall = time.monotonic() - t0
-    with open(rus_path) as f:
-        last = f.read().strip().splitlines()[-1].split()
-    os.unlink(rus_path)
     try:
+        with open(rus_path) as f:
+            last = f.read().strip().splitlines()[-1].split()
+        os.unlink(rus_path)
         rss, user, sys_ = int(last[0]), float(last[1]), float(last[2])
-    except (ValueError, IndexError):
-        rss, user, sys_ = 0, 0.0, 0.0
+    except (OSError, ValueError, IndexError):
+        # Not measured: null, never 0, so that no report counts it as small.
+        rss, user, sys_ = None, None, None
+    if rss is not None and rss <= 0:
+        rss = None
     return {"wall_s": wall, "user_s": user, "sys_s": sys_, "max_rss_kib": rss,
             "exit": proc.returncode}
 
@@ -88,8 +93,9 @@ def main() -> int:
         if a.cleanup:
             sh(a.cleanup)
         tag = "warmup" if warm else f"run {len(res['runs']) + 1}"
+        peak = "n/a" if r["max_rss_kib"] is None else f"{r['max_rss_kib'] / 1024:.0f} MiB"
         print(f"  {a.name}: {tag}: {r['wall_s']:.3f} s, "
-              f"peak RSS {r['max_rss_kib'] / 1024:.0f} MiB, exit {r['exit']}, load {load:.1f}",
+              f"peak RSS {peak}, exit {r['exit']}, load {load:.1f}",
               file=sys.stderr)
         if r["exit"] != 0:
             with open(stderr_path, "rb") as f:
@@ -106,7 +112,9 @@ def main() -> int:
             stddev_s=statistics.stdev(walls) if len(walls) > 1 else 0.0,
             min_s=min(walls), max_s=max(walls),
             median_s=statistics.median(walls),
-            max_rss_mib=max(r["max_rss_kib"] for r in res["runs"]) / 1024,
+            # null unless GNU time gave every run's peak RSS
+            max_rss_mib=(None if any(r["max_rss_kib"] is None for r in res["runs"])
+                         else max(r["max_rss_kib"] for r in res["runs"]) / 1024),
             mean_load1=statistics.fmean(r["load1"] for r in res["runs"]),
         )
     with open(a.out, "w") as f:

@@ -5,7 +5,8 @@
 # with chroot isolation (a copy of it) and buildah (`RUN`, chroot isolation, vfs).
 # Records imgbuild's phases (prepare = materialising the cached parent, snapshot),
 # checks that a step cannot change the cached parent, and prints ratios against the
-# targets. A report, not a test: a tool that fails or is missing shows as n/a or failed.
+# targets. A report: a tool that fails or is missing shows as n/a or failed; but a
+# step that changed the cached parent fails the run (exit 1).
 #
 # Environment: RUNS (5) timed step builds per tool, BUILDAH_WARMUP (1), IMGBUILD, IMGBUILD_REV,
 # IMGBUILD_NO_BUILD=1, SKIP_IMGBUILD=1, SKIP_BUILDAH=1, BUILDAH_DRIVER (vfs),
@@ -171,7 +172,8 @@ fi
 
 # A step cannot change the cached parent: one step deletes /usr/share/doc and
 # overwrites /etc/hostname, the next build (another step over the same parent)
-# must still see both as the tarball has them. Reported, not asserted.
+# must still see both as the tarball has them. A change fails the run (after the
+# report is written): the figure prints FAILED and sandbox.sh exits non-zero.
 printf '{' >"$OUT/integrity.json"
 sep=
 if [[ $IMGBUILD_OK == 1 ]]; then
@@ -228,7 +230,7 @@ work, versions, runs, reflink, fstype, isos = sys.argv[1], json.loads(sys.argv[2
 d = os.path.join(work, "sandbox")
 
 sys.path.insert(0, os.environ["BENCH_DIR"])
-from results import load, med, ok, results  # noqa: E402
+from results import load, med, ok, results, rss_mib  # noqa: E402
 
 r = results(d)
 stats = load(os.path.join(work, "debian-rootfs.stats.json")) or {}
@@ -319,7 +321,8 @@ hdr = f"{'tool':<{w}}{'wall: median (min..max)':<28}{'runs':>4}  {'peak RSS':>8}
 print(hdr)
 for label, x, ph in rows:
     n = len(x["runs"]) if x and x.get("runs") else ""
-    rss = f"{x['max_rss_mib']:.0f} MiB" if x and x.get("ok") and x.get("max_rss_mib") else ""
+    peak = rss_mib(x)
+    rss = "" if not ok(x) else ("n/a" if peak is None else f"{peak:.0f} MiB")
     phs = "".join(f"  {t(ph[k]) if ph else '':>8}" for k in ("prepare", "steps", "snapshot", "write"))
     print(f"{label:<{w}}{cell(x):<28}{n!s:>4}  {rss:>8}" + phs)
 print("(phases: medians over the timed runs, from the step layer's `phases` in --json output)")
@@ -338,7 +341,7 @@ for iso in isos:
     figures.append((f"imgbuild {iso} snapshot", ph and ph["snapshot"], "<=", 1.0, "s"))
 for iso in isos:
     x = r.get(f"imgbuild-{iso}-step")
-    figures.append((f"imgbuild {iso} peak RSS, step build", x.get("max_rss_mib") if ok(x) else None, None, None, "MiB"))
+    figures.append((f"imgbuild {iso} peak RSS, step build", rss_mib(x), None, None, "MiB"))
 w = max(len(f[0]) for f in figures) + 2
 print(f"{'figure':<{w}}{'value':>10}  {'target':<9}")
 out_figs = []
@@ -351,6 +354,7 @@ for label, val, op, target, unit in figures:
     ts = f"{op} {target:g}" if op else "(info)"
     print(f"{label:<{w}}{vs:>10}  {ts:<9}{'' if met is None else ('met' if met else 'MISSED')}")
     out_figs.append({"figure": label, "value": val, "unit": unit, "op": op, "target": target, "met": met})
+changed = []  # isolations whose step changed the cached parent: the run fails
 for iso in isos:
     v = integ.get(iso)
     if v is None:
@@ -359,7 +363,11 @@ for iso in isos:
     notes = [v["detail"]] if v.get("detail") else []
     if v.get("cached_tree_intact") is not None:
         notes.append("the store's cached tree, seen from outside: " + ("intact" if v["cached_tree_intact"] else "CHANGED"))
-    print(f"{'cached parent unchanged by a step, ' + iso:<{w}}{v['result']:>10}  {'; '.join(notes)}")
+    result = v["result"]
+    if result == "fail" or v.get("cached_tree_intact") is False:
+        result = "FAILED"
+        changed.append(iso)
+    print(f"{'cached parent unchanged by a step, ' + iso:<{w}}{result:>10}  {'; '.join(notes)}")
 if not reflink:
     print("(chroot copies the parent in full: no reflinks here, so the 0.5 s target does not apply to it)")
 print()
@@ -371,4 +379,6 @@ with open(path, "w") as f:
     json.dump(report, f, indent=2)
     f.write("\n")
 print(f"written: {path}")
+if changed:
+    sys.exit(f"FAILED: a step changed the cached parent with {', '.join(changed)} isolation")
 EOF

@@ -1,6 +1,7 @@
-//! The resolver against the host's own apt: its archive lists and, in a
-//! manual cross-check, `apt-get install --simulate`. Each test skips when
-//! the host has no apt lists.
+//! The resolver against the host's own apt: its archive lists and
+//! `apt-get install --simulate`. Each test skips when the host has no apt
+//! lists, except on CI (`CI` set), where ci/setup ran `apt-get update` and
+//! a missing list is a failure.
 use std::path::Path;
 
 use imgbuild::debian::order::install_order;
@@ -10,11 +11,22 @@ use imgbuild::debian::testutil::{
     check_consistent, host_list_texts, host_lists, host_status, names, parse_packages, req,
 };
 
+/// The host's archive lists, or None (after saying why) where there are
+/// none; on CI their absence fails the test.
+fn lists_or_skip(test: &str) -> Option<Vec<Package>> {
+    let lists = host_lists();
+    if lists.is_none() {
+        let why = "no /var/lib/apt/lists/*_Packages on this host (run `apt-get update`, as ci/setup does)";
+        assert!(std::env::var_os("CI").is_none(), "{test}: {why}");
+        eprintln!("{test}: skipping, {why}");
+    }
+    lists
+}
+
 /// Against the host's real archive lists, when it has any.
 #[test]
 fn host_archive() {
-    let Some(universe) = host_lists() else {
-        eprintln!("skipping: no /var/lib/apt/lists/*_Packages on this host");
+    let Some(universe) = lists_or_skip("host_archive") else {
         return;
     };
     let start = std::time::Instant::now();
@@ -83,7 +95,8 @@ fn host_archive() {
         "{big:?} with Recommends: {} packages in {took:?}",
         r.packages.len()
     );
-    assert!(took.as_secs_f64() < 1.0, "{took:?}");
+    // (How long it takes is measured in bench/, not asserted here.)
+    assert!(r.packages.len() > 100, "{} packages", r.packages.len());
     // On top of the host's own status.
     let installed = host_status();
     let want = [
@@ -146,6 +159,11 @@ fn apt_simulate(status: &Path, recommends: bool, list: &[&str]) -> Vec<String> {
         .args(list);
     let out = cmd.output().expect("apt-get runs");
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "apt-get install --simulate {list:?} failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut got: Vec<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("Inst "))
@@ -159,13 +177,12 @@ fn apt_simulate(status: &Path, recommends: bool, list: &[&str]) -> Vec<String> {
     got
 }
 
-/// Manual cross-check against apt (run with `--ignored --nocapture`):
-/// prints the differences for a few starting points.
+/// The resolver against apt itself (the README's evidence that they
+/// agree): minbase from nothing and a few starting points, each of which
+/// must give apt's exact set of packages and versions.
 #[test]
-#[ignore = "shells out to apt-get; a manual cross-check"]
 fn apt_cross_check() {
-    let Some(universe) = host_lists() else {
-        eprintln!("skipping: no apt lists");
+    let Some(universe) = lists_or_skip("apt_cross_check") else {
         return;
     };
     let u = Universe::new(&universe, "amd64");
@@ -190,10 +207,14 @@ fn apt_cross_check() {
     let mut ours = names(&minbase);
     ours.sort();
     let theirs = apt_simulate(&empty, false, &roots);
-    eprintln!(
-        "minbase: apt {} / us {}\n  only apt: {:?}\n  only us: {:?}",
-        theirs.len(),
-        ours.len(),
+    assert!(
+        theirs.len() > 50,
+        "apt installs only {theirs:?} for minbase"
+    );
+    assert_eq!(
+        ours,
+        theirs,
+        "minbase differs from apt's: only apt: {:?}, only us: {:?}",
         theirs
             .iter()
             .filter(|w| !ours.contains(w))

@@ -181,6 +181,204 @@ fn bad_signatures_unknown_names_and_corrupt_debs_are_named() {
     run.stderr_has(&["libfoo", &sha]);
 }
 
+/// Requests for the repository's indexes (`dists/…`: InRelease, Release,
+/// Packages), as the test repository logged them.
+fn index_requests(repo: &AptRepo) -> Vec<String> {
+    repo.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/dists/"))
+        .map(|r| r.path)
+        .collect()
+}
+
+/// The README's promise: with a lock and the `.deb`s in the store's cache,
+/// a build reads no index, whether the Debian layer is a cache hit or must
+/// be installed again.
+#[test]
+fn a_lock_and_cached_debs_read_no_index() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = project(&repo, "adds-user");
+    cx.build(&["debian-root"]);
+    cx.run(&["lock"]).success();
+    let first = cx.build(&["app", "--locked"]);
+    assert!(repo.deb_fetches() > 0, "the first build fetched no .deb");
+    let (indexes, debs) = (index_requests(&repo).len(), repo.deb_fetches());
+    assert!(indexes > 0, "`lock` read no index: {}", repo.log_text());
+
+    // images.yaml touched, its `debian:` sections and parents as they were:
+    // the lock stays current (plain `build`, not --locked, would resolve
+    // afresh if it were not).
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    let touched = yaml.replace(
+        "    from: debian-root\n",
+        "    from: debian-root\n    config: {env: {TOUCHED: \"yes\"}}\n",
+    );
+    assert_ne!(touched, yaml);
+    cx.yaml(&format!("# touched after the lock\n{touched}"));
+    let again = cx.build(&["app"]);
+    assert_ne!(again.manifest("app"), first.manifest("app"), "env changed");
+    assert_eq!(
+        index_requests(&repo)[indexes..],
+        [] as [String; 0],
+        "a build with a current lock read indexes"
+    );
+    assert_eq!(repo.deb_fetches(), debs, "cached .debs fetched again");
+
+    // A store holding only the .deb cache: the Debian layer is installed
+    // again (dpkg runs), from the lock and the cache alone.
+    let fresh = cx.scratch.join("second-home");
+    common::copy_tree(&cx.home.join("debian"), &fresh.join("debian"));
+    let rebuilt = cx.build_in_fresh_store(&["app", "--locked"]);
+    let debian_layers: Vec<bool> = rebuilt
+        .layer_summary("app")
+        .into_iter()
+        .map(|(_, _, built)| built)
+        .collect();
+    assert_eq!(
+        debian_layers.last(),
+        Some(&true),
+        "the Debian layer was not installed again in the fresh store: {:#}",
+        rebuilt.0
+    );
+    assert_eq!(rebuilt.manifest("app"), again.manifest("app"));
+    assert_eq!(
+        index_requests(&repo)[indexes..],
+        [] as [String; 0],
+        "installing from the lock and cached .debs read indexes"
+    );
+    assert_eq!(repo.deb_fetches(), debs, "cached .debs fetched again");
+}
+
+/// `build --locked` with no lock, and with a lock written for another
+/// parent, fails naming the fix; plain `build` resolves afresh instead.
+#[test]
+fn locked_refuses_a_missing_or_stale_lock() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = project(&repo, "adds-user");
+    cx.build(&["debian-root"]);
+    assert!(!cx.path("images.lock").exists());
+    cx.run(&["build", "app", "--locked"]).exit(1).stderr_has(&[
+        "--locked",
+        "images.lock",
+        "imgbuild lock",
+    ]);
+    assert!(!cx.path("images.lock").exists(), "--locked wrote a lock");
+
+    cx.run(&["lock"]).success();
+    cx.build(&["app", "--locked"]);
+    // The same tree under another name: the lock names the parent it was
+    // resolved over, so it is stale for the new one.
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    let moved = yaml
+        .replace("    from: debian-root\n", "    from: other-root\n")
+        .replace(
+            "  app:\n",
+            "  other-root:\n    from: {rootfs: debian.tar}\n  app:\n",
+        );
+    assert_ne!(moved, yaml);
+    cx.yaml(&moved);
+    cx.build(&["other-root"]);
+    let lock_before = fs::read_to_string(cx.path("images.lock")).unwrap();
+    cx.run(&["build", "app", "--locked"])
+        .exit(1)
+        .stderr_has(&["changed since the lock was written", "imgbuild lock"]);
+    assert_eq!(
+        fs::read_to_string(cx.path("images.lock")).unwrap(),
+        lock_before,
+        "--locked changed the lock"
+    );
+    // Without --locked the stale lock is not used: the image resolves
+    // afresh and builds.
+    cx.build(&["app"]);
+    cx.run(&["lock"]).success();
+    cx.build(&["app", "--locked"]);
+}
+
+/// `lock --update PKG` re-resolves the images that install PKG and keeps
+/// the others, even where their entries are out of date.
+#[test]
+fn lock_update_names_the_images_it_resolves_again() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = project(&repo, "adds-user");
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    let second = yaml
+        .split_once("  app:\n")
+        .unwrap()
+        .1
+        .replace("[adds-user]", "[app-alt]");
+    cx.yaml(&format!("{yaml}  other:\n{second}"));
+    cx.build(&["debian-root"]);
+    cx.run(&["lock"]).success();
+    let path = cx.path("images.lock");
+    let mut lock: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let version_of = |lock: &serde_json::Value, image: &str, name: &str| -> String {
+        lock["images"][image]["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not locked for {image}: {lock:#}"))["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let real = version_of(&lock, "app", "adds-user");
+    let other_libfoo = version_of(&lock, "other", "libfoo");
+    // Both entries made older by hand, as if the archive had moved on since.
+    for (image, name) in [("app", "adds-user"), ("other", "libfoo")] {
+        for p in lock["images"][image]["packages"].as_array_mut().unwrap() {
+            if p["name"] == name {
+                p["version"] = "0.1-1".into();
+            }
+        }
+    }
+    fs::write(&path, serde_json::to_string_pretty(&lock).unwrap()).unwrap();
+
+    // Plain `lock` keeps both: their inputs have not changed.
+    let kept = cx.run(&["--json", "lock"]).success().json();
+    assert_eq!(kept["written"], false, "{kept:#}");
+    let indexes = index_requests(&repo).len();
+
+    let out = cx
+        .run(&["--json", "lock", "--update", "adds-user"])
+        .success()
+        .json();
+    assert_eq!(out["written"], true, "{out:#}");
+    let action = |image: &str| -> serde_json::Value {
+        out["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["image"] == image)
+            .unwrap_or_else(|| panic!("no outcome for {image}: {out:#}"))
+            .clone()
+    };
+    assert_eq!(action("app")["action"], "updated", "{out:#}");
+    assert_eq!(
+        action("app")["changed"],
+        serde_json::json!([format!("adds-user 0.1-1 → {real}")]),
+        "{out:#}"
+    );
+    assert_eq!(action("other")["action"], "kept", "{out:#}");
+    assert!(
+        index_requests(&repo).len() > indexes,
+        "--update resolved without reading the archive"
+    );
+    let lock: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(version_of(&lock, "app", "adds-user"), real);
+    assert_eq!(version_of(&lock, "other", "libfoo"), "0.1-1");
+    assert_ne!(other_libfoo, "0.1-1");
+
+    // `--update` with no name resolves everything again.
+    let out = cx.run(&["--json", "lock", "--update"]).success().json();
+    assert_eq!(out["written"], true, "{out:#}");
+    let lock: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(version_of(&lock, "other", "libfoo"), other_libfoo);
+}
+
 /// What `base` in `a_php_stack_from_the_real_archive` asks for, with its
 /// debconf answers, and what `php` adds over it. mmdebstrap gets the same.
 const PHP_STACK_BASE: &[&str] = &["tzdata", "ca-certificates"];

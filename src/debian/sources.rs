@@ -533,8 +533,23 @@ mod tests {
     fn reads_this_host() {
         // The host's own configuration, whatever it is, must parse.
         let s = read_apt_sources(Path::new("/etc/apt")).unwrap();
-        if let Ok(m) = default_mirror(&s, None) {
-            assert!(!m.suites("bookworm").is_empty());
+        match default_mirror(&s, None) {
+            Ok(m) => {
+                let suites = m.suites("bookworm");
+                assert!(!suites.is_empty());
+                assert!(m.main.uri.starts_with("http"), "{}", m.main.uri);
+            }
+            // CI's hosts are Debian with apt sources (ci/setup runs
+            // apt-get update): no mirror there is a failure.
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "no Debian mirror in this CI host's /etc/apt: {e}"
+                );
+                eprintln!(
+                    "reads_this_host: no mirror on this host ({e}); only the parse was checked"
+                );
+            }
         }
     }
 }

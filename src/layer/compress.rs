@@ -640,8 +640,7 @@ mod tests {
     use std::io::Read;
     use std::process::{Command, Stdio};
     use std::sync::Condvar;
-    use std::sync::atomic::AtomicUsize;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     /// Deterministic, text-like input with some incompressible stretches.
     fn sample(len: usize, seed: u64) -> Vec<u8> {
@@ -1018,12 +1017,56 @@ mod tests {
         assert!(finish.is_err());
     }
 
+    /// A sink that shares an `Arc` with the test: its strong count says
+    /// whether the sink (owned by gzip's writer thread) still exists.
+    struct TrackedSink {
+        _alive: Arc<()>,
+    }
+
+    impl Write for TrackedSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn drop_without_finish_joins_threads() {
         for compression in [Compression::Gzip, Compression::Zstd] {
-            let mut c = Compressor::new(Vec::new(), compression, 2);
+            let alive = Arc::new(());
+            let mut c = Compressor::new(
+                TrackedSink {
+                    _alive: alive.clone(),
+                },
+                compression,
+                2,
+            );
             c.write_all(&sample(7 * GZIP_BLOCK_SIZE + 3, 4)).unwrap();
+            if compression == Compression::Gzip {
+                let Some(Inner::Gzip(g)) = &c.inner else {
+                    panic!("a gzip compressor without its pipeline")
+                };
+                assert_eq!(g.workers.len(), 2);
+                assert!(g.writer.is_some(), "the writer thread was started");
+            }
+            assert_eq!(
+                Arc::strong_count(&alive),
+                2,
+                "{compression}: the sink is held"
+            );
             drop(c);
+            // The gzip writer thread owns the sink and returns it when it
+            // exits, which it does only after every worker has dropped its
+            // result sender: the sink gone means all threads have ended and
+            // their results were collected. A thread left running would
+            // still hold it.
+            assert_eq!(
+                Arc::strong_count(&alive),
+                1,
+                "{compression}: the sink outlived the dropped compressor"
+            );
         }
     }
 
@@ -1049,32 +1092,34 @@ mod tests {
     fn memory_is_bounded_when_the_sink_stalls() {
         let threads = 2;
         let gate = GatedSink(Arc::new((Mutex::new(false), Condvar::new())));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let producer = {
-            let (gate, accepted) = (gate.clone(), accepted.clone());
-            thread::spawn(move || {
-                let mut c = Compressor::new(gate, Compression::Gzip, threads);
-                let block = sample(GZIP_BLOCK_SIZE, 9);
-                for _ in 0..16 {
-                    c.write_all(&block).unwrap();
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                }
-                c.finish().map(|_| ())
-            })
+        let mut c = Compressor::new(gate.clone(), Compression::Gzip, threads);
+        let block = sample(GZIP_BLOCK_SIZE, 9);
+        // The sink takes nothing, not even the header, so no buffer pair
+        // ever comes back: two blocks per worker can be in flight and one
+        // is being filled. Those writes cannot block; the next one must.
+        let in_flight = 2 * threads;
+        for _ in 0..=in_flight {
+            c.write_all(&block).unwrap();
+        }
+        let Some(Inner::Gzip(g)) = &c.inner else {
+            panic!("a gzip compressor without its pipeline")
         };
-        thread::sleep(Duration::from_millis(500));
-        // Credits (2 per worker + 1) plus the block being filled.
-        let bound = 2 * threads + 3;
-        let seen = accepted.load(Ordering::SeqCst);
+        // No buffer pair is left, so the next full block waits in
+        // `submit_full` until the sink takes something: memory stays at
+        // `in_flight + 1` blocks whatever the caller writes.
         assert!(
-            seen <= bound,
-            "{seen} blocks accepted with the sink stalled"
+            matches!(g.spare.try_recv(), Err(mpsc::TryRecvError::Empty)),
+            "a block buffer is still free with the sink stalled after {} blocks",
+            in_flight + 1
         );
         let (open, cv) = &*gate.0;
         *open.lock().unwrap() = true;
         cv.notify_all();
-        producer.join().unwrap().unwrap();
-        assert_eq!(accepted.load(Ordering::SeqCst), 16);
+        // With the sink open the stream completes.
+        for _ in 0..4 {
+            c.write_all(&block).unwrap();
+        }
+        c.finish().unwrap();
     }
 
     /// Counts what it is given and drops it.
