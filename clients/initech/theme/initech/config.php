@@ -17,7 +17,7 @@ $THEME->yuicssmodules = [];
 // Boost's renderers (core_renderer::firstview_fakeblocks and the rest).
 $THEME->rendererfactory = 'theme_overridden_renderer_factory';
 $THEME->requiredblocks = '';
-$THEME->addblockposition = BLOCK_ADDBLOCKPOSITION_FLATNAV;
+$THEME->addblockposition = BLOCK_ADDBLOCK_POSITION_FLATNAV;
 $THEME->haseditswitch = true;
 $THEME->usescourseindex = true;
 $THEME->activityheaderconfig = ['notitle' => true];
