@@ -26,6 +26,63 @@ pub(super) struct Ctx {
     pub(super) files: Vec<PathBuf>,
     /// (file, line, column) of each problem, so recording one is O(1).
     reported: HashSet<(u32, usize, usize)>,
+    /// The build context: every path the file names must resolve inside
+    /// it (see [`Ctx::inside`]). Empty: not checked (unit tests of a
+    /// section alone).
+    pub(super) context: Context,
+}
+
+/// The build context as given (absolute, `..` folded) and with its links
+/// resolved, so both a path that exists and one that does not compare.
+#[derive(Default)]
+pub(super) struct Context {
+    pub(super) given: PathBuf,
+    real: PathBuf,
+}
+
+impl Context {
+    pub(super) fn new(dir: &Path) -> Context {
+        let given = normalise(&std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        let real = dir.canonicalize().unwrap_or_else(|_| given.clone());
+        Context { given, real }
+    }
+}
+
+/// `path` with `.` and `..` folded lexically.
+fn normalise(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Where `path` really is: the nearest ancestor that exists with its links
+/// resolved, and the rest as written (`..` folded).
+pub(super) fn real_path(path: &Path) -> PathBuf {
+    if let Ok(real) = path.canonicalize() {
+        return real;
+    }
+    let lexical = normalise(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    let mut rest = Vec::new();
+    let mut at = lexical.as_path();
+    while let Some(parent) = at.parent() {
+        if let Some(name) = at.file_name() {
+            rest.push(name.to_os_string());
+        }
+        if let Ok(real) = parent.canonicalize() {
+            return rest.iter().rev().fold(real, |p, n| p.join(n));
+        }
+        at = parent;
+    }
+    lexical
 }
 
 impl Ctx {
@@ -75,6 +132,39 @@ impl Ctx {
                 &[]
             }
         }
+    }
+
+    /// Whether `path` (written as `text` at `pos`) resolves inside the
+    /// build context, links included; reports it when not. As `docker
+    /// build` refuses `COPY ../x`: images.yaml must not read the machine's
+    /// files (a merge request's `src: ../../../../etc` would put the CI
+    /// runner's /etc/shadow into a layer).
+    pub(super) fn inside(&mut self, pos: Pos, what: &str, text: &str, path: &Path) -> bool {
+        if self.context.given.as_os_str().is_empty() {
+            return true;
+        }
+        let real = real_path(path);
+        if real.starts_with(&self.context.real) || real.starts_with(&self.context.given) {
+            return true;
+        }
+        let lexical = normalise(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        let through = if lexical == real {
+            String::new()
+        } else {
+            format!(" (through a link, it is {})", real.display())
+        };
+        self.err(
+            pos,
+            format!(
+                "{what} `{text}` is outside the build context {}{through}",
+                self.context.given.display()
+            ),
+            Some(format!(
+                "imgbuild reads only files inside the build context, the directory of images.yaml (as `docker build` refuses `COPY ../x`): move it under {}, or widen the context explicitly with `--context DIR`",
+                self.context.given.display()
+            )),
+        );
+        false
     }
 
     /// The entries of a mapping whose keys are all in `allowed`.

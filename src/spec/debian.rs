@@ -165,7 +165,10 @@ pub(super) fn finish_debian(
         debconf: debconf.into_iter().map(|(d, _)| d).collect(),
         mirror: inherit(mirror, parent.and_then(|p| p.mirror.as_ref())),
         keyring: keyring
-            .map(|(k, pos)| cx.base(pos, dir).join(k))
+            .and_then(|(k, pos)| {
+                let path = cx.base(pos, dir).join(&k);
+                cx.inside(pos, "keyring", &k, &path).then_some(path)
+            })
             .or_else(|| parent.and_then(|p| p.keyring.clone())),
         has_debian_parent: parent.is_some(),
         pos: raw.pos,

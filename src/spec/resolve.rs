@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::ctx::{Ctx, check_var_names, expand, expand_each, expand_var_defs};
+use super::ctx::{Context, Ctx, check_var_names, expand, expand_each, expand_var_defs};
 use super::raw::{self, RawImage};
 use super::sources::{self, Known, LoadOptions, Source};
 use super::yaml;
@@ -43,6 +43,7 @@ pub(super) fn parse(
         fetch: false,
     })?;
     let mut cx = Ctx::default();
+    cx.context = Context::new(opts.context.unwrap_or(dir));
     let mut file = raw::read_file(&mut cx, &root);
     check_var_names(&mut cx, &file.vars);
     sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);

@@ -73,7 +73,13 @@ pub(super) fn finish_secrets(
                 None => continue,
             },
             (None, Some(f)) => match expand(cx, f, vars) {
-                Some(v) => SecretSource::File(cx.base(f.pos, dir).join(v)),
+                Some(v) => {
+                    let path = cx.base(f.pos, dir).join(&v);
+                    if !cx.inside(f.pos, "secret file", &v, &path) {
+                        continue;
+                    }
+                    SecretSource::File(path)
+                }
                 None => continue,
             },
             _ => {
