@@ -179,7 +179,7 @@ fn read_client(
     let root = match yaml::parse_file(&text, number) {
         Ok(root) => root,
         Err(e) => {
-            cx.err(e.pos, format!("YAML syntax: {}", e.message), None);
+            cx.err(e.pos, format!("YAML syntax: {}", e.message), Some(e.hint()));
             return None;
         }
     };

@@ -1,7 +1,7 @@
 //! What every section's reader shares: scalars with their positions, the
 //! problems found so far (one per position), typed readers of yaml nodes, and
 //! var expansion that reports where it failed.
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::Problem;
@@ -292,11 +292,96 @@ pub(super) fn expand_var_defs(
     defs: &[(S, S)],
 ) -> BTreeMap<String, String> {
     let mut vars = inherited.clone();
-    for (k, v) in defs {
-        let value = expand(cx, v, &vars).unwrap_or_default();
+    // Where each name is defined among `defs`: built on the first failure
+    // only, as a file may define 100,000s of vars.
+    let mut index: Option<HashMap<&str, usize>> = None;
+    // The members of cycles reported, so a cycle is reported once.
+    let mut cycles = HashSet::new();
+    for (i, (k, v)) in defs.iter().enumerate() {
+        let value = match vars::expand(&v.v, &vars) {
+            Err(VarError::Unknown(name)) => {
+                let index = index.get_or_insert_with(|| {
+                    defs.iter()
+                        .enumerate()
+                        .map(|(j, (k, _))| (k.v.as_str(), j))
+                        .collect()
+                });
+                match index.get(name.as_str()) {
+                    Some(&j) if j >= i => {
+                        if !cycles.contains(&i) {
+                            unordered_var(cx, defs, index, i, &name, &mut cycles);
+                        }
+                        String::new()
+                    }
+                    _ => expand(cx, v, &vars).unwrap_or_default(),
+                }
+            }
+            _ => expand(cx, v, &vars).unwrap_or_default(),
+        };
         vars.insert(k.v.clone(), value);
     }
     vars
+}
+
+/// Reports `defs[i]`, which names `name`, defined at or below it: as a
+/// cycle when the vars it names lead back to it, else as an order to fix.
+fn unordered_var(
+    cx: &mut Ctx,
+    defs: &[(S, S)],
+    index: &HashMap<&str, usize>,
+    i: usize,
+    name: &str,
+    cycles: &mut HashSet<usize>,
+) {
+    let (k, v) = &defs[i];
+    match var_cycle(defs, index, i) {
+        Some(cycle) => {
+            cycles.extend(cycle.iter().copied());
+            let mut names: Vec<&str> = cycle.iter().map(|&j| defs[j].0.v.as_str()).collect();
+            names.push(&k.v);
+            cx.err(
+                v.pos,
+                format!("vars are defined through each other in a cycle: {}", names.join(" → ")),
+                Some("give one var of the cycle a value that does not name the others".into()),
+            );
+        }
+        None => cx.err(
+            v.pos,
+            format!("`${{{name}}}` is defined below `{}`", k.v),
+            Some(format!(
+                "a var sees the vars above it (and those of the file and of the images it is built from): move `{name}` above `{}`",
+                k.v
+            )),
+        ),
+    }
+}
+
+/// A path of definitions from `start` back to itself, through the names
+/// each one refers to (a depth-first walk, each definition seen once).
+fn var_cycle(defs: &[(S, S)], index: &HashMap<&str, usize>, start: usize) -> Option<Vec<usize>> {
+    let refs = |j: usize| -> Vec<usize> {
+        vars::references(&defs[j].1.v)
+            .into_iter()
+            .filter_map(|n| index.get(n).copied())
+            .collect()
+    };
+    let mut seen = HashSet::from([start]);
+    // (definition, the refs left to follow from it)
+    let mut stack: Vec<(usize, Vec<usize>)> = vec![(start, refs(start))];
+    while let Some((_, next)) = stack.last_mut() {
+        match next.pop() {
+            Some(j) if j == start => return Some(stack.iter().map(|(d, _)| *d).collect()),
+            Some(j) if seen.insert(j) => {
+                let r = refs(j);
+                stack.push((j, r));
+            }
+            Some(_) => {}
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    None
 }
 
 pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &BTreeMap<String, String>) -> Option<String> {

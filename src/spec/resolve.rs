@@ -38,7 +38,7 @@ pub(super) fn parse(
             column: e.pos.col,
             image: None,
             message: format!("YAML syntax: {}", e.message),
-            hint: None,
+            hint: Some(e.hint()),
         }],
         fetch: false,
     })?;
@@ -369,6 +369,38 @@ images:
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].message, "`v7` is given twice in vars");
         assert_eq!(p[0].line, 50_002);
+    }
+
+    #[test]
+    fn a_var_cycle_is_named_as_one() {
+        let d = tree();
+        let p = parse_in(
+            d.path(),
+            "vars:\n  a: \"${b}\"\n  b: \"x-${c}\"\n  c: \"${a}\"\n  d: \"${e}\"\n  e: \"1\"\n  f: \"${f}\"\nimages:\n  x: {from: scratch, vars: {g: \"${h}\", h: \"${g}\"}}\n",
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = p
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{} {} | {}",
+                    p.line,
+                    p.column,
+                    p.message,
+                    p.hint.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        let want = [
+            "2:6 vars are defined through each other in a cycle: a → b → c → a",
+            "5:6 `${e}` is defined below `d` | a var sees the vars above it",
+            "7:6 vars are defined through each other in a cycle: f → f",
+            "9:32 vars are defined through each other in a cycle: g → h → g",
+        ];
+        for w in want {
+            assert!(msgs.iter().any(|m| m.starts_with(w)), "{w}: {msgs:#?}");
+        }
+        assert_eq!(msgs.len(), want.len(), "each cycle once: {msgs:#?}");
     }
 
     #[test]

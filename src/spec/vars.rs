@@ -40,6 +40,26 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> Result<String, Va
     Ok(out)
 }
 
+/// The names `input` refers to with `${name}`, in order (`$${…}` is not
+/// one).
+pub fn references(input: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let Some(end) = tail.find('}') else { break };
+            out.push(&tail[..end]);
+            rest = &tail[end + 1..];
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -62,6 +82,11 @@ mod tests {
         assert_eq!(expand("TZ=${tz}", &vars()).unwrap(), "TZ=Europe/Zurich");
         assert_eq!(expand("a:${v}-${v}", &vars()).unwrap(), "a:5.1-5.1");
         assert_eq!(expand("$${tz} $HOME $", &vars()).unwrap(), "${tz} $HOME $");
+    }
+
+    #[test]
+    fn references_skip_escapes() {
+        assert_eq!(references("${a}-$${b}-${c}$"), vec!["a", "c"]);
     }
 
     #[test]
