@@ -1484,3 +1484,53 @@ fn a_dir_source_set_outside_the_context_needs_context() {
         .exit(2)
         .stderr_has(&["nowhere", "`--context` must name a directory"]);
 }
+
+/// Issue 13: `check` passed an owner name that `build` then refused. It
+/// checks names against the parent's last build, and says when it cannot
+/// tell yet.
+#[test]
+fn check_resolves_owner_names_as_build_will() {
+    let cx = Ctx::new();
+    cx.write(
+        "base/etc/passwd",
+        "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n",
+    );
+    cx.write("base/etc/group", "root:x:0:\nwww-data:x:33:\n");
+    cx.write("app/index.php", "<?php\n");
+    let images = |owner: &str| {
+        format!(
+            "images:\n  base:\n    from: scratch\n    layers: [base]\n  app:\n    from: base\n    layers:\n      - {{src: app, dest: /srv, owner: \"{owner}\"}}\n"
+        )
+    };
+    cx.yaml(&images("nobody"));
+    // The parent has never been built: a note, and success.
+    let run = cx.run(&["check"]).success();
+    run.stderr_has(&[
+        "note: image app: owner `nobody` cannot be checked yet",
+        "`base`, which has not been built here",
+    ]);
+    let json = cx.run(&["--json", "check"]).success().json();
+    assert_eq!(json["notes"].as_array().map(Vec::len), Some(1), "{json:#}");
+    // Built, its /etc/passwd is known: the same error `build` gives.
+    cx.build(&["base"]);
+    cx.run(&["check"]).exit(2).stderr_has(&[
+        "images.yaml:8:9: image app: owner `nobody`",
+        "user `nobody` is not in the parent image's /etc/passwd, as `base` was last built",
+        "hint: add the account to `base`",
+    ]);
+    cx.run(&["build", "app"])
+        .exit(2)
+        .stderr_has(&["user `nobody` is not in the parent image's /etc/passwd"]);
+    let json = cx.run(&["--json", "check"]).exit(2).json();
+    assert_eq!(json["problems"][0]["line"], 8, "{json:#}");
+    // A name the parent has passes with no note.
+    cx.yaml(&images("www-data:www-data"));
+    let run = cx.run(&["check"]).success();
+    assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+    // From scratch, nothing has a name but root.
+    cx.yaml("images:\n  bare:\n    from: scratch\n    layers:\n      - {src: app, dest: /srv, owner: www-data}\n");
+    cx.run(&["check"]).exit(2).stderr_has(&[
+        "owner `www-data`: user `www-data` cannot be looked up: the parent image has no /etc/passwd (it starts from scratch)",
+        "hint: give a numeric id",
+    ]);
+}
