@@ -3,9 +3,10 @@
 //! var expansion that reports where it failed.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::Problem;
-use super::vars::{self, VarError};
+use super::vars::{self, Lookup, Overlay, VarError, Vars};
 use super::yaml::{Kind, Node, Pos};
 use crate::suggest;
 
@@ -285,20 +286,21 @@ pub(super) fn check_var_names(cx: &mut Ctx, defs: &[(S, S)]) {
     }
 }
 
-/// Expands var definitions in order, each seeing the ones before it.
-pub(super) fn expand_var_defs(
-    cx: &mut Ctx,
-    inherited: &BTreeMap<String, String>,
-    defs: &[(S, S)],
-) -> BTreeMap<String, String> {
-    let mut vars = inherited.clone();
+/// Expands var definitions in order, each seeing the ones before it, over
+/// `inherited` (shared, not copied).
+pub(super) fn expand_var_defs(cx: &mut Ctx, inherited: &Arc<Vars>, defs: &[(S, S)]) -> Arc<Vars> {
+    let mut own = BTreeMap::new();
     // Where each name is defined among `defs`: built on the first failure
     // only, as a file may define 100,000s of vars.
     let mut index: Option<HashMap<&str, usize>> = None;
     // The members of cycles reported, so a cycle is reported once.
     let mut cycles = HashSet::new();
     for (i, (k, v)) in defs.iter().enumerate() {
-        let value = match vars::expand(&v.v, &vars) {
+        let seen = Overlay {
+            own: &own,
+            up: inherited.as_ref(),
+        };
+        let value = match vars::expand(&v.v, &seen) {
             Err(VarError::Unknown(name)) => {
                 let index = index.get_or_insert_with(|| {
                     defs.iter()
@@ -313,14 +315,14 @@ pub(super) fn expand_var_defs(
                         }
                         String::new()
                     }
-                    _ => expand(cx, v, &vars).unwrap_or_default(),
+                    _ => expand(cx, v, &seen).unwrap_or_default(),
                 }
             }
-            _ => expand(cx, v, &vars).unwrap_or_default(),
+            _ => expand(cx, v, &seen).unwrap_or_default(),
         };
-        vars.insert(k.v.clone(), value);
+        own.insert(k.v.clone(), value);
     }
-    vars
+    Vars::child(inherited, own)
 }
 
 /// Reports `defs[i]`, which names `name`, defined at or below it: as a
@@ -384,21 +386,19 @@ fn var_cycle(defs: &[(S, S)], index: &HashMap<&str, usize>, start: usize) -> Opt
     None
 }
 
-pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &BTreeMap<String, String>) -> Option<String> {
+pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &(impl Lookup + ?Sized)) -> Option<String> {
     match vars::expand(&s.v, vars) {
         Ok(v) => Some(v),
         Err(e) => {
             let (message, hint) = match e {
                 VarError::Unknown(name) => (
                     format!("unknown var `${{{name}}}`"),
-                    Some(
-                        match suggest::closest(&name, vars.keys().map(String::as_str)) {
-                            Some(c) => format!("did you mean `${{{c}}}`?"),
-                            None => format!(
-                                "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
-                            ),
-                        },
-                    ),
+                    Some(match suggest::closest(&name, vars.names()) {
+                        Some(c) => format!("did you mean `${{{c}}}`?"),
+                        None => format!(
+                            "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
+                        ),
+                    }),
                 ),
                 VarError::Unterminated => ("`${` without a closing `}`".into(), None),
                 VarError::BadName(n) => (format!("`{n}` is not a valid var name"), None),
@@ -410,11 +410,7 @@ pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &BTreeMap<String, String>) -> Op
 }
 
 /// Each string expanded; one that fails (reported) becomes "".
-pub(super) fn expand_each(
-    cx: &mut Ctx,
-    items: &[S],
-    vars: &BTreeMap<String, String>,
-) -> Vec<String> {
+pub(super) fn expand_each(cx: &mut Ctx, items: &[S], vars: &(impl Lookup + ?Sized)) -> Vec<String> {
     items
         .iter()
         .map(|s| expand(cx, s, vars).unwrap_or_default())

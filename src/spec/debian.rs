@@ -1,6 +1,5 @@
 //! `debian:`: suite, variant, packages and debconf answers, over what the
 //! nearest Debian ancestor set.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::DebianSpec;
@@ -12,7 +11,7 @@ use super::yaml::Pos;
 pub(super) fn finish_debian(
     cx: &mut Ctx,
     raw: &RawDebian,
-    vars: &BTreeMap<String, String>,
+    vars: &super::vars::Vars,
     dir: &Path,
     parent: Option<&DebianSpec>,
 ) -> Option<DebianSpec> {

@@ -1,6 +1,5 @@
 //! `layers:` and `from: {rootfs: …}`: sources that exist, destinations inside
 //! the image, owners and modes.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::ctx::{Ctx, expand};
@@ -13,7 +12,7 @@ use super::{IdSpec, LayerSpec, Owner};
 pub(super) fn finish_layers(
     cx: &mut Ctx,
     raw: &RawImage,
-    vars: &BTreeMap<String, String>,
+    vars: &super::vars::Vars,
     dir: &Path,
     known: &Known<'_>,
 ) -> Vec<LayerSpec> {

@@ -2,10 +2,12 @@
 //! `from` chain, then each section checked (see the sibling modules).
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use super::ctx::{Context, Ctx, check_var_names, expand, expand_each, expand_var_defs};
 use super::raw::{self, RawImage};
 use super::sources::{self, Known, LoadOptions, Source};
+use super::vars::Vars;
 use super::yaml;
 use super::{Image, Parent, Problem};
 use super::{clients, config, debian, layers, steps, tags};
@@ -48,7 +50,7 @@ pub(super) fn parse(
     check_var_names(&mut cx, &file.vars);
     sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);
     let mut file_vars: BTreeMap<String, String> =
-        expand_var_defs(&mut cx, &BTreeMap::new(), &file.vars);
+        expand_var_defs(&mut cx, &Vars::root(BTreeMap::new()), &file.vars).to_map();
     let (fetched, fetch_failed) =
         sources::finish_sources(&mut cx, &file.sources, &mut file_vars, dir, opts.fetcher);
     let declared: Vec<String> = file.sources.iter().map(|s| s.name().to_string()).collect();
@@ -97,6 +99,8 @@ fn resolve(
     dir: &Path,
     known: &Known<'_>,
 ) -> BTreeMap<String, Image> {
+    // The file's vars, shared by every image below its own.
+    let root = Vars::root(file_vars.clone());
     // Parents first: `from` sees the file's vars and the image's own.
     let mut parents: BTreeMap<&str, Parent> = BTreeMap::new();
     for (name, image) in raw {
@@ -109,7 +113,7 @@ fn resolve(
             );
             continue;
         };
-        let own = expand_var_defs(cx, file_vars, &image.vars);
+        let own = expand_var_defs(cx, &root, &image.vars);
         let Some(target) = expand(cx, from, &own) else {
             continue;
         };
@@ -201,9 +205,9 @@ fn resolve(
     for name in graph::order(parents.keys().copied(), parent_in) {
         let parent = &parents[name];
         let inherited = match parent {
-            Parent::Scratch | Parent::Registry(_) => file_vars.clone(),
+            Parent::Scratch | Parent::Registry(_) => Arc::clone(&root),
             Parent::Image(p) => match done.get(p) {
-                Some(parent_image) => parent_image.vars.clone(),
+                Some(parent_image) => Arc::clone(&parent_image.vars),
                 // Its parent has a problem already reported.
                 None => continue,
             },
@@ -247,7 +251,7 @@ fn finish_image(
     name: &str,
     raw: &RawImage,
     parent: Parent,
-    inherited: &BTreeMap<String, String>,
+    inherited: &Arc<Vars>,
     dir: &Path,
     known: &Known<'_>,
 ) -> Image {
