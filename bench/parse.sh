@@ -61,14 +61,15 @@ log "vars: $(du -h "$OUT/vars/images.yaml" | cut -f1) images.yaml"
 # timed NAME EXPECT DIR ARGS...: runs imgbuild in DIR, prints the time, or
 # n/a when its exit status is not EXPECT (or it timed out).
 timed() {
-    local name=$1 expect=$2 dir=$3 start end code secs verdict
+    local name=$1 expect=$2 dir=$3 start end code secs verdict base
     shift 3
+    base=$OUT/$(printf '%s' "$name" | tr -c 'a-z0-9-' '_')
     start=$(date +%s.%N)
     code=0
-    (cd "$dir" && timeout "$TIMEOUT" "$IMGBUILD" -q "$@") >"$OUT/$name.stdout" 2>"$OUT/$name.stderr" || code=$?
+    (cd "$dir" && timeout "$TIMEOUT" "$IMGBUILD" -q "$@") >"$base.stdout" 2>"$base.stderr" || code=$?
     end=$(date +%s.%N)
     if [[ $code != "$expect" ]]; then
-        printf '%-28s %10s   (exit %s, expected %s; see %s)\n' "$name" n/a "$code" "$expect" "$OUT/$name.stderr"
+        printf '%-28s %10s   (exit %s, expected %s; see %s)\n' "$name" n/a "$code" "$expect" "$base.stderr"
         return 1
     fi
     secs=$(python3 -c "print(f'{$end - $start:.2f}')")
@@ -85,7 +86,8 @@ timed() {
 printf '\nimgbuild %s (%s), %s vars, %s images; target %s s each\n\n' \
     "$BENCH_GIT_REV" "$IMGBUILD" "$VARS" "$IMAGES" "$TARGET"
 if timed "vars: check" 2 "$OUT/vars" check; then
-    problems=$(cd "$OUT/vars" && "$IMGBUILD" --json check 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["problems"]))' || echo "?")
+    (cd "$OUT/vars" && "$IMGBUILD" --json check >"$OUT/vars-check.json" 2>/dev/null) || true
+    problems=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["problems"]))' "$OUT/vars-check.json" 2>/dev/null || echo n/a)
     printf '%-28s %10s\n' "  problems reported" "$problems (want 1)"
 fi
 for shape in chain flat; do
