@@ -373,6 +373,29 @@ mod tests {
         assert!(parse_owner("a b").is_none());
     }
 
+    #[test]
+    fn a_socket_as_src_is_refused_with_a_hint() {
+        use super::super::testutil::{parse_in, tree};
+        let d = tree();
+        let _listener = std::os::unix::net::UnixListener::bind(d.path().join("app.sock")).unwrap();
+        let p = parse_in(
+            d.path(),
+            "images:\n  a:\n    from: scratch\n    layers:\n      - {src: app.sock, dest: /x}\n",
+        )
+        .unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].message,
+            "layer source `app.sock` must be a directory or a regular file, not a socket"
+        );
+        assert!(
+            p[0].hint
+                .as_deref()
+                .unwrap()
+                .starts_with("a socket, pipe or device")
+        );
+    }
+
     /// Issue 13: every path the file names stays in the build context:
     /// a tarball, a keyring and a client file too, through links as well.
     #[test]
