@@ -4,6 +4,8 @@
 #            twice), timed by `check`;
 #   - chain: 5,000 images, each `from:` the one before;
 #   - flat:  5,000 images, each from scratch;
+#   - shared: 5,000 images with a var of their own over 20,000 file vars
+#            (images × vars when each image copied the file's vars), by `check`;
 # each image of chain and flat one file layer of one tiny file. For chain
 # and flat it times `check`, `plan --all` and a no-change `build --all` (after
 # a first build, timed too but with no target) with the release binary, and
@@ -45,6 +47,14 @@ with open(os.path.join(d, "images.yaml"), "w") as f:
         f.write(f"  v{i}: \"value-{i:07d}-{'x' * 24}\"\n")
     f.write("  v7: again\n")
     f.write("images:\n  a:\n    from: scratch\n    tags: [\"a:${v%d}\"]\n" % (nvars - 1))
+d = os.path.join(out, "shared"); os.makedirs(d)
+with open(os.path.join(d, "images.yaml"), "w") as f:
+    f.write("vars:\n")
+    for i in range(20000):
+        f.write(f"  v{i}: \"x{i}\"\n")
+    f.write("images:\n")
+    for i in range(nimages):
+        f.write(f"  i{i}: {{from: scratch, vars: {{own: \"${{v{i}}}\"}}, tags: [\"i{i}:${{own}}\"]}}\n")
 for shape in ("chain", "flat"):
     d = os.path.join(out, shape); os.makedirs(os.path.join(d, "files"))
     with open(os.path.join(d, "images.yaml"), "w") as f:
@@ -90,6 +100,7 @@ if timed "vars: check" 2 "$OUT/vars" check; then
     problems=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["problems"]))' "$OUT/vars-check.json" 2>/dev/null || echo n/a)
     printf '%-28s %10s\n' "  problems reported" "$problems (want 1)"
 fi
+timed "shared: check" 0 "$OUT/shared" check || true
 for shape in chain flat; do
     timed "$shape: check" 0 "$OUT/$shape" check || true
     timed "$shape: plan --all" 0 "$OUT/$shape" plan --all || true
