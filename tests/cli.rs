@@ -328,9 +328,12 @@ fn check_json_lists_every_problem() {
 
     let ok = fleet();
     let r = ok.run(&["--json", "check"]).success();
+    // client-a's owner names wait for its parent's first build: a note.
     assert_eq!(
         r.json(),
-        serde_json::json!({"ok": true, "images": FLEET_NAMES})
+        serde_json::json!({"ok": true, "images": FLEET_NAMES, "notes": [
+            "image client-a: owner `www-data:www-data` cannot be checked yet: names resolve against the /etc/passwd and /etc/group of `moodle`, which has not been built here (build it, then check again)"
+        ]})
     );
     let r = ok.run(&["check"]).success();
     assert!(r.stdout.contains("4 image(s), OK"), "{r}");
@@ -1354,4 +1357,183 @@ fn list_of(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Issue 13: `{src: ../../../../etc}` put the build machine's /etc/shadow
+/// into a layer. Every path images.yaml names must resolve inside the build
+/// context (the directory of images.yaml, or `--context DIR`), links
+/// included; a link inside a layer's tree is copied as a link, not followed.
+#[test]
+fn paths_outside_the_build_context_are_refused() {
+    let cx = Ctx::new();
+    let outside = cx.scratch.join("machine/etc");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("shadow"), "root:$6$secret-hash:19000::::::\n").unwrap();
+    fs::write(cx.scratch.join("machine/token"), "s3cret\n").unwrap();
+    let refused = |yaml: &str, args: &[&str], at: &str, what: &str| {
+        cx.yaml(yaml);
+        for cmd in ["check", "build"] {
+            let mut all = args.to_vec();
+            all.extend(
+                [cmd, "--all"]
+                    .iter()
+                    .take(if cmd == "check" { 1 } else { 2 }),
+            );
+            cx.run(&all).exit(2).stderr_has(&[
+                at,
+                what,
+                "is outside the build context",
+                "--context DIR",
+            ]);
+        }
+    };
+    // `..` out of the project.
+    refused(
+        "images:\n  x:\n    from: scratch\n    layers:\n      - {src: ../scratch/machine/etc, dest: /x}\n",
+        &[],
+        "images.yaml:5:15",
+        "layer source `../scratch/machine/etc`",
+    );
+    // An absolute path elsewhere.
+    let abs = outside.display().to_string();
+    refused(
+        &format!(
+            "images:\n  x:\n    from: scratch\n    layers:\n      - {{src: \"{abs}\", dest: /x}}\n"
+        ),
+        &[],
+        "images.yaml:5:15",
+        &format!("layer source `{abs}`"),
+    );
+    // A link in the project that leads out, as `src` and as a directory
+    // on the way to it.
+    cx.symlink(&abs, "etc-link");
+    let via_link = "images:\n  x:\n    from: scratch\n    layers:\n      - {src: etc-link, dest: /x}\n      - {src: etc-link/shadow, dest: /y}\n";
+    refused(via_link, &[], "images.yaml:5:15", "through a link");
+    cx.yaml(via_link);
+    cx.run(&["check"])
+        .exit(2)
+        .stderr_has(&["images.yaml:6:15", "layer source `etc-link/shadow`"]);
+    // A secret file outside.
+    refused(
+        "images:\n  x:\n    from: scratch\n    secrets:\n      tok: {file: ../scratch/machine/token}\n    run: [\"true\"]\n",
+        &[],
+        "images.yaml:5:19",
+        "secret file `../scratch/machine/token`",
+    );
+
+    // Widened explicitly to the parent directory, the same link is read
+    // (followed as `src`, as Docker's COPY follows one).
+    cx.yaml(via_link);
+    cx.run(&["--context", "..", "check"]).success();
+    let out = cx.scratch.join("oci-context");
+    cx.build(&[
+        "--context",
+        "..",
+        "x",
+        "-o",
+        &format!("oci:{}", out.display()),
+    ]);
+    let img = validate_layout(&out, "x");
+    assert_eq!(img.layers[0].entry("x/shadow").kind, 'f');
+    assert_eq!(img.layers[1].entry("y").kind, 'f');
+
+    // A link inside a layer's tree that points out is an entry of the
+    // layer, copied as a link: what it points to is never read.
+    cx.write("tree/app.conf", "a=1\n");
+    cx.symlink(&abs, "tree/escape");
+    cx.yaml("images:\n  x:\n    from: scratch\n    layers:\n      - {src: tree, dest: /x}\n");
+    cx.run(&["check"]).success();
+    let out = cx.scratch.join("oci-tree");
+    cx.build(&["x", "-o", &format!("oci:{}", out.display())]);
+    let img = validate_layout(&out, "x");
+    let escape = img.layers[0].entry("x/escape");
+    assert_eq!(
+        (escape.kind, escape.link.as_deref()),
+        ('l', Some(abs.as_str()))
+    );
+    let paths: Vec<String> = img.layers[0]
+        .entries()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert!(!paths.iter().any(|p| p.contains("shadow")), "{paths:?}");
+}
+
+/// `dir:` sources named through `--set` obey the same context.
+#[test]
+fn a_dir_source_set_outside_the_context_needs_context() {
+    let cx = Ctx::new();
+    fs::create_dir_all(cx.scratch.join("checkout/public")).unwrap();
+    fs::write(cx.scratch.join("checkout/public/index.php"), "<?php\n").unwrap();
+    cx.mkdir("here/public");
+    cx.yaml("vars:\n  src: here\nsources:\n  local:\n    dir: \"${src}\"\nimages:\n  dev:\n    from: scratch\n    layers:\n      - {source: local, src: public, dest: /srv}\n");
+    cx.run(&["check"]).success();
+    cx.run(&["--set", "src=../scratch/checkout", "check"])
+        .exit(2)
+        .stderr_has(&[
+            "images.yaml:5:10",
+            "source directory `../scratch/checkout` is outside the build context",
+            "--context DIR",
+        ]);
+    cx.run(&[
+        "--set",
+        "src=../scratch/checkout",
+        "--context",
+        "..",
+        "check",
+    ])
+    .success();
+    cx.run(&["--context", "nowhere", "check"])
+        .exit(2)
+        .stderr_has(&["nowhere", "`--context` must name a directory"]);
+}
+
+/// Issue 13: `check` passed an owner name that `build` then refused. It
+/// checks names against the parent's last build, and says when it cannot
+/// tell yet.
+#[test]
+fn check_resolves_owner_names_as_build_will() {
+    let cx = Ctx::new();
+    cx.write(
+        "base/etc/passwd",
+        "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n",
+    );
+    cx.write("base/etc/group", "root:x:0:\nwww-data:x:33:\n");
+    cx.write("app/index.php", "<?php\n");
+    let images = |owner: &str| {
+        format!(
+            "images:\n  base:\n    from: scratch\n    layers: [base]\n  app:\n    from: base\n    layers:\n      - {{src: app, dest: /srv, owner: \"{owner}\"}}\n"
+        )
+    };
+    cx.yaml(&images("nobody"));
+    // The parent has never been built: a note, and success.
+    let run = cx.run(&["check"]).success();
+    run.stderr_has(&[
+        "note: image app: owner `nobody` cannot be checked yet",
+        "`base`, which has not been built here",
+    ]);
+    let json = cx.run(&["--json", "check"]).success().json();
+    assert_eq!(json["notes"].as_array().map(Vec::len), Some(1), "{json:#}");
+    // Built, its /etc/passwd is known: the same error `build` gives.
+    cx.build(&["base"]);
+    cx.run(&["check"]).exit(2).stderr_has(&[
+        "images.yaml:8:9: image app: owner `nobody`",
+        "user `nobody` is not in the parent image's /etc/passwd, as `base` was last built",
+        "hint: add the account to `base`",
+    ]);
+    cx.run(&["build", "app"])
+        .exit(2)
+        .stderr_has(&["user `nobody` is not in the parent image's /etc/passwd"]);
+    let json = cx.run(&["--json", "check"]).exit(2).json();
+    assert_eq!(json["problems"][0]["line"], 8, "{json:#}");
+    // A name the parent has passes with no note.
+    cx.yaml(&images("www-data:www-data"));
+    let run = cx.run(&["check"]).success();
+    assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+    // From scratch, nothing has a name but root.
+    cx.yaml("images:\n  bare:\n    from: scratch\n    layers:\n      - {src: app, dest: /srv, owner: www-data}\n");
+    cx.run(&["check"]).exit(2).stderr_has(&[
+        "owner `www-data`: user `www-data` cannot be looked up: the parent image has no /etc/passwd (it starts from scratch)",
+        "hint: give a numeric id",
+    ]);
 }

@@ -476,15 +476,39 @@ fn a_dir_source_comes_from_set_and_names_are_checked() {
         "--set",
     ]);
     let set = "moodle_src=../scratch/checkout";
+    // The checkout is outside the build context (the project) until the
+    // context is widened, explicitly, to both.
+    cx.run(&["--set", set, "check"]).exit(2).stderr_has(&[
+        "images.yaml:5:10",
+        "source directory `../scratch/checkout` is outside the build context",
+        "--context DIR",
+    ]);
     let out = cx.scratch.join("out");
-    cx.build(&["--set", set, "dev", "-o", &format!("oci:{}", out.display())]);
+    cx.build(&[
+        "--context",
+        "..",
+        "--set",
+        set,
+        "dev",
+        "-o",
+        &format!("oci:{}", out.display()),
+    ]);
     let paths = layer_paths(&out, "dev");
     assert!(
         paths[0].iter().any(|p| p == "var/www/moodle/index.php"),
         "{paths:?}"
     );
     let graph = cx
-        .run(&["--set", set, "--json", "graph", "--format", "json"])
+        .run(&[
+            "--context",
+            "..",
+            "--set",
+            set,
+            "--json",
+            "graph",
+            "--format",
+            "json",
+        ])
         .success()
         .json();
     assert_eq!(graph["images"][0]["tags"][0], "dev:5.1.3");
@@ -498,11 +522,13 @@ fn a_dir_source_comes_from_set_and_names_are_checked() {
         ]);
     let yaml = std::fs::read_to_string(cx.path("images.yaml")).unwrap();
     cx.yaml(&yaml.replace("{source: local,", "{source: lokal,"));
-    cx.run(&["--set", set, "check"]).exit(2).stderr_has(&[
-        "images.yaml:10:",
-        "unknown source `lokal`",
-        "did you mean `local`?",
-    ]);
+    cx.run(&["--context", "..", "--set", set, "check"])
+        .exit(2)
+        .stderr_has(&[
+            "images.yaml:10:",
+            "unknown source `lokal`",
+            "did you mean `local`?",
+        ]);
 }
 
 #[test]

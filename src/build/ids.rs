@@ -2,7 +2,9 @@
 use crate::layer::Ids;
 use crate::layer::scan::{self, EtcFiles, Found};
 use crate::oci::image::{ImageRecord, hex_of};
-use crate::spec::{IdSpec, Owner};
+use std::collections::HashMap;
+
+use crate::spec::{IdSpec, Owner, Parent, Pos, Spec};
 use crate::store::{Kind, Store};
 
 use super::BuildError;
@@ -34,6 +36,12 @@ pub struct Accounts {
 }
 
 impl Accounts {
+    /// No accounts: `from: scratch`.
+    const NONE: Accounts = Accounts {
+        passwd: None,
+        group: None,
+    };
+
     pub fn none() -> Accounts {
         Accounts {
             passwd: None,
@@ -109,6 +117,78 @@ impl Accounts {
         };
         Ok(Ids { uid, gid })
     }
+}
+
+/// What `check` can tell of one layer's owner names without building.
+#[derive(Debug)]
+pub enum OwnerFinding {
+    /// `build` would refuse it: the parent (scratch, or the parent's last
+    /// build in the store) has no such name.
+    Missing {
+        image: String,
+        pos: Pos,
+        owner: String,
+        /// None: `from: scratch`.
+        parent: Option<String>,
+        why: OwnerError,
+    },
+    /// The parent has never been built here (or comes from a registry):
+    /// its accounts are not known yet.
+    Unknown {
+        image: String,
+        owner: String,
+        parent: String,
+    },
+}
+
+/// Checks every owner name of `spec` against what `build` would resolve it
+/// with: nothing for `from: scratch`, else the parent's last build. Each
+/// parent's accounts are read once.
+pub fn check_owners(store: &Store, spec: &Spec) -> Result<Vec<OwnerFinding>, BuildError> {
+    let graph = crate::store::graph_id(&spec.file_abs());
+    let mut accounts: HashMap<&str, Option<Accounts>> = HashMap::new();
+    let mut out = Vec::new();
+    for image in spec.images.values() {
+        for l in &image.layers {
+            let Some(owner) = l.owner.as_ref().filter(|o| o.has_names()) else {
+                continue;
+            };
+            let (parent, known) = match &image.parent {
+                Parent::Scratch => (None, Some(&Accounts::NONE)),
+                Parent::Image(p) => {
+                    if !accounts.contains_key(p.as_str()) {
+                        let last: Option<super::RefRecord> = store.get_ref(&graph, p)?;
+                        let a = match last {
+                            Some(r) => Some(Accounts::of(store, &r.image)?),
+                            None => None,
+                        };
+                        accounts.insert(p, a);
+                    }
+                    (Some(p.clone()), accounts[p.as_str()].as_ref())
+                }
+                Parent::Registry(r) => (Some(r.to_string()), None),
+            };
+            match known {
+                Some(a) => {
+                    if let Err(why) = a.resolve(owner) {
+                        out.push(OwnerFinding::Missing {
+                            image: image.name.clone(),
+                            pos: l.pos,
+                            owner: owner.to_string(),
+                            parent,
+                            why,
+                        });
+                    }
+                }
+                None => out.push(OwnerFinding::Unknown {
+                    image: image.name.clone(),
+                    owner: owner.to_string(),
+                    parent: parent.unwrap_or_default(),
+                }),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Records what a layer this build wrote says about /etc, so children need

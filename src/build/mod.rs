@@ -35,7 +35,7 @@ use crate::oci::image::{ImageRecord, LayerDesc, OciError, Stamp};
 use crate::spec::Spec;
 use crate::store::{Store, StoreError};
 
-pub use ids::{Accounts, OwnerError};
+pub use ids::{Accounts, OwnerError, OwnerFinding, check_owners};
 pub use report::{Reporter, Silent};
 pub use run::RunError;
 pub use stamp::{StampError, stamp_from_env, strip_credentials};

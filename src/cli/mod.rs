@@ -49,9 +49,16 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// Override a top-level var of images.yaml for this run (repeatable),
-    /// e.g. `--set moodle_51_src=../moodle` to build against a checkout.
+    /// e.g. `--set moodle_51_src=../moodle --context ..` to build against
+    /// a checkout beside the project.
     #[arg(long = "set", global = true, value_name = "NAME=VALUE", value_parser = parse_set)]
     set: Vec<(String, String)>,
+    /// The build context: every path images.yaml names (layer sources,
+    /// `dir:` sources, secret files, keyrings, tarballs, client files) must
+    /// be inside it, links resolved. Default: the directory of images.yaml;
+    /// name a wider one explicitly, e.g. `--context ..`.
+    #[arg(long, global = true, value_name = "DIR")]
+    context: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -307,6 +314,9 @@ fn parse_set(text: &str) -> Result<(String, String), String> {
 /// in [`run`]): `--set`, and how git sources meet images.lock.
 static LOADING: std::sync::OnceLock<(Vec<(String, String)>, Pinning)> = std::sync::OnceLock::new();
 
+/// `--context DIR`, set once in [`run`].
+static CONTEXT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
 fn load(file: &Path) -> Result<Spec, Failure> {
     Ok(load_spec(file)?)
 }
@@ -348,6 +358,15 @@ fn load_pinned(
         .flatten()
         .map(|l| l.sources)
         .unwrap_or_default();
+    let context = CONTEXT.get().and_then(Option::as_deref);
+    if let Some(c) = context
+        && !c.is_dir()
+    {
+        return Err(SpecError::Read {
+            file: c.to_path_buf(),
+            source: std::io::Error::other("`--context` must name a directory"),
+        });
+    }
     let root = Store::default_root().map_err(|e| read_err(std::io::Error::other(e)))?;
     let fetcher = Fetcher::new(root, pins, pinning);
     let spec = Spec::load_with(
@@ -355,6 +374,7 @@ fn load_pinned(
         &LoadOptions {
             set,
             fetcher: Some(&fetcher),
+            context,
         },
     )?;
     Ok((spec, fetcher.pins(), fetcher.unpinned()))
@@ -388,6 +408,7 @@ pub fn run() -> ExitCode {
         _ => Pinning::Use,
     };
     let _ = LOADING.set((cli.set.clone(), pinning));
+    let _ = CONTEXT.set(cli.context.clone());
     // A normal user's builds run inside a user namespace of their own,
     // where unpacked images keep their owners and steps can chown.
     if matches!(

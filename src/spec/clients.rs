@@ -163,7 +163,13 @@ fn read_client(
         col: 1,
         file: number,
     };
-    let text = match std::fs::read_to_string(dir.join(&m.rel)) {
+    let path = dir.join(&m.rel);
+    // The pattern stays inside images.yaml's directory; a link must not
+    // lead a client file out of the context.
+    if !cx.inside(top, "client file", &m.rel.to_string_lossy(), &path) {
+        return None;
+    }
+    let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
             cx.err(top, format!("cannot read this client file: {e}"), None);
@@ -173,7 +179,7 @@ fn read_client(
     let root = match yaml::parse_file(&text, number) {
         Ok(root) => root,
         Err(e) => {
-            cx.err(e.pos, format!("YAML syntax: {}", e.message), None);
+            cx.err(e.pos, format!("YAML syntax: {}", e.message), Some(e.hint()));
             return None;
         }
     };

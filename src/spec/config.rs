@@ -6,11 +6,7 @@ use super::ctx::{Ctx, S, expand, expand_each};
 use super::raw::RawConfig;
 use super::yaml::Pos;
 
-pub(super) fn finish_config(
-    cx: &mut Ctx,
-    c: &RawConfig,
-    vars: &BTreeMap<String, String>,
-) -> ConfigSpec {
+pub(super) fn finish_config(cx: &mut Ctx, c: &RawConfig, vars: &super::vars::Vars) -> ConfigSpec {
     let mut x = |s: &S| expand(cx, s, vars).unwrap_or_default();
     let env: Vec<(S, String)> = c.env.iter().map(|(k, v)| (k.clone(), x(v))).collect();
     let labels: BTreeMap<String, String> = c.labels.iter().map(|(k, v)| (x(k), x(v))).collect();

@@ -1,11 +1,12 @@
 //! What every section's reader shares: scalars with their positions, the
 //! problems found so far (one per position), typed readers of yaml nodes, and
 //! var expansion that reports where it failed.
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::Problem;
-use super::vars::{self, VarError};
+use super::vars::{self, Lookup, Overlay, VarError, Vars};
 use super::yaml::{Kind, Node, Pos};
 use crate::suggest;
 
@@ -26,6 +27,63 @@ pub(super) struct Ctx {
     pub(super) files: Vec<PathBuf>,
     /// (file, line, column) of each problem, so recording one is O(1).
     reported: HashSet<(u32, usize, usize)>,
+    /// The build context: every path the file names must resolve inside
+    /// it (see [`Ctx::inside`]). Empty: not checked (unit tests of a
+    /// section alone).
+    pub(super) context: Context,
+}
+
+/// The build context as given (absolute, `..` folded) and with its links
+/// resolved, so both a path that exists and one that does not compare.
+#[derive(Default)]
+pub(super) struct Context {
+    pub(super) given: PathBuf,
+    real: PathBuf,
+}
+
+impl Context {
+    pub(super) fn new(dir: &Path) -> Context {
+        let given = normalise(&std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        let real = dir.canonicalize().unwrap_or_else(|_| given.clone());
+        Context { given, real }
+    }
+}
+
+/// `path` with `.` and `..` folded lexically.
+fn normalise(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Where `path` really is: the nearest ancestor that exists with its links
+/// resolved, and the rest as written (`..` folded).
+pub(super) fn real_path(path: &Path) -> PathBuf {
+    if let Ok(real) = path.canonicalize() {
+        return real;
+    }
+    let lexical = normalise(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    let mut rest = Vec::new();
+    let mut at = lexical.as_path();
+    while let Some(parent) = at.parent() {
+        if let Some(name) = at.file_name() {
+            rest.push(name.to_os_string());
+        }
+        if let Ok(real) = parent.canonicalize() {
+            return rest.iter().rev().fold(real, |p, n| p.join(n));
+        }
+        at = parent;
+    }
+    lexical
 }
 
 impl Ctx {
@@ -75,6 +133,39 @@ impl Ctx {
                 &[]
             }
         }
+    }
+
+    /// Whether `path` (written as `text` at `pos`) resolves inside the
+    /// build context, links included; reports it when not. As `docker
+    /// build` refuses `COPY ../x`: images.yaml must not read the machine's
+    /// files (a merge request's `src: ../../../../etc` would put the CI
+    /// runner's /etc/shadow into a layer).
+    pub(super) fn inside(&mut self, pos: Pos, what: &str, text: &str, path: &Path) -> bool {
+        if self.context.given.as_os_str().is_empty() {
+            return true;
+        }
+        let real = real_path(path);
+        if real.starts_with(&self.context.real) || real.starts_with(&self.context.given) {
+            return true;
+        }
+        let lexical = normalise(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        let through = if lexical == real {
+            String::new()
+        } else {
+            format!(" (through a link, it is {})", real.display())
+        };
+        self.err(
+            pos,
+            format!(
+                "{what} `{text}` is outside the build context {}{through}",
+                self.context.given.display()
+            ),
+            Some(format!(
+                "imgbuild reads only files inside the build context, the directory of images.yaml (as `docker build` refuses `COPY ../x`): move it under {}, or widen the context explicitly with `--context DIR`",
+                self.context.given.display()
+            )),
+        );
+        false
     }
 
     /// The entries of a mapping whose keys are all in `allowed`.
@@ -195,35 +286,119 @@ pub(super) fn check_var_names(cx: &mut Ctx, defs: &[(S, S)]) {
     }
 }
 
-/// Expands var definitions in order, each seeing the ones before it.
-pub(super) fn expand_var_defs(
-    cx: &mut Ctx,
-    inherited: &BTreeMap<String, String>,
-    defs: &[(S, S)],
-) -> BTreeMap<String, String> {
-    let mut vars = inherited.clone();
-    for (k, v) in defs {
-        let value = expand(cx, v, &vars).unwrap_or_default();
-        vars.insert(k.v.clone(), value);
+/// Expands var definitions in order, each seeing the ones before it, over
+/// `inherited` (shared, not copied).
+pub(super) fn expand_var_defs(cx: &mut Ctx, inherited: &Arc<Vars>, defs: &[(S, S)]) -> Arc<Vars> {
+    let mut own = BTreeMap::new();
+    // Where each name is defined among `defs`: built on the first failure
+    // only, as a file may define 100,000s of vars.
+    let mut index: Option<HashMap<&str, usize>> = None;
+    // The members of cycles reported, so a cycle is reported once.
+    let mut cycles = HashSet::new();
+    for (i, (k, v)) in defs.iter().enumerate() {
+        let seen = Overlay {
+            own: &own,
+            up: inherited.as_ref(),
+        };
+        let value = match vars::expand(&v.v, &seen) {
+            Err(VarError::Unknown(name)) => {
+                let index = index.get_or_insert_with(|| {
+                    defs.iter()
+                        .enumerate()
+                        .map(|(j, (k, _))| (k.v.as_str(), j))
+                        .collect()
+                });
+                match index.get(name.as_str()) {
+                    Some(&j) if j >= i => {
+                        if !cycles.contains(&i) {
+                            unordered_var(cx, defs, index, i, &name, &mut cycles);
+                        }
+                        String::new()
+                    }
+                    _ => expand(cx, v, &seen).unwrap_or_default(),
+                }
+            }
+            _ => expand(cx, v, &seen).unwrap_or_default(),
+        };
+        own.insert(k.v.clone(), value);
     }
-    vars
+    Vars::child(inherited, own)
 }
 
-pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &BTreeMap<String, String>) -> Option<String> {
+/// Reports `defs[i]`, which names `name`, defined at or below it: as a
+/// cycle when the vars it names lead back to it, else as an order to fix.
+fn unordered_var(
+    cx: &mut Ctx,
+    defs: &[(S, S)],
+    index: &HashMap<&str, usize>,
+    i: usize,
+    name: &str,
+    cycles: &mut HashSet<usize>,
+) {
+    let (k, v) = &defs[i];
+    match var_cycle(defs, index, i) {
+        Some(cycle) => {
+            cycles.extend(cycle.iter().copied());
+            let mut names: Vec<&str> = cycle.iter().map(|&j| defs[j].0.v.as_str()).collect();
+            names.push(&k.v);
+            cx.err(
+                v.pos,
+                format!("vars are defined through each other in a cycle: {}", names.join(" → ")),
+                Some("give one var of the cycle a value that does not name the others".into()),
+            );
+        }
+        None => cx.err(
+            v.pos,
+            format!("`${{{name}}}` is defined below `{}`", k.v),
+            Some(format!(
+                "a var sees the vars above it (and those of the file and of the images it is built from): move `{name}` above `{}`",
+                k.v
+            )),
+        ),
+    }
+}
+
+/// A path of definitions from `start` back to itself, through the names
+/// each one refers to (a depth-first walk, each definition seen once).
+fn var_cycle(defs: &[(S, S)], index: &HashMap<&str, usize>, start: usize) -> Option<Vec<usize>> {
+    let refs = |j: usize| -> Vec<usize> {
+        vars::references(&defs[j].1.v)
+            .into_iter()
+            .filter_map(|n| index.get(n).copied())
+            .collect()
+    };
+    let mut seen = HashSet::from([start]);
+    // (definition, the refs left to follow from it)
+    let mut stack: Vec<(usize, Vec<usize>)> = vec![(start, refs(start))];
+    while let Some((_, next)) = stack.last_mut() {
+        match next.pop() {
+            Some(j) if j == start => return Some(stack.iter().map(|(d, _)| *d).collect()),
+            Some(j) if seen.insert(j) => {
+                let r = refs(j);
+                stack.push((j, r));
+            }
+            Some(_) => {}
+            None => {
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &(impl Lookup + ?Sized)) -> Option<String> {
     match vars::expand(&s.v, vars) {
         Ok(v) => Some(v),
         Err(e) => {
             let (message, hint) = match e {
                 VarError::Unknown(name) => (
                     format!("unknown var `${{{name}}}`"),
-                    Some(
-                        match suggest::closest(&name, vars.keys().map(String::as_str)) {
-                            Some(c) => format!("did you mean `${{{c}}}`?"),
-                            None => format!(
-                                "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
-                            ),
-                        },
-                    ),
+                    Some(match suggest::closest(&name, vars.names()) {
+                        Some(c) => format!("did you mean `${{{c}}}`?"),
+                        None => format!(
+                            "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
+                        ),
+                    }),
                 ),
                 VarError::Unterminated => ("`${` without a closing `}`".into(), None),
                 VarError::BadName(n) => (format!("`{n}` is not a valid var name"), None),
@@ -235,11 +410,7 @@ pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &BTreeMap<String, String>) -> Op
 }
 
 /// Each string expanded; one that fails (reported) becomes "".
-pub(super) fn expand_each(
-    cx: &mut Ctx,
-    items: &[S],
-    vars: &BTreeMap<String, String>,
-) -> Vec<String> {
+pub(super) fn expand_each(cx: &mut Ctx, items: &[S], vars: &(impl Lookup + ?Sized)) -> Vec<String> {
     items
         .iter()
         .map(|s| expand(cx, s, vars).unwrap_or_default())

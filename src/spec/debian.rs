@@ -1,6 +1,5 @@
 //! `debian:`: suite, variant, packages and debconf answers, over what the
 //! nearest Debian ancestor set.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::DebianSpec;
@@ -12,7 +11,7 @@ use super::yaml::Pos;
 pub(super) fn finish_debian(
     cx: &mut Ctx,
     raw: &RawDebian,
-    vars: &BTreeMap<String, String>,
+    vars: &super::vars::Vars,
     dir: &Path,
     parent: Option<&DebianSpec>,
 ) -> Option<DebianSpec> {
@@ -165,7 +164,10 @@ pub(super) fn finish_debian(
         debconf: debconf.into_iter().map(|(d, _)| d).collect(),
         mirror: inherit(mirror, parent.and_then(|p| p.mirror.as_ref())),
         keyring: keyring
-            .map(|(k, pos)| cx.base(pos, dir).join(k))
+            .and_then(|(k, pos)| {
+                let path = cx.base(pos, dir).join(&k);
+                cx.inside(pos, "keyring", &k, &path).then_some(path)
+            })
             .or_else(|| parent.and_then(|p| p.keyring.clone())),
         has_debian_parent: parent.is_some(),
         pos: raw.pos,

@@ -1,6 +1,5 @@
 //! `layers:` and `from: {rootfs: …}`: sources that exist, destinations inside
 //! the image, owners and modes.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::ctx::{Ctx, expand};
@@ -13,7 +12,7 @@ use super::{IdSpec, LayerSpec, Owner};
 pub(super) fn finish_layers(
     cx: &mut Ctx,
     raw: &RawImage,
-    vars: &BTreeMap<String, String>,
+    vars: &super::vars::Vars,
     dir: &Path,
     known: &Known<'_>,
 ) -> Vec<LayerSpec> {
@@ -51,6 +50,9 @@ pub(super) fn finish_layers(
         let text = expand(cx, r, vars)?;
         let base = cx.base(r.pos, dir);
         let src = base.join(&text);
+        if !cx.inside(r.pos, "`rootfs:`", &text, &src) {
+            return None;
+        }
         match std::fs::metadata(&src) {
             Ok(m) if m.is_file() => Some(LayerSpec {
                 src,
@@ -91,6 +93,23 @@ pub(super) fn finish_layers(
         .collect()
 }
 
+/// What a non-regular file is, for messages.
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
+}
+
 struct RawLayerExpanded<'s> {
     /// The source `src` is inside of, and where `source:` is written.
     source: Option<(&'s Source, Pos)>,
@@ -108,7 +127,18 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded<'_>, pos: Pos, dir: &Path) -> 
             let (text, p) = l.src?;
             // A client file's paths are relative to its own directory.
             let base = cx.base(p, dir);
-            (base.join(&text), text, p, base, None)
+            let src = base.join(&text);
+            if !cx.inside(p, "layer source", &text, &src) {
+                return None;
+            }
+            // A link named as `src` is followed (inside the context, as
+            // checked), as Docker's COPY follows one; links inside a tree
+            // are copied as links, never followed (see `layer::walk`).
+            let src = match src.symlink_metadata() {
+                Ok(m) if m.file_type().is_symlink() => src.canonicalize().unwrap_or(src),
+                _ => src,
+            };
+            (src, text, p, base, None)
         }
         Some((s, spos)) => {
             let (inner, p) = l.src.unwrap_or_else(|| (String::new(), spos));
@@ -175,8 +205,11 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded<'_>, pos: Pos, dir: &Path) -> 
             ok = false;
             cx.err(
                 src_pos,
-                format!("layer source `{src_text}` must be a directory or a regular file"),
-                None,
+                format!(
+                    "layer source `{src_text}` must be a directory or a regular file, not {}",
+                    file_kind(m)
+                ),
+                Some("a socket, pipe or device cannot be copied into a layer: name the directory it is in with an `exclude` for it, or a regular file".into()),
             )
         }
         Ok(_) => {}
@@ -338,5 +371,87 @@ mod tests {
         assert_eq!(parse_mode("17777"), None);
         assert_eq!(parse_owner("33:33").unwrap().group, Some(IdSpec::Id(33)));
         assert!(parse_owner("a b").is_none());
+    }
+
+    #[test]
+    fn a_socket_as_src_is_refused_with_a_hint() {
+        use super::super::testutil::{parse_in, tree};
+        let d = tree();
+        let _listener = std::os::unix::net::UnixListener::bind(d.path().join("app.sock")).unwrap();
+        let p = parse_in(
+            d.path(),
+            "images:\n  a:\n    from: scratch\n    layers:\n      - {src: app.sock, dest: /x}\n",
+        )
+        .unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].message,
+            "layer source `app.sock` must be a directory or a regular file, not a socket"
+        );
+        assert!(
+            p[0].hint
+                .as_deref()
+                .unwrap()
+                .starts_with("a socket, pipe or device")
+        );
+    }
+
+    /// Issue 13: every path the file names stays in the build context:
+    /// a tarball, a keyring and a client file too, through links as well.
+    #[test]
+    fn every_kind_of_path_stays_in_the_context() {
+        use super::super::testutil::{assert_problems, parse_in, tree};
+        use super::super::{LoadOptions, Spec, SpecError};
+        let outer = tree();
+        let project = outer.path().join("project");
+        std::fs::create_dir_all(project.join("clients")).unwrap();
+        std::fs::write(outer.path().join("root.tar"), b"").unwrap();
+        std::fs::write(outer.path().join("keyring.gpg"), b"").unwrap();
+        std::fs::create_dir_all(outer.path().join("elsewhere")).unwrap();
+        std::fs::write(outer.path().join("elsewhere/client.yaml"), "vars: {}\n").unwrap();
+        std::os::unix::fs::symlink(outer.path().join("elsewhere"), project.join("clients/acme"))
+            .unwrap();
+        let text = concat!(
+            "images:\n",
+            "  a:\n    from: {rootfs: ../root.tar}\n",
+            "  b:\n    from: scratch\n    debian: {suite: stable, packages: [tzdata], keyring: ../keyring.gpg}\n",
+            "clients:\n  files: clients/*/client.yaml\n  template: {from: scratch}\n",
+        );
+        let p = parse_in(&project, text).unwrap_err();
+        assert_problems(
+            &p,
+            &[
+                &format!(
+                    "3: `rootfs:` `../root.tar` is outside the build context {}",
+                    project.display()
+                ),
+                &format!(
+                    "6: keyring `../keyring.gpg` is outside the build context {}",
+                    project.display()
+                ),
+            ],
+        );
+        let client = p
+            .iter()
+            .find(|p| p.file.is_some())
+            .unwrap_or_else(|| panic!("{p:?}"));
+        assert!(
+            client
+                .message
+                .starts_with("client file `clients/acme/client.yaml` is outside the build context")
+                && client.message.contains("through a link"),
+            "{client:?}"
+        );
+        assert!(client.hint.as_deref().unwrap().contains("--context DIR"));
+        // The parent directory as the context takes all three.
+        let opts = LoadOptions {
+            context: Some(outer.path()),
+            ..LoadOptions::default()
+        };
+        match Spec::parse_with(text, Path::new("images.yaml"), &project, &opts) {
+            Ok(spec) => assert_eq!(spec.images.len(), 3),
+            Err(SpecError::Invalid { problems, .. }) => panic!("{problems:?}"),
+            Err(e) => panic!("{e}"),
+        }
     }
 }

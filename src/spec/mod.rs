@@ -127,7 +127,7 @@ pub struct Image {
     /// `repo:tag` or `tag` (repository = the image's name), vars expanded.
     pub tags: Vec<String>,
     /// The vars in force for this image (file, ancestors, own).
-    pub vars: BTreeMap<String, String>,
+    pub vars: std::sync::Arc<vars::Vars>,
     /// Build secrets its `run:` steps see under /run/secrets.
     pub secrets: Vec<SecretSpec>,
     /// `network: none`: steps run without a network.

@@ -2,10 +2,12 @@
 //! `from` chain, then each section checked (see the sibling modules).
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
-use super::ctx::{Ctx, check_var_names, expand, expand_each, expand_var_defs};
+use super::ctx::{Context, Ctx, check_var_names, expand, expand_each, expand_var_defs};
 use super::raw::{self, RawImage};
 use super::sources::{self, Known, LoadOptions, Source};
+use super::vars::Vars;
 use super::yaml;
 use super::{Image, Parent, Problem};
 use super::{clients, config, debian, layers, steps, tags};
@@ -38,16 +40,17 @@ pub(super) fn parse(
             column: e.pos.col,
             image: None,
             message: format!("YAML syntax: {}", e.message),
-            hint: None,
+            hint: Some(e.hint()),
         }],
         fetch: false,
     })?;
     let mut cx = Ctx::default();
+    cx.context = Context::new(opts.context.unwrap_or(dir));
     let mut file = raw::read_file(&mut cx, &root);
     check_var_names(&mut cx, &file.vars);
     sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);
     let mut file_vars: BTreeMap<String, String> =
-        expand_var_defs(&mut cx, &BTreeMap::new(), &file.vars);
+        expand_var_defs(&mut cx, &Vars::root(BTreeMap::new()), &file.vars).to_map();
     let (fetched, fetch_failed) =
         sources::finish_sources(&mut cx, &file.sources, &mut file_vars, dir, opts.fetcher);
     let declared: Vec<String> = file.sources.iter().map(|s| s.name().to_string()).collect();
@@ -96,6 +99,8 @@ fn resolve(
     dir: &Path,
     known: &Known<'_>,
 ) -> BTreeMap<String, Image> {
+    // The file's vars, shared by every image below its own.
+    let root = Vars::root(file_vars.clone());
     // Parents first: `from` sees the file's vars and the image's own.
     let mut parents: BTreeMap<&str, Parent> = BTreeMap::new();
     for (name, image) in raw {
@@ -108,7 +113,7 @@ fn resolve(
             );
             continue;
         };
-        let own = expand_var_defs(cx, file_vars, &image.vars);
+        let own = expand_var_defs(cx, &root, &image.vars);
         let Some(target) = expand(cx, from, &own) else {
             continue;
         };
@@ -200,9 +205,9 @@ fn resolve(
     for name in graph::order(parents.keys().copied(), parent_in) {
         let parent = &parents[name];
         let inherited = match parent {
-            Parent::Scratch | Parent::Registry(_) => file_vars.clone(),
+            Parent::Scratch | Parent::Registry(_) => Arc::clone(&root),
             Parent::Image(p) => match done.get(p) {
-                Some(parent_image) => parent_image.vars.clone(),
+                Some(parent_image) => Arc::clone(&parent_image.vars),
                 // Its parent has a problem already reported.
                 None => continue,
             },
@@ -246,7 +251,7 @@ fn finish_image(
     name: &str,
     raw: &RawImage,
     parent: Parent,
-    inherited: &BTreeMap<String, String>,
+    inherited: &Arc<Vars>,
     dir: &Path,
     known: &Known<'_>,
 ) -> Image {
@@ -368,6 +373,38 @@ images:
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].message, "`v7` is given twice in vars");
         assert_eq!(p[0].line, 50_002);
+    }
+
+    #[test]
+    fn a_var_cycle_is_named_as_one() {
+        let d = tree();
+        let p = parse_in(
+            d.path(),
+            "vars:\n  a: \"${b}\"\n  b: \"x-${c}\"\n  c: \"${a}\"\n  d: \"${e}\"\n  e: \"1\"\n  f: \"${f}\"\nimages:\n  x: {from: scratch, vars: {g: \"${h}\", h: \"${g}\"}}\n",
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = p
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{} {} | {}",
+                    p.line,
+                    p.column,
+                    p.message,
+                    p.hint.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        let want = [
+            "2:6 vars are defined through each other in a cycle: a → b → c → a",
+            "5:6 `${e}` is defined below `d` | a var sees the vars above it",
+            "7:6 vars are defined through each other in a cycle: f → f",
+            "9:32 vars are defined through each other in a cycle: g → h → g",
+        ];
+        for w in want {
+            assert!(msgs.iter().any(|m| m.starts_with(w)), "{w}: {msgs:#?}");
+        }
+        assert_eq!(msgs.len(), want.len(), "each cycle once: {msgs:#?}");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct LoadOptions<'a> {
     pub set: &'a [(String, String)],
     /// None: a file with `sources:` is an error (nothing can fetch them).
     pub fetcher: Option<&'a dyn SourceFetcher>,
+    /// `--context DIR`: the build context, when wider than the directory
+    /// of images.yaml; every path the file names must be inside it.
+    pub context: Option<&'a Path>,
 }
 
 /// A source of the loaded spec.
@@ -302,6 +305,9 @@ fn finish_source(
     } else {
         let (text, pos) = x(cx, &s.dir, vars)?;
         let path = dir.join(&text);
+        if !cx.inside(pos, "source directory", &text, &path) {
+            return None;
+        }
         if !path.is_dir() {
             cx.err(
                 pos,
@@ -430,6 +436,7 @@ mod tests {
         let opts = LoadOptions {
             set,
             fetcher: Some(&fake),
+            context: None,
         };
         Spec::parse_with(text, Path::new("images.yaml"), dir, &opts).map_err(|e| match e {
             SpecError::Invalid { problems, .. } | SpecError::Fetch { problems, .. } => problems,

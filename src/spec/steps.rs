@@ -1,5 +1,4 @@
 //! What `run:` steps get besides their commands: `secrets:` and `network:`.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::config::valid_env_name;
@@ -7,11 +6,7 @@ use super::ctx::{Ctx, S, expand};
 use super::raw::RawSecret;
 use super::{Network, SecretSource, SecretSpec};
 
-pub(super) fn finish_network(
-    cx: &mut Ctx,
-    raw: Option<&S>,
-    vars: &BTreeMap<String, String>,
-) -> Network {
+pub(super) fn finish_network(cx: &mut Ctx, raw: Option<&S>, vars: &super::vars::Vars) -> Network {
     match raw.map(|n| (expand(cx, n, vars), n.pos)) {
         None => Network::Host,
         Some((Some(n), _)) if n == "host" => Network::Host,
@@ -36,7 +31,7 @@ pub(super) fn finish_network(
 pub(super) fn finish_secrets(
     cx: &mut Ctx,
     raw: &[RawSecret],
-    vars: &BTreeMap<String, String>,
+    vars: &super::vars::Vars,
     dir: &Path,
 ) -> Vec<SecretSpec> {
     let mut out = Vec::new();
@@ -73,7 +68,13 @@ pub(super) fn finish_secrets(
                 None => continue,
             },
             (None, Some(f)) => match expand(cx, f, vars) {
-                Some(v) => SecretSource::File(cx.base(f.pos, dir).join(v)),
+                Some(v) => {
+                    let path = cx.base(f.pos, dir).join(&v);
+                    if !cx.inside(f.pos, "secret file", &v, &path) {
+                        continue;
+                    }
+                    SecretSource::File(path)
+                }
                 None => continue,
             },
             _ => {

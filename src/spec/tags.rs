@@ -1,13 +1,8 @@
 //! `tags:`: `tag` or `repository:tag`, checked as a registry would.
-use std::collections::BTreeMap;
 
 use super::ctx::{Ctx, S, expand};
 
-pub(super) fn finish_tags(
-    cx: &mut Ctx,
-    tags: &[S],
-    vars: &BTreeMap<String, String>,
-) -> Vec<String> {
+pub(super) fn finish_tags(cx: &mut Ctx, tags: &[S], vars: &super::vars::Vars) -> Vec<String> {
     let expanded: Vec<(String, super::yaml::Pos)> = tags
         .iter()
         .map(|s| (expand(cx, s, vars).unwrap_or_default(), s.pos))

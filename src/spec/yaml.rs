@@ -72,6 +72,37 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Deeper than any images.yaml needs (about 8 levels); a tree nested
+/// thousands deep would exhaust the stack when it is dropped.
+pub const MAX_DEPTH: usize = 64;
+
+impl SyntaxError {
+    /// What usually fixes it: the parser's messages name its state, not
+    /// the author's mistake.
+    pub fn hint(&self) -> String {
+        let m = self.message.as_str();
+        if m.contains("tab") {
+            "indent with spaces: YAML does not allow tabs in indentation (set the editor to insert spaces)".into()
+        } else if m.contains("did not find expected key")
+            || m.contains("mapping values are not allowed")
+            || m.contains("expected '-' indicator")
+            || m.contains("could not find expected ':'")
+        {
+            "check the indentation here and on the line above: keys of one mapping start in the same column, a value's own keys further right (spaces only); quote a value that holds `: `".into()
+        } else if m.contains("recursion limit") || m.contains("nested") {
+            format!(
+                "images.yaml needs a few levels of nesting, at most {MAX_DEPTH}: close the brackets opened before, or check the indentation"
+            )
+        } else if m.contains("flow sequence") || m.contains("flow mapping") {
+            "close the `[` or `{` opened before, with `,` between items; quote an item that holds `[`, `]`, `{`, `}` or `,`".into()
+        } else if m.contains("quoted scalar") {
+            "close the quote opened here (write `''` for a `'` inside single quotes, `\\\"` inside double quotes)".into()
+        } else {
+            "images.yaml is YAML: check the indentation (spaces, not tabs) and the quoting near here".into()
+        }
+    }
+}
+
 /// Parses one YAML document of images.yaml. An empty document is an empty
 /// mapping.
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
@@ -85,14 +116,24 @@ pub fn parse_file(source: &str, file: u32) -> Result<Node, SyntaxError> {
         ..Builder::default()
     };
     let mut parser = Parser::new_from_str(source);
-    parser.load(&mut builder, true).map_err(|e| SyntaxError {
-        pos: Pos {
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
-            file,
-        },
-        message: e.info().to_string(),
-    })?;
+    // Event by event rather than `Parser::load`, which recurses once per
+    // level of nesting: a file nested thousands deep stops at MAX_DEPTH
+    // instead of exhausting the stack.
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
+            pos: Pos {
+                line: e.marker().line(),
+                col: e.marker().col() + 1,
+                file,
+            },
+            message: e.info().to_string(),
+        })?;
+        let end = ev == Event::StreamEnd;
+        builder.on_event(ev, mark);
+        if end || builder.error.is_some() {
+            break;
+        }
+    }
     if let Some(err) = builder.error {
         return Err(err);
     }
@@ -168,6 +209,12 @@ impl MarkedEventReceiver for Builder {
                     pos: self.pos(mark),
                 };
                 self.push_value(node, anchor);
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.error = Some(SyntaxError {
+                    pos: self.pos(mark),
+                    message: format!("lists and mappings nested more than {MAX_DEPTH} deep"),
+                })
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(
                 Node {
@@ -269,5 +316,38 @@ mod tests {
     fn syntax_error_has_position() {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.pos.line >= 1, "{err:?}");
+    }
+
+    #[test]
+    fn syntax_errors_carry_hints_and_depth_is_bounded() {
+        let hint = |t: &str| {
+            let e = parse(t).unwrap_err();
+            (e.pos.line, e.hint())
+        };
+        let (line, h) = hint("a:\n\tb: 1\n");
+        assert_eq!(line, 2);
+        assert!(h.starts_with("indent with spaces"), "{h}");
+        let (line, h) = hint("images:\n  a:\n    from: scratch\n   tags: []\n");
+        assert_eq!(line, 4);
+        assert!(h.starts_with("check the indentation"), "{h}");
+        let (_, h) = hint("a: 'x\n");
+        assert!(h.starts_with("close the quote"), "{h}");
+        // Nested 3,000 deep, by brackets or by indentation: refused at
+        // MAX_DEPTH instead of exhausting the stack.
+        let deep = format!("a: {}1{}\n", "[".repeat(3000), "]".repeat(3000));
+        let mut indented = String::new();
+        for i in 0..3000 {
+            indented.push_str(&" ".repeat(i));
+            indented.push_str("k:\n");
+        }
+        for text in [deep, indented] {
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.hint().contains("at most 64"),
+                "{}: {}",
+                e.message,
+                e.hint()
+            );
+        }
     }
 }
