@@ -176,8 +176,13 @@ for line in "${lines[@]}"; do
         code=$(http $wwwroot/admin/environment.php)
         if [ "$code" = 200 ] && ! grep -q 'id="login"' "$work/page.html"; then pass "admin/environment.php 200 ($(grep -o '<title>[^<]*' "$work/page.html" | head -1 | cut -c8-))"
         else fail "admin/environment.php $code"; fi
-        code=$(http "$wwwroot/theme/index.php")
-        if grep -qi "theme_$(echo "$image" | sed 's/client-//')\|/theme/$(echo "$image" | sed 's/client-//')" "$work/page.html" || [ "$code" = 200 ]; then pass "theme selector page $code"; else fail "theme selector page $code"; fi
+        # The client's Boost child theme renders the dashboard: its CSS is served.
+        theme=${image#client-}
+        code=$(http $wwwroot/my/)
+        css=$(grep -oE "[^\"]*styles\.php(/|\?theme=)$theme[^\"]*" "$work/page.html" | head -1 | sed 's/&amp;/\&/g')
+        if [ "$code" = 200 ] && [ -n "$css" ] && [ "$(http "$css")" = 200 ] && grep -q . "$work/page.html"; then
+            pass "dashboard drawn by theme_$theme, its CSS 200 ($(wc -c <"$work/page.html") bytes)"
+        else fail "theme_$theme: dashboard $code, CSS '${css:-none}'"; fi
     else
         skip "admin login, dashboard, admin/environment.php: the stand-in has no Moodle to log into"
         code=$(http $wwwroot/)
