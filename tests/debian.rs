@@ -13,32 +13,12 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use common::aptrepo::{APP_GID, APP_UID, AptRepo, SUITE, Variant};
-use common::{Ctx, ValidImage, debian_tarball, require_tool, run_command, validate_layout};
+use common::aptrepo::{APP_GID, APP_UID, AptRepo, Variant};
+use common::{Ctx, ValidImage, require_tool, run_command, validate_layout};
 
 /// `debian-root` from the minbase tarball, and `app` installing from `repo`.
 fn project(repo: &AptRepo, packages: &str) -> Ctx {
-    let cx = Ctx::new();
-    fs::copy(debian_tarball(), cx.path("debian.tar")).unwrap();
-    fs::copy(&repo.keyring, cx.path("test-keyring.gpg")).unwrap();
-    cx.yaml(&format!(
-        concat!(
-            "images:\n",
-            "  debian-root:\n",
-            "    from: {{rootfs: debian.tar}}\n",
-            "  app:\n",
-            "    from: debian-root\n",
-            "    debian:\n",
-            "      suite: {suite}\n",
-            "      mirror: \"{url}\"\n",
-            "      keyring: test-keyring.gpg\n",
-            "      packages: [{packages}]\n",
-        ),
-        suite = SUITE,
-        url = repo.url,
-        packages = packages,
-    ));
-    cx
+    common::aptrepo::debian_project(repo, packages, "")
 }
 
 #[test]

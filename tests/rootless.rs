@@ -8,8 +8,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::aptrepo::{AptRepo, SUITE, Variant};
-use common::{Ctx, debian_tarball, run_command, validate_layout};
+use common::aptrepo::{AptRepo, Variant, debian_project};
+use common::{Ctx, run_command, validate_layout};
 
 const USER: &str = "imgbuild-rootless";
 
@@ -186,27 +186,11 @@ fn a_normal_users_debian_layer_equals_roots() {
     }
     let (uid, gid) = test_user();
     let repo = AptRepo::start(Variant::Good);
-    let mut cx = Ctx::new();
-    fs::copy(debian_tarball(), cx.path("debian.tar")).unwrap();
-    fs::copy(&repo.keyring, cx.path("test-keyring.gpg")).unwrap();
-    cx.yaml(&format!(
-        concat!(
-            "images:\n",
-            "  debian-root:\n",
-            "    from: {{rootfs: debian.tar}}\n",
-            "  app:\n",
-            "    from: debian-root\n",
-            "    debian:\n",
-            "      suite: {suite}\n",
-            "      mirror: \"{url}\"\n",
-            "      keyring: test-keyring.gpg\n",
-            "      packages: [adds-user, alt-link, needs-mta]\n",
-            "    run:\n",
-            "      - cat /proc/sys/kernel/hostname > /etc/built-on\n",
-        ),
-        suite = SUITE,
-        url = repo.url,
-    ));
+    let mut cx = debian_project(
+        &repo,
+        "adds-user, alt-link, needs-mta",
+        "    run:\n      - cat /proc/sys/kernel/hostname > /etc/built-on\n",
+    );
     cx.build(&["debian-root"]);
     cx.run(&["lock"]).success();
     cx.wrapper = leaky(&[]);

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::aptrepo::{AptRepo, SUITE, Variant};
-use common::{Ctx, DockerImages, debian_tarball, require_docker, run_command};
+use common::aptrepo::{AptRepo, Variant, debian_project};
+use common::{Ctx, DockerImages, require_docker, run_command};
 
 /// The image built on the host and in the container, on `base`.
 const STEPPED: &str = concat!(
@@ -144,25 +144,7 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
 fn a_debian_layer_builds_inside_an_unprivileged_container_with_chroot() {
     require_docker();
     let repo = AptRepo::start(Variant::Good);
-    let cx = Ctx::new();
-    fs::copy(debian_tarball(), cx.path("debian.tar")).unwrap();
-    fs::copy(&repo.keyring, cx.path("test-keyring.gpg")).unwrap();
-    cx.yaml(&format!(
-        concat!(
-            "images:\n",
-            "  debian-root:\n",
-            "    from: {{rootfs: debian.tar}}\n",
-            "  app:\n",
-            "    from: debian-root\n",
-            "    debian:\n",
-            "      suite: {suite}\n",
-            "      mirror: \"{url}\"\n",
-            "      keyring: test-keyring.gpg\n",
-            "      packages: [adds-user, alt-link]\n",
-        ),
-        suite = SUITE,
-        url = repo.url,
-    ));
+    let cx = debian_project(&repo, "adds-user, alt-link", "");
     cx.build(&["debian-root"]);
     cx.run(&["lock"]).success();
     let host = cx.build(&["app", "--locked"]);

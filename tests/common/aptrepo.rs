@@ -449,3 +449,32 @@ fn get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
     Ok((status, raw[split + 4..].to_vec()))
 }
+
+/// A project with `debian-root` from the minbase tarball and `app`
+/// installing `packages` from `repo`; `more` is appended to `app` (e.g. its
+/// `run:` steps).
+pub fn debian_project(repo: &AptRepo, packages: &str, more: &str) -> super::Ctx {
+    let cx = super::Ctx::new();
+    fs::copy(super::debian_tarball(), cx.path("debian.tar")).unwrap();
+    fs::copy(&repo.keyring, cx.path("test-keyring.gpg")).unwrap();
+    cx.yaml(&format!(
+        concat!(
+            "images:\n",
+            "  debian-root:\n",
+            "    from: {{rootfs: debian.tar}}\n",
+            "  app:\n",
+            "    from: debian-root\n",
+            "    debian:\n",
+            "      suite: {suite}\n",
+            "      mirror: \"{url}\"\n",
+            "      keyring: test-keyring.gpg\n",
+            "      packages: [{packages}]\n",
+            "{more}",
+        ),
+        suite = SUITE,
+        url = repo.url,
+        packages = packages,
+        more = more,
+    ));
+    cx
+}
