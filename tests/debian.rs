@@ -979,3 +979,48 @@ fn installed_in_status(text: &str) -> BTreeSet<(String, String, String)> {
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
+
+/// Under chroot (a CI runner's container) steps see no /proc, so systemd's
+/// and other maintainer scripts may skip work they do under namespace
+/// isolation (a laptop): a Debian or run layer's key says which, and a
+/// cache shared by both never hands one for the other.
+#[test]
+fn chroot_and_namespace_layers_are_keyed_apart() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = common::aptrepo::debian_project(
+        &repo,
+        "adds-user, alt-link",
+        "    run: [\"echo made > /srv/made\"]\n",
+    );
+    cx.build(&["debian-root"]);
+    cx.run(&["lock"]).success();
+    // (key, built) of app's Debian and run layers.
+    let own = |r: &common::Report| -> Vec<(String, bool)> {
+        let layers = r.layers("app");
+        layers[layers.len() - 2..]
+            .iter()
+            .map(|l| (l["key"].as_str().unwrap().to_string(), l["built"] == true))
+            .collect()
+    };
+    let ns = cx.build(&["app", "--locked", "--isolation", "namespace"]);
+    let ch = cx.build(&["app", "--locked", "--isolation", "chroot"]);
+    let (ns_layers, ch_layers) = (own(&ns), own(&ch));
+    for (n, c) in ns_layers.iter().zip(&ch_layers) {
+        assert_ne!(n.0, c.0, "one key for both isolations: {ns_layers:?} {ch_layers:?}");
+        assert!(n.1 && c.1, "not built under each isolation: {ns_layers:?} {ch_layers:?}");
+    }
+    // Each isolation finds its own again; plan computes the same keys.
+    let again = cx.build(&["app", "--locked", "--isolation", "namespace"]);
+    assert_eq!(
+        own(&again),
+        ns_layers
+            .iter()
+            .map(|(k, _)| (k.clone(), false))
+            .collect::<Vec<_>>()
+    );
+    let plan = cx.plan(&["app", "--locked", "--isolation", "chroot"]);
+    let planned = common::plan_of(&plan, "app").to_string();
+    for (key, _) in &ch_layers {
+        assert!(planned.contains(key.as_str()), "{key} not in {planned}");
+    }
+}

@@ -67,7 +67,14 @@ impl<'a> Session<'a> {
             } else {
                 locked.epoch
             };
-            let key = debian::key(&below, d, &locked, self.opts.compression, epoch);
+            let key = debian::key(
+                &below,
+                d,
+                &locked,
+                self.opts.compression,
+                epoch,
+                self.keyed_chroot(),
+            );
             let (record, phases) = self.cached_or(&key, || {
                 let install = debian::Install {
                     spec: d,

@@ -433,6 +433,9 @@ impl Session<'_> {
             clock = std::time::Instant::now();
             t
         };
+        // Before downloading: a layer this place cannot make right is refused at once.
+        let isolation = self.isolation(name)?;
+        self.refuse_if_lacking(name, "Debian", isolation, reporter)?;
         let debs = self.debian_download(image, d, locked, reporter)?;
         phases.download = Some(lap());
         // Each package's own control data decides the order (and the
@@ -448,7 +451,6 @@ impl Session<'_> {
             p.filename = format!("{}.deb", l.sha256);
             pkgs.push(p);
         }
-        let isolation = self.isolation(name)?;
         let scratch = self.scratch(name, "debian-", below, isolation)?;
         reporter.isolation(name, isolation, scratch.is_overlay());
         // The tree of this layer's chain is wanted next when nothing else
@@ -585,8 +587,9 @@ pub fn key(
     locked: &LockedImage,
     compression: crate::layer::Compression,
     epoch: i64,
+    chroot: bool,
 ) -> String {
-    let input = serde_json::json!({
+    let mut input = serde_json::json!({
         "v": 3,
         "below": below.iter().map(|l| &l.diff_id).collect::<Vec<_>>(),
         "debs": locked.packages.iter().map(|p| &p.sha256).collect::<Vec<_>>(),
@@ -595,6 +598,13 @@ pub fn key(
         "compression": compression.to_string(),
         "epoch": epoch,
     });
+    // Only under chroot, so the keys of namespace and userns builds (the
+    // same bytes) stay as they were: without /proc, maintainer scripts skip
+    // work (systemd's tmpfiles: etc/mtab, var/lib/systemd), so a shared
+    // cache must not hand one for the other.
+    if chroot {
+        input["isolation"] = "chroot".into();
+    }
     crate::oci::digest::sha256_hex(&crate::oci::image::canonical_json(&input))
 }
 

@@ -85,7 +85,16 @@ pub enum BuildError {
         "image {image}: run: `network: none` needs namespace or userns isolation, and only chroot is possible here; remove `network: none` to build here with the host's network"
     )]
     NoNetworkOnChroot { image: String },
-    #[error("image {image}: run: {source}")]
+    #[error(
+        "image {image}: its {what} layer is not built here, as it would differ from the same layer built elsewhere: {}",
+        lacks.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    Lacking {
+        image: String,
+        what: &'static str,
+        lacks: Vec<crate::sandbox::Lack>,
+    },
+    #[error("image {image}: debian: {source}")]
     Debian {
         image: String,
         // Boxed: some of the archive's errors are large, and every result
@@ -239,7 +248,9 @@ pub struct Session<'a> {
     /// One writer per layer key: images built side by side often share a
     /// layer (two Moodle releases, one config tree).
     writing: Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>,
-    abilities: std::sync::OnceLock<crate::sandbox::Abilities>,
+    probe: std::sync::OnceLock<crate::sandbox::Probe>,
+    /// Whether the reporter heard what the probe found.
+    told: std::sync::atomic::AtomicBool,
     /// Whether steps can run on an overlay, probed once.
     overlay: std::sync::OnceLock<bool>,
     /// Debian indexes read in this build.

@@ -232,7 +232,14 @@ impl Session<'_> {
         } else {
             locked.epoch
         };
-        let key = super::debian::key(&below, d, locked, self.opts.compression, epoch);
+        let key = super::debian::key(
+            &below,
+            d,
+            locked,
+            self.opts.compression,
+            epoch,
+            self.keyed_chroot(),
+        );
         let cached = self.cached_layer(&key)?.is_some();
         Ok(plan(
             !cached,

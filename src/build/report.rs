@@ -12,6 +12,9 @@ pub trait Reporter: Send + Sync {
     fn image_failed(&self, _image: &str, _error: &str) {}
     /// The isolation `run:` steps of `image` use.
     fn isolation(&self, _image: &str, _isolation: crate::sandbox::Isolation, _overlay: bool) {}
+    /// What the place this build runs in allows (see `sandbox::probe`):
+    /// told once, before the first Debian or run layer is made.
+    fn probed(&self, _probe: &crate::sandbox::Probe) {}
     /// `image`'s smoke tests start.
     fn testing(&self, _image: &str) {}
     /// A line a `run:` step or a test printed.

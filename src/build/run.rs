@@ -118,6 +118,9 @@ pub fn key(
     if extra.no_network {
         input["network"] = "none".into();
     }
+    if extra.chroot {
+        input["isolation"] = "chroot".into();
+    }
     if !extra.secrets.is_empty() {
         input["secrets"] = serde_json::json!(extra.secrets);
     }
@@ -128,6 +131,10 @@ pub fn key(
 #[derive(Debug, Clone, Default)]
 pub struct KeyExtra {
     pub no_network: bool,
+    /// Made under chroot isolation, where steps see no /proc, /dev or
+    /// tmpfs of their own and may write different bytes (see
+    /// `Session::keyed_isolation`).
+    pub chroot: bool,
     /// Each secret's name, and its value's hash when it asks for rebuilds.
     pub secrets: Vec<(String, Option<String>)>,
 }
@@ -153,6 +160,7 @@ impl KeyExtra {
         }
         Ok(KeyExtra {
             no_network: image.network == crate::spec::Network::None,
+            chroot: false,
             secrets,
         })
     }

@@ -24,7 +24,8 @@ impl<'a> Session<'a> {
             puller: None,
             cache: None,
             writing: Mutex::new(HashMap::new()),
-            abilities: std::sync::OnceLock::new(),
+            probe: std::sync::OnceLock::new(),
+            told: std::sync::atomic::AtomicBool::new(false),
             overlay: std::sync::OnceLock::new(),
             archives: debian::Archives::default(),
         }

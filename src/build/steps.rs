@@ -25,6 +25,7 @@ impl<'a> Session<'a> {
         reporter: &dyn Reporter,
     ) -> Result<(LayerRecord, Phases), BuildError> {
         let isolation = self.isolation(&image.name)?;
+        self.refuse_if_lacking(&image.name, "run", isolation, reporter)?;
         let mut phases = Phases::default();
         let mut clock = Instant::now();
         let mut lap = || {
@@ -116,10 +117,11 @@ impl<'a> Session<'a> {
             None => None,
         };
         let context = run::Context::new(parent_config.as_ref(), &image.config);
-        let extra = run::KeyExtra::of(image).map_err(|source| BuildError::Run {
+        let mut extra = run::KeyExtra::of(image).map_err(|source| BuildError::Run {
             image: image.name.clone(),
             source,
         })?;
+        extra.chroot = self.keyed_chroot();
         let key = run::key(
             below,
             &image.run,
@@ -293,15 +295,62 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// What this process may do here, probed once, when an image first
+    /// needs a sandbox or a key that depends on it.
+    pub fn probe(&self) -> &crate::sandbox::Probe {
+        self.probe
+            .get_or_init(|| crate::sandbox::probe(self.opts.isolation, &self.store.tmp_dir()))
+    }
+
+    /// The probe, when this session made one.
+    pub fn probed(&self) -> Option<&crate::sandbox::Probe> {
+        self.probe.get()
+    }
+
     /// The isolation this build runs steps with, detected once; an error
     /// names `image`, the first that needs it.
     pub(super) fn isolation(&self, image: &str) -> Result<crate::sandbox::Isolation, BuildError> {
-        let abilities = self.abilities.get_or_init(crate::sandbox::detect);
-        abilities
+        self.probe()
+            .abilities
             .choose(self.opts.isolation)
             .map_err(|source| BuildError::Sandbox {
                 image: image.to_string(),
                 source,
             })
+    }
+
+    /// Whether keys of Debian and run layers say "chroot": steps under
+    /// chroot see no /proc (no mount is allowed), and may write other bytes
+    /// than under namespace or userns isolation, which give the same. When
+    /// no isolation is possible nothing is built, and keys are as under
+    /// namespaces, for layers fetched from a cache.
+    pub(super) fn keyed_chroot(&self) -> bool {
+        self.probe().isolation == Some(crate::sandbox::Isolation::Chroot)
+    }
+
+    /// Refuses to make `image`'s `what` layer (debian, run) with
+    /// `isolation` when this place would make it differ silently from the
+    /// same layer made elsewhere. Tells the reporter what the probe found,
+    /// once a session.
+    pub(super) fn refuse_if_lacking(
+        &self,
+        image: &str,
+        what: &'static str,
+        isolation: crate::sandbox::Isolation,
+        reporter: &dyn Reporter,
+    ) -> Result<(), BuildError> {
+        let probe = self.probe();
+        if !self.told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            reporter.probed(probe);
+        }
+        let lacks = probe.lacks(isolation);
+        if lacks.is_empty() {
+            return Ok(());
+        }
+        Err(BuildError::Lacking {
+            image: image.to_string(),
+            what,
+            lacks,
+        })
     }
 }

@@ -81,6 +81,9 @@ struct Report<'a> {
     outputs: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     pushed: Option<&'a [Pushed]>,
+    /// What the probe found, when a layer needed a sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox: Option<&'a imgbuild::sandbox::Probe>,
 }
 
 #[derive(Serialize)]
@@ -149,6 +152,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
             failed: &failed,
             outputs: if outputs_written { &args.output } else { &[] },
             pushed: pushed.as_deref(),
+            sandbox: session.probed(),
         });
     }
     if failed.is_empty() {

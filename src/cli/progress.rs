@@ -167,6 +167,10 @@ impl Reporter for Progress {
         ));
     }
 
+    fn probed(&self, probe: &imgbuild::sandbox::Probe) {
+        self.line(probe.summary());
+    }
+
     fn testing(&self, image: &str) {
         self.line(format!("{image}: running its tests"));
     }

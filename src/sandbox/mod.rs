@@ -13,8 +13,10 @@
 //! The work is done by Debian's own `unshare` (util-linux) and `chroot`
 //! (coreutils), which keeps raw system calls out of this crate. They are
 //! found once on a fixed PATH and run by absolute path (see [`tools`]).
+mod probe;
 mod tools;
 
+pub use probe::{Lack, Probe, StoreFs, probe};
 pub use tools::{HOST_PATH, Tool, host_tool};
 
 use std::io::{BufRead, BufReader};
@@ -104,6 +106,10 @@ pub struct Abilities {
     pub userns: bool,
     /// Why each missing ability is missing, for the error message.
     pub notes: Vec<String>,
+    /// What to do when no isolation is possible, for this process as it is
+    /// (root or not, its capabilities, the kernel's settings).
+    #[serde(skip)]
+    pub hint: String,
 }
 
 fn succeeds(tool: Tool, args: &[&str]) -> Result<(), String> {
@@ -149,10 +155,12 @@ pub fn detect() -> Abilities {
             }
         };
     if !root {
-        notes.push(
-            "chroot and namespace need root, and userns needs unprivileged user namespaces (`unshare --user` failed)"
-                .into(),
-        );
+        notes.push("chroot and namespace isolation need root".into());
+        // unshare's own words: a seccomp filter and a kernel setting both
+        // say "Operation not permitted", the hint tells them apart.
+        if let Err(e) = succeeds(Tool::Unshare, &["--user", "--map-root-user", "true"]) {
+            notes.push(format!("userns: `unshare --user` failed: {e}"));
+        }
     }
     let unshare = root
         && match succeeds(
@@ -171,13 +179,87 @@ pub fn detect() -> Abilities {
     if inside {
         notes.push("in a user namespace, namespace isolation is called userns".into());
     }
+    let hint = if root && !inside {
+        root_hint(&probe::missing_capabilities())
+    } else {
+        userns_hint(&kernel_settings(), seccomp_filtered())
+    };
     Abilities {
         root,
         chroot,
         namespaces: unshare && !inside,
         userns: unshare && inside,
         notes,
+        hint,
     }
+}
+
+/// What root lacking every isolation should do: the capabilities it lacks
+/// are the container's doing, never "run as root".
+fn root_hint(missing: &[String]) -> String {
+    if missing.is_empty() {
+        return "root here can neither chroot nor unshare; run imgbuild in an ordinary container (Docker's defaults allow chroot) or on a machine where unshare works".into();
+    }
+    format!(
+        "root here lacks CAP_{}: the container was started with capabilities dropped (`--cap-drop`); give it Docker's default capabilities (chroot isolation needs at least `--cap-add SYS_CHROOT`, and Debian or run: layers also CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID, SETGID and MKNOD)",
+        missing.join(", CAP_")
+    )
+}
+
+/// The kernel settings that refuse unprivileged user namespaces, those that
+/// exist on this kernel, with their values.
+fn kernel_settings() -> Vec<(&'static str, String)> {
+    [
+        ("kernel.unprivileged_userns_clone", "/proc/sys/kernel/unprivileged_userns_clone"),
+        ("user.max_user_namespaces", "/proc/sys/user/max_user_namespaces"),
+        (
+            "kernel.apparmor_restrict_unprivileged_userns",
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| Some((name, std::fs::read_to_string(path).ok()?.trim().to_string())))
+    .collect()
+}
+
+/// Whether a seccomp filter confines this process (as Docker's default
+/// profile does).
+fn seccomp_filtered() -> bool {
+    probe::status_field("Seccomp").as_deref() == Some("2")
+}
+
+/// What a normal user lacking user namespaces should do: only the kernel
+/// settings this kernel has and that refuse them are named.
+fn userns_hint(settings: &[(&str, String)], seccomp: bool) -> String {
+    let mut fixes = Vec::new();
+    for (name, value) in settings {
+        match (*name, value.as_str()) {
+            ("kernel.unprivileged_userns_clone", "0") => {
+                fixes.push(format!("sysctl {name}=1"));
+            }
+            ("user.max_user_namespaces", "0") => {
+                fixes.push(format!("sysctl {name}=15000"));
+            }
+            ("kernel.apparmor_restrict_unprivileged_userns", "1") => fixes.push(format!(
+                "sysctl {name}=0 (or an AppArmor profile that allows imgbuild user namespaces)"
+            )),
+            _ => {}
+        }
+    }
+    let alternative = "or run imgbuild as root in the container (chroot isolation)";
+    if !fixes.is_empty() {
+        return format!(
+            "this kernel refuses unprivileged user namespaces: {}; {alternative}",
+            fixes.join(", ")
+        );
+    }
+    if seccomp {
+        return format!(
+            "this kernel allows unprivileged user namespaces, but a seccomp filter refuses them to this process (Docker's default profile does so for a non-root user): run the container's process as root, {}",
+            "where imgbuild uses chroot isolation"
+        );
+    }
+    format!("this kernel allows unprivileged user namespaces, so something else refused them; {alternative}")
 }
 
 impl Abilities {
@@ -198,10 +280,7 @@ impl Abilities {
                 .into_iter()
                 .find(|i| possible(*i))
                 .ok_or_else(|| {
-                    SandboxError::Impossible(format!(
-                        "{}. Run as root (in a container: the default Docker executor allows chroot), or as a user where unprivileged user namespaces are enabled (sysctl kernel.unprivileged_userns_clone=1)",
-                        self.notes.join("; ")
-                    ))
+                    SandboxError::Impossible(format!("{}. {}", self.notes.join("; "), self.hint))
                 }),
         }
     }
@@ -851,10 +930,11 @@ mod tests {
             namespaces: false,
             userns: false,
             notes: vec!["unshare --user: Operation not permitted".into()],
+            hint: userns_hint(&[], true),
         };
         let e = none.choose(Request::Auto).unwrap_err().to_string();
         assert!(
-            e.contains("Operation not permitted") && e.contains("user namespaces"),
+            e.contains("Operation not permitted") && e.contains("seccomp"),
             "{e}"
         );
         let chroot_only = Abilities {
@@ -871,6 +951,36 @@ mod tests {
                 .choose(Request::Exactly(Isolation::Namespace))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn hints_name_only_what_this_machine_has() {
+        // A kernel without Debian's sysctl, under Docker's seccomp profile:
+        // no sysctl is named, the seccomp filter is.
+        let h = userns_hint(&[("user.max_user_namespaces", "63000".into())], true);
+        assert!(h.contains("seccomp") && !h.contains("sysctl"), "{h}");
+        let h = userns_hint(
+            &[
+                ("kernel.unprivileged_userns_clone", "0".into()),
+                ("user.max_user_namespaces", "63000".into()),
+            ],
+            false,
+        );
+        assert!(
+            h.contains("sysctl kernel.unprivileged_userns_clone=1")
+                && !h.contains("max_user_namespaces"),
+            "{h}"
+        );
+        let h = userns_hint(&[("kernel.unprivileged_userns_clone", "1".into())], false);
+        assert!(!h.contains("sysctl"), "{h}");
+        // Root is never told to run as root: it is told what it lacks.
+        let h = root_hint(&["SYS_CHROOT".into(), "MKNOD".into()]);
+        assert!(
+            h.contains("CAP_SYS_CHROOT, CAP_MKNOD") && h.contains("--cap-add SYS_CHROOT"),
+            "{h}"
+        );
+        assert!(!h.to_lowercase().contains("run as root"), "{h}");
+        assert!(!root_hint(&[]).to_lowercase().contains("run as root"));
     }
 
     #[test]
