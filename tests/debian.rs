@@ -1006,8 +1006,14 @@ fn chroot_and_namespace_layers_are_keyed_apart() {
     let ch = cx.build(&["app", "--locked", "--isolation", "chroot"]);
     let (ns_layers, ch_layers) = (own(&ns), own(&ch));
     for (n, c) in ns_layers.iter().zip(&ch_layers) {
-        assert_ne!(n.0, c.0, "one key for both isolations: {ns_layers:?} {ch_layers:?}");
-        assert!(n.1 && c.1, "not built under each isolation: {ns_layers:?} {ch_layers:?}");
+        assert_ne!(
+            n.0, c.0,
+            "one key for both isolations: {ns_layers:?} {ch_layers:?}"
+        );
+        assert!(
+            n.1 && c.1,
+            "not built under each isolation: {ns_layers:?} {ch_layers:?}"
+        );
     }
     // Each isolation finds its own again; plan computes the same keys.
     let again = cx.build(&["app", "--locked", "--isolation", "namespace"]);

@@ -147,6 +147,22 @@ fn run_steps_build_inside_an_unprivileged_container_with_chroot() {
         host.manifest("stepped"),
         "the same image under chroot in a container as under namespaces on the host"
     );
+    // The same bytes here, but steps under chroot see no /proc: the run
+    // layer's key says chroot, so a shared cache never hands one for the
+    // other.
+    let run_key = |layers: &[serde_json::Value]| layers.last().unwrap()["key"].clone();
+    let inside_layers = inside["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "stepped")
+        .map(|i| i["layers"].as_array().unwrap().clone())
+        .unwrap();
+    assert_ne!(
+        run_key(&inside_layers),
+        run_key(&host.layers("stepped")),
+        "one key for a run layer made under chroot and under namespaces"
+    );
 }
 
 /// A Debian layer (dpkg and its maintainer scripts, under chroot) built as
@@ -206,7 +222,11 @@ fn a_debian_layer_builds_inside_an_unprivileged_container_with_chroot() {
         "set-id bits are dropped here",
         "--cap-add FSETID",
     ]);
-    assert_eq!(repo.deb_fetches(), fetched, "a refused build fetched packages");
+    assert_eq!(
+        repo.deb_fetches(),
+        fetched,
+        "a refused build fetched packages"
+    );
     // Docker's defaults but the network: the repository listens on the
     // host's loopback, which only the host's network namespace reaches.
     let mut c = Command::new("docker");
@@ -249,6 +269,16 @@ fn a_debian_layer_builds_inside_an_unprivileged_container_with_chroot() {
         host.manifest("app"),
         "the same Debian image under chroot in a container as under namespaces on the host"
     );
+    // These packages give the same bytes, but maintainer scripts without
+    // /proc may not (systemd's tmpfiles): the keys differ, so a cache shared
+    // by runners (chroot) and laptops (namespaces) never mixes them.
+    let host_layers = host.layers("app");
+    assert_ne!(
+        layers.last().unwrap()["key"],
+        host_layers.last().unwrap()["key"],
+        "one key for a Debian layer made under chroot and under namespaces"
+    );
+    assert_eq!(inside["sandbox"]["isolation"], "chroot", "{inside:#}");
 }
 
 /// `docker run --rm --network none DOCKER_ARGS… TAG` building `stepped` in
@@ -366,8 +396,7 @@ fn a_container_that_would_make_a_different_layer_is_refused() {
         "--cap-add MKNOD",
         "mknod not permitted",
     ]);
-    let no_fsetid =
-        build_in_container(&tag, &["-v", &bind, "--cap-drop", "FSETID"], "/builds/s3");
+    let no_fsetid = build_in_container(&tag, &["-v", &bind, "--cap-drop", "FSETID"], "/builds/s3");
     no_fsetid.exit(1).stderr_has(&[
         "image stepped: its run layer is not built here",
         "set-id bits are dropped here",

@@ -532,6 +532,15 @@ mod tests {
             k1,
             key(&below, &["true".into()], &cx2, Compression::Gzip, 0, &none)
         );
+        // Made under chroot (no /proc): another key, namespace's unchanged.
+        let chroot = KeyExtra {
+            chroot: true,
+            ..KeyExtra::default()
+        };
+        assert_ne!(
+            k1,
+            key(&below, &["true".into()], &cx, Compression::Gzip, 0, &chroot)
+        );
         let offline = KeyExtra {
             no_network: true,
             ..KeyExtra::default()

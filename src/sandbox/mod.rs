@@ -210,8 +210,14 @@ fn root_hint(missing: &[String]) -> String {
 /// exist on this kernel, with their values.
 fn kernel_settings() -> Vec<(&'static str, String)> {
     [
-        ("kernel.unprivileged_userns_clone", "/proc/sys/kernel/unprivileged_userns_clone"),
-        ("user.max_user_namespaces", "/proc/sys/user/max_user_namespaces"),
+        (
+            "kernel.unprivileged_userns_clone",
+            "/proc/sys/kernel/unprivileged_userns_clone",
+        ),
+        (
+            "user.max_user_namespaces",
+            "/proc/sys/user/max_user_namespaces",
+        ),
         (
             "kernel.apparmor_restrict_unprivileged_userns",
             "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
@@ -259,7 +265,9 @@ fn userns_hint(settings: &[(&str, String)], seccomp: bool) -> String {
             "where imgbuild uses chroot isolation"
         );
     }
-    format!("this kernel allows unprivileged user namespaces, so something else refused them; {alternative}")
+    format!(
+        "this kernel allows unprivileged user namespaces, so something else refused them; {alternative}"
+    )
 }
 
 impl Abilities {

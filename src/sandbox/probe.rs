@@ -132,7 +132,10 @@ impl Probe {
             why.push("no chroot".into());
         }
         if !self.missing_capabilities.is_empty() {
-            why.push(format!("no CAP_{}", self.missing_capabilities.join(", CAP_")));
+            why.push(format!(
+                "no CAP_{}",
+                self.missing_capabilities.join(", CAP_")
+            ));
         }
         let isolation = self
             .isolation
@@ -215,11 +218,7 @@ fn devices(dir: &Path) -> (bool, bool) {
         makedev(1, 3),
     )
     .is_ok();
-    let opened = made
-        && std::fs::OpenOptions::new()
-            .write(true)
-            .open(&node)
-            .is_ok();
+    let opened = made && std::fs::OpenOptions::new().write(true).open(&node).is_ok();
     (made, opened)
 }
 
@@ -253,9 +252,15 @@ fn own_groups() -> Vec<u32> {
     let mut ids: Vec<u32> = Vec::new();
     for l in status.lines() {
         if let Some(rest) = l.strip_prefix("Gid:") {
-            ids.extend(rest.split_whitespace().filter_map(|w| w.parse::<u32>().ok()));
+            ids.extend(
+                rest.split_whitespace()
+                    .filter_map(|w| w.parse::<u32>().ok()),
+            );
         } else if let Some(rest) = l.strip_prefix("Groups:") {
-            ids.extend(rest.split_whitespace().filter_map(|w| w.parse::<u32>().ok()));
+            ids.extend(
+                rest.split_whitespace()
+                    .filter_map(|w| w.parse::<u32>().ok()),
+            );
         }
     }
     ids
@@ -266,7 +271,11 @@ pub(super) fn status_field(name: &str) -> Option<String> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_string())
+        })
 }
 
 /// The capabilities of [`CAPABILITIES`] missing from this process's
@@ -293,8 +302,8 @@ fn store_fs(path: &Path) -> StoreFs {
     let nodev = rustix::fs::statvfs(&canonical)
         .is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::NODEV));
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let (mount, fstype) = mount_of(&info, &canonical)
-        .unwrap_or_else(|| (PathBuf::from("/"), "unknown".to_string()));
+    let (mount, fstype) =
+        mount_of(&info, &canonical).unwrap_or_else(|| (PathBuf::from("/"), "unknown".to_string()));
     StoreFs {
         path: path.to_path_buf(),
         mount,
@@ -433,7 +442,10 @@ mod tests {
         // and a root process with every capability passes every probe.
         assert!(!p.summary().contains('\n'));
         if p.abilities.root && p.missing_capabilities.is_empty() && !p.store.nodev {
-            assert!(p.mknod && p.dev && p.chown && p.setid == Some(true), "{p:?}");
+            assert!(
+                p.mknod && p.dev && p.chown && p.setid == Some(true),
+                "{p:?}"
+            );
         }
         // Nothing is left behind.
         assert_eq!(std::fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
