@@ -309,8 +309,7 @@ fn mount_options(run: &common::Run, point: &str) -> String {
         .unwrap_or_else(|| panic!("no mount table: {run}"));
     table
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(point))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(point))
         .and_then(|l| l.split(' ').nth(5))
         .unwrap_or_else(|| panic!("{point} is not mounted: {run}"))
         .to_string()

@@ -141,8 +141,13 @@ impl Probe {
             .isolation
             .map_or_else(|| "none".to_string(), |i| i.to_string());
         let ok = |b: bool, no: &str| if b { "ok".to_string() } else { no.to_string() };
+        // Namespaces mount their own /dev: devices in the store go unused.
+        let unused = match self.isolation {
+            Some(i) if i != Isolation::Chroot => format!(" (unused by {i})"),
+            _ => String::new(),
+        };
         format!(
-            "isolation: {isolation} ({}); store on {} ({}, {}); mknod {}; chown {}; setid {}",
+            "isolation: {isolation} ({}); store on {} ({}, {}{unused}); mknod {}{}; chown {}; setid {}",
             why.join(", "),
             self.store.mount.display(),
             self.store.fstype,
@@ -154,6 +159,7 @@ impl Probe {
                 "devices cannot be opened"
             },
             ok(self.mknod, "not permitted"),
+            if self.mknod { "" } else { unused.as_str() },
             ok(self.chown, "not permitted"),
             match self.setid {
                 Some(true) => "ok".to_string(),
@@ -404,6 +410,14 @@ mod tests {
         assert!(text[0].contains("no CAP_MKNOD") && text[0].contains("--cap-add MKNOD"));
         assert!(text[2].contains("CAP_FSETID") && text[2].contains("--cap-add FSETID"));
         assert_eq!(bare.lacks(Isolation::Namespace), vec![Lack::Setid]);
+        let userns = Probe {
+            isolation: Some(Isolation::Userns),
+            ..bare.clone()
+        };
+        assert_eq!(
+            userns.summary(),
+            "isolation: userns (root, no namespaces, no CAP_MKNOD); store on / (fuse.fuse-overlayfs, nodev (unused by userns)); mknod not permitted (unused by userns); chown ok; setid bits dropped"
+        );
         assert_eq!(
             bare.summary(),
             "isolation: chroot (root, no namespaces, no CAP_MKNOD); store on / (fuse.fuse-overlayfs, nodev); mknod not permitted; chown ok; setid bits dropped"
