@@ -298,8 +298,13 @@ impl<'a> Session<'a> {
     /// What this process may do here, probed once, when an image first
     /// needs a sandbox or a key that depends on it.
     pub fn probe(&self) -> &crate::sandbox::Probe {
-        self.probe
-            .get_or_init(|| crate::sandbox::probe(self.opts.isolation, &self.store.tmp_dir()))
+        self.probe.get_or_init(|| {
+            crate::sandbox::probe(
+                self.opts.isolation,
+                self.store.root(),
+                &self.store.tmp_dir(),
+            )
+        })
     }
 
     /// The probe, when this session made one.

@@ -28,7 +28,7 @@ const CAPABILITIES: [(u32, &str); 8] = [
 /// The filesystem the store (and every tree steps run in) is on.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreFs {
-    /// The store's temporary directory, where step trees are made.
+    /// The store's directory (step trees are made in its `tmp`).
     pub path: PathBuf,
     /// Its mount point and filesystem type, from /proc/self/mountinfo.
     pub mount: PathBuf,
@@ -170,16 +170,19 @@ impl Probe {
     }
 }
 
-/// Probes this process where its store keeps temporary trees (`tmp`, made
-/// if missing), for steps requested as `request`.
-pub fn probe(request: Request, tmp: &Path) -> Probe {
+/// Probes this process for steps requested as `request`, where the store
+/// at `store` keeps temporary trees (`tmp`, made if missing).
+pub fn probe(request: Request, store: &Path, tmp: &Path) -> Probe {
     let abilities = super::detect();
     let (isolation, isolation_error) = match abilities.choose(request) {
         Ok(i) => (Some(i), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let _ = std::fs::create_dir_all(tmp);
-    let store = store_fs(tmp);
+    let store = StoreFs {
+        path: store.to_path_buf(),
+        ..store_fs(tmp)
+    };
     let scratch = tempfile::Builder::new()
         .prefix("probe-")
         .tempdir_in(tmp)
@@ -451,7 +454,7 @@ mod tests {
     #[test]
     fn this_process_is_probed_in_a_directory() {
         let d = tempfile::tempdir().unwrap();
-        let p = probe(Request::Auto, &d.path().join("tmp"));
+        let p = probe(Request::Auto, d.path(), &d.path().join("tmp"));
         // Whatever this machine allows, the summary says it in one line,
         // and a root process with every capability passes every probe.
         assert!(!p.summary().contains('\n'));
