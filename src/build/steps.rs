@@ -191,7 +191,9 @@ impl<'a> Session<'a> {
         if let Some(cache) = self.cache
             && let Err(e) = cache.put(key, &r)
         {
-            reporter.warning(&format!("{image}: layer {key} not shared with the cache: {e}"));
+            reporter.warning(&format!(
+                "{image}: layer {key} not shared with the cache: {e}"
+            ));
         }
         Ok((r, Made::Built(p)))
     }

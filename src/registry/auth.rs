@@ -500,12 +500,16 @@ mod tests {
             }
         );
         // GitLab's own registry still takes the job's credentials.
-        assert_eq!(s.lookup("gitlab.example").unwrap().unwrap().source, "CI_JOB_TOKEN");
+        assert_eq!(
+            s.lookup("gitlab.example").unwrap().unwrap().source,
+            "CI_JOB_TOKEN"
+        );
         assert!(s.lookup("other.example").unwrap().is_none());
         // A CI/CD variable of type File: the variable is the file's path.
         let file = d.path().join("docker-auth");
         std::fs::write(&file, &json).unwrap();
-        s.env.insert("DOCKER_AUTH_CONFIG".into(), file.display().to_string());
+        s.env
+            .insert("DOCKER_AUTH_CONFIG".into(), file.display().to_string());
         let found = s.lookup("prod.example").unwrap().unwrap();
         assert_eq!(found.source, file.display().to_string());
         // Broken JSON: named, and nothing of the value in the error.
@@ -514,9 +518,13 @@ mod tests {
             r#"{"auths": {"prod.example": {"auth": s3cret}}}"#.into(),
         );
         let e = s.lookup("prod.example").unwrap_err().to_string();
-        assert!(e.starts_with("DOCKER_AUTH_CONFIG: not a docker config.json"), "{e}");
+        assert!(
+            e.starts_with("DOCKER_AUTH_CONFIG: not a docker config.json"),
+            "{e}"
+        );
         assert!(!e.contains("s3cret"), "{e}");
-        s.env.insert("DOCKER_AUTH_CONFIG".into(), "/no/such/file".into());
+        s.env
+            .insert("DOCKER_AUTH_CONFIG".into(), "/no/such/file".into());
         let e = s.lookup("prod.example").unwrap_err().to_string();
         assert!(e.contains("/no/such/file (DOCKER_AUTH_CONFIG)"), "{e}");
     }
