@@ -365,3 +365,31 @@ fn base64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// ci/release.gitlab-ci.yml and the child pipeline the e2e test runs, as
+/// GitLab's published CI schema has them.
+#[test]
+fn the_release_job_and_the_child_pipeline_follow_gitlabs_schema() {
+    let cx = Ctx::new();
+    let child = cx.write(
+        "child.gitlab-ci.yml",
+        e2e::child_pipeline("imgbuild:latest"),
+    );
+    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/release.gitlab-ci.yml");
+    let mut c = Command::new("check-jsonschema");
+    c.args(["--builtin-schema", "vendor.gitlab-ci"])
+        .arg(&release)
+        .arg(&child);
+    let run = match c.output() {
+        Ok(o) => Run {
+            cmd: "check-jsonschema".into(),
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Err(e) => panic!(
+            "check-jsonschema cannot run ({e}): pip install check-jsonschema (ci/setup installs it for CI)"
+        ),
+    };
+    run.success();
+}

@@ -51,7 +51,7 @@ const MORE: &str = concat!(
 /// The child pipeline `imgbuild ci gitlab` makes, written by hand: one job
 /// per image, `needs:` following the graph, the registry layer cache in
 /// the project's repository, pushes to `$CI_REGISTRY_IMAGE`.
-fn child_pipeline(image: &str) -> String {
+pub(super) fn child_pipeline(image: &str) -> String {
     let mut y = format!(
         r#"# One job per image; needs: follows the graph.
 stages: [build]
