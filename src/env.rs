@@ -41,6 +41,9 @@ pub const REGISTRY_AUTH_FILE: &str = "REGISTRY_AUTH_FILE";
 pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Docker's configuration directory (default `~/.docker`).
 pub const DOCKER_CONFIG: &str = "DOCKER_CONFIG";
+/// GitLab's docker config variable: the JSON of a `config.json` (a CI/CD
+/// variable), or the path of one (a CI/CD variable of type File).
+pub const DOCKER_AUTH_CONFIG: &str = "DOCKER_AUTH_CONFIG";
 
 /// Where the `git` command of `git:` sources is looked for.
 pub const PATH: &str = "PATH";

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{
     Accounts, BuildError, ImageOutcome, LayerOutcome, LayerRecord, Phases, RefRecord, Reporter,
-    Session, debian,
+    Session, debian, steps::Made,
 };
 use crate::oci::digest::sha256_hex;
 use crate::oci::image::{self, Base, ImageRecord, LayerDesc, NewLayer, hex_of};
@@ -75,7 +75,7 @@ impl<'a> Session<'a> {
                 epoch,
                 self.keyed_chroot(),
             );
-            let (record, phases) = self.cached_or(&key, || {
+            let (record, made) = self.cached_or(&key, &image.name, reporter, || {
                 let install = debian::Install {
                     spec: d,
                     index: 0,
@@ -87,7 +87,7 @@ impl<'a> Session<'a> {
                 p.resolve = Some(resolved);
                 Ok((r, p))
             })?;
-            done.push(key, record, How::made(phases), started);
+            done.push(key, record, made.into(), started);
         }
         let first = done.layers.len();
         for (i, l) in image.layers.iter().enumerate() {
@@ -129,10 +129,10 @@ impl<'a> Session<'a> {
             let mut below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
             below.extend(done.layers.iter().map(|r| r.desc.clone()));
             let (context, key) = self.run_key(image, base.map(|b| b.1), &below)?;
-            let (record, phases) = self.cached_or(&key, || {
+            let (record, made) = self.cached_or(&key, &image.name, reporter, || {
                 self.run_steps(image, index, &below, &context, &key, reporter)
             })?;
-            done.push(key, record, How::made(phases), started);
+            done.push(key, record, made.into(), started);
         }
         let Done {
             layers,
@@ -220,12 +220,12 @@ enum How {
     Built(Option<Phases>),
 }
 
-impl How {
-    /// As [`Session::cached_or`] says: phases when it built the layer.
-    fn made(phases: Option<Phases>) -> How {
-        match phases {
-            Some(p) => How::Built(Some(p)),
-            None => How::Reused,
+impl From<Made> for How {
+    fn from(made: Made) -> How {
+        match made {
+            Made::Reused => How::Reused,
+            Made::Fetched => How::Fetched,
+            Made::Built(p) => How::Built(Some(p)),
         }
     }
 }

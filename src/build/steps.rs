@@ -12,6 +12,16 @@ use crate::oci::image::{self, ImageRecord, LayerDesc, hex_of};
 use crate::spec::Image;
 use crate::store::Kind;
 
+/// Where a run or Debian layer came from.
+pub(super) enum Made {
+    /// The local store.
+    Reused,
+    /// The shared (registry) cache.
+    Fetched,
+    /// Built now, in these phases.
+    Built(Phases),
+}
+
 impl<'a> Session<'a> {
     /// Runs the image's steps over the image so far, and writes what they
     /// changed as a layer.
@@ -161,17 +171,33 @@ impl<'a> Session<'a> {
         follow::keep(&self.store.rootfs_dir(), &tmp, &root, &opts, &hexes)
     }
 
-    /// The layer cached under `key`, else the one `build` makes now, with
-    /// how long its phases took.
+    /// The layer cached under `key` in the store, else in the shared
+    /// (registry) cache, else the one `build` makes now, with how long its
+    /// phases took; a layer built now is shared with the cache. Run and
+    /// Debian layers are keyed by what makes them, so a runner with an
+    /// empty store fetches what another runner's job built.
     pub(super) fn cached_or(
         &self,
         key: &str,
+        image: &str,
+        reporter: &dyn Reporter,
         build: impl FnOnce() -> Result<(LayerRecord, Phases), BuildError>,
-    ) -> Result<(LayerRecord, Option<Phases>), BuildError> {
-        match self.cached_layer(key)? {
-            Some(r) => Ok((r, None)),
-            None => build().map(|(r, p)| (r, Some(p))),
+    ) -> Result<(LayerRecord, Made), BuildError> {
+        if let Some(r) = self.cached_layer(key)? {
+            return Ok((r, Made::Reused));
         }
+        if let Some(r) = self.remote_layer(key, reporter)? {
+            return Ok((r, Made::Fetched));
+        }
+        let (r, p) = build()?;
+        if let Some(cache) = self.cache
+            && let Err(e) = cache.put(key, &r)
+        {
+            reporter.warning(&format!(
+                "{image}: layer {key} not shared with the cache: {e}"
+            ));
+        }
+        Ok((r, Made::Built(p)))
     }
 
     /// Starts making the tree of `lower` plus the layer about to be built

@@ -3,8 +3,10 @@
 //! Where credentials come from, first match wins:
 //! 1. GitLab CI: `CI_REGISTRY` names the host; `CI_REGISTRY_USER` with
 //!    `CI_REGISTRY_PASSWORD`, else `gitlab-ci-token` with `CI_JOB_TOKEN`.
-//! 2. `REGISTRY_AUTH_FILE`, then podman's `$XDG_RUNTIME_DIR/containers/auth.json`.
-//! 3. Docker's `config.json` (`$DOCKER_CONFIG`, else `~/.docker`): a
+//! 2. `DOCKER_AUTH_CONFIG`, as GitLab's runner reads it: a `config.json`'s
+//!    JSON in the variable, or (a CI/CD variable of type File) its path.
+//! 3. `REGISTRY_AUTH_FILE`, then podman's `$XDG_RUNTIME_DIR/containers/auth.json`.
+//! 4. Docker's `config.json` (`$DOCKER_CONFIG`, else `~/.docker`): a
 //!    `credHelpers` entry for the host, else `auths`, else `credsStore`,
 //!    through the `docker-credential-NAME get` protocol.
 //!
@@ -149,21 +151,55 @@ impl Sources {
                 }));
             }
         }
+        if let Some(value) = self.var(env::DOCKER_AUTH_CONFIG) {
+            // GitLab passes a variable's JSON as it is; a File variable is
+            // a path. The value itself is never put in an error.
+            let (text, name) = if value.trim_start().starts_with('{') {
+                (value.to_string(), PathBuf::from(env::DOCKER_AUTH_CONFIG))
+            } else {
+                let path = PathBuf::from(value);
+                let text = std::fs::read_to_string(&path).map_err(|e| AuthError::BadFile {
+                    path: PathBuf::from(format!("{} ({})", path.display(), env::DOCKER_AUTH_CONFIG)),
+                    reason: format!(
+                        "{e}: DOCKER_AUTH_CONFIG holds neither a docker config's JSON nor the path of one"
+                    ),
+                })?;
+                (text, path)
+            };
+            if let Some(found) = parse_auth_file(&text, &name)?.lookup(host, &name)? {
+                return Ok(Some(found));
+            }
+        }
         for file in self.auth_files() {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(_) => continue,
             };
-            let config: AuthFile = serde_json::from_str(&text).map_err(|e| AuthError::BadFile {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
-            if let Some(found) = config.lookup(host, &file)? {
+            if let Some(found) = parse_auth_file(&text, &file)?.lookup(host, &file)? {
                 return Ok(Some(found));
             }
         }
         Ok(None)
     }
+}
+
+/// A docker `config.json` (or containers' `auth.json`); errors name `file`
+/// and serde's position, never the text.
+fn parse_auth_file(text: &str, file: &Path) -> Result<AuthFile, AuthError> {
+    serde_json::from_str(text).map_err(|e| AuthError::BadFile {
+        path: file.to_path_buf(),
+        reason: format!(
+            "not a docker config.json ({} at line {}, column {})",
+            match e.classify() {
+                serde_json::error::Category::Io => "unreadable",
+                serde_json::error::Category::Syntax => "a JSON syntax error",
+                serde_json::error::Category::Data => "an unexpected value",
+                serde_json::error::Category::Eof => "it ends early",
+            },
+            e.line(),
+            e.column()
+        ),
+    })
 }
 
 /// `registry.example.com`, `https://registry.example.com/v1/` and Docker
@@ -437,6 +473,60 @@ mod tests {
         assert_eq!(c.params["scope"], "repository:a/b:pull,push");
         let b = Challenge::parse(r#"Basic realm="basic-realm""#).unwrap();
         assert_eq!(b.scheme, "basic");
+    }
+
+    #[test]
+    fn docker_auth_config_as_json_or_as_a_file_variable() {
+        let d = tempfile::tempdir().unwrap();
+        let json = format!(
+            r#"{{"auths": {{"prod.example": {{"auth": "{}"}}}}}}"#,
+            base64_encode(b"deployer:s3cret")
+        );
+        let mut s = Sources {
+            env: BTreeMap::from([
+                ("DOCKER_AUTH_CONFIG".to_string(), json.clone()),
+                ("CI_REGISTRY".to_string(), "gitlab.example".to_string()),
+                ("CI_JOB_TOKEN".to_string(), "jobtoken".to_string()),
+            ]),
+            home: Some(d.path().to_path_buf()),
+        };
+        let found = s.lookup("prod.example").unwrap().unwrap();
+        assert_eq!(found.source, "DOCKER_AUTH_CONFIG");
+        assert_eq!(
+            found.credential,
+            Credential::Basic {
+                username: "deployer".into(),
+                password: Secret::new("s3cret")
+            }
+        );
+        // GitLab's own registry still takes the job's credentials.
+        assert_eq!(
+            s.lookup("gitlab.example").unwrap().unwrap().source,
+            "CI_JOB_TOKEN"
+        );
+        assert!(s.lookup("other.example").unwrap().is_none());
+        // A CI/CD variable of type File: the variable is the file's path.
+        let file = d.path().join("docker-auth");
+        std::fs::write(&file, &json).unwrap();
+        s.env
+            .insert("DOCKER_AUTH_CONFIG".into(), file.display().to_string());
+        let found = s.lookup("prod.example").unwrap().unwrap();
+        assert_eq!(found.source, file.display().to_string());
+        // Broken JSON: named, and nothing of the value in the error.
+        s.env.insert(
+            "DOCKER_AUTH_CONFIG".into(),
+            r#"{"auths": {"prod.example": {"auth": s3cret}}}"#.into(),
+        );
+        let e = s.lookup("prod.example").unwrap_err().to_string();
+        assert!(
+            e.starts_with("DOCKER_AUTH_CONFIG: not a docker config.json"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        s.env
+            .insert("DOCKER_AUTH_CONFIG".into(), "/no/such/file".into());
+        let e = s.lookup("prod.example").unwrap_err().to_string();
+        assert!(e.contains("/no/such/file (DOCKER_AUTH_CONFIG)"), "{e}");
     }
 
     #[test]

@@ -861,6 +861,7 @@ impl Drop for DockerImages {
 /// proxies of the machine instead of the test's own.
 pub const FOREIGN_ENV: &[&str] = &[
     "DOCKER_CONFIG",
+    "DOCKER_AUTH_CONFIG",
     "REGISTRY_AUTH_FILE",
     "CI_REGISTRY",
     "CI_REGISTRY_USER",
