@@ -37,6 +37,22 @@ pub use yaml::Pos;
 
 use crate::reference::Reference;
 
+/// What is at a path, for [`PathKinds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Dir,
+    /// A link, socket, device…: not a layer source.
+    Other,
+}
+
+/// Answers what is at an absolute path in place of the filesystem: loading
+/// a spec as an earlier commit had it, read from git's objects
+/// ([`LoadOptions::kinds`]). None: nothing there.
+pub trait PathKinds {
+    fn kind(&self, path: &Path) -> Option<PathKind>;
+}
+
 /// Where an image starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "name")]
