@@ -1,5 +1,5 @@
 //! `imgbuild ci gitlab`
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -110,7 +110,7 @@ pub fn run(cli: &Cli, args: &CiArgs) -> Result<(), Failure> {
         }
     };
     let mut global_args = Vec::new();
-    if cli.file != PathBuf::from("images.yaml") {
+    if cli.file != Path::new("images.yaml") {
         global_args.extend(["-f".to_string(), cli.file.display().to_string()]);
     }
     for (k, v) in &cli.set {

@@ -85,10 +85,13 @@ fn print_impact(impact: &Impact, total: usize) {
         impact.images.len(),
         impact.changed_files
     );
+    use std::io::Write as _;
+    // A closed pipe (`| head`) ends the listing quietly.
+    let mut out = std::io::stdout().lock();
     for a in &impact.images {
-        println!("{}", a.name);
+        let _ = writeln!(out, "{}", a.name);
         for r in &a.reasons {
-            println!("    {r}");
+            let _ = writeln!(out, "    {r}");
         }
     }
 }

@@ -67,11 +67,10 @@ pub struct Loading<'a> {
 
 /// The graph at `rev` against the work tree's.
 pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), ChangeError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ChangeError::Io { path, source }
-    };
-    let abs = std::path::absolute(load.file).map_err(io(load.file))?;
+    let abs = std::path::absolute(load.file).map_err(|source| ChangeError::Io {
+        path: load.file.to_path_buf(),
+        source,
+    })?;
     let here = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
     let file_name = PathBuf::from(abs.file_name().unwrap_or_default());
     let read_now = |p: &Path| std::fs::read_to_string(p).ok();
@@ -103,38 +102,45 @@ pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), Ch
         return Ok((now.clone(), everything(why)));
     }
     let revision = Revision::open(&here, rev)?;
-    let files = revision.changed_files()?;
-    let tree = revision.tree()?;
-    // The commit's images.yaml, client files and lock, alone in a scratch
-    // directory that stands for `here`.
-    let scratch = tempfile::Builder::new()
-        .prefix("imgbuild-since-")
-        .tempdir()
-        .map_err(io(&std::env::temp_dir()))?;
-    let root = scratch.path();
-    let wanted: Vec<PathBuf> = [file_name.clone(), PathBuf::from(LOCK_FILE)]
-        .into_iter()
-        .chain(
-            tree.yaml_files()
+    // git's work (a scan of the work tree, the commit's tree and files)
+    // runs beside each other: each waits on the disk more than the CPU.
+    let (files, tree) = std::thread::scope(|scope| {
+        let files = scope.spawn(|| revision.changed_files());
+        let tree = scope.spawn(|| -> Result<Tree, RevisionError> {
+            let mut tree = revision.tree()?;
+            // The commit's images.yaml, client files and lock, read into
+            // memory; its graph is loaded as if from a directory that is
+            // nowhere on disk, each path answered from the commit's tree.
+            let wanted: Vec<PathBuf> = [file_name.clone(), PathBuf::from(LOCK_FILE)]
                 .into_iter()
-                .filter(|p| **p != file_name)
-                .cloned(),
-        )
-        .collect();
-    revision.write_files(&tree, &wanted, root)?;
-    let before_lock = read_lock(&root.join(LOCK_FILE));
-    let before = if tree.kind(&file_name).is_none() {
-        Err(format!("{} is not in {rev}", load.file.display()))
-    } else {
-        load_before(
+                .chain(
+                    tree.yaml_files()
+                        .into_iter()
+                        .filter(|p| **p != file_name)
+                        .cloned(),
+                )
+                .collect();
+            revision.read_files(&mut tree, &wanted)?;
+            Ok(tree)
+        });
+        (join(files), join(tree))
+    });
+    let (files, tree) = (files?, tree?);
+    let root = PathBuf::from(super::since::AT_COMMIT);
+    let before_lock = Revision::text(&tree, Path::new(LOCK_FILE))
+        .and_then(|t| serde_json::from_str::<Lock>(&t).ok());
+    let before = match Revision::text(&tree, &file_name) {
+        None => Err(format!("{} is not in {rev}", load.file.display())),
+        Some(text) => load_before(
             load,
             &revision,
             &tree,
-            root,
+            &text,
+            &root,
             &here,
             &file_name,
             &before_lock,
-        )
+        ),
     };
     let mut impact = compare(
         &now,
@@ -148,10 +154,12 @@ pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), Ch
     Ok((now, impact))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn load_before(
     load: &Loading<'_>,
     revision: &Revision,
     tree: &Tree,
+    text: &str,
     root: &Path,
     here: &Path,
     file_name: &Path,
@@ -178,8 +186,10 @@ fn load_before(
         }
         at
     });
-    Spec::load_with(
+    Spec::parse_with(
+        text,
         &root.join(file_name),
+        root,
         &LoadOptions {
             set: load.set,
             fetcher: Some(&fetch),
@@ -192,6 +202,12 @@ fn load_before(
         let first = text.lines().next().unwrap_or_default();
         first.replace(&root.display().to_string(), &format!("{}:", revision.given))
     })
+}
+
+fn join<T>(
+    h: std::thread::ScopedJoinHandle<'_, Result<T, RevisionError>>,
+) -> Result<T, RevisionError> {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 fn read_lock(path: &Path) -> Option<Lock> {

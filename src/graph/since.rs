@@ -22,6 +22,10 @@ use crate::spec::{
 /// sides, and never on disk.
 pub const UNFETCHED: &str = "/imgbuild-unfetched-source";
 
+/// Where a commit's graph seems to be: nowhere on disk, every path under it
+/// answered from the commit's tree ([`CommitKinds`]).
+pub const AT_COMMIT: &str = "/imgbuild-at-commit";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RevisionError {
     #[error(
@@ -69,6 +73,8 @@ pub struct Revision {
 pub struct Tree {
     /// Relative path → what it is and its blob (None for a directory).
     entries: HashMap<PathBuf, (PathKind, Option<String>)>,
+    /// The files read into memory ([`Revision::read_files`]).
+    texts: HashMap<PathBuf, String>,
 }
 
 impl Tree {
@@ -246,17 +252,12 @@ impl Revision {
         Ok(tree)
     }
 
-    /// Writes the commit's `wanted` files (relative paths) under `into`,
-    /// read in one `git cat-file --batch`.
-    pub fn write_files(
-        &self,
-        tree: &Tree,
-        wanted: &[PathBuf],
-        into: &Path,
-    ) -> Result<(), RevisionError> {
-        let blobs: Vec<(&PathBuf, &str)> = wanted
+    /// Reads the commit's `wanted` files (relative paths) into `tree`, in
+    /// one `git cat-file --batch`.
+    pub fn read_files(&self, tree: &mut Tree, wanted: &[PathBuf]) -> Result<(), RevisionError> {
+        let blobs: Vec<(PathBuf, String)> = wanted
             .iter()
-            .filter_map(|p| tree.blob(p).map(|b| (p, b)))
+            .filter_map(|p| tree.blob(p).map(|b| (p.clone(), b.to_string())))
             .collect();
         if blobs.is_empty() {
             return Ok(());
@@ -278,7 +279,7 @@ impl Revision {
         // Fed from another thread: git answers while it reads.
         let feeder = std::thread::spawn(move || stdin.write_all(names.as_bytes()));
         let mut reader = BufReader::new(child.stdout.take().expect("piped"));
-        for (rel, _) in &blobs {
+        for (rel, _) in blobs {
             let mut header = String::new();
             reader.read_line(&mut header).map_err(io(&self.git))?;
             let size: usize = header
@@ -293,19 +294,24 @@ impl Revision {
             let mut body = vec![0; size + 1];
             reader.read_exact(&mut body).map_err(io(&self.git))?;
             body.pop();
-            let dest = into.join(rel);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            std::fs::write(&dest, &body).map_err(io(&dest))?;
+            tree.texts
+                .insert(rel, String::from_utf8_lossy(&body).into_owned());
         }
         let _ = feeder.join();
         let _ = child.wait();
         Ok(())
     }
 
+    /// A file read by [`Revision::read_files`].
+    pub fn text(tree: &Tree, rel: &Path) -> Option<String> {
+        tree.texts.get(rel).cloned()
+    }
+
     /// One file of the commit, when it holds it.
     pub fn read(&self, tree: &Tree, rel: &Path) -> Option<String> {
+        if let Some(t) = tree.texts.get(rel) {
+            return Some(t.clone());
+        }
         let blob = tree.blob(rel)?;
         let out = self.output(&["cat-file", "blob", blob]).ok()?;
         String::from_utf8(out).ok()
@@ -350,7 +356,16 @@ impl PathKinds for WorkKinds {
         if path.starts_with(UNFETCHED) {
             return Some(PathKind::Dir);
         }
-        fs_kind(path)
+        // Links followed, as `clients:` patterns and `dir:` sources do.
+        std::fs::metadata(path).ok().map(|m| {
+            if m.is_dir() {
+                PathKind::Dir
+            } else if m.is_file() {
+                PathKind::File
+            } else {
+                PathKind::Other
+            }
+        })
     }
 }
 
@@ -376,6 +391,27 @@ impl PathKinds for CommitKinds<'_> {
             return fs_kind(&normalise(&self.here.join(rel)));
         }
         self.tree.kind(&rel)
+    }
+
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        let rel = path
+            .strip_prefix(self.root)
+            .map(normalise)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        Ok(self
+            .tree
+            .entries
+            .keys()
+            .filter(|p| p.parent() == Some(rel.as_path()))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        path.strip_prefix(self.root)
+            .ok()
+            .and_then(|rel| self.tree.texts.get(&normalise(rel)).cloned())
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
     }
 }
 

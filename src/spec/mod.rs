@@ -51,6 +51,18 @@ pub enum PathKind {
 /// ([`LoadOptions::kinds`]). None: nothing there.
 pub trait PathKinds {
     fn kind(&self, path: &Path) -> Option<PathKind>;
+
+    /// The names in a directory, for `clients:` patterns.
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+
+    /// A file's text, for client files.
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
 }
 
 /// Where an image starts from.
