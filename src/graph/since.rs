@@ -194,8 +194,8 @@ impl Revision {
     }
 
     /// The files that differ between the commit and the work tree (tracked
-    /// or new, not ignored), relative to the directory of images.yaml,
-    /// sorted.
+    /// or new, not ignored; a wholly new directory as one entry), relative
+    /// to the directory of images.yaml, sorted.
     pub fn changed_files(&self) -> Result<Vec<PathBuf>, RevisionError> {
         let mut out = Vec::new();
         let diff = self.output(&[
@@ -209,7 +209,16 @@ impl Revision {
             &self.commit,
             "--",
         ])?;
-        let new = self.output(&["ls-files", "-z", "--others", "--exclude-standard"])?;
+        // A directory git does not track at all is one entry (`dir/`), not
+        // a walk through it (a store kept in the project, say).
+        let new = self.output(&[
+            "ls-files",
+            "-z",
+            "--others",
+            "--exclude-standard",
+            "--directory",
+            "--no-empty-directory",
+        ])?;
         for list in [diff, new] {
             out.extend(
                 list.split(|b| *b == 0)
