@@ -257,8 +257,9 @@ pub fn compare(
             };
         }
     };
-    let roots = [now.dir.clone(), before.dir.clone()];
     let here_real = now.dir.canonicalize().unwrap_or_else(|_| now.dir.clone());
+    // A layer source given as a link is followed to its real path.
+    let roots = [now.dir.clone(), here_real.clone(), before.dir.clone()];
     let mut direct: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, image) in &now.images {
         let mut why = Vec::new();
