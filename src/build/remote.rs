@@ -64,6 +64,9 @@ pub struct RemoteOptions {
     /// The layer cache's repository, `HOST/REPO` (default:
     /// $IMGBUILD_CACHE_REPO).
     pub cache_repo: Option<String>,
+    /// Push no `latest` tag (a branch's pipeline: only the default branch
+    /// moves `latest`); `tags` then names the image.
+    pub no_latest: bool,
 }
 
 impl RemoteOptions {
@@ -230,9 +233,15 @@ impl<'a> Remote<'a> {
         for image in images {
             let spec_image = &spec.images[&image.name];
             self.guess_mounts(spec, &prefix, image);
-            for (repo, tags) in
-                destinations(&prefix, &image.name, &spec_image.tags, &self.options.tags)?
-            {
+            let mut dests =
+                destinations(&prefix, &image.name, &spec_image.tags, &self.options.tags)?;
+            if self.options.no_latest {
+                for tags in dests.values_mut() {
+                    tags.retain(|t| t != "latest");
+                }
+                dests.retain(|_, tags| !tags.is_empty());
+            }
+            for (repo, tags) in dests {
                 let dest: Reference = format!("{repo}:{}", tags[0])
                     .parse()
                     .map_err(RemoteError::Destination)?;

@@ -1,6 +1,7 @@
 //! The command line: clap types, one small file per command.
 mod build;
 mod check;
+mod ci;
 mod gc;
 mod graph;
 mod inspect;
@@ -68,7 +69,10 @@ enum Command {
     /// Build the named images and what they need.
     Build(build::BuildArgs),
     /// What would be built or reused, and the input that changed.
-    Plan(Selection),
+    Plan(plan::PlanArgs),
+    /// Continuous integration: `ci gitlab` writes a child pipeline that
+    /// builds what a change affects.
+    Ci(ci::CiArgs),
     /// The image graph: a text tree, dot, mermaid or json.
     Graph(graph::GraphArgs),
     /// Validate images.yaml and the trees it names.
@@ -375,6 +379,7 @@ fn load_pinned(
             set,
             fetcher: Some(&fetcher),
             context,
+            kinds: None,
         },
     )?;
     Ok((spec, fetcher.pins(), fetcher.unpinned()))
@@ -422,6 +427,7 @@ pub fn run() -> ExitCode {
         Command::Build(a) => build::run(&cli, a),
         Command::Plan(a) => plan::run(&cli, a),
         Command::Graph(a) => graph::run(&cli, a),
+        Command::Ci(a) => ci::run(&cli, a),
         Command::Check => check::run(&cli),
         Command::Inspect(a) => inspect::run(&cli, a),
         Command::Gc => gc::run(&cli),

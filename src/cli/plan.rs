@@ -3,10 +3,33 @@ use imgbuild::build::Session;
 use imgbuild::build::plan::Action;
 use imgbuild::build::remote::{Remote, RemoteOptions};
 
+use clap::Args;
+use imgbuild::graph::changes::{self, ChangeError, Impact};
+
 use super::progress::Progress;
 use super::{Cli, Failure, LayerArgs, Selection, load, open_store, print_json};
 
-pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    select: Selection,
+    /// Instead: the images whose inputs changed since this git revision
+    /// (a commit, tag or branch), and everything below them, with why.
+    #[arg(long, value_name = "REV", conflicts_with_all = ["names", "all"])]
+    pub changed_since: Option<String>,
+}
+
+pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
+    if let Some(rev) = &args.changed_since {
+        let (spec, impact) = changed_since(cli, rev)?;
+        if cli.json {
+            print_json(&impact);
+        } else {
+            print_impact(&impact, spec.images.len());
+        }
+        return Ok(());
+    }
+    let select = &args.select;
     let spec = load(&cli.file)?;
     let names = select.resolve(&spec)?;
     let layer_args = LayerArgs::defaults();
@@ -34,4 +57,41 @@ pub fn run(cli: &Cli, select: &Selection) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The change impact of `rev` on the graph of `-f FILE`, with `--set` and
+/// `--context` applied on both sides.
+pub fn changed_since(cli: &Cli, rev: &str) -> Result<(imgbuild::spec::Spec, Impact), Failure> {
+    let loading = changes::Loading {
+        file: &cli.file,
+        set: &cli.set,
+        context: cli.context.as_deref(),
+    };
+    changes::changed_since(&loading, rev).map_err(|e| match e {
+        ChangeError::Spec(e) => e.into(),
+        ChangeError::Revision(e) => Failure::usage(e),
+        e @ ChangeError::Io { .. } => Failure::failed(e),
+    })
+}
+
+fn print_impact(impact: &Impact, total: usize) {
+    let commit: String = impact.commit.chars().take(12).collect();
+    let at = match commit.is_empty() {
+        true => impact.since.clone(),
+        false => format!("{} ({commit})", impact.since),
+    };
+    eprintln!(
+        "since {at}: {} of {total} images affected, {} files changed",
+        impact.images.len(),
+        impact.changed_files
+    );
+    use std::io::Write as _;
+    // A closed pipe (`| head`) ends the listing quietly.
+    let mut out = std::io::stdout().lock();
+    for a in &impact.images {
+        let _ = writeln!(out, "{}", a.name);
+        for r in &a.reasons {
+            let _ = writeln!(out, "    {r}");
+        }
+    }
 }

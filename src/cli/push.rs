@@ -23,6 +23,10 @@ pub struct PushArgs {
     /// (default: $IMGBUILD_CACHE_REPO).
     #[arg(long = "cache-repo", value_name = "HOST/REPO")]
     pub cache_repo: Option<String>,
+    /// Leave `latest` where it is (a branch other than the default one);
+    /// the `--tag`s name the image.
+    #[arg(long, requires = "tags")]
+    pub no_latest: bool,
 }
 
 impl PushArgs {
@@ -33,6 +37,7 @@ impl PushArgs {
             tags: self.tags.clone(),
             insecure: self.insecure.clone(),
             cache_repo: self.cache_repo.clone(),
+            no_latest: self.no_latest,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{SourceError, Token, commit_tree};
 use crate::store::Store;
 
 /// The `git` program, found on PATH once.
-fn git_path() -> Result<&'static Path, SourceError> {
+pub(super) fn git_path() -> Result<&'static Path, SourceError> {
     static GIT: OnceLock<Option<PathBuf>> = OnceLock::new();
     GIT.get_or_init(|| {
         let path = std::env::var_os(crate::env::PATH)?;

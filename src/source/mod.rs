@@ -29,6 +29,12 @@ use crate::store::Store;
 
 pub use archive::ArchiveKind;
 
+/// The `git` program (found on PATH once), for others that read a
+/// repository (`plan --changed-since`).
+pub fn git_program() -> Option<&'static std::path::Path> {
+    git::git_path().ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{}: {source}", path.display())]

@@ -11,9 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::ctx::{Ctx, S, expand};
+use super::ctx::{Ctx, S, expand, kind_of};
 use super::raw::{self, RawConfig, RawImage};
 use super::yaml::{self, Kind, Node, Pos};
+use super::{PathKind, PathKinds};
 
 const GROUP_KEYS: &[&str] = &["files", "image", "template"];
 /// The var every generated image has: what the pattern's wildcard matched.
@@ -85,7 +86,7 @@ pub(super) fn add_images(
         let Some(pattern) = expand(cx, &group.files, file_vars) else {
             continue;
         };
-        let found = match find(dir, &pattern) {
+        let found = match find(cx.kinds, dir, &pattern) {
             Ok(found) => found,
             Err((why, hint)) => {
                 cx.err(group.files.pos, format!("`files: {pattern}` {why}"), hint);
@@ -94,7 +95,12 @@ pub(super) fn add_images(
         };
         let (yaml, other): (Vec<Match>, Vec<Match>) = found.into_iter().partition(|m| {
             let ext = m.rel.extension().and_then(|e| e.to_str());
-            matches!(ext, Some("yaml" | "yml")) && dir.join(&m.rel).is_file()
+            let path = dir.join(&m.rel);
+            matches!(ext, Some("yaml" | "yml"))
+                && match cx.kinds {
+                    Some(k) => k.kind(&path) == Some(PathKind::File),
+                    None => path.is_file(),
+                }
         });
         if !other.is_empty() {
             let list: Vec<String> = other.iter().map(|m| m.rel.display().to_string()).collect();
@@ -169,7 +175,10 @@ fn read_client(
     if !cx.inside(top, "client file", &m.rel.to_string_lossy(), &path) {
         return None;
     }
-    let text = match std::fs::read_to_string(&path) {
+    let text = match cx
+        .kinds
+        .map_or_else(|| std::fs::read_to_string(&path), |k| k.read(&path))
+    {
         Ok(t) => t,
         Err(e) => {
             cx.err(top, format!("cannot read this client file: {e}"), None);
@@ -318,7 +327,11 @@ fn is_wild(component: &str) -> bool {
 /// The paths `pattern` matches below `dir`, in order. One directory is read
 /// per wildcard component, so a large tree beside the clients (an upstream
 /// checkout) costs nothing.
-fn find(dir: &Path, pattern: &str) -> Result<Vec<Match>, (String, Option<String>)> {
+fn find(
+    kinds: Option<&dyn PathKinds>,
+    dir: &Path,
+    pattern: &str,
+) -> Result<Vec<Match>, (String, Option<String>)> {
     let components: Vec<&str> = pattern
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
@@ -348,7 +361,7 @@ fn find(dir: &Path, pattern: &str) -> Result<Vec<Match>, (String, Option<String>
         if !is_wild(component) {
             for (rel, client) in found {
                 let rel = rel.join(component);
-                if dir.join(&rel).symlink_metadata().is_ok() {
+                if kind_of(kinds, &dir.join(&rel)).is_some() {
                     next.push((rel, client));
                 }
             }
@@ -360,13 +373,24 @@ fn find(dir: &Path, pattern: &str) -> Result<Vec<Match>, (String, Option<String>
             .compile_matcher();
         for (rel, client) in found {
             let here = dir.join(&rel);
-            if !here.is_dir() {
+            // `is_dir` follows a link, as the directory read below does.
+            let is_dir = match kinds {
+                Some(k) => k.kind(&here) == Some(PathKind::Dir),
+                None => here.is_dir(),
+            };
+            if !is_dir {
                 continue;
             }
-            let entries = std::fs::read_dir(&here)
-                .map_err(|e| (format!("cannot be read in {}: {e}", here.display()), None))?;
+            let entries = match kinds {
+                Some(k) => k.read_dir(&here),
+                None => std::fs::read_dir(&here).and_then(|d| {
+                    d.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                        .collect()
+                }),
+            }
+            .map_err(|e| (format!("cannot be read in {}: {e}", here.display()), None))?;
             let mut names: Vec<String> = entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .into_iter()
                 // Hidden files (an editor's, `.git`) only when asked for.
                 .filter(|n| !n.starts_with('.') || component.starts_with('.'))
                 .filter(|n| glob.is_match(n))

@@ -18,7 +18,7 @@ pub(super) struct S {
 }
 
 #[derive(Default)]
-pub(super) struct Ctx {
+pub(super) struct Ctx<'a> {
     pub(super) problems: Vec<Problem>,
     /// The image being read, named in each problem.
     pub(super) image: Option<String>,
@@ -31,6 +31,9 @@ pub(super) struct Ctx {
     /// it (see [`Ctx::inside`]). Empty: not checked (unit tests of a
     /// section alone).
     pub(super) context: Context,
+    /// What paths are, when they are not read from the filesystem (a spec
+    /// of an earlier commit, read from git's objects).
+    pub(super) kinds: Option<&'a dyn super::PathKinds>,
 }
 
 /// The build context as given (absolute, `..` folded) and with its links
@@ -67,6 +70,26 @@ fn normalise(path: &Path) -> PathBuf {
 
 /// Where `path` really is: the nearest ancestor that exists with its links
 /// resolved, and the rest as written (`..` folded).
+/// What a path is: read from the filesystem, or from `kinds` when given.
+pub(super) fn kind_of(
+    kinds: Option<&dyn super::PathKinds>,
+    path: &Path,
+) -> Option<super::PathKind> {
+    use super::PathKind;
+    match kinds {
+        Some(k) => k.kind(path),
+        None => std::fs::symlink_metadata(path).ok().map(|m| {
+            if m.is_dir() {
+                PathKind::Dir
+            } else if m.is_file() {
+                PathKind::File
+            } else {
+                PathKind::Other
+            }
+        }),
+    }
+}
+
 pub(super) fn real_path(path: &Path) -> PathBuf {
     if let Ok(real) = path.canonicalize() {
         return real;
@@ -86,7 +109,7 @@ pub(super) fn real_path(path: &Path) -> PathBuf {
     lexical
 }
 
-impl Ctx {
+impl Ctx<'_> {
     /// Records a problem; one per position, so a value whose vars failed
     /// is not also reported as, say, a bad path.
     pub(super) fn err(&mut self, pos: Pos, message: impl Into<String>, hint: Option<String>) {

@@ -6,7 +6,7 @@ use super::ctx::{Ctx, expand};
 use super::raw::RawImage;
 use super::sources::{Known, Source, lookup};
 use super::yaml::Pos;
-use super::{IdSpec, LayerSpec, Owner};
+use super::{IdSpec, LayerSpec, Owner, PathKind};
 
 /// The image's layers: the `rootfs` tarball first, if any, then `layers:`.
 pub(super) fn finish_layers(
@@ -53,8 +53,18 @@ pub(super) fn finish_layers(
         if !cx.inside(r.pos, "`rootfs:`", &text, &src) {
             return None;
         }
-        match std::fs::metadata(&src) {
-            Ok(m) if m.is_file() => Some(LayerSpec {
+        // From git (a spec of an earlier commit), what its tree held.
+        let is_file = match cx.kinds {
+            Some(k) => match k.kind(&src) {
+                Some(kind) => Ok(kind == PathKind::File),
+                None => Err("not in this revision".to_string()),
+            },
+            None => std::fs::metadata(&src)
+                .map(|m| m.is_file())
+                .map_err(|e| io_reason(&e)),
+        };
+        match is_file {
+            Ok(true) => Some(LayerSpec {
                 src,
                 src_text: text,
                 dest: "/".into(),
@@ -76,7 +86,7 @@ pub(super) fn finish_layers(
             Err(e) => {
                 cx.err(
                     r.pos,
-                    format!("`rootfs: {text}` cannot be read: {}", io_reason(&e)),
+                    format!("`rootfs: {text}` cannot be read: {e}"),
                     Some(format!("paths are relative to {}", base.display())),
                 );
                 None
@@ -186,35 +196,54 @@ fn finish_layer(cx: &mut Ctx, l: RawLayerExpanded<'_>, pos: Pos, dir: &Path) -> 
             )
         }
     };
-    let meta = std::fs::symlink_metadata(&src);
-    match &meta {
-        Err(e) => {
-            ok = false;
-            cx.err(
-                src_pos,
-                format!("layer source `{src_text}` cannot be read: {}", io_reason(e)),
-                Some(match &source {
-                    None => format!("paths are relative to {}", base.display()),
-                    Some(name) => {
-                        format!("with `source: {name}`, `src` is relative to the source's tree")
-                    }
-                }),
-            )
+    // A spec read from git: what its tree held, not what is on disk.
+    let src_is_file = if let Some(kinds) = cx.kinds {
+        match kinds.kind(&src) {
+            Some(PathKind::File) => true,
+            Some(PathKind::Dir) => false,
+            _ => {
+                ok = false;
+                cx.err(
+                    src_pos,
+                    format!(
+                        "layer source `{src_text}` is not a file or directory in this revision"
+                    ),
+                    None,
+                );
+                false
+            }
         }
-        Ok(m) if !(m.is_dir() || m.is_file()) => {
-            ok = false;
-            cx.err(
-                src_pos,
-                format!(
-                    "layer source `{src_text}` must be a directory or a regular file, not {}",
-                    file_kind(m)
-                ),
-                Some("a socket, pipe or device cannot be copied into a layer: name the directory it is in with an `exclude` for it, or a regular file".into()),
-            )
+    } else {
+        let meta = std::fs::symlink_metadata(&src);
+        match &meta {
+            Err(e) => {
+                ok = false;
+                cx.err(
+                    src_pos,
+                    format!("layer source `{src_text}` cannot be read: {}", io_reason(e)),
+                    Some(match &source {
+                        None => format!("paths are relative to {}", base.display()),
+                        Some(name) => {
+                            format!("with `source: {name}`, `src` is relative to the source's tree")
+                        }
+                    }),
+                )
+            }
+            Ok(m) if !(m.is_dir() || m.is_file()) => {
+                ok = false;
+                cx.err(
+                    src_pos,
+                    format!(
+                        "layer source `{src_text}` must be a directory or a regular file, not {}",
+                        file_kind(m)
+                    ),
+                    Some("a socket, pipe or device cannot be copied into a layer: name the directory it is in with an `exclude` for it, or a regular file".into()),
+                )
+            }
+            Ok(_) => {}
         }
-        Ok(_) => {}
-    }
-    let src_is_file = meta.as_ref().is_ok_and(|m| m.is_file());
+        meta.as_ref().is_ok_and(|m| m.is_file())
+    };
     let dest = match l.dest {
         None => {
             if src_is_file {

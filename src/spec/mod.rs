@@ -37,6 +37,34 @@ pub use yaml::Pos;
 
 use crate::reference::Reference;
 
+/// What is at a path, for [`PathKinds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Dir,
+    /// A link, socket, device…: not a layer source.
+    Other,
+}
+
+/// Answers what is at an absolute path in place of the filesystem: loading
+/// a spec as an earlier commit had it, read from git's objects
+/// ([`LoadOptions::kinds`]). None: nothing there.
+pub trait PathKinds {
+    fn kind(&self, path: &Path) -> Option<PathKind>;
+
+    /// The names in a directory, for `clients:` patterns.
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+        std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+
+    /// A file's text, for client files.
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
 /// Where an image starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "name")]

@@ -46,6 +46,7 @@ pub(super) fn parse(
     })?;
     let mut cx = Ctx::default();
     cx.context = Context::new(opts.context.unwrap_or(dir));
+    cx.kinds = opts.kinds;
     let mut file = raw::read_file(&mut cx, &root);
     check_var_names(&mut cx, &file.vars);
     sources::apply_set(&mut cx, &mut file.vars, opts.set, file.vars_pos);

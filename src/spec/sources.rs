@@ -80,6 +80,10 @@ pub struct LoadOptions<'a> {
     /// `--context DIR`: the build context, when wider than the directory
     /// of images.yaml; every path the file names must be inside it.
     pub context: Option<&'a Path>,
+    /// None: paths are looked at in the filesystem. Some: what is at a
+    /// path is asked of this (`plan --changed-since` reads an earlier
+    /// commit's spec from git without checking it out).
+    pub kinds: Option<&'a dyn super::PathKinds>,
 }
 
 /// A source of the loaded spec.
@@ -308,7 +312,7 @@ fn finish_source(
         if !cx.inside(pos, "source directory", &text, &path) {
             return None;
         }
-        if !path.is_dir() {
+        if super::ctx::kind_of(cx.kinds, &path) != Some(super::PathKind::Dir) {
             cx.err(
                 pos,
                 format!("source directory `{text}` is not a directory"),
@@ -437,6 +441,7 @@ mod tests {
             set,
             fetcher: Some(&fake),
             context: None,
+            kinds: None,
         };
         Spec::parse_with(text, Path::new("images.yaml"), dir, &opts).map_err(|e| match e {
             SpecError::Invalid { problems, .. } | SpecError::Fetch { problems, .. } => problems,

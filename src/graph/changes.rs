@@ -1,0 +1,492 @@
+//! Change impact (`plan --changed-since REV`): the images whose inputs
+//! differ between a commit and the work tree, and everything below them,
+//! each with why.
+//!
+//! Both graphs are resolved the same way (vars, clients, sources unfetched,
+//! see `since`) and compared image by image: what an image is made of
+//! (parent, layers, steps, tests, config, tags, Debian packages), its
+//! entry in images.lock, the sources its layers take, and the files under
+//! its layers' paths. A change that leaves every resolved image the same
+//! (a comment, a var nobody uses) selects nothing.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::since::{CommitKinds, Revision, RevisionError, Tree, Unfetched, WorkKinds};
+use crate::debian::lock::{FILE_NAME as LOCK_FILE, Lock, LockedImage};
+use crate::spec::{Image, LoadOptions, Spec, SpecError};
+
+/// Revisions that name no commit: GitLab's `CI_COMMIT_BEFORE_SHA` on a
+/// branch's first pipeline.
+const NO_COMMIT: &str = "0000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
+    /// The work tree's images.yaml does not load.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What `plan --changed-since` found.
+#[derive(Debug, Serialize)]
+pub struct Impact {
+    /// The revision as given.
+    pub since: String,
+    /// Its commit (empty when it names none).
+    pub commit: String,
+    /// How many files differ under the directory of images.yaml.
+    pub changed_files: usize,
+    /// The images to build, parents first.
+    pub images: Vec<Affected>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Affected {
+    pub name: String,
+    /// Its parent in the graph, if any (affected or not).
+    pub parent: Option<String>,
+    /// Why, one line each.
+    pub reasons: Vec<String>,
+}
+
+/// How to load images.yaml on both sides.
+pub struct Loading<'a> {
+    /// images.yaml in the work tree.
+    pub file: &'a Path,
+    pub set: &'a [(String, String)],
+    pub context: Option<&'a Path>,
+}
+
+/// The graph at `rev` against the work tree's.
+pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), ChangeError> {
+    let abs = std::path::absolute(load.file).map_err(|source| ChangeError::Io {
+        path: load.file.to_path_buf(),
+        source,
+    })?;
+    let here = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let file_name = PathBuf::from(abs.file_name().unwrap_or_default());
+    let read_now = |p: &Path| std::fs::read_to_string(p).ok();
+    let now_pins = read_lock(&here.join(LOCK_FILE));
+    let now_fetch = Unfetched {
+        pins: now_pins
+            .as_ref()
+            .map(|l| l.sources.clone())
+            .unwrap_or_default(),
+        read: &read_now,
+    };
+    let now = Spec::load_with(
+        load.file,
+        &LoadOptions {
+            set: load.set,
+            fetcher: Some(&now_fetch),
+            context: load.context,
+            kinds: Some(&WorkKinds),
+        },
+    )?;
+    let everything = |why: String| Impact {
+        since: rev.to_string(),
+        commit: String::new(),
+        changed_files: 0,
+        images: select_all(&now, &why),
+    };
+    if rev.trim_start_matches('0').is_empty() && rev.len() == NO_COMMIT.len() {
+        let why = "no earlier commit to compare with (a new branch)".to_string();
+        return Ok((now.clone(), everything(why)));
+    }
+    let revision = Revision::open(&here, rev)?;
+    // git's work (a scan of the work tree, the commit's tree and files)
+    // runs beside each other: each waits on the disk more than the CPU.
+    let (files, tree) = std::thread::scope(|scope| {
+        let files = scope.spawn(|| revision.changed_files());
+        let tree = scope.spawn(|| -> Result<Tree, RevisionError> {
+            let mut tree = revision.tree()?;
+            // The commit's images.yaml, client files and lock, read into
+            // memory; its graph is loaded as if from a directory that is
+            // nowhere on disk, each path answered from the commit's tree.
+            let wanted: Vec<PathBuf> = [file_name.clone(), PathBuf::from(LOCK_FILE)]
+                .into_iter()
+                .chain(
+                    tree.yaml_files()
+                        .into_iter()
+                        .filter(|p| **p != file_name)
+                        .cloned(),
+                )
+                .collect();
+            revision.read_files(&mut tree, &wanted)?;
+            Ok(tree)
+        });
+        (join(files), join(tree))
+    });
+    let (files, tree) = (files?, tree?);
+    let root = PathBuf::from(super::since::AT_COMMIT);
+    let before_lock = Revision::text(&tree, Path::new(LOCK_FILE))
+        .and_then(|t| serde_json::from_str::<Lock>(&t).ok());
+    let before = match Revision::text(&tree, &file_name) {
+        None => Err(format!("{} is not in {rev}", load.file.display())),
+        Some(text) => load_before(
+            load,
+            &revision,
+            &tree,
+            &text,
+            &root,
+            &here,
+            &file_name,
+            &before_lock,
+        ),
+    };
+    let mut impact = compare(
+        &now,
+        now_pins.as_ref(),
+        before.as_ref().map_err(String::as_str),
+        before_lock.as_ref(),
+        &files,
+    );
+    impact.since = rev.to_string();
+    impact.commit = revision.commit.clone();
+    Ok((now, impact))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_before(
+    load: &Loading<'_>,
+    revision: &Revision,
+    tree: &Tree,
+    text: &str,
+    root: &Path,
+    here: &Path,
+    file_name: &Path,
+    lock: &Option<Lock>,
+) -> Result<Spec, String> {
+    let read = |p: &Path| {
+        let rel = p.strip_prefix(root).ok()?;
+        revision.read(tree, rel)
+    };
+    let fetch = Unfetched {
+        pins: lock.as_ref().map(|l| l.sources.clone()).unwrap_or_default(),
+        read: &read,
+    };
+    let kinds = CommitKinds { tree, root, here };
+    // `--context` as far from the scratch directory as it is from here.
+    let context = load.context.map(|c| {
+        let c = std::path::absolute(c).unwrap_or_else(|_| c.to_path_buf());
+        let up = here
+            .strip_prefix(&c)
+            .map_or(0, |rest| rest.components().count());
+        let mut at = root.to_path_buf();
+        for _ in 0..up {
+            at.push("..");
+        }
+        at
+    });
+    Spec::parse_with(
+        text,
+        &root.join(file_name),
+        root,
+        &LoadOptions {
+            set: load.set,
+            fetcher: Some(&fetch),
+            context: context.as_deref(),
+            kinds: Some(&kinds),
+        },
+    )
+    .map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        first.replace(&root.display().to_string(), &format!("{}:", revision.given))
+    })
+}
+
+fn join<T>(
+    h: std::thread::ScopedJoinHandle<'_, Result<T, RevisionError>>,
+) -> Result<T, RevisionError> {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+fn read_lock(path: &Path) -> Option<Lock> {
+    Lock::read(path).ok().flatten()
+}
+
+/// Every image of `spec`, parents first, for one reason.
+pub fn select_all(spec: &Spec, why: &str) -> Vec<Affected> {
+    super::order(spec.images.keys().map(String::as_str), |n| {
+        spec.parent_of(n)
+    })
+    .into_iter()
+    .map(|n| Affected {
+        name: n.to_string(),
+        parent: spec.parent_of(n).map(str::to_string),
+        reasons: vec![why.to_string()],
+    })
+    .collect()
+}
+
+/// The images of `now` that differ from `before` (or cannot be compared
+/// with it: its load failed, with this message), and everything below
+/// them. `files` are the changed paths relative to the directory of
+/// images.yaml.
+pub fn compare(
+    now: &Spec,
+    now_lock: Option<&Lock>,
+    before: Result<&Spec, &str>,
+    before_lock: Option<&Lock>,
+    files: &[PathBuf],
+) -> Impact {
+    let changed_files = files.len();
+    let files: BTreeSet<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let before = match before {
+        Ok(b) => b,
+        Err(why) => {
+            return Impact {
+                since: String::new(),
+                commit: String::new(),
+                changed_files,
+                images: select_all(
+                    now,
+                    &format!(
+                        "the graph of that commit does not load, so nothing can be compared: {why}"
+                    ),
+                ),
+            };
+        }
+    };
+    let here_real = now.dir.canonicalize().unwrap_or_else(|_| now.dir.clone());
+    // A layer source given as a link is followed to its real path.
+    let roots = [now.dir.clone(), here_real.clone(), before.dir.clone()];
+    let mut direct: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, image) in &now.images {
+        let mut why = Vec::new();
+        match before.images.get(name) {
+            None => why.push("new image".to_string()),
+            Some(old) => {
+                for ((what, a), (_, b)) in parts(image, &roots).iter().zip(parts(old, &roots)) {
+                    if *a != b {
+                        why.push(format!("{what} changed"));
+                    }
+                }
+            }
+        }
+        why.extend(source_reasons(now, before, image));
+        why.extend(lock_reasons(
+            now_lock.and_then(|l| l.images.get(name)),
+            before_lock.and_then(|l| l.images.get(name)),
+            image.debian.is_some(),
+        ));
+        why.extend(file_reasons(image, &now.dir, &here_real, &files));
+        if !why.is_empty() {
+            direct.insert(name, why);
+        }
+    }
+    let parent = |n: &str| now.parent_of(n);
+    let mut selected: HashSet<&str> = HashSet::new();
+    let mut images = Vec::new();
+    for name in super::order(now.images.keys().map(String::as_str), parent) {
+        let mut reasons = direct.remove(name).unwrap_or_default();
+        if let Some(p) = parent(name)
+            && selected.contains(p)
+        {
+            reasons.push(format!("parent `{p}` changed"));
+        }
+        if reasons.is_empty() {
+            continue;
+        }
+        selected.insert(name);
+        images.push(Affected {
+            name: name.to_string(),
+            parent: parent(name).map(str::to_string),
+            reasons,
+        });
+    }
+    Impact {
+        since: String::new(),
+        commit: String::new(),
+        changed_files,
+        images,
+    }
+}
+
+/// What an image is made of, part by part, with the directory of
+/// images.yaml cut off its paths so that both sides compare.
+fn parts(image: &Image, roots: &[PathBuf]) -> Vec<(&'static str, String)> {
+    let json = |v: serde_json::Value| {
+        let mut text = v.to_string();
+        for root in roots {
+            let quoted = serde_json::Value::String(root.display().to_string()).to_string();
+            let bare = &quoted[1..quoted.len() - 1];
+            text = text.replace(&format!("\"{bare}/"), "\"");
+            text = text.replace(&format!("\"{bare}\""), "\".\"");
+        }
+        text
+    };
+    use serde_json::to_value as v;
+    let or_null = |r: Result<serde_json::Value, _>| r.unwrap_or(serde_json::Value::Null);
+    vec![
+        ("`from`", json(or_null(v(&image.parent)))),
+        ("`layers`", json(or_null(v(&image.layers)))),
+        ("`run`", json(or_null(v(&image.run)))),
+        ("`test`", json(or_null(v(&image.test)))),
+        ("`config`", json(or_null(v(&image.config)))),
+        ("`tags`", json(or_null(v(&image.tags)))),
+        ("`secrets`", json(or_null(v(&image.secrets)))),
+        ("`network`", json(or_null(v(image.network)))),
+        ("`debian`", json(or_null(v(&image.debian)))),
+    ]
+}
+
+/// The sources its layers take that are not what they were.
+fn source_reasons(now: &Spec, before: &Spec, image: &Image) -> Vec<String> {
+    let used: BTreeSet<&str> = image
+        .layers
+        .iter()
+        .filter_map(|l| l.source.as_deref())
+        .collect();
+    used.into_iter()
+        .filter_map(|name| {
+            let a = now.sources.get(name)?;
+            match before.sources.get(name) {
+                None => Some(format!("source `{name}` is new")),
+                Some(b) if b.resolved.identity != a.resolved.identity => Some(format!(
+                    "source `{name}`: {} → {}",
+                    b.resolved.identity, a.resolved.identity
+                )),
+                Some(b) if b.resolved.vars != a.resolved.vars => {
+                    Some(format!("source `{name}`: its version.php changed"))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// How the image's entry in images.lock moved: packages by name.
+fn lock_reasons(
+    now: Option<&LockedImage>,
+    before: Option<&LockedImage>,
+    debian: bool,
+) -> Vec<String> {
+    let (a, b) = match (now, before) {
+        (None, None) => return Vec::new(),
+        (Some(_), None) if debian => return vec!["newly pinned in images.lock".into()],
+        (None, Some(_)) if debian => return vec!["no longer pinned in images.lock".into()],
+        (Some(a), Some(b)) => (a, b),
+        _ => return Vec::new(),
+    };
+    let old: BTreeMap<&str, &str> = b
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    let new: BTreeMap<&str, &str> = a
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    let mut moved = Vec::new();
+    for (name, version) in &new {
+        match old.get(name) {
+            None => moved.push(format!("{name} {version} (new)")),
+            Some(o) if o != version => moved.push(format!("{name} {o} → {version}")),
+            _ => {}
+        }
+    }
+    moved.extend(
+        old.keys()
+            .filter(|n| !new.contains_key(*n))
+            .map(|n| format!("{n} (removed)")),
+    );
+    let same_rest = serde_json::to_value(a).ok().map(strip_packages)
+        == serde_json::to_value(b).ok().map(strip_packages);
+    let whole_same = serde_json::to_value(a).ok() == serde_json::to_value(b).ok();
+    match (moved.len(), whole_same) {
+        (_, true) => Vec::new(),
+        (0, _) if !same_rest => {
+            vec!["its images.lock entry changed (suite, date or archive)".into()]
+        }
+        (0, _) => vec!["its images.lock entry changed".into()],
+        (n, _) => {
+            let shown: Vec<&str> = moved.iter().take(3).map(String::as_str).collect();
+            let more = if n > 3 {
+                format!(" and {} more", n - 3)
+            } else {
+                String::new()
+            };
+            vec![format!(
+                "images.lock: {n} Debian package{} changed: {}{more}",
+                if n == 1 { "" } else { "s" },
+                shown.join(", ")
+            )]
+        }
+    }
+}
+
+fn strip_packages(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("packages");
+    }
+    v
+}
+
+/// Files changed under the paths its layers (and its Debian keyring)
+/// read; paths outside the directory of images.yaml are not in git's view.
+fn file_reasons(
+    image: &Image,
+    here: &Path,
+    here_real: &Path,
+    files: &BTreeSet<&Path>,
+) -> Vec<String> {
+    let rel = |p: &Path| -> Option<PathBuf> {
+        p.strip_prefix(here)
+            .or_else(|_| p.strip_prefix(here_real))
+            .ok()
+            .map(Path::to_path_buf)
+    };
+    let mut paths: Vec<PathBuf> = image.layers.iter().filter_map(|l| rel(&l.src)).collect();
+    if let Some(k) = image.debian.as_ref().and_then(|d| d.keyring.as_deref()) {
+        paths.extend(rel(k));
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for p in paths {
+        if !seen.insert(p.clone()) {
+            continue;
+        }
+        let under: Vec<&Path> = files
+            .range::<Path, _>((
+                std::ops::Bound::Included(p.as_path()),
+                std::ops::Bound::Unbounded,
+            ))
+            // Paths order by component: those under `p` follow it.
+            .take_while(|f| f.starts_with(&p))
+            .copied()
+            .collect();
+        if under.is_empty() {
+            continue;
+        }
+        let shown: Vec<String> = under
+            .iter()
+            .take(3)
+            .map(|f| f.display().to_string())
+            .collect();
+        let more = match under.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
+        let place = if p.as_os_str().is_empty() {
+            ".".into()
+        } else {
+            p.display().to_string()
+        };
+        out.push(format!(
+            "files changed under {place}: {}{more}",
+            shown.join(", ")
+        ));
+    }
+    out
+}
