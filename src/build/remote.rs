@@ -38,6 +38,8 @@ pub enum RemoteError {
     NoRegistry,
     #[error(transparent)]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Sign(Box<crate::sign::SignError>),
 }
 
 impl RemoteError {
@@ -298,6 +300,55 @@ impl<'a> Remote<'a> {
 impl Puller for Remote<'_> {
     fn pull(&self, reference: &Reference) -> Result<ImageRecord, RemoteError> {
         self.pull_image(reference)
+    }
+}
+
+impl Remote<'_> {
+    /// Attaches each pushed image's referrers (by image name) in every
+    /// repository it went to, and signs it there for each of its tags
+    /// when `key` is given. Runs after the images' own push, so a referrer
+    /// never names a manifest the registry lacks.
+    pub fn attach(
+        &self,
+        pushed: &[Pushed],
+        referrers: &BTreeMap<String, Vec<crate::attach::referrers::Referrer>>,
+        key: Option<&p256::ecdsa::SigningKey>,
+    ) -> Result<(), RemoteError> {
+        for p in pushed {
+            let r: Reference = p.reference.parse().map_err(RemoteError::Destination)?;
+            let list = referrers
+                .get(&p.name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if !list.is_empty() {
+                self.rt.block_on(crate::attach::referrers::attach(
+                    &self.client,
+                    self.store,
+                    &r,
+                    &p.digest,
+                    list,
+                    &self.known,
+                ))?;
+            }
+            if let Some(key) = key {
+                let repo = crate::sign::repository(&r);
+                let ids: Vec<String> = p.tags.iter().map(|t| format!("{repo}:{t}")).collect();
+                self.rt
+                    .block_on(crate::sign::sign_image(
+                        &self.client,
+                        self.store,
+                        &r.with_digest(&p.digest),
+                        &ids,
+                        key,
+                        &self.known,
+                    ))
+                    .map_err(|e| match e {
+                        crate::sign::SignError::Registry(e) => RemoteError::Registry(e),
+                        other => RemoteError::Sign(Box::new(other)),
+                    })?;
+            }
+        }
+        Ok(())
     }
 }
 

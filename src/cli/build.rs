@@ -2,7 +2,9 @@
 use clap::Args;
 use serde::Serialize;
 
+use imgbuild::attach::provenance::Inputs;
 use imgbuild::build::deliver::{Delivered, Delivery};
+use imgbuild::build::evidence::Evidence;
 use imgbuild::build::remote::{Pushed, Remote};
 use imgbuild::build::{BuildError, ImageOutcome, Session};
 use imgbuild::oci::output::Output;
@@ -26,6 +28,18 @@ pub struct BuildArgs {
     push: bool,
     #[command(flatten)]
     remote: PushArgs,
+    /// Attach an SBOM (default format spdx) to pushed images and OCI
+    /// layouts, as an OCI 1.1 referrer.
+    #[arg(long, value_name = "spdx|cyclonedx|both", num_args = 0..=1, default_missing_value = "spdx")]
+    sbom: Option<String>,
+    /// Attach SLSA v1 provenance (an in-toto statement) as a referrer.
+    #[arg(long)]
+    provenance: bool,
+    /// Sign pushed images (cosign's format) and the attestations (DSSE)
+    /// with this key: a file or env://VAR, its passphrase in
+    /// $IMGBUILD_SIGN_PASSWORD.
+    #[arg(long, value_name = "FILE|env://VAR")]
+    sign_key: Option<String>,
     /// Report as `push` does (set by the `push` command).
     #[arg(skip)]
     push_report: bool,
@@ -43,6 +57,9 @@ impl BuildArgs {
             output: Vec::new(),
             push: false,
             remote: PushArgs::default(),
+            sbom: None,
+            provenance: false,
+            sign_key: None,
             push_report: false,
             force_tests: false,
         }
@@ -94,6 +111,54 @@ struct Failed {
     follows: bool,
 }
 
+/// What `--sbom`, `--provenance` and `--sign-key` ask to attach.
+fn evidence(
+    cli: &Cli,
+    args: &BuildArgs,
+    spec: &imgbuild::spec::Spec,
+    opts: &imgbuild::build::Options,
+) -> Result<Evidence, Failure> {
+    let sbom = args
+        .sbom
+        .as_deref()
+        .map(str::parse::<imgbuild::sbom::Formats>)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let key = args
+        .sign_key
+        .as_deref()
+        .map(imgbuild::sign::load_private)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let provenance = args.provenance.then(|| {
+        let sha = |p: &std::path::Path| {
+            std::fs::read(p)
+                .ok()
+                .map(|b| imgbuild::digest::sha256_hex(&b))
+        };
+        let file_name = spec
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Inputs {
+            file: (file_name, sha(&spec.file).unwrap_or_default()),
+            lock: sha(&imgbuild::debian::lock::path_for(spec)),
+            revision: opts.stamp.revision.clone(),
+            repository: opts.stamp.source.clone(),
+            set: cli.set.clone(),
+            isolation: args.layer.isolation.to_string(),
+            pipeline: imgbuild::env::var(imgbuild::env::CI_PIPELINE_URL),
+            job: imgbuild::env::var(imgbuild::env::CI_JOB_URL),
+        }
+    });
+    Ok(Evidence {
+        sbom,
+        provenance,
+        key,
+    })
+}
+
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     let spec = load(&cli.file)?;
     let names = args.select.resolve(&spec)?;
@@ -116,6 +181,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     let delivery = Delivery {
         outputs: &outputs,
         push: args.push,
+        evidence: evidence(cli, args, &spec, &opts)?,
     };
     let Delivered {
         results,

@@ -18,7 +18,7 @@ pub struct Net {
 }
 
 impl Net {
-    fn client(&self) -> Result<Client, Failure> {
+    pub(super) fn client(&self) -> Result<Client, Failure> {
         Client::new(Sources::from_process(), self.insecure.clone()).map_err(Failure::failed)
     }
 }
@@ -251,4 +251,35 @@ pub fn login(_cli: &Cli, a: &LoginArgs) -> Result<(), Failure> {
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     eprintln!("login to {} saved in {}", a.host, path.display());
     Ok(())
+}
+
+/// `imgbuild sbom REF`: the SBOM attached to a pushed image, as a referrer.
+pub fn sbom(
+    _cli: &Cli,
+    r: &str,
+    format: imgbuild::sbom::Formats,
+    net: &Net,
+) -> Result<(), Failure> {
+    let r = reference(r)?;
+    let client = net.client()?;
+    let rt = runtime()?;
+    let want = match format {
+        imgbuild::sbom::Formats::CycloneDx => imgbuild::sbom::cyclonedx::MEDIA_TYPE,
+        _ => imgbuild::sbom::spdx::MEDIA_TYPE,
+    };
+    let bytes = rt
+        .block_on(imgbuild::attach::referrers::fetch_artifact(
+            &client, &r, want,
+        ))
+        .map_err(Failure::failed)?;
+    match bytes {
+        Some(b) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(&b);
+            Ok(())
+        }
+        None => Err(Failure::failed(format!(
+            "{r} has no {want} referrer; push it with `imgbuild build --push` (which attaches the SBOM)"
+        ))),
+    }
 }
