@@ -6,6 +6,7 @@
 //! with the SBOM's package list.
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -379,4 +380,215 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
         "keys/b.pub",
     ])
     .exit(1);
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .env("GIT_AUTHOR_DATE", "2025-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2025-01-01T00:00:00Z");
+    run_command(c).success();
+}
+
+/// Validates an SBOM with a Python tool: `pyspdxtools -i FILE`, or
+/// CycloneDX's JSON schema (1.6) as cyclonedx-python-lib ships it.
+fn validate(cx: &Ctx, name: &str, bytes: &str, spdx: bool) {
+    let file = cx.write(name, bytes);
+    let run = if spdx {
+        require_tool("pyspdxtools", "spdx-tools (pip; ci/setup installs it)");
+        let mut c = Command::new("pyspdxtools");
+        c.args(["-i", &file.display().to_string()]);
+        run_command(c)
+    } else {
+        let mut c = Command::new("python3");
+        c.args([
+            "-c",
+            "import sys\nfrom cyclonedx.validation.json import JsonStrictValidator\nfrom cyclonedx.schema import SchemaVersion\nerr = JsonStrictValidator(SchemaVersion.V1_6).validate_str(open(sys.argv[1]).read())\nif err:\n    print(err)\n    sys.exit(1)\nprint('valid')\n",
+            &file.display().to_string(),
+        ]);
+        run_command(c)
+    };
+    assert_eq!(run.code, 0, "{name} is not valid: {run}");
+}
+
+#[test]
+fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
+    use common::aptrepo::{AptRepo, Variant, debian_project};
+    let repo = AptRepo::start(Variant::Good);
+    let cx = debian_project(
+        &repo,
+        "adds-user",
+        concat!(
+            "    layers:\n",
+            "      - {source: core, dest: /var/www/moodle}\n",
+            "      - {source: theme, dest: /var/www/moodle/theme/demo}\n",
+            "sources:\n",
+            "  core:\n",
+            "    dir: core\n",
+            "  theme:\n",
+            "    git: {url: \"THEME_URL\", ref: main}\n",
+        ),
+    );
+    cx.write(
+        "core/version.php",
+        "<?php\n$version  = 2025100600.03;\n$release  = '5.1.3 (Build: 20251006)';\n$branch   = '501';\n",
+    );
+    cx.write(
+        "core/mod/forum/version.php",
+        "<?php\n$plugin->version = 2025100600;\n$plugin->component = 'mod_forum';\n",
+    );
+    let theme = cx.scratch.join("theme");
+    fs::create_dir_all(&theme).unwrap();
+    fs::write(
+        theme.join("version.php"),
+        "<?php\n$plugin->version   = 2024100700;\n$plugin->component = 'theme_demo';\n$plugin->release = '1.4.2';\n",
+    )
+    .unwrap();
+    git(&theme, &["init", "-q", "-b", "main"]);
+    git(&theme, &["add", "-A"]);
+    git(&theme, &["commit", "-q", "-m", "theme"]);
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&yaml.replace("THEME_URL", &format!("file://{}", theme.display())));
+    cx.build(&["debian-root"]);
+    cx.run(&["lock"]).success();
+    cx.build(&["app"]);
+
+    let spdx = cx.run(&["sbom", "app"]).success().stdout;
+    let cdx = cx
+        .run(&["sbom", "app", "--format", "cyclonedx"])
+        .success()
+        .stdout;
+    validate(&cx, "app.spdx.json", &spdx, true);
+    validate(&cx, "app.cdx.json", &cdx, false);
+    let doc: Value = serde_json::from_str(&spdx).unwrap();
+    let packages = doc["packages"].as_array().unwrap();
+    let purl = |p: &Value| {
+        p["externalRefs"][0]["referenceLocator"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // One run for what the image itself says: dpkg's list, then the
+    // components its plugin version.php files declare.
+    let said = cx
+        .run(&[
+            "run", "app", "--", "sh", "-c",
+            "dpkg-query -W -f '${Package} ${Version}\\n'; echo ---; grep -rhoE \"component = '[a-z_]+'\" /var/www | cut -d\"'\" -f2",
+        ])
+        .success()
+        .stdout;
+    let (dpkg_out, plugins_out) = said.split_once("---\n").unwrap();
+    // Debian components: dpkg's own list, name for name, version for version.
+    let dpkg: BTreeSet<String> = dpkg_out.lines().map(str::to_string).collect();
+    let listed: BTreeSet<String> = packages
+        .iter()
+        .filter(|p| purl(p).starts_with("pkg:deb/") && p["primaryPackagePurpose"] == "LIBRARY")
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["name"].as_str().unwrap(),
+                p["versionInfo"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(dpkg.len() > 50, "a minbase has ~90 packages: {dpkg:?}");
+    assert_eq!(listed, dpkg);
+    // The .deb's SHA256 from the lock, the distro, the source package.
+    let lock: Value =
+        serde_json::from_str(&fs::read_to_string(cx.path("images.lock")).unwrap()).unwrap();
+    let locked = &lock["images"]["app"]["packages"].as_array().unwrap()[0];
+    let adds_user = packages
+        .iter()
+        .find(|p| p["name"] == locked["name"])
+        .unwrap();
+    assert_eq!(adds_user["checksums"][0]["checksumValue"], locked["sha256"]);
+    assert!(purl(adds_user).contains("&distro=trixie"), "{adds_user}");
+    let libc = packages.iter().find(|p| p["name"] == "libc6").unwrap();
+    assert!(
+        libc["sourceInfo"].as_str().unwrap().contains("glibc"),
+        "{libc}"
+    );
+    // Licences where the copyright file is DEP-5.
+    assert!(
+        packages.iter().any(|p| p["licenseDeclared"]
+            .as_str()
+            .is_some_and(|l| l.contains("GPL"))),
+        "no DEP-5 licence read"
+    );
+
+    // Moodle: the release, and the plugins whose version.php the image holds.
+    let moodle = packages.iter().find(|p| p["name"] == "moodle").unwrap();
+    assert_eq!(moodle["versionInfo"], "5.1.3 (Build: 20251006)");
+    let plugins: BTreeSet<String> = packages
+        .iter()
+        .filter(|p| purl(p).starts_with("pkg:generic/moodle-plugin/"))
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let in_image: BTreeSet<String> = plugins_out.lines().map(str::to_string).collect();
+    assert_eq!(plugins, in_image);
+    assert_eq!(
+        plugins,
+        BTreeSet::from(["mod_forum".to_string(), "theme_demo".to_string()])
+    );
+
+    // Relationships: built on debian-root, which holds the inherited packages;
+    // the theme comes from its git source, at its commit.
+    let rels = doc["relationships"].as_array().unwrap();
+    let has = |a: &str, kind: &str, b: &str| {
+        rels.iter().any(|r| {
+            r["spdxElementId"] == a && r["relationshipType"] == kind && r["relatedSpdxElement"] == b
+        })
+    };
+    assert!(has(
+        "SPDXRef-image-app",
+        "DESCENDANT_OF",
+        "SPDXRef-parent-debian-root"
+    ));
+    assert!(has(
+        "SPDXRef-parent-debian-root",
+        "CONTAINS",
+        "SPDXRef-deb-libc6-amd64"
+    ));
+    assert!(!has(
+        "SPDXRef-parent-debian-root",
+        "CONTAINS",
+        &format!("SPDXRef-deb-{}-all", locked["name"].as_str().unwrap())
+    ));
+    let theme_src = packages.iter().find(|p| p["name"] == "theme").unwrap();
+    let commit = lock["sources"]["theme"]["commit"].as_str().unwrap();
+    assert_eq!(theme_src["versionInfo"], commit);
+    let theme_plugin = packages.iter().find(|p| p["name"] == "theme_demo").unwrap();
+    assert!(has(
+        theme_plugin["SPDXID"].as_str().unwrap(),
+        "GENERATED_FROM",
+        "SPDXRef-source-theme"
+    ));
+
+    // The same bytes again: from the layers read afresh (the per-layer
+    // records gone), and after a second build.
+    for record in fs::read_dir(cx.home.join("meta")).unwrap() {
+        let path = record.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("sbom-")
+        {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    cx.build(&["app"]);
+    assert_eq!(cx.run(&["sbom", "app"]).success().stdout, spdx);
+    assert_eq!(
+        cx.run(&["sbom", "app", "--format", "cyclonedx"])
+            .success()
+            .stdout,
+        cdx
+    );
 }

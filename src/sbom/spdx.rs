@@ -38,6 +38,19 @@ fn rel(a: &str, kind: &str, b: &str) -> Value {
     json!({ "spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b })
 }
 
+/// SPDX's download locations are network addresses: a `file://` or a
+/// local path is NOASSERTION (the address stays in `sourceInfo`).
+fn download_location(url: &str, location: &str) -> String {
+    let networked = ["https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|p| url.starts_with(p));
+    if networked {
+        location.to_string()
+    } else {
+        "NOASSERTION".to_string()
+    }
+}
+
 pub fn render(inv: &Inventory) -> Vec<u8> {
     let tool = concat!("imgbuild-", env!("CARGO_PKG_VERSION"));
     let image_id = id(&["image", &inv.name]);
@@ -153,11 +166,14 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         match &s.kind {
             SourceKind::Git { url, commit } => {
                 pkg["versionInfo"] = json!(commit);
-                pkg["downloadLocation"] = json!(format!("git+{url}@{commit}"));
+                pkg["downloadLocation"] =
+                    json!(download_location(url, &format!("git+{url}@{commit}")));
+                pkg["sourceInfo"] = json!(format!("git {url} at commit {commit}"));
             }
             SourceKind::Archive { url, sha256: h } => {
                 pkg["versionInfo"] = json!(format!("sha256:{h}"));
-                pkg["downloadLocation"] = json!(url);
+                pkg["downloadLocation"] = json!(download_location(url, url));
+                pkg["sourceInfo"] = json!(format!("archive {url}"));
                 pkg["checksums"] = sha256(h);
             }
             SourceKind::Dir => {
