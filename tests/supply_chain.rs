@@ -124,7 +124,7 @@ fn kinds(entries: &[Value]) -> Vec<String> {
 }
 
 #[test]
-fn signatures_skopeo_and_imgbuild_agree_on_and_referrers_stay_right() {
+fn signed_pushes_carry_referrers_that_stay_right_and_verify_judges_them() {
     require_tool("skopeo", "skopeo");
     let cx = project();
     let reg = Registry::anonymous();
@@ -168,6 +168,17 @@ fn signatures_skopeo_and_imgbuild_agree_on_and_referrers_stay_right() {
     ];
     let first = referrers(&reg, "sc/app", &digest);
     assert_eq!(kinds(&first), want_kinds);
+    // `inspect` lists them, and `sbom REF` prints the attached SBOM.
+    let inspected = cx
+        .run(&["--json", "inspect", &format!("{prefix}/app:latest")])
+        .success()
+        .json();
+    assert_eq!(inspected["referrers"].as_array().unwrap(), &first);
+    let attached = cx
+        .run(&["sbom", &format!("{prefix}/app:latest")])
+        .success()
+        .stdout;
+    assert_eq!(attached, cx.run(&["sbom", "app"]).success().stdout);
 
     // Every entry is a manifest whose subject is the image.
     for e in &first {
@@ -207,7 +218,31 @@ fn signatures_skopeo_and_imgbuild_agree_on_and_referrers_stay_right() {
     .exit(1)
     .stderr_has(&["no signature verifies with keys/b.pub", "another key"]);
 
-    // Unsigned: both refuse.
+    // An OCI layout gets the SBOM too, found by its subject; skopeo still
+    // reads the image by name.
+    let layout = cx.scratch.join("with-sbom");
+    cx.build(&["app", "--sbom", "-o", &format!("oci:{}", layout.display())]);
+    let index: Value =
+        serde_json::from_str(&fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+    let sbom_entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["artifactType"] == "application/spdx+json")
+        .unwrap_or_else(|| panic!("no SBOM in {index}"));
+    let hex = sbom_entry["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let artifact: Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap();
+    assert_eq!(artifact["subject"]["digest"], digest.as_str());
+    let mut c = Command::new("skopeo");
+    c.args(["inspect", &format!("oci:{}:app", layout.display())]);
+    let inspected: Value = serde_json::from_str(&run_command(c).success().stdout).unwrap();
+    assert_eq!(inspected["Digest"], digest.as_str());
+
+    // Unsigned: refused.
     cx.run(&["-q", "build", "plain", "--push", "--registry", &prefix])
         .success();
     cx.run(&[

@@ -157,6 +157,11 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
         }
         _ => None,
     };
+    // SBOMs, provenance, signatures: the referrers API, else the
+    // `sha256-<hex>` tag.
+    let referrers = rt
+        .block_on(imgbuild::attach::referrers::list(&client, &r, &digest))
+        .map_err(Failure::failed)?;
     if cli.json {
         let layers: Vec<serde_json::Value> = manifest["layers"]
             .as_array()
@@ -173,6 +178,7 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
             "manifest": manifest,
             "config": config,
             "layers": layers,
+            "referrers": referrers,
         }));
         return Ok(());
     }
@@ -203,6 +209,20 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
                 d["platform"]["architecture"].as_str().unwrap_or("?")
             );
         }
+    }
+    if !referrers.is_empty() {
+        println!("referrers");
+    }
+    for d in &referrers {
+        let predicate = d["annotations"]["in-toto.io/predicate-type"]
+            .as_str()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        println!(
+            "  {} {}{predicate}",
+            d["digest"].as_str().unwrap_or(""),
+            d["artifactType"].as_str().unwrap_or("?"),
+        );
     }
     Ok(())
 }
