@@ -234,9 +234,9 @@ mod tests {
         assert!(!private.contains("correct horse"));
         let key = decrypt(&private, b"correct horse", "k").unwrap();
         assert_eq!(read_public(&public, "p").unwrap(), *key.verifying_key());
-        let wrong = decrypt(&private, b"wrong", "k").unwrap_err();
+        let wrong = decrypt(&private, b"hunter2", "k").unwrap_err();
         assert!(matches!(wrong, KeyError::Passphrase { .. }), "{wrong}");
-        assert!(!wrong.to_string().contains("wrong"));
+        assert!(!wrong.to_string().contains("hunter2"));
         let label = read_public(&private, "p").unwrap_err();
         assert!(matches!(label, KeyError::Label { .. }), "{label}");
     }
