@@ -28,18 +28,6 @@ pub struct BuildArgs {
     push: bool,
     #[command(flatten)]
     remote: PushArgs,
-    /// Attach an SBOM (default format spdx) to pushed images and OCI
-    /// layouts, as an OCI 1.1 referrer.
-    #[arg(long, value_name = "spdx|cyclonedx|both", num_args = 0..=1, default_missing_value = "spdx")]
-    sbom: Option<String>,
-    /// Attach SLSA v1 provenance (an in-toto statement) as a referrer.
-    #[arg(long)]
-    provenance: bool,
-    /// Sign pushed images (cosign's format) and the attestations (DSSE)
-    /// with this key: a file or env://VAR, its passphrase in
-    /// $IMGBUILD_SIGN_PASSWORD.
-    #[arg(long, value_name = "FILE|env://VAR")]
-    sign_key: Option<String>,
     /// Report as `push` does (set by the `push` command).
     #[arg(skip)]
     push_report: bool,
@@ -57,9 +45,6 @@ impl BuildArgs {
             output: Vec::new(),
             push: false,
             remote: PushArgs::default(),
-            sbom: None,
-            provenance: false,
-            sign_key: None,
             push_report: false,
             force_tests: false,
         }
@@ -119,18 +104,20 @@ fn evidence(
     opts: &imgbuild::build::Options,
 ) -> Result<Evidence, Failure> {
     let sbom = args
+        .remote
         .sbom
         .as_deref()
         .map(str::parse::<imgbuild::sbom::Formats>)
         .transpose()
         .map_err(Failure::usage)?;
     let key = args
+        .remote
         .sign_key
         .as_deref()
         .map(imgbuild::sign::load_private)
         .transpose()
         .map_err(Failure::usage)?;
-    let provenance = args.provenance.then(|| {
+    let provenance = args.remote.provenance.then(|| {
         let sha = |p: &std::path::Path| {
             std::fs::read(p)
                 .ok()
