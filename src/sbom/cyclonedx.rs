@@ -176,7 +176,7 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         "components": components,
         "dependencies": deps,
     });
-    let mut out = serde_json::to_vec_pretty(&bom).expect("JSON values serialise");
+    let mut out = serde_json::to_vec(&bom).expect("JSON values serialise");
     out.push(b'\n');
     out
 }

@@ -246,7 +246,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
     if !licences.is_empty() {
         doc["hasExtractedLicensingInfos"] = json!(licences);
     }
-    let mut out = serde_json::to_vec_pretty(&doc).expect("JSON values serialise");
+    // Compact: the document is a registry blob per image (pipe it through
+    // `jq` to read it).
+    let mut out = serde_json::to_vec(&doc).expect("JSON values serialise");
     out.push(b'\n');
     out
 }
