@@ -168,6 +168,67 @@ fn signed_pushes_carry_referrers_that_stay_right_and_verify_judges_them() {
     ];
     let first = referrers(&reg, "sc/app", &digest);
     assert_eq!(kinds(&first), want_kinds);
+    // The provenance: a signed DSSE envelope of an in-toto statement about
+    // this manifest, naming images.yaml by its digest.
+    let prov = first
+        .iter()
+        .find(|e| e["annotations"]["in-toto.io/predicate-type"] == "https://slsa.dev/provenance/v1")
+        .unwrap();
+    let m = reg
+        .request(
+            "GET",
+            &format!("/v2/sc/app/manifests/{}", prov["digest"].as_str().unwrap()),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        )
+        .json();
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.dsse.envelope.v1+json"
+    );
+    let envelope = reg
+        .request(
+            "GET",
+            &format!(
+                "/v2/sc/app/blobs/{}",
+                m["layers"][0]["digest"].as_str().unwrap()
+            ),
+            &[],
+        )
+        .json();
+    assert_eq!(envelope["payloadType"], "application/vnd.in-toto+json");
+    assert!(
+        envelope["signatures"][0]["sig"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    use base64::Engine as _;
+    let statement: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(envelope["payload"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        statement["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+    let predicate = &statement["predicate"];
+    assert_eq!(
+        predicate["buildDefinition"]["resolvedDependencies"][0]["digest"]["sha256"],
+        common::sha256_hex(&fs::read(cx.path("images.yaml")).unwrap()).as_str()
+    );
+    assert_eq!(
+        predicate["buildDefinition"]["internalParameters"]["isolation"],
+        "none (no steps)"
+    );
+    assert!(
+        predicate["runDetails"]["builder"]["id"]
+            .as_str()
+            .unwrap()
+            .contains("imgbuild@"),
+        "{predicate}"
+    );
+
     // `inspect` lists them, and `sbom REF` prints the attached SBOM.
     let inspected = cx
         .run(&["--json", "inspect", &format!("{prefix}/app:latest")])

@@ -85,7 +85,22 @@ impl Session<'_> {
         }
         if let Some(inputs) = &evidence.provenance {
             let parent = inv.parent.as_ref().map(|(n, d)| (n.as_str(), d.as_str()));
-            let body = provenance::statement(&image.name, &image.record.manifest, parent, inputs);
+            // The isolation its steps ran with (detected once per build), or
+            // that none ran.
+            let mut inputs = inputs.clone();
+            let spec_image = &self.spec.images[&image.name];
+            inputs.isolation = if spec_image.run.is_empty()
+                && spec_image.test.is_empty()
+                && spec_image.debian.is_none()
+            {
+                "none (no steps)".to_string()
+            } else {
+                match self.isolation(&image.name) {
+                    Ok(i) => format!("{i:?}").to_lowercase(),
+                    Err(_) => inputs.isolation,
+                }
+            };
+            let body = provenance::statement(&image.name, &image.record.manifest, parent, &inputs);
             let mut notes = at.clone();
             notes.insert("in-toto.io/predicate-type".into(), provenance::SLSA.into());
             out.push(match &evidence.key {
