@@ -45,10 +45,23 @@ pub const DOCKER_CONFIG: &str = "DOCKER_CONFIG";
 /// variable), or the path of one (a CI/CD variable of type File).
 pub const DOCKER_AUTH_CONFIG: &str = "DOCKER_AUTH_CONFIG";
 
+/// The passphrase of the signing key (`--sign-key`, `sign --key`, `keygen`).
+pub const IMGBUILD_SIGN_PASSWORD: &str = "IMGBUILD_SIGN_PASSWORD";
+/// cosign's name for the same, read when IMGBUILD_SIGN_PASSWORD is unset.
+pub const COSIGN_PASSWORD: &str = "COSIGN_PASSWORD";
+/// GitLab CI's pipeline and job addresses, for provenance.
+pub const CI_PIPELINE_URL: &str = "CI_PIPELINE_URL";
+pub const CI_JOB_URL: &str = "CI_JOB_URL";
+
 /// Where the `git` command of `git:` sources is looked for.
 pub const PATH: &str = "PATH";
 // A source's `token_env: NAME` names a variable of the user's choosing; it
 // is read (through [`var`]) only when that source is fetched.
+
+/// A variable's value, set even when empty (a passphrase may be).
+pub fn var_set(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
 /// A variable's value; unset and empty are the same.
 pub fn var(name: &str) -> Option<String> {

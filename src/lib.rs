@@ -1,5 +1,6 @@
 //! imgbuild: build a graph of layered OCI images from one `images.yaml`,
 //! without a daemon and without privileges.
+pub mod attach;
 pub mod build;
 pub mod debian;
 pub mod digest;
@@ -13,6 +14,8 @@ pub mod reference;
 pub mod registry;
 pub mod retry;
 pub mod sandbox;
+pub mod sbom;
+pub mod sign;
 pub mod source;
 pub mod spec;
 pub mod store;

@@ -399,7 +399,7 @@ fn ci_gitlab_writes_a_valid_child_pipeline_that_follows_the_graph() {
         "client-b"
     );
     let script = doc[".imgbuild"]["script"][0].as_str().unwrap();
-    assert!(script.contains("push --locked --tag \"$CI_COMMIT_SHORT_SHA\" --tag \"$CI_COMMIT_REF_SLUG\" $IMGBUILD_IMAGES"), "{script}");
+    assert!(script.contains("push --locked --tag \"$CI_COMMIT_SHORT_SHA\" --tag \"$CI_COMMIT_REF_SLUG\" $IMGBUILD_PUSH_ARGS $IMGBUILD_IMAGES"), "{script}");
     assert!(
         !script.contains("--no-latest"),
         "the default branch moves latest: {script}"

@@ -13,6 +13,9 @@ pub struct Delivery<'o> {
     pub outputs: &'o [Output],
     /// Push the requested images through the remote.
     pub push: bool,
+    /// SBOM, provenance and signature, attached to what is pushed and
+    /// written into OCI layouts.
+    pub evidence: super::evidence::Evidence,
 }
 
 /// Every image's result, and what was delivered.
@@ -30,6 +33,8 @@ pub enum DeliverError {
     Output(#[from] OutputError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Sbom(#[from] crate::sbom::SbomError),
 }
 
 impl Session<'_> {
@@ -48,6 +53,13 @@ impl Session<'_> {
             .iter()
             .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
             .collect();
+        // Evidence is made once per image, before anything is written.
+        let mut referrers = BTreeMap::new();
+        if all_built && (delivery.push || !delivery.outputs.is_empty()) {
+            for o in &requested {
+                referrers.insert(o.name.clone(), self.referrers(o, &delivery.evidence)?);
+            }
+        }
         let outputs_written = all_built && !delivery.outputs.is_empty();
         if outputs_written {
             let named: Vec<Named> = requested
@@ -60,10 +72,13 @@ impl Session<'_> {
                 .collect();
             for out in delivery.outputs {
                 out.write(self.store, &named, self.opts.stamp.epoch)?;
+                out.write_referrers(&referrers)?;
             }
         }
         let pushed = if all_built && delivery.push {
-            Some(remote.push(self.spec, &requested)?)
+            let pushed = remote.push(self.spec, &requested)?;
+            remote.attach(&pushed, &referrers, delivery.evidence.key.as_ref())?;
+            Some(pushed)
         } else {
             None
         };

@@ -13,6 +13,7 @@
 mod assemble;
 pub mod debian;
 pub mod deliver;
+pub mod evidence;
 mod follow;
 mod ids;
 mod layers;

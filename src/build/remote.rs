@@ -38,6 +38,8 @@ pub enum RemoteError {
     NoRegistry,
     #[error(transparent)]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Sign(Box<crate::sign::SignError>),
 }
 
 impl RemoteError {
@@ -307,6 +309,65 @@ impl<'a> Remote<'a> {
 impl Puller for Remote<'_> {
     fn pull(&self, reference: &Reference) -> Result<ImageRecord, RemoteError> {
         self.pull_image(reference)
+    }
+}
+
+impl Remote<'_> {
+    /// Attaches each pushed image's referrers (by image name) in every
+    /// repository it went to, and signs it there for each of its tags
+    /// when `key` is given. Runs after the images' own push, so a referrer
+    /// never names a manifest the registry lacks.
+    pub fn attach(
+        &self,
+        pushed: &[Pushed],
+        referrers: &BTreeMap<String, Vec<crate::attach::referrers::Referrer>>,
+        key: Option<&p256::ecdsa::SigningKey>,
+    ) -> Result<(), RemoteError> {
+        use futures_util::StreamExt;
+        // Each image's referrers are a few small requests in a row: images
+        // go side by side, as blobs do, so round trips do not add up.
+        let jobs = pushed.iter().map(|p| async move {
+            let r: Reference = p.reference.parse().map_err(RemoteError::Destination)?;
+            let list = referrers
+                .get(&p.name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if !list.is_empty() {
+                crate::attach::referrers::attach(
+                    &self.client,
+                    self.store,
+                    &r,
+                    &p.digest,
+                    list,
+                    &self.known,
+                )
+                .await?;
+            }
+            if let Some(key) = key {
+                let repo = crate::sign::repository(&r);
+                let ids: Vec<String> = p.tags.iter().map(|t| format!("{repo}:{t}")).collect();
+                crate::sign::sign_image(
+                    &self.client,
+                    self.store,
+                    &r.with_digest(&p.digest),
+                    &ids,
+                    key,
+                    &self.known,
+                )
+                .await
+                .map_err(|e| match e {
+                    crate::sign::SignError::Registry(e) => RemoteError::Registry(e),
+                    other => RemoteError::Sign(Box::new(other)),
+                })?;
+            }
+            Ok::<(), RemoteError>(())
+        });
+        let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
+            futures_util::stream::iter(jobs)
+                .buffer_unordered(crate::registry::transfer::PARALLEL)
+                .collect(),
+        );
+        results.into_iter().collect()
     }
 }
 

@@ -2,7 +2,9 @@
 use clap::Args;
 use serde::Serialize;
 
+use imgbuild::attach::provenance::Inputs;
 use imgbuild::build::deliver::{Delivered, Delivery};
+use imgbuild::build::evidence::Evidence;
 use imgbuild::build::remote::{Pushed, Remote};
 use imgbuild::build::{BuildError, ImageOutcome, Session};
 use imgbuild::oci::output::Output;
@@ -97,6 +99,56 @@ struct Failed {
     follows: bool,
 }
 
+/// What `--sbom`, `--provenance` and `--sign-key` ask to attach.
+fn evidence(
+    cli: &Cli,
+    args: &BuildArgs,
+    spec: &imgbuild::spec::Spec,
+    opts: &imgbuild::build::Options,
+) -> Result<Evidence, Failure> {
+    let sbom = args
+        .remote
+        .sbom
+        .as_deref()
+        .map(str::parse::<imgbuild::sbom::Formats>)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let key = args
+        .remote
+        .sign_key
+        .as_deref()
+        .map(imgbuild::sign::load_private)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let provenance = args.remote.provenance.then(|| {
+        let sha = |p: &std::path::Path| {
+            std::fs::read(p)
+                .ok()
+                .map(|b| imgbuild::digest::sha256_hex(&b))
+        };
+        let file_name = spec
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Inputs {
+            file: (file_name, sha(&spec.file).unwrap_or_default()),
+            lock: sha(&imgbuild::debian::lock::path_for(spec)),
+            revision: opts.stamp.revision.clone(),
+            repository: opts.stamp.source.clone(),
+            set: cli.set.clone(),
+            isolation: args.layer.isolation.to_string(),
+            pipeline: imgbuild::env::var(imgbuild::env::CI_PIPELINE_URL),
+            job: imgbuild::env::var(imgbuild::env::CI_JOB_URL),
+        }
+    });
+    Ok(Evidence {
+        sbom,
+        provenance,
+        key,
+    })
+}
+
 pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     let spec = load(&cli.file)?;
     let names = args.select.resolve(&spec)?;
@@ -119,6 +171,7 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     let delivery = Delivery {
         outputs: &outputs,
         push: args.push,
+        evidence: evidence(cli, args, &spec, &opts)?,
     };
     let Delivered {
         results,

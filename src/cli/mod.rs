@@ -11,6 +11,8 @@ mod progress;
 mod push;
 mod remote;
 mod run;
+mod sbom;
+mod sign;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -105,6 +107,17 @@ enum Command {
     /// Run a command in a built image (built first if needed), throw-away,
     /// with the image's env, workdir and user; its exit status is passed on.
     Run(run::RunArgs),
+    /// Print an image's SBOM (SPDX 2.3 or CycloneDX 1.6 JSON), made from
+    /// what imgbuild knows: its layers, dpkg database, images.lock, sources.
+    Sbom(sbom::SbomArgs),
+    /// Make a signing key pair in cosign's format (PREFIX.key, encrypted
+    /// with $IMGBUILD_SIGN_PASSWORD, and PREFIX.pub).
+    Keygen(sign::KeygenArgs),
+    /// Sign a pushed image as cosign does (a `sha256-<hex>.sig` tag).
+    Sign(sign::SignArgs),
+    /// Verify a pushed image's cosign signature with a public key; exit 1
+    /// and the reason when it is unsigned, changed or signed by another key.
+    Verify(sign::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -288,6 +301,7 @@ impl From<imgbuild::build::deliver::DeliverError> for Failure {
             DeliverError::Build(e) => e.into(),
             DeliverError::Remote(e) => e.into(),
             DeliverError::Output(e) => Failure::failed(e),
+            DeliverError::Sbom(e) => Failure::failed(e),
         }
     }
 }
@@ -441,6 +455,10 @@ pub fn run() -> ExitCode {
         Command::Login(a) => remote::login(&cli, a),
         Command::Test(a) => build::test_command(&cli, &a.select, &a.layer),
         Command::Run(a) => run::run(&cli, a),
+        Command::Sbom(a) => sbom::run(&cli, a),
+        Command::Keygen(a) => sign::keygen(&cli, a),
+        Command::Sign(a) => sign::sign(&cli, a),
+        Command::Verify(a) => sign::verify(&cli, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,18 @@ pub struct PushArgs {
     /// the `--tag`s name the image.
     #[arg(long, requires = "tags")]
     pub no_latest: bool,
+    /// Attach an SBOM (default format spdx) to pushed images and OCI
+    /// layouts, as an OCI 1.1 referrer.
+    #[arg(long, value_name = "spdx|cyclonedx|both", num_args = 0..=1, default_missing_value = "spdx")]
+    pub sbom: Option<String>,
+    /// Attach SLSA v1 provenance (an in-toto statement) as a referrer.
+    #[arg(long)]
+    pub provenance: bool,
+    /// Sign pushed images (cosign's format) and the attestations (DSSE)
+    /// with this key: a file or env://VAR, its passphrase in
+    /// $IMGBUILD_SIGN_PASSWORD.
+    #[arg(long, value_name = "FILE|env://VAR")]
+    pub sign_key: Option<String>,
 }
 
 impl PushArgs {

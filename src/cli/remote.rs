@@ -18,7 +18,7 @@ pub struct Net {
 }
 
 impl Net {
-    fn client(&self) -> Result<Client, Failure> {
+    pub(super) fn client(&self) -> Result<Client, Failure> {
         Client::new(Sources::from_process(), self.insecure.clone()).map_err(Failure::failed)
     }
 }
@@ -157,6 +157,11 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
         }
         _ => None,
     };
+    // SBOMs, provenance, signatures: the referrers API, else the
+    // `sha256-<hex>` tag.
+    let referrers = rt
+        .block_on(imgbuild::attach::referrers::list(&client, &r, &digest))
+        .map_err(Failure::failed)?;
     if cli.json {
         let layers: Vec<serde_json::Value> = manifest["layers"]
             .as_array()
@@ -173,6 +178,7 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
             "manifest": manifest,
             "config": config,
             "layers": layers,
+            "referrers": referrers,
         }));
         return Ok(());
     }
@@ -203,6 +209,20 @@ pub fn inspect(cli: &Cli, r: &str, net: &Net) -> Result<(), Failure> {
                 d["platform"]["architecture"].as_str().unwrap_or("?")
             );
         }
+    }
+    if !referrers.is_empty() {
+        println!("referrers");
+    }
+    for d in &referrers {
+        let predicate = d["annotations"]["in-toto.io/predicate-type"]
+            .as_str()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        println!(
+            "  {} {}{predicate}",
+            d["digest"].as_str().unwrap_or(""),
+            d["artifactType"].as_str().unwrap_or("?"),
+        );
     }
     Ok(())
 }
@@ -251,4 +271,35 @@ pub fn login(_cli: &Cli, a: &LoginArgs) -> Result<(), Failure> {
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     eprintln!("login to {} saved in {}", a.host, path.display());
     Ok(())
+}
+
+/// `imgbuild sbom REF`: the SBOM attached to a pushed image, as a referrer.
+pub fn sbom(
+    _cli: &Cli,
+    r: &str,
+    format: imgbuild::sbom::Formats,
+    net: &Net,
+) -> Result<(), Failure> {
+    let r = reference(r)?;
+    let client = net.client()?;
+    let rt = runtime()?;
+    let want = match format {
+        imgbuild::sbom::Formats::CycloneDx => imgbuild::sbom::cyclonedx::MEDIA_TYPE,
+        _ => imgbuild::sbom::spdx::MEDIA_TYPE,
+    };
+    let bytes = rt
+        .block_on(imgbuild::attach::referrers::fetch_artifact(
+            &client, &r, want,
+        ))
+        .map_err(Failure::failed)?;
+    match bytes {
+        Some(b) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(&b);
+            Ok(())
+        }
+        None => Err(Failure::failed(format!(
+            "{r} has no {want} referrer; push it with `imgbuild build --push` (which attaches the SBOM)"
+        ))),
+    }
 }

@@ -249,8 +249,10 @@ fn pipeline(jobs: &[Job], opts: &Options) -> Yaml {
         .collect();
     let command = if opts.push {
         let latest = if opts.latest { "" } else { " --no-latest" };
+        // IMGBUILD_PUSH_ARGS: what the including pipeline adds to a push
+        // (the template: evidence and a signature on the default branch).
         format!(
-            "imgbuild{global} push --locked --tag \"$CI_COMMIT_SHORT_SHA\" --tag \"$CI_COMMIT_REF_SLUG\"{latest} $IMGBUILD_IMAGES"
+            "imgbuild{global} push --locked --tag \"$CI_COMMIT_SHORT_SHA\" --tag \"$CI_COMMIT_REF_SLUG\"{latest} $IMGBUILD_PUSH_ARGS $IMGBUILD_IMAGES"
         )
     } else {
         format!("imgbuild{global} build --locked $IMGBUILD_IMAGES")

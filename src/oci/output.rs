@@ -82,6 +82,63 @@ impl Output {
     }
 }
 
+impl Output {
+    /// Adds the images' referrers (by image name) to an OCI layout: their
+    /// blobs and manifests, and an entry in index.json each (no ref name:
+    /// found by their `subject`, as OCI image-layout 1.1 has it). A
+    /// docker-archive has no place for them.
+    pub fn write_referrers(
+        &self,
+        referrers: &BTreeMap<String, Vec<crate::attach::referrers::Referrer>>,
+    ) -> Result<(), OutputError> {
+        let Output::OciDir(dir) = self else {
+            return Ok(());
+        };
+        let all: Vec<&crate::attach::referrers::Referrer> = referrers.values().flatten().collect();
+        if all.is_empty() {
+            return Ok(());
+        }
+        let blob_dir = dir.join("blobs/sha256");
+        for r in &all {
+            for b in r.blobs.iter().chain(std::iter::once(&r.manifest)) {
+                let dest = blob_dir.join(crate::digest::sha256_hex(b));
+                if !dest.exists() {
+                    atomic_write(&dest, b)?;
+                }
+            }
+        }
+        let index_path = dir.join("index.json");
+        let bytes = fs::read(&index_path).map_err(io_at(&index_path))?;
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| OutputError::BadIndex {
+                path: index_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let ours: BTreeSet<String> = all.iter().map(|r| r.digest()).collect();
+        let mut manifests: Vec<serde_json::Value> = index["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d["digest"].as_str().is_none_or(|x| !ours.contains(x)))
+            .collect();
+        for r in &all {
+            let mut d = serde_json::json!({
+                "mediaType": crate::attach::referrers::MANIFEST,
+                "digest": r.digest(),
+                "size": r.manifest.len(),
+                "artifactType": r.artifact_type,
+            });
+            if !r.annotations.is_empty() {
+                d["annotations"] = serde_json::json!(r.annotations);
+            }
+            manifests.push(d);
+        }
+        index["manifests"] = serde_json::Value::Array(manifests);
+        atomic_write(&index_path, &canonical_json(&index))
+    }
+}
+
 fn manifest_descriptor(name: &str, record: &ImageRecord) -> Descriptor {
     let mut d = DescriptorBuilder::default()
         .media_type(MediaType::ImageManifest)

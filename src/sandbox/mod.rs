@@ -42,6 +42,15 @@ pub enum Request {
     Exactly(Isolation),
 }
 
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Auto => f.write_str("auto"),
+            Request::Exactly(i) => f.write_str(&format!("{i:?}").to_lowercase()),
+        }
+    }
+}
+
 impl FromStr for Request {
     type Err = String;
     fn from_str(s: &str) -> Result<Request, String> {

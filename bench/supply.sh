@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# supply.sh: what SBOM, provenance and signing add to pushing the fleet (moodle +
+# CLIENTS clients, the trees of push.sh) to the real CNCF registry on 127.0.0.1:
+#   1. time: `imgbuild push --all` vs `imgbuild push --all --sbom --provenance
+#      --sign-key K`, each to a fresh, empty registry, RUNS rounds interleaved; the
+#      fleet is built first (not timed), so the difference is the evidence: the SBOMs
+#      (layers read once, then kept in the store), provenance, DSSE, signatures, and
+#      the referrers index per image;
+#   2. bytes: one more push of each through bench/registry.py's counting proxy (not
+#      timed); the difference, per image, is the registry traffic the evidence costs.
+# A report, not a test: always exits 0 once it has measured; n/a when not measured.
+#
+# Environment: CLIENTS (50), RUNS (3), IMGBUILD, IMGBUILD_NO_BUILD=1, BENCH_WORK.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLIENTS=${CLIENTS:-50}
+RUNS=${RUNS:-3}
+export IMGBUILD_REVISION=
+OUT=$WORK/supply
+mkdir -p "$WORK" "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.stderr "$OUT"/*.stdout
+REG=$BENCH_DIR/registry.py
+command -v docker-registry >/dev/null || { warn "docker-registry is not installed"; exit 1; }
+
+ensure_moodle_tree
+ensure_clients "$CLIENTS"
+ensure_imgbuild
+[[ $IMGBUILD_OK == 1 ]] || { warn "no imgbuild: nothing measured"; exit 0; }
+YAML=$WORK/images-supply.yaml
+{
+    echo "# Written by bench/supply.sh: Moodle core plus ${#CLIENT_NAMES[@]} clients (as push.sh)."
+    echo "images:"
+    echo "  moodle:"
+    echo "    from: scratch"
+    echo "    layers:"
+    echo "      - {src: moodle-tree, dest: /var/www/moodle}"
+    for n in "${CLIENT_NAMES[@]}"; do
+        echo "  $n:"
+        echo "    from: moodle"
+        echo "    layers:"
+        echo "      - {src: clients/$n, dest: /var/www/moodle/theme/$n}"
+    done
+} >"$YAML"
+home=$OUT/imgbuild-home
+reset_dir "$home"
+export IMGBUILD_SIGN_PASSWORD=bench
+log "building the fleet (not timed)"
+IMGBUILD_HOME=$home "$IMGBUILD" -q -f "$YAML" build --all
+rm -f "$OUT/key.key" "$OUT/key.pub"
+"$IMGBUILD" -q keygen --prefix "$OUT/key"
+
+declare -A PID=()
+# reg_start NAME: a fresh registry (and its counting proxy); sets PORT and PROXY.
+reg_start() {
+    local dir=$OUT/reg-$1 i
+    reset_dir "$dir"
+    mkdir -p "$dir"
+    python3 "$REG" serve "$dir" >"$OUT/reg-$1.log" 2>&1 &
+    PID[$1]=$!
+    for ((i = 0; i < 300; i++)); do
+        [[ -s $dir/state.json ]] && break
+        sleep 0.1
+    done
+    read -r PORT PROXY < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["port"], s["proxy_port"])' "$dir/state.json")
+}
+reg_stop() {
+    kill "${PID[$1]}" 2>/dev/null || true
+    wait "${PID[$1]}" 2>/dev/null || true
+    reset_dir "$OUT/reg-$1/storage"
+}
+trap 'for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+push_cmd() { # PORT MODE
+    local extra=""
+    [[ $2 == evidence ]] && extra="--sbom --provenance --sign-key $(q "$OUT/key.key")"
+    printf 'IMGBUILD_HOME=%s %s -q -f %s push --all --registry 127.0.0.1:%s/fleet %s' \
+        "$(q "$home")" "$(q "$IMGBUILD")" "$(q "$YAML")" "$1" "$extra"
+}
+
+for ((r = 1; r <= RUNS; r++)); do
+    for mode in plain evidence; do
+        reg_start "$mode$r"
+        log "round $r: push ($mode)"
+        measure --name "push-$mode" --out "$OUT/$mode.json" --append --runs 1 -- "$(push_cmd "$PORT" "$mode")"
+        reg_stop "$mode$r"
+    done
+done
+for mode in plain evidence; do
+    reg_start "count-$mode"
+    log "bytes: push ($mode) through the counting proxy (not timed)"
+    if bash -c "$(push_cmd "$PROXY" "$mode")" 2>"$OUT/count-$mode.stderr"; then
+        python3 "$REG" snapshot "$OUT/reg-count-$mode" >"$OUT/count-$mode.json"
+    else
+        warn "push ($mode) through the proxy failed: $(tail -n 3 "$OUT/count-$mode.stderr")"
+    fi
+    reg_stop "count-$mode"
+done
+
+python3 - "$OUT" "$((CLIENTS + 1))" <<'PY'
+import json, os, sys
+out, images = sys.argv[1], int(sys.argv[2])
+def median(mode):
+    try:
+        r = json.load(open(f"{out}/{mode}.json"))
+        return r["median_s"] if r.get("ok", True) else None
+    except (OSError, KeyError, ValueError):
+        return None
+def up(mode):
+    try:
+        return json.load(open(f"{out}/count-{mode}.json"))["counts"]["up_bytes"]
+    except (OSError, KeyError, ValueError):
+        return None
+p, e = median("plain"), median("evidence")
+bp, be = up("plain"), up("evidence")
+fmt = lambda v, f: "n/a" if v is None else f.format(v)
+ratio = e / p if p and e else None
+per_image = (be - bp) / images if bp is not None and be is not None else None
+print(f"images                       {images}")
+print(f"push --all (median)          {fmt(p, '{:.2f} s')}")
+print(f"push --all with evidence     {fmt(e, '{:.2f} s')}")
+print(f"ratio                        {fmt(ratio, '{:.3f}')}  (target <= 1.10)")
+print(f"evidence bytes per image     {fmt(per_image, '{:.0f} B')}  (target <= 51200 B)")
+json.dump({"images": images, "plain_s": p, "evidence_s": e, "ratio": ratio,
+           "bytes_plain": bp, "bytes_evidence": be, "evidence_bytes_per_image": per_image},
+          open(f"{out}/supply.json", "w"), indent=2)
+PY

@@ -1,0 +1,5 @@
+//! Evidence attached to pushed images as OCI 1.1 referrers: SBOMs,
+//! provenance, signatures (DSSE envelopes for attestations).
+pub mod dsse;
+pub mod provenance;
+pub mod referrers;

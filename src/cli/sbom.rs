@@ -1,0 +1,51 @@
+//! `imgbuild sbom`
+use std::io::Write;
+
+use clap::Args;
+
+use imgbuild::build::Session;
+use imgbuild::sbom::{Formats, inventory};
+
+use super::{Cli, Failure, LayerArgs, load, open_store};
+
+#[derive(Args)]
+pub struct SbomArgs {
+    /// An image of images.yaml (built), or a registry reference whose
+    /// SBOM referrer to print.
+    name: String,
+    /// spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.6 JSON).
+    #[arg(long, default_value = "spdx", value_name = "spdx|cyclonedx")]
+    format: String,
+    #[command(flatten)]
+    net: super::remote::Net,
+}
+
+pub fn run(cli: &Cli, args: &SbomArgs) -> Result<(), Failure> {
+    let format: Formats = args.format.parse().map_err(Failure::usage)?;
+    if format == Formats::Both {
+        return Err(Failure::usage(
+            "`sbom` prints one document: pass --format spdx or --format cyclonedx",
+        ));
+    }
+    if args.name.contains('/') {
+        return super::remote::sbom(cli, &args.name, format, &args.net);
+    }
+    let spec = load(&cli.file)?;
+    let opts = LayerArgs::defaults().options(&spec)?;
+    let store = open_store()?;
+    let session = Session::new(&store, &spec, &opts);
+    session.image(&args.name)?;
+    let Some(last) = session.last_build(&args.name)? else {
+        return Err(Failure::usage(format!(
+            "{} has not been built from {} yet; run `imgbuild build {}`",
+            args.name,
+            spec.file.display(),
+            args.name
+        )));
+    };
+    let inv = inventory(&store, &spec, &args.name, &last.image).map_err(Failure::failed)?;
+    for (_, bytes) in format.render(&inv) {
+        let _ = std::io::stdout().lock().write_all(&bytes);
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! What an image is made of, from what imgbuild knows: its layers (by
+//! digest), the dpkg database its layers leave (the packages, their source
+//! packages; the `.deb`'s SHA256 from images.lock), the licences of DEP-5
+//! copyright files, the sources images.yaml pinned (commit, SHA256), and
+//! the Moodle release and plugins that name themselves in `version.php`.
+//! The parent's share is marked, so a client's SBOM says what it inherits.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::dpkg::{Installed, installed};
+use super::layers::{Fact, LayerFacts, merge};
+use crate::oci::image::{ImageRecord, LayerDesc};
+
+/// The image an SBOM describes, and what it is built on.
+pub struct Subject<'a> {
+    pub name: &'a str,
+    pub record: &'a ImageRecord,
+    /// The config's `created` (SOURCE_DATE_EPOCH at build time).
+    pub created: String,
+    pub os: String,
+    pub architecture: String,
+    /// The parent image: its name and manifest digest, and how many of
+    /// this image's layers are its.
+    pub parent: Option<(String, String, usize)>,
+    /// `.deb` SHA256 by (name, version, architecture), from images.lock.
+    pub debs: &'a BTreeMap<(String, String, String), String>,
+    /// The sources the image's layers (and its ancestors') come from.
+    pub sources: Vec<SourceInfo>,
+    /// Absolute destinations of layers taken from a source, and its name.
+    pub source_dests: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Git { url: String, commit: String },
+    Archive { url: String, sha256: String },
+    Dir,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SourceInfo {
+    pub name: String,
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DebPackage {
+    #[serde(flatten)]
+    pub installed: Installed,
+    pub sha256: Option<String>,
+    /// SPDX expression from a DEP-5 copyright file.
+    pub licence: Option<String>,
+    pub inherited: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plugin {
+    pub component: String,
+    pub version: Option<String>,
+    pub release: Option<String>,
+    /// Its directory in the image, absolute.
+    pub path: String,
+    pub source: Option<String>,
+    pub inherited: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Moodle {
+    pub release: String,
+    pub version: Option<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub name: String,
+    pub manifest: String,
+    pub created: String,
+    pub os: String,
+    pub architecture: String,
+    pub parent: Option<(String, String)>,
+    /// os-release's ID and VERSION_CODENAME (purl's `distro`).
+    pub distro: Option<(String, String)>,
+    /// Layers, and whether each is the parent's.
+    pub layers: Vec<(LayerDesc, bool)>,
+    pub packages: Vec<DebPackage>,
+    /// `LicenseRef-`s the licences use.
+    pub licence_refs: BTreeSet<String>,
+    pub sources: Vec<SourceInfo>,
+    pub plugins: Vec<Plugin>,
+    pub moodle: Option<Moodle>,
+}
+
+/// The inventory of `subject` from its layers' facts (in order).
+pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
+    let parent_layers = subject.parent.as_ref().map_or(0, |p| p.2);
+    let all = merge(facts);
+    let inherited_files = merge(&facts[..parent_layers.min(facts.len())]);
+    let status_of = |files: &BTreeMap<String, Fact>| match files.get("var/lib/dpkg/status") {
+        Some(Fact::DpkgStatus(s)) => installed(s),
+        _ => Vec::new(),
+    };
+    let parent_pkgs: BTreeSet<Installed> = status_of(&inherited_files).into_iter().collect();
+    let mut licence_refs = BTreeSet::new();
+    let packages = status_of(&all)
+        .into_iter()
+        .map(|p| {
+            let licence = match all.get(&format!("usr/share/doc/{}/copyright", p.name)) {
+                Some(Fact::Copyright(Some((expr, refs)))) => {
+                    licence_refs.extend(refs.iter().cloned());
+                    Some(expr.clone())
+                }
+                _ => None,
+            };
+            let key = (p.name.clone(), p.version.clone(), p.architecture.clone());
+            DebPackage {
+                sha256: subject.debs.get(&key).cloned(),
+                licence,
+                inherited: parent_pkgs.contains(&p),
+                installed: p,
+            }
+        })
+        .collect();
+    let mut plugins = Vec::new();
+    let mut moodle = None;
+    for (path, fact) in &all {
+        let Fact::VersionPhp(v) = fact else { continue };
+        let dir = format!(
+            "/{}",
+            path.trim_end_matches("version.php").trim_end_matches('/')
+        );
+        if v.core {
+            // The shallowest core version.php is Moodle's own (a copy in a
+            // test fixture sits deeper).
+            let release = v.release.clone().unwrap_or_default();
+            if moodle
+                .as_ref()
+                .is_none_or(|m: &Moodle| m.path.len() > dir.len())
+            {
+                moodle = Some(Moodle {
+                    release,
+                    version: v.version.clone(),
+                    path: dir,
+                });
+            }
+            continue;
+        }
+        let Some(component) = v.component.clone() else {
+            continue;
+        };
+        let source = subject
+            .source_dests
+            .iter()
+            .filter(|(dest, _)| {
+                let d = dest.trim_end_matches('/');
+                dir == d || dir.starts_with(&format!("{d}/"))
+            })
+            .max_by_key(|(dest, _)| dest.len())
+            .map(|(_, s)| s.clone());
+        plugins.push(Plugin {
+            inherited: inherited_files.get(path) == Some(fact),
+            component,
+            version: v.version.clone(),
+            release: v.release.clone(),
+            path: dir,
+            source,
+        });
+    }
+    plugins.sort_by(|a, b| (&a.component, &a.path).cmp(&(&b.component, &b.path)));
+    let distro = ["etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .find_map(|p| match all.get(*p) {
+            Some(Fact::OsRelease { id, codename }) => Some((id.clone(), codename.clone())),
+            _ => None,
+        });
+    let mut sources = subject.sources.clone();
+    sources.sort();
+    sources.dedup();
+    Inventory {
+        name: subject.name.to_string(),
+        manifest: subject.record.manifest.clone(),
+        created: subject.created.clone(),
+        os: subject.os.clone(),
+        architecture: subject.architecture.clone(),
+        parent: subject.parent.as_ref().map(|p| (p.0.clone(), p.1.clone())),
+        distro,
+        layers: subject
+            .record
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i < parent_layers))
+            .collect(),
+        packages,
+        licence_refs,
+        sources,
+        plugins,
+        moodle,
+    }
+}
+
+/// `%`-encodes what a purl's version or qualifier value cannot hold.
+pub fn purl_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Inventory {
+    /// `debian-13` style, or the codename, for purls' `distro=`.
+    pub fn distro_name(&self) -> Option<String> {
+        self.distro.as_ref().map(|(id, codename)| {
+            if codename.is_empty() {
+                id.clone()
+            } else {
+                codename.clone()
+            }
+        })
+    }
+
+    pub fn deb_purl(&self, name: &str, version: &str, arch: &str) -> String {
+        let mut p = format!(
+            "pkg:deb/debian/{}@{}?arch={}",
+            purl_escape(name),
+            purl_escape(version),
+            purl_escape(arch)
+        );
+        if let Some(d) = self.distro_name() {
+            p.push_str(&format!("&distro={}", purl_escape(&d)));
+        }
+        p
+    }
+
+    pub fn image_purl(&self) -> String {
+        format!(
+            "pkg:oci/{}@{}",
+            purl_escape(&self.name),
+            purl_escape(&self.manifest)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purls_escape_epochs_and_plus() {
+        let inv = Inventory {
+            name: "app".into(),
+            manifest: "sha256:ab".into(),
+            created: String::new(),
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            parent: None,
+            distro: Some(("debian".into(), "trixie".into())),
+            layers: vec![],
+            packages: vec![],
+            licence_refs: BTreeSet::new(),
+            sources: vec![],
+            plugins: vec![],
+            moodle: None,
+        };
+        assert_eq!(
+            inv.deb_purl("libcap2", "1:2.75-10+b1", "amd64"),
+            "pkg:deb/debian/libcap2@1%3A2.75-10%2Bb1?arch=amd64&distro=trixie"
+        );
+        assert_eq!(inv.image_purl(), "pkg:oci/app@sha256%3Aab");
+    }
+}

@@ -1,0 +1,166 @@
+//! Signing images the way cosign does, and verifying such signatures:
+//! keys in cosign's files ([`key`]), signatures in its registry layout
+//! ([`cosign`]).
+pub mod cosign;
+pub mod key;
+
+use std::path::PathBuf;
+
+use p256::ecdsa::{SigningKey, VerifyingKey};
+
+use crate::attach::referrers;
+use crate::env;
+use crate::registry::transfer::Known;
+use crate::registry::{Client, Reference, RegistryError};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Key(#[from] key::KeyError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the signing key needs its passphrase: set {} (an empty passphrase is set as an empty variable)",
+        env::IMGBUILD_SIGN_PASSWORD
+    )]
+    NoPassphrase,
+    #[error("`env://{0}`: the environment variable {0} is not set")]
+    NoKeyVariable(String),
+    #[error("{reference} is not signed: there is no {tag} in its repository")]
+    Unsigned { reference: String, tag: String },
+    #[error("{reference}: no signature verifies with {key}:{}", reasons.iter().map(|r| format!("\n  - {r}")).collect::<String>())]
+    Rejected {
+        reference: String,
+        key: String,
+        reasons: Vec<cosign::Rejected>,
+    },
+    #[error("{reference}: the image is not in the registry")]
+    NoImage { reference: String },
+}
+
+/// Where a key is: a file, or `env://VAR` (its PEM text in a variable).
+fn read_key_text(spec: &str) -> Result<(String, String), SignError> {
+    if let Some(var) = spec.strip_prefix("env://") {
+        let text = env::var(var).ok_or_else(|| SignError::NoKeyVariable(var.to_string()))?;
+        return Ok((text, format!("${var}")));
+    }
+    let path = PathBuf::from(spec);
+    let text = std::fs::read_to_string(&path).map_err(|source| SignError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((text, spec.to_string()))
+}
+
+/// The passphrase of a private key: $IMGBUILD_SIGN_PASSWORD, else
+/// $COSIGN_PASSWORD (the name cosign reads).
+pub fn passphrase() -> Result<String, SignError> {
+    env::var_set(env::IMGBUILD_SIGN_PASSWORD)
+        .or_else(|| env::var_set(env::COSIGN_PASSWORD))
+        .ok_or(SignError::NoPassphrase)
+}
+
+/// Opens the private key at `spec` (a file or `env://VAR`).
+pub fn load_private(spec: &str) -> Result<SigningKey, SignError> {
+    let (text, what) = read_key_text(spec)?;
+    Ok(key::decrypt(&text, passphrase()?.as_bytes(), &what)?)
+}
+
+/// Reads the public key at `spec` (a file or `env://VAR`), and its name.
+pub fn load_public(spec: &str) -> Result<(VerifyingKey, String), SignError> {
+    let (text, what) = read_key_text(spec)?;
+    Ok((key::read_public(&text, &what)?, what))
+}
+
+/// The image's manifest digest and size: what `r` pins, else what its tag
+/// names now.
+async fn subject(client: &Client, r: &Reference) -> Result<(String, u64), SignError> {
+    let (bytes, _) = client.get_manifest(r).await.map_err(|e| match e {
+        RegistryError::NotFound { .. } => SignError::NoImage {
+            reference: r.to_string(),
+        },
+        e => e.into(),
+    })?;
+    Ok((
+        crate::digest::digest_of(&bytes).to_string(),
+        bytes.len() as u64,
+    ))
+}
+
+/// `HOST/PATH` of a reference, as a signature's identity names it.
+pub fn repository(r: &Reference) -> String {
+    format!("{}/{}", r.registry, r.repository)
+}
+
+/// Signs the image `r` names for each of `identities` (`HOST/PATH[:TAG]`;
+/// none: `r` as written), keeping the signatures already there. Returns
+/// the image's digest.
+pub async fn sign_image(
+    client: &Client,
+    store: &Store,
+    r: &Reference,
+    identities: &[String],
+    key: &SigningKey,
+    known: &Known,
+) -> Result<String, SignError> {
+    let (digest, size) = subject(client, r).await?;
+    let mut signed = cosign::read(client, r, &digest).await?;
+    let before = signed.len();
+    let default = vec![match &r.tag {
+        Some(t) => format!("{}:{t}", repository(r)),
+        None => repository(r),
+    }];
+    let ids = if identities.is_empty() {
+        &default
+    } else {
+        identities
+    };
+    for id in ids {
+        let s = cosign::sign(key, &cosign::payload(id, &digest));
+        if !signed.contains(&s) {
+            signed.push(s);
+        }
+    }
+    if signed.len() > before || before == 0 {
+        let m = cosign::manifest(&signed, (&digest, size));
+        referrers::attach(client, store, r, &digest, &[m], known).await?;
+    }
+    Ok(digest)
+}
+
+/// Verifies that a signature by `key` vouches for the image `r` names.
+/// Returns the image's digest.
+pub async fn verify_image(
+    client: &Client,
+    r: &Reference,
+    key: &VerifyingKey,
+    key_name: &str,
+) -> Result<String, SignError> {
+    let (digest, _) = subject(client, r).await?;
+    let signed = cosign::read(client, r, &digest).await?;
+    if signed.is_empty() {
+        return Err(SignError::Unsigned {
+            reference: r.to_string(),
+            tag: cosign::sig_tag(&digest),
+        });
+    }
+    let repo = repository(r);
+    let mut reasons = Vec::new();
+    for s in &signed {
+        match cosign::check(s, key, &digest, &repo) {
+            Ok(()) => return Ok(digest),
+            Err(why) => reasons.push(why),
+        }
+    }
+    Err(SignError::Rejected {
+        reference: r.to_string(),
+        key: key_name.to_string(),
+        reasons,
+    })
+}
