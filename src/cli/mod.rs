@@ -369,12 +369,18 @@ fn load_pinned(
     }
     let root = Store::default_root().map_err(|e| read_err(std::io::Error::other(e)))?;
     let fetcher = Fetcher::new(root, pins, pinning);
+    let dir = std::path::absolute(file)
+        .map_err(read_err)?
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let revision = imgbuild::build::revision_from_env(&dir);
     let spec = Spec::load_with(
         file,
         &LoadOptions {
             set,
             fetcher: Some(&fetcher),
             context,
+            revision: revision.as_deref(),
         },
     )?;
     Ok((spec, fetcher.pins(), fetcher.unpinned()))

@@ -80,6 +80,9 @@ pub struct LoadOptions<'a> {
     /// `--context DIR`: the build context, when wider than the directory
     /// of images.yaml; every path the file names must be inside it.
     pub context: Option<&'a Path>,
+    /// The project's own commit, for `${git.commit}` and `${git.short}`
+    /// (None: unknown, and a string that uses them is an error).
+    pub revision: Option<&'a str>,
 }
 
 /// A source of the loaded spec.
@@ -437,6 +440,7 @@ mod tests {
             set,
             fetcher: Some(&fake),
             context: None,
+            revision: None,
         };
         Spec::parse_with(text, Path::new("images.yaml"), dir, &opts).map_err(|e| match e {
             SpecError::Invalid { problems, .. } | SpecError::Fetch { problems, .. } => problems,
