@@ -25,7 +25,7 @@ pub(super) fn unknown(name: &str) -> Option<(String, String)> {
     if !KEYS.contains(&key) {
         return Some((
             format!("unknown var `${{{name}}}`"),
-            format!("the project's commit is `${{git.commit}}` or `${{git.short}}`"),
+            "the project's commit is `${git.commit}` or `${git.short}`".to_string(),
         ));
     }
     // A known key, yet an unknown var: no commit was found.
