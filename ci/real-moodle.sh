@@ -75,31 +75,7 @@ psql -c 'select 1' >/dev/null || { echo "PostgreSQL does not answer on port $pgp
 sinkdir=$work/mail
 rm -rf "$sinkdir" && mkdir -p "$sinkdir"
 sinkport=2525
-python3 - "$gw" "$sinkport" "$sinkdir" <<'EOF' &
-import socketserver, sys, os, itertools
-addr, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-seq = itertools.count()
-class H(socketserver.StreamRequestHandler):
-    def handle(self):
-        w = lambda s: self.wfile.write(s.encode() + b"\r\n")
-        w("220 sink ESMTP"); env = {"from": "", "to": []}
-        while line := self.rfile.readline():
-            cmd = line.decode(errors="replace").strip()
-            up = cmd.upper()
-            if up.startswith(("EHLO", "HELO")): w("250 sink")
-            elif up.startswith("MAIL FROM:"): env["from"] = cmd[10:].strip(); w("250 ok")
-            elif up.startswith("RCPT TO:"): env["to"].append(cmd[8:].strip()); w("250 ok")
-            elif up == "DATA":
-                w("354 go"); data = []
-                while (l := self.rfile.readline()) not in (b".\r\n", b".\n", b""): data.append(l.decode(errors="replace"))
-                with open(os.path.join(out, f"{next(seq)}.eml"), "w") as f:
-                    f.write(f"X-Envelope-From: {env['from']}\nX-Envelope-To: {','.join(env['to'])}\n" + "".join(data))
-                w("250 queued")
-            elif up == "QUIT": w("221 bye"); return
-            else: w("250 ok")
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer((addr, port), H).serve_forever()
-EOF
+python3 ci/smtp-sink.py "$gw" "$sinkport" "$sinkdir" >/dev/null &
 sink=$!
 cleanup() {
     kill "$sink" 2>/dev/null

@@ -4,26 +4,12 @@
 //! with `common::validate_layout`.
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::serve::{Server, git};
 use common::{Ctx, run_command, validate_layout};
 use serde_json::Value;
-
-/// Runs `git ARGS…` in `dir` with a fixed identity; its stdout, trimmed.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let mut c = Command::new("git");
-    c.current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir);
-    run_command(c).success().stdout.trim().to_string()
-}
 
 const VERSION_PHP: &str = "<?php\ndefined('MOODLE_INTERNAL') || die();\n$version  = 2025100600.03;\n$release  = '5.1.3 (Build: 20251006)';\n$branch   = '501';\n";
 
@@ -186,125 +172,6 @@ fn a_branch_moves_the_build_only_after_lock_update() {
     cx.run(&["build", "--locked", "core"])
         .exit(2)
         .stderr_has(&["its url or ref changed since it was pinned"]);
-}
-
-/// A loopback HTTP server (python3) serving `dir`; with `token`, requests
-/// without `Authorization: <token>` get 401. Killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-const SERVER: &str = r#"
-import http.server, os, sys
-want = os.environ.get("WANT_AUTH")
-class H(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):
-        if want and self.headers.get("Authorization") != want:
-            self.send_response(401); self.end_headers(); return
-        return super().do_GET()
-    def log_message(self, *a):
-        pass
-os.chdir(sys.argv[1])
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-
-/// The same with `git http-backend` behind it (argv: the directory of
-/// repositories, the backend program), for git over HTTP.
-const GIT_SERVER: &str = r#"
-import http.server, os, subprocess, sys
-want = os.environ.get("WANT_AUTH")
-root, backend = sys.argv[1], sys.argv[2]
-class H(http.server.BaseHTTPRequestHandler):
-    def serve(self, method):
-        if want and self.headers.get("Authorization") != want:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="test"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        path, _, query = self.path.partition("?")
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1",
-                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=method,
-                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
-                   CONTENT_LENGTH=str(len(body)), REMOTE_ADDR="127.0.0.1",
-                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""),
-                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
-        out = subprocess.run([backend], input=body, env=env, capture_output=True).stdout
-        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
-        head, _, rest = out.partition(sep)
-        status, headers = 200, []
-        for line in head.decode().splitlines():
-            k, _, v = line.partition(":")
-            if k.lower() == "status":
-                status = int(v.split()[0])
-            elif k:
-                headers.append((k, v.strip()))
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(rest)))
-        self.end_headers()
-        self.wfile.write(rest)
-    def do_GET(self):
-        self.serve("GET")
-    def do_POST(self):
-        self.serve("POST")
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-
-impl Server {
-    fn start(dir: &Path, auth: Option<&str>) -> Server {
-        Server::spawn(SERVER, &[dir], auth)
-    }
-
-    /// `git http-backend` serving the repositories below `dir`.
-    fn git(dir: &Path, auth: Option<&str>) -> Server {
-        let exec = git(dir, &["--exec-path"]);
-        let backend = Path::new(&exec).join("git-http-backend");
-        assert!(backend.is_file(), "no {}", backend.display());
-        Server::spawn(GIT_SERVER, &[dir, &backend], auth)
-    }
-
-    fn spawn(script: &str, args: &[&Path], auth: Option<&str>) -> Server {
-        let mut c = Command::new("python3");
-        c.args(["-u", "-c", script])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(a) = auth {
-            c.env("WANT_AUTH", a);
-        }
-        let mut child = c.spawn().expect("python3 runs the test's HTTP server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the HTTP server did not start: {line:?}"));
-        Server { child, port }
-    }
-
-    fn url(&self, file: &str) -> String {
-        format!("http://127.0.0.1:{}/{file}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sha256_file(p: &Path) -> String {

@@ -39,7 +39,7 @@ use crate::store::{Store, StoreError};
 pub use ids::{Accounts, OwnerError, OwnerFinding, check_owners};
 pub use report::{Reporter, Silent};
 pub use run::RunError;
-pub use stamp::{StampError, stamp_from_env, strip_credentials};
+pub use stamp::{StampError, revision_from_env, stamp_from_env, strip_credentials};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -28,11 +28,7 @@ pub fn stamp_from_env(dir: &Path) -> Result<Stamp, StampError> {
             .ok_or_else(|| StampError::Epoch { value: v.clone() })?,
         _ => 0,
     };
-    // Set but empty means "leave it out", unlike the CI fallbacks.
-    let revision = match std::env::var(env::IMGBUILD_REVISION) {
-        Ok(v) => Some(v).filter(|v| !v.is_empty()),
-        Err(_) => env::var(env::CI_COMMIT_SHA).or_else(|| git(dir, &["rev-parse", "HEAD"])),
-    };
+    let revision = revision_from_env(dir);
     let source = match std::env::var(env::IMGBUILD_SOURCE) {
         Ok(v) => Some(v).filter(|v| !v.is_empty()),
         Err(_) => {
@@ -48,6 +44,16 @@ pub fn stamp_from_env(dir: &Path) -> Result<Stamp, StampError> {
         revision,
         source,
     })
+}
+
+/// The project's commit: `IMGBUILD_REVISION`, else `CI_COMMIT_SHA`, else
+/// git's `HEAD` in `dir`. The revision label and `${git.commit}` use it.
+pub fn revision_from_env(dir: &Path) -> Option<String> {
+    // Set but empty means "leave it out", unlike the CI fallbacks.
+    match std::env::var(env::IMGBUILD_REVISION) {
+        Ok(v) => Some(v).filter(|v| !v.is_empty()),
+        Err(_) => env::var(env::CI_COMMIT_SHA).or_else(|| git(dir, &["rev-parse", "HEAD"])),
+    }
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {

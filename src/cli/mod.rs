@@ -387,6 +387,11 @@ fn load_pinned(
     }
     let root = Store::default_root().map_err(|e| read_err(std::io::Error::other(e)))?;
     let fetcher = Fetcher::new(root, pins, pinning);
+    let dir = std::path::absolute(file)
+        .map_err(read_err)?
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let revision = imgbuild::build::revision_from_env(&dir);
     let spec = Spec::load_with(
         file,
         &LoadOptions {
@@ -394,6 +399,7 @@ fn load_pinned(
             fetcher: Some(&fetcher),
             context,
             kinds: None,
+            revision: revision.as_deref(),
         },
     )?;
     Ok((spec, fetcher.pins(), fetcher.unpinned()))

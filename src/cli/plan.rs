@@ -62,10 +62,13 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
 /// The change impact of `rev` on the graph of `-f FILE`, with `--set` and
 /// `--context` applied on both sides.
 pub fn changed_since(cli: &Cli, rev: &str) -> Result<(imgbuild::spec::Spec, Impact), Failure> {
+    let dir = cli.file.parent().unwrap_or(std::path::Path::new("."));
+    let revision = imgbuild::build::revision_from_env(dir);
     let loading = changes::Loading {
         file: &cli.file,
         set: &cli.set,
         context: cli.context.as_deref(),
+        revision: revision.as_deref(),
     };
     changes::changed_since(&loading, rev).map_err(|e| match e {
         ChangeError::Spec(e) => e.into(),

@@ -63,6 +63,10 @@ pub struct Loading<'a> {
     pub file: &'a Path,
     pub set: &'a [(String, String)],
     pub context: Option<&'a Path>,
+    /// The project's commit for `${git.commit}`/`${git.short}`, the same on
+    /// both sides: a new commit is not in itself a change of every image
+    /// whose tags name it.
+    pub revision: Option<&'a str>,
 }
 
 /// The graph at `rev` against the work tree's.
@@ -89,6 +93,7 @@ pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), Ch
             fetcher: Some(&now_fetch),
             context: load.context,
             kinds: Some(&WorkKinds),
+            revision: load.revision,
         },
     )?;
     let everything = |why: String| Impact {
@@ -195,6 +200,7 @@ fn load_before(
             fetcher: Some(&fetch),
             context: context.as_deref(),
             kinds: Some(&kinds),
+            revision: load.revision,
         },
     )
     .map_err(|e| {

@@ -414,15 +414,18 @@ pub(super) fn expand(cx: &mut Ctx, s: &S, vars: &(impl Lookup + ?Sized)) -> Opti
         Ok(v) => Some(v),
         Err(e) => {
             let (message, hint) = match e {
-                VarError::Unknown(name) => (
-                    format!("unknown var `${{{name}}}`"),
-                    Some(match suggest::closest(&name, vars.names()) {
-                        Some(c) => format!("did you mean `${{{c}}}`?"),
-                        None => format!(
-                            "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
-                        ),
-                    }),
-                ),
+                VarError::Unknown(name) => match super::revision::unknown(&name) {
+                    Some((message, hint)) => (message, Some(hint)),
+                    None => (
+                        format!("unknown var `${{{name}}}`"),
+                        Some(match suggest::closest(&name, vars.names()) {
+                            Some(c) => format!("did you mean `${{{c}}}`?"),
+                            None => format!(
+                                "define `{name}` under `vars:` at the top of the file or in this image or an image it is built from (write `$${{…}}` for a literal `${{…}}`)"
+                            ),
+                        }),
+                    ),
+                },
                 VarError::Unterminated => ("`${` without a closing `}`".into(), None),
                 VarError::BadName(n) => (format!("`{n}` is not a valid var name"), None),
             };

@@ -16,6 +16,7 @@ mod debian;
 mod layers;
 mod raw;
 mod resolve;
+mod revision;
 mod sources;
 mod steps;
 mod tags;

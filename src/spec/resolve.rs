@@ -10,7 +10,7 @@ use super::sources::{self, Known, LoadOptions, Source};
 use super::vars::Vars;
 use super::yaml;
 use super::{Image, Parent, Problem};
-use super::{clients, config, debian, layers, steps, tags};
+use super::{clients, config, debian, layers, revision, steps, tags};
 use crate::{graph, suggest};
 
 /// What is wrong with images.yaml; `fetch`: a source could not be fetched.
@@ -54,6 +54,7 @@ pub(super) fn parse(
         expand_var_defs(&mut cx, &Vars::root(BTreeMap::new()), &file.vars).to_map();
     let (fetched, fetch_failed) =
         sources::finish_sources(&mut cx, &file.sources, &mut file_vars, dir, opts.fetcher);
+    revision::add_vars(&mut file_vars, opts.revision);
     let declared: Vec<String> = file.sources.iter().map(|s| s.name().to_string()).collect();
     let known = Known {
         fetched: &fetched,

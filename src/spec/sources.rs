@@ -84,6 +84,9 @@ pub struct LoadOptions<'a> {
     /// path is asked of this (`plan --changed-since` reads an earlier
     /// commit's spec from git without checking it out).
     pub kinds: Option<&'a dyn super::PathKinds>,
+    /// The project's own commit, for `${git.commit}` and `${git.short}`
+    /// (None: unknown, and a string that uses them is an error).
+    pub revision: Option<&'a str>,
 }
 
 /// A source of the loaded spec.
@@ -442,6 +445,7 @@ mod tests {
             fetcher: Some(&fake),
             context: None,
             kinds: None,
+            revision: None,
         };
         Spec::parse_with(text, Path::new("images.yaml"), dir, &opts).map_err(|e| match e {
             SpecError::Invalid { problems, .. } | SpecError::Fetch { problems, .. } => problems,

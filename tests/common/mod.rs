@@ -8,6 +8,7 @@
 pub mod aptrepo;
 pub mod proxy;
 pub mod registry;
+pub mod serve;
 
 use std::collections::BTreeSet;
 use std::fmt;
