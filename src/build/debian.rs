@@ -895,7 +895,7 @@ impl Session<'_> {
             let parent = parent.clone();
             return Err(err(&image.name, DebianError::ParentNotBuilt { parent }));
         };
-        let root = self.rootfs(&parent, &record.layers)?;
+        let root = self.rootfs(&parent, &record.layers.to_vec())?;
         installed_in(&root).map_err(|e| err(&image.name, e))
     }
 }
