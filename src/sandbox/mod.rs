@@ -13,7 +13,7 @@
 //! The work is done by Debian's own `unshare` (util-linux) and `chroot`
 //! (coreutils), which keeps raw system calls out of this crate. They are
 //! found once on a fixed PATH and run by absolute path (see [`tools`]).
-mod tools;
+pub mod tools;
 
 pub use tools::{HOST_PATH, Tool, host_tool};
 
