@@ -274,6 +274,35 @@ fn locked_refuses_a_missing_or_stale_lock() {
     cx.build(&["app", "--locked"]);
 }
 
+/// A machine without CA certificates (SSL_CERT_FILE and SSL_CERT_DIR, where
+/// rustls looks, name none) locks and builds from an http:// mirror, whose
+/// signed InRelease is what is trusted; an https:// one fails naming the
+/// package to install.
+#[test]
+fn an_http_mirror_needs_no_ca_certificates() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = project(&repo, "adds-user");
+    cx.build(&["debian-root"]);
+    let empty = cx.scratch.join("no-certs");
+    fs::create_dir_all(&empty).unwrap();
+    let no_file = empty.join("none.pem");
+    let no_certs = [
+        ("SSL_CERT_FILE", no_file.to_str().unwrap()),
+        ("SSL_CERT_DIR", empty.to_str().unwrap()),
+    ];
+    assert!(repo.url.starts_with("http://"), "{}", repo.url);
+    cx.run_env(&["lock"], &no_certs).success();
+    cx.run_env(&["build", "app", "--locked"], &no_certs)
+        .success();
+
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    let https = repo.url.replacen("http://", "https://", 1);
+    cx.yaml(&yaml.replace(&repo.url, &https));
+    cx.run_env(&["lock"], &no_certs)
+        .exit(1)
+        .stderr_has(&["ca-certificates"]);
+}
+
 /// `lock --update PKG` re-resolves the images that install PKG and keeps
 /// the others, even where their entries are out of date.
 #[test]
