@@ -1611,3 +1611,41 @@ fn only_graph(cx: &Ctx) -> String {
     assert_eq!(graphs.len(), 1, "{graphs:?}");
     graphs.remove(0)
 }
+
+#[test]
+fn a_full_store_disk_fails_the_build_naming_it() {
+    // The store on a 2 MiB tmpfs, mounted in a mount namespace of the
+    // build's own (root, as on CI): a 4 MiB layer cannot be written.
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("this test needs unshare (util-linux)");
+    let mut cx = Ctx::new();
+    // Incompressible: the layer stays about 4 MiB.
+    let mut noise = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(fs::File::open("/dev/urandom").unwrap(), 4 << 20),
+        &mut noise,
+    )
+    .unwrap();
+    cx.write("files/big.bin", noise);
+    cx.write(
+        "images.yaml",
+        "images:\n  a:\n    from: scratch\n    layers: [{src: files/big.bin, dest: /big.bin}]\n",
+    );
+    cx.wrapper = vec![
+        unshare.to_string(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        "mount -t tmpfs -o size=2m tmpfs \"$IMGBUILD_HOME\" || { echo 'cannot mount a tmpfs (needs root with CAP_SYS_ADMIN)' >&2; exit 99; }; exec \"$@\"".into(),
+        "sh".into(),
+    ];
+    let r = cx.run(&["build", "a"]);
+    assert_ne!(r.code, 99, "{r}");
+    let r = r.exit(1);
+    r.stderr_has(&["No space left on device", "disk is full", "IMGBUILD_HOME"]);
+    assert!(!r.stderr.contains("changed while"), "{r}");
+}
