@@ -8,10 +8,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(r) = text.parse::<imgbuild::reference::Reference>() {
-        let again: imgbuild::reference::Reference = r
-            .to_string()
-            .parse()
-            .expect("a printed reference parses");
+        let again: imgbuild::reference::Reference =
+            r.to_string().parse().expect("a printed reference parses");
         assert_eq!(again.to_string(), r.to_string());
     }
     let _ = imgbuild::registry::auth::Challenge::parse(text);

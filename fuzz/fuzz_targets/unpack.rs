@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
         chown: false,
         xattrs: false,
     };
-    let _ = imgbuild::layer::unpack::apply_tar(data, std::path::Path::new("fuzz.tar"), &root, &opts);
+    let _ =
+        imgbuild::layer::unpack::apply_tar(data, std::path::Path::new("fuzz.tar"), &root, &opts);
     // Nothing escapes the root.
     assert_eq!(
         std::fs::read_dir(&outside).expect("the sibling").count(),
