@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use super::{SourceError, Token, commit_tree};
 use crate::store::Store;
 
-/// The `git` program, found on PATH once.
+/// The host's `git`, by absolute path (see sandbox::tools).
 fn git_path() -> Result<&'static Path, SourceError> {
     crate::sandbox::tools::host_tool(crate::sandbox::tools::Tool::Git)
         .map_err(|_| SourceError::NoGit)
