@@ -1537,3 +1537,115 @@ fn check_resolves_owner_names_as_build_will() {
         "hint: give a numeric id",
     ]);
 }
+
+#[test]
+fn a_long_chain_rebuilds_nothing_and_stores_each_layer_once() {
+    // Each image from the one before, one tiny file layer each: records
+    // that repeated every layer below made a no-change build quadratic.
+    const N: usize = 150;
+    let cx = Ctx::new();
+    let mut yaml = String::from("images:\n");
+    for i in 0..N {
+        let parent = if i == 0 {
+            "scratch".to_string()
+        } else {
+            format!("i{}", i - 1)
+        };
+        yaml.push_str(&format!(
+            "  i{i}:\n    from: {parent}\n    layers: [{{src: files/f{i}.txt, dest: /f{i}.txt}}]\n"
+        ));
+        cx.write(&format!("files/f{i}.txt"), format!("{i}\n"));
+    }
+    cx.write("images.yaml", yaml);
+    let first = cx.build(&["--all"]);
+    let second = cx.build(&["--all"]);
+    for i in 0..N {
+        let n = format!("i{i}");
+        assert_eq!(second.manifest(&n), first.manifest(&n), "{n}");
+        assert_eq!(second.image(&n)["assembled"], false, "{n} assembled again");
+        assert!(second.layer_summary(&n).iter().all(|l| !l.2), "{n}");
+    }
+    // Every image record and ref names its own layer only.
+    for dir in ["images", &format!("refs/{}", only_graph(&cx))] {
+        for e in fs::read_dir(cx.home.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            let layers = v.get("layers").or_else(|| v["image"].get("layers"));
+            let n = layers.and_then(Value::as_array).map_or(0, Vec::len);
+            assert_eq!(n, 1, "{} lists {n} layers", p.display());
+        }
+    }
+    // The whole image is still known: inspect, and a change at the bottom
+    // rebuilds one layer and re-assembles every image above it.
+    let top = format!("i{}", N - 1);
+    let inspect = cx.run(&["--json", "inspect", &top]).success().json();
+    assert_eq!(inspect["manifest"], first.manifest(&top));
+    assert_eq!(inspect["layers"].as_array().unwrap().len(), N);
+    cx.write("files/f0.txt", "changed\n");
+    let third = cx.build(&["--all", "-j", "2"]);
+    let built: usize = (0..N)
+        .map(|i| {
+            third
+                .layer_summary(&format!("i{i}"))
+                .iter()
+                .filter(|l| l.2)
+                .count()
+        })
+        .sum();
+    assert_eq!(built, 1);
+    for i in 0..N {
+        assert_eq!(third.image(&format!("i{i}"))["assembled"], true, "i{i}");
+    }
+    validate_layout_of(&cx, &top);
+}
+
+/// The one graph (images.yaml) of a test's store.
+fn only_graph(cx: &Ctx) -> String {
+    let mut graphs: Vec<String> = fs::read_dir(cx.home.join("refs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(graphs.len(), 1, "{graphs:?}");
+    graphs.remove(0)
+}
+
+#[test]
+fn a_full_store_disk_fails_the_build_naming_it() {
+    // The store on a 2 MiB tmpfs, mounted in a mount namespace of the
+    // build's own (root, as on CI): a 4 MiB layer cannot be written.
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("this test needs unshare (util-linux)");
+    let mut cx = Ctx::new();
+    // Incompressible: the layer stays about 4 MiB.
+    let mut noise = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(fs::File::open("/dev/urandom").unwrap(), 4 << 20),
+        &mut noise,
+    )
+    .unwrap();
+    cx.write("files/big.bin", noise);
+    cx.write(
+        "images.yaml",
+        "images:\n  a:\n    from: scratch\n    layers: [{src: files/big.bin, dest: /big.bin}]\n",
+    );
+    cx.wrapper = vec![
+        unshare.to_string(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        "mount -t tmpfs -o size=2m tmpfs \"$IMGBUILD_HOME\" || { echo 'cannot mount a tmpfs (needs root with CAP_SYS_ADMIN)' >&2; exit 99; }; exec \"$@\"".into(),
+        "sh".into(),
+    ];
+    let r = cx.run(&["build", "a"]);
+    assert_ne!(r.code, 99, "{r}");
+    let r = r.exit(1);
+    r.stderr_has(&["No space left on device", "disk is full", "IMGBUILD_HOME"]);
+    assert!(!r.stderr.contains("changed while"), "{r}");
+}

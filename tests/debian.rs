@@ -274,6 +274,111 @@ fn locked_refuses_a_missing_or_stale_lock() {
     cx.build(&["app", "--locked"]);
 }
 
+/// The parent's packages change under the same names (a new version of
+/// one, images.yaml's `debian:` sections as they were): the lock was
+/// resolved over other packages, so `--locked` refuses it and plain `build`
+/// resolves afresh.
+#[test]
+fn locked_refuses_a_lock_made_over_other_parent_packages() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = project(&repo, "adds-user");
+    cx.build(&["debian-root"]);
+    cx.run(&["lock"]).success();
+    cx.build(&["app", "--locked"]);
+
+    // The parent's dpkg status with one package's version bumped.
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(cx.path("debian.tar"))
+        .args(["--wildcards", "*var/lib/dpkg/status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = String::from_utf8(out.stdout).unwrap();
+    let stanza = status
+        .split("\n\n")
+        .position(|s| s.starts_with("Package: base-files\n"))
+        .expect("base-files in the minbase's dpkg status");
+    let bumped: Vec<String> = status
+        .split("\n\n")
+        .enumerate()
+        .map(|(i, s)| {
+            if i != stanza {
+                return s.to_string();
+            }
+            s.lines()
+                .map(|l| match l.strip_prefix("Version: ") {
+                    Some(v) => format!("Version: {v}+local1"),
+                    None => l.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    let bumped = bumped.join("\n\n");
+    assert_ne!(bumped, status);
+    cx.write("status-bumped", bumped);
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    let changed = yaml.replace(
+        "    from: {rootfs: debian.tar}\n",
+        "    from: {rootfs: debian.tar}\n    layers: [{src: status-bumped, dest: /var/lib/dpkg/status}]\n",
+    );
+    assert_ne!(changed, yaml);
+    cx.yaml(&changed);
+    cx.build(&["debian-root"]);
+
+    let lock_before = fs::read_to_string(cx.path("images.lock")).unwrap();
+    cx.run(&["build", "app", "--locked"]).exit(1).stderr_has(&[
+        "--locked",
+        "images.lock",
+        "debian-root",
+        "imgbuild lock",
+    ]);
+    assert_eq!(
+        fs::read_to_string(cx.path("images.lock")).unwrap(),
+        lock_before,
+        "--locked changed the lock"
+    );
+    // Plain build resolves afresh; a new lock is current again.
+    cx.build(&["app"]);
+    let locked = cx.run(&["--json", "lock"]).success().json();
+    assert_eq!(locked["written"], true, "{locked}");
+    cx.build(&["app", "--locked"]);
+}
+
+/// A machine without CA certificates (SSL_CERT_FILE and SSL_CERT_DIR, where
+/// rustls looks, name none) locks and builds from an http:// mirror, whose
+/// signed InRelease is what is trusted; an https:// one fails naming the
+/// package to install.
+#[test]
+fn an_http_mirror_needs_no_ca_certificates() {
+    let repo = AptRepo::start(Variant::Good);
+    let cx = project(&repo, "adds-user");
+    cx.build(&["debian-root"]);
+    let empty = cx.scratch.join("no-certs");
+    fs::create_dir_all(&empty).unwrap();
+    let no_file = empty.join("none.pem");
+    let no_certs = [
+        ("SSL_CERT_FILE", no_file.to_str().unwrap()),
+        ("SSL_CERT_DIR", empty.to_str().unwrap()),
+    ];
+    assert!(repo.url.starts_with("http://"), "{}", repo.url);
+    cx.run_env(&["lock"], &no_certs).success();
+    cx.run_env(&["build", "app", "--locked"], &no_certs)
+        .success();
+
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    let https = repo.url.replacen("http://", "https://", 1);
+    cx.yaml(&yaml.replace(&repo.url, &https));
+    cx.run_env(&["lock"], &no_certs)
+        .exit(1)
+        .stderr_has(&["ca-certificates"]);
+}
+
 /// `lock --update PKG` re-resolves the images that install PKG and keeps
 /// the others, even where their entries are out of date.
 #[test]

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::{
-    Accounts, BuildError, ImageOutcome, LayerOutcome, LayerRecord, Phases, RefRecord, Reporter,
-    Session, debian, steps::Made,
+    Accounts, BuildError, ImageOutcome, LayerOutcome, LayerRecord, ParentRecord, Phases, RefRecord,
+    Reporter, Session, debian, records, steps::Made,
 };
 use crate::oci::digest::sha256_hex;
 use crate::oci::image::{self, Base, ImageRecord, LayerDesc, NewLayer, hex_of};
@@ -13,11 +13,21 @@ use crate::spec::{Image, Parent};
 use crate::store::Kind;
 
 impl<'a> Session<'a> {
-    pub(super) fn cached_image(&self, key: &str) -> Result<Option<ImageRecord>, BuildError> {
-        Ok(self
-            .store
-            .get::<ImageRecord>(Kind::Images, key)?
-            .filter(|r| r.blobs().iter().all(|b| self.store.has_blob(b))))
+    /// The image of `key` on `parent` (a record this build made or reused,
+    /// so its blobs are known to be here) if stored with all its blobs:
+    /// only the image's own blobs are checked, each image once.
+    pub(super) fn cached_image(
+        &self,
+        key: &str,
+        parent: Option<&ImageRecord>,
+    ) -> Result<Option<ImageRecord>, BuildError> {
+        let Some(stored) = self.store.get::<records::Stored>(Kind::Images, key)? else {
+            return Ok(None);
+        };
+        if !stored.own_blobs().iter().all(|b| self.store.has_blob(b)) {
+            return Ok(None);
+        }
+        Ok(stored.on(parent))
     }
 
     /// The image key: parent manifest, layer keys, config and stamp.
@@ -46,9 +56,11 @@ impl<'a> Session<'a> {
     pub fn build_image(
         &self,
         image: &Image,
-        base: Option<(&str, &ImageRecord)>,
+        base: Option<(&str, ParentRecord<'_>)>,
         reporter: &dyn Reporter,
     ) -> Result<ImageOutcome, BuildError> {
+        let parent = base.map(|(_, p)| p);
+        let base = base.map(|(name, p)| (name, p.record));
         reporter.image_started(&image.name);
         let accounts = match base {
             Some((_, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
@@ -59,7 +71,7 @@ impl<'a> Session<'a> {
         let mut done = Done::new(&image.name, reporter);
         if let Some(d) = &image.debian {
             let started = Instant::now();
-            let below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
+            let below: Vec<LayerDesc> = base.map(|b| b.1.layers.to_vec()).unwrap_or_default();
             let locked = self.debian_packages(image, d, &|| self.rootfs(&image.name, &below))?;
             let resolved = started.elapsed().as_secs_f64();
             let epoch = if self.opts.stamp.epoch_given {
@@ -126,7 +138,7 @@ impl<'a> Session<'a> {
         if !image.run.is_empty() {
             let started = Instant::now();
             let index = done.layers.len();
-            let mut below: Vec<LayerDesc> = base.map(|b| b.1.layers.clone()).unwrap_or_default();
+            let mut below: Vec<LayerDesc> = base.map(|b| b.1.layers.to_vec()).unwrap_or_default();
             below.extend(done.layers.iter().map(|r| r.desc.clone()));
             let (context, key) = self.run_key(image, base.map(|b| b.1), &below)?;
             let (record, made) = self.cached_or(&key, &image.name, reporter, || {
@@ -141,7 +153,7 @@ impl<'a> Session<'a> {
             ..
         } = done;
         let key = self.image_key(image, base.map(|b| b.1), &keys);
-        let (record, assembled) = match self.cached_image(&key)? {
+        let (record, assembled) = match self.cached_image(&key, base.map(|b| b.1))? {
             Some(r) => (r, false),
             None => {
                 let parent_config = match base {
@@ -174,7 +186,8 @@ impl<'a> Session<'a> {
                 // Config and manifest only after every layer blob exists.
                 self.store.put_blob(&a.config_json)?;
                 self.store.put_blob(&a.manifest_json)?;
-                self.store.put(Kind::Images, &key, &a.record)?;
+                self.store
+                    .put(Kind::Images, &key, &records::Stored::of(&a.record, parent))?;
                 (a.record, true)
             }
         };
@@ -186,8 +199,14 @@ impl<'a> Session<'a> {
             layer_keys: keys,
             image: record.clone(),
         };
-        self.store
-            .put_ref(&self.graph, &self.spec.file_abs(), &image.name, &ref_record)?;
+        let stored = records::StoredRef::of(&ref_record, parent);
+        // Unchanged (a no-change build): nothing to write.
+        let last: Option<records::StoredRef> =
+            self.store.get_ref(&self.graph, &image.name).ok().flatten();
+        if last.as_ref() != Some(&stored) {
+            self.store
+                .put_ref(&self.graph, &self.spec.file_abs(), &image.name, &stored)?;
+        }
         let outcome = ImageOutcome {
             name: image.name.clone(),
             key,

@@ -125,6 +125,11 @@ pub enum DebianError {
         "what it installs depends on the packages in `{parent}`: build `{parent}` first, then lock"
     )]
     ParentNotBuilt { parent: String },
+    #[error(
+        "--locked, and {} was written over other packages below this image than `{parent}` has now (a package's version changed); run `imgbuild lock` and commit it",
+        path.display()
+    )]
+    LockedOverOtherPackages { path: PathBuf, parent: String },
 }
 
 fn err(image: &str, source: impl Into<DebianError>) -> BuildError {
@@ -344,10 +349,28 @@ impl Session<'_> {
         let lock = Lock::read(&path).map_err(|e| err(&image.name, e))?;
         match lock
             .as_ref()
-            .map(|l| l.image(&path, self.spec, &image.name))
+            .map(|l| (l, l.image(&path, self.spec, &image.name)))
         {
-            Some(Ok(locked)) => return Ok(locked.clone()),
-            Some(Err(e)) if self.opts.locked => return Err(err(&image.name, e)),
+            // Current only when made over the packages below as they are
+            // now: images.yaml can be unchanged while the parent's dpkg
+            // status moved (a new parent tree, a package's new version).
+            Some((l, Ok(locked))) => {
+                let before = self.installed_below(image, l)?;
+                if before.is_some_and(|b| lock_inputs(image, d, &b) == locked.inputs) {
+                    return Ok(locked.clone());
+                }
+                if self.opts.locked {
+                    let parent = self.spec.parent_of(&image.name).unwrap_or_default();
+                    return Err(err(
+                        &image.name,
+                        DebianError::LockedOverOtherPackages {
+                            path,
+                            parent: parent.to_string(),
+                        },
+                    ));
+                }
+            }
+            Some((_, Err(e))) if self.opts.locked => return Err(err(&image.name, e)),
             None if self.opts.locked => {
                 return Err(err(&image.name, DebianError::NoLock { path }));
             }
@@ -781,18 +804,7 @@ impl Session<'_> {
                 Some(a) => after.get(&a).cloned().unwrap_or_default(),
                 None => self.root_status(image)?,
             };
-            let mut h = sha2::Sha256::new();
-            use sha2::Digest as _;
-            h.update(crate::oci::image::canonical_json(&serde_json::json!({
-                "debian": crate::debian::lock::debian_value(d),
-                "from": match &image.parent {
-                    crate::spec::Parent::Scratch => String::new(),
-                    crate::spec::Parent::Image(p) => p.clone(),
-                    crate::spec::Parent::Registry(r) => r.to_string(),
-                },
-                "installed": before.iter().map(|p| format!("{} {} {}", p.name, p.version, p.architecture)).collect::<Vec<_>>(),
-            })));
-            let inputs = hex::encode(h.finalize());
+            let inputs = lock_inputs(image, d, &before);
             let previous = old.and_then(|l| l.images.get(&name));
             let asked = match update {
                 None => false,
@@ -859,13 +871,7 @@ impl Session<'_> {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut mine: Vec<Package> = before;
-            for p in &locked.packages {
-                mine.retain(|m| m.name != p.name);
-                mine.push(Package::bare(&p.name, &p.version, &p.architecture));
-            }
-            mine.sort_by(|a, b| a.name.cmp(&b.name));
-            after.insert(name.clone(), mine);
+            after.insert(name.clone(), installed_after(before, &locked));
             outcomes.push(LockOutcome {
                 image: name.clone(),
                 action,
@@ -875,6 +881,30 @@ impl Session<'_> {
             lock.images.insert(name, locked);
         }
         Ok((lock, outcomes))
+    }
+
+    /// What is installed below `image` as `lock` sees it: the dpkg status
+    /// of its Debian chain's root parent, then each Debian ancestor's
+    /// locked packages. None when an ancestor has no entry in `lock`.
+    fn installed_below(
+        &self,
+        image: &Image,
+        lock: &Lock,
+    ) -> Result<Option<Vec<Package>>, BuildError> {
+        let mut chain = Vec::new();
+        let mut at = image;
+        while let Some(a) = self.debian_ancestor(at)? {
+            at = self.image(&a)?;
+            chain.push(a);
+        }
+        let mut before = self.root_status(at)?;
+        for a in chain.iter().rev() {
+            let Some(locked) = lock.images.get(a) else {
+                return Ok(None);
+            };
+            before = installed_after(before, locked);
+        }
+        Ok(Some(before))
     }
 
     /// The nearest ancestor of `image` that installs Debian packages.
@@ -905,7 +935,36 @@ impl Session<'_> {
             let parent = parent.clone();
             return Err(err(&image.name, DebianError::ParentNotBuilt { parent }));
         };
-        let root = self.rootfs(&parent, &record.layers)?;
+        let root = self.rootfs(&parent, &record.layers.to_vec())?;
         installed_in(&root).map_err(|e| err(&image.name, e))
     }
+}
+
+/// What images.lock records as an image's inputs: its `debian:`, its parent,
+/// and the packages installed below it; the entry is current while they
+/// hash the same.
+fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(crate::oci::image::canonical_json(&serde_json::json!({
+        "debian": crate::debian::lock::debian_value(d),
+        "from": match &image.parent {
+            crate::spec::Parent::Scratch => String::new(),
+            crate::spec::Parent::Image(p) => p.clone(),
+            crate::spec::Parent::Registry(r) => r.to_string(),
+        },
+        "installed": before.iter().map(|p| format!("{} {} {}", p.name, p.version, p.architecture)).collect::<Vec<_>>(),
+    })));
+    hex::encode(h.finalize())
+}
+
+/// `before` with `locked`'s packages installed, by name.
+fn installed_after(before: Vec<Package>, locked: &LockedImage) -> Vec<Package> {
+    let mut mine = before;
+    for p in &locked.packages {
+        mine.retain(|m| m.name != p.name);
+        mine.push(Package::bare(&p.name, &p.version, &p.architecture));
+    }
+    mine.sort_by(|a, b| a.name.cmp(&b.name));
+    mine
 }

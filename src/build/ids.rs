@@ -147,6 +147,7 @@ pub enum OwnerFinding {
 pub fn check_owners(store: &Store, spec: &Spec) -> Result<Vec<OwnerFinding>, BuildError> {
     let graph = crate::store::graph_id(&spec.file_abs());
     let mut accounts: HashMap<&str, Option<Accounts>> = HashMap::new();
+    let memo = super::records::Memo::default();
     let mut out = Vec::new();
     for image in spec.images.values() {
         for l in &image.layers {
@@ -157,7 +158,7 @@ pub fn check_owners(store: &Store, spec: &Spec) -> Result<Vec<OwnerFinding>, Bui
                 Parent::Scratch => (None, Some(&Accounts::NONE)),
                 Parent::Image(p) => {
                     if !accounts.contains_key(p.as_str()) {
-                        let last: Option<super::RefRecord> = store.get_ref(&graph, p)?;
+                        let last = memo.last_build(store, &graph, p)?;
                         let a = match last {
                             Some(r) => Some(Accounts::of(store, &r.image)?),
                             None => None,

@@ -18,6 +18,7 @@ mod follow;
 mod ids;
 mod layers;
 pub mod plan;
+mod records;
 pub mod remote;
 pub mod report;
 mod run;
@@ -37,6 +38,7 @@ use crate::spec::Spec;
 use crate::store::{Store, StoreError};
 
 pub use ids::{Accounts, OwnerError, OwnerFinding, check_owners};
+pub use records::{ParentRecord, StoredRef};
 pub use report::{Reporter, Silent};
 pub use run::RunError;
 pub use stamp::{StampError, revision_from_env, stamp_from_env, strip_credentials};
@@ -216,10 +218,16 @@ pub struct RefRecord {
 }
 
 /// Images still to build, and the results so far.
-type Queue = Mutex<(
-    Vec<String>,
-    HashMap<String, Result<ImageOutcome, BuildError>>,
-)>;
+#[derive(Default)]
+struct Queue {
+    /// Images whose parent is done (or is not built here), in build order.
+    ready: std::collections::VecDeque<String>,
+    /// Images waiting for a parent of this build, by parent.
+    waiting: HashMap<String, Vec<String>>,
+    /// Images picked and not yet finished.
+    running: usize,
+    done: HashMap<String, Result<ImageOutcome, BuildError>>,
+}
 
 /// Brings registry parents into the store; the caller owns the network.
 pub trait Puller: Sync {
@@ -256,4 +264,6 @@ pub struct Session<'a> {
     overlay: std::sync::OnceLock<bool>,
     /// Debian indexes read in this build.
     archives: debian::Archives,
+    /// Image records read back, by key.
+    records: records::Memo,
 }

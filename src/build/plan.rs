@@ -157,7 +157,7 @@ impl Session<'_> {
                 (Action::Assemble, None)
             } else {
                 let key = self.image_key(image, base.as_ref().and_then(|b| b.1.as_ref()), &keys);
-                match self.cached_image(&key)? {
+                match self.cached_image(&key, base.as_ref().and_then(|b| b.1.as_ref()))? {
                     Some(r) => (Action::Reuse, Some(r)),
                     None => (Action::Assemble, None),
                 }
@@ -206,7 +206,7 @@ impl Session<'_> {
         };
         let below = match base {
             None => Vec::new(),
-            Some((_, Some(r))) => r.layers.clone(),
+            Some((_, Some(r))) => r.layers.to_vec(),
             Some((p, None)) => {
                 return Ok(plan(
                     true,
@@ -283,7 +283,7 @@ impl Session<'_> {
             ));
         }
         let mut below: Vec<crate::oci::image::LayerDesc> =
-            base_record.map(|b| b.layers.clone()).unwrap_or_default();
+            base_record.map(|b| b.layers.to_vec()).unwrap_or_default();
         for k in keys {
             match self.cached_layer(k)? {
                 Some(r) => below.push(r.desc),

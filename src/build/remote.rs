@@ -284,7 +284,7 @@ impl<'a> Remote<'a> {
     fn guess_mounts(&self, spec: &Spec, prefix: &str, image: &ImageOutcome) {
         // Layers built or fetched with a cache repository are in it.
         if let Some(cache) = &self.cache_repo {
-            for l in &image.record.layers {
+            for l in image.record.layers.iter() {
                 self.known
                     .guess(&cache.registry, &l.digest, &cache.repository);
             }
@@ -298,7 +298,7 @@ impl<'a> Remote<'a> {
                 .len()
                 .saturating_sub(spec_image.layers.len());
             if let Ok(r) = format!("{prefix}/{parent}:latest").parse::<Reference>() {
-                for l in &image.record.layers[..inherited] {
+                for l in image.record.layers.iter().take(inherited) {
                     self.known.guess(&r.registry, &l.digest, &r.repository);
                 }
             }

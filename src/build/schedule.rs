@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex};
 
 use super::{
-    BuildError, ImageOutcome, LayerCache, Options, Puller, Queue, RefRecord, Reporter, Session,
-    debian,
+    BuildError, ImageOutcome, LayerCache, Options, ParentRecord, Puller, Queue, RefRecord,
+    Reporter, Session, debian,
 };
 use crate::graph;
 use crate::oci::image::ImageRecord;
@@ -28,6 +28,7 @@ impl<'a> Session<'a> {
             told: std::sync::atomic::AtomicBool::new(false),
             overlay: std::sync::OnceLock::new(),
             archives: debian::Archives::default(),
+            records: Default::default(),
         }
     }
 
@@ -75,16 +76,30 @@ impl<'a> Session<'a> {
     ) -> Result<BTreeMap<String, Result<ImageOutcome, BuildError>>, BuildError> {
         let order = self.closure(names)?;
         let pulled = self.pull_parents(&order)?;
-        let state: Queue = Mutex::new((order.clone(), HashMap::new()));
-        let cv = Condvar::new();
         let jobs = self.opts.jobs.clamp(1, order.len().max(1));
+        // Ready or waiting for its parent: picking the next image is O(1),
+        // not a scan of everything pending (quadratic on a long chain).
+        let mut queue = Queue::default();
+        let building: std::collections::HashSet<&str> = order.iter().map(String::as_str).collect();
+        for name in &order {
+            match &self.spec.images[name].parent {
+                Parent::Image(p) if building.contains(p.as_str()) => queue
+                    .waiting
+                    .entry(p.clone())
+                    .or_default()
+                    .push(name.clone()),
+                _ => queue.ready.push_back(name.clone()),
+            }
+        }
+        let state = Mutex::new(queue);
+        let cv = Condvar::new();
         std::thread::scope(|s| {
             for _ in 0..jobs {
                 s.spawn(|| self.worker(&state, &cv, &pulled, reporter));
             }
         });
-        let (_, results) = state.into_inner().unwrap_or_else(|e| e.into_inner());
-        Ok(results.into_iter().collect())
+        let queue = state.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(queue.done.into_iter().collect())
     }
 
     /// Pulls (or finds in the store) every registry parent `order` needs.
@@ -115,7 +130,7 @@ impl<'a> Session<'a> {
 
     fn worker(
         &self,
-        state: &Queue,
+        state: &Mutex<Queue>,
         cv: &Condvar,
         pulled: &HashMap<Reference, ImageRecord>,
         reporter: &dyn Reporter,
@@ -123,29 +138,25 @@ impl<'a> Session<'a> {
         loop {
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
             let picked = loop {
-                let (pending, done) = &mut *guard;
-                if pending.is_empty() {
+                if let Some(n) = guard.ready.pop_front() {
+                    break n;
+                }
+                // Nothing ready and nothing running: every image is done
+                // (waiting ones were released as ready or failed).
+                if guard.running == 0 {
                     return;
                 }
-                let ready = pending
-                    .iter()
-                    .position(|n| match &self.spec.images[n].parent {
-                        Parent::Scratch | Parent::Registry(_) => true,
-                        Parent::Image(p) => {
-                            done.contains_key(p) || !self.spec.images.contains_key(p)
-                        }
-                    });
-                match ready {
-                    Some(i) => break pending.remove(i),
-                    None => guard = cv.wait(guard).unwrap_or_else(|e| e.into_inner()),
-                }
+                guard = cv.wait(guard).unwrap_or_else(|e| e.into_inner());
             };
+            guard.running += 1;
             let image = &self.spec.images[&picked];
             let base = match &image.parent {
                 Parent::Scratch => Ok(None),
-                Parent::Registry(r) => Ok(pulled.get(r).map(|rec| (r.to_string(), rec.clone()))),
-                Parent::Image(p) => match guard.1.get(p) {
-                    Some(Ok(o)) => Ok(Some((p.clone(), o.record.clone()))),
+                Parent::Registry(r) => {
+                    Ok(pulled.get(r).map(|rec| (r.to_string(), None, rec.clone())))
+                }
+                Parent::Image(p) => match guard.done.get(p) {
+                    Some(Ok(o)) => Ok(Some((p.clone(), Some(o.key.clone()), o.record.clone()))),
                     _ => Err(BuildError::ParentFailed {
                         image: picked.clone(),
                         parent: p.clone(),
@@ -154,19 +165,31 @@ impl<'a> Session<'a> {
             };
             drop(guard);
             let result = base.and_then(|b| {
-                self.build_image(image, b.as_ref().map(|(n, r)| (n.as_str(), r)), reporter)
+                let base = b.as_ref().map(|(name, key, record)| {
+                    (
+                        name.as_str(),
+                        ParentRecord {
+                            key: key.as_deref(),
+                            record,
+                        },
+                    )
+                });
+                self.build_image(image, base, reporter)
             });
             if let Err(e) = &result {
                 reporter.image_failed(&picked, &e.to_string());
             }
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-            guard.1.insert(picked, result);
+            let children = guard.waiting.remove(&picked).unwrap_or_default();
+            guard.ready.extend(children);
+            guard.done.insert(picked, result);
+            guard.running -= 1;
             cv.notify_all();
         }
     }
 
     /// The last build of `name` from this images.yaml, if any.
     pub fn last_build(&self, name: &str) -> Result<Option<RefRecord>, BuildError> {
-        Ok(self.store.get_ref(&self.graph, name)?)
+        self.records.last_build(self.store, &self.graph, name)
     }
 }

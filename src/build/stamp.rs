@@ -61,7 +61,8 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
     if !dir.ancestors().any(|d| d.join(".git").exists()) {
         return None;
     }
-    let out = std::process::Command::new("git")
+    let git = crate::sandbox::tools::host_tool(crate::sandbox::tools::Tool::Git).ok()?;
+    let out = std::process::Command::new(git)
         .arg("-C")
         .arg(dir)
         .args(args)

@@ -256,7 +256,7 @@ impl<'a> Session<'a> {
         line: &(dyn Fn(crate::sandbox::Stream, &str) + Sync),
     ) -> Result<Option<(String, i32)>, BuildError> {
         let isolation = self.isolation(name)?;
-        let scratch = self.scratch(name, "test-", &record.layers, isolation)?;
+        let scratch = self.scratch(name, "test-", &record.layers.to_vec(), isolation)?;
         scratch.ready().map_err(|source| BuildError::Run {
             image: name.to_string(),
             source,

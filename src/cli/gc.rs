@@ -2,7 +2,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use imgbuild::build::RefRecord;
+use imgbuild::build::StoredRef;
 use imgbuild::spec::Spec;
 use imgbuild::store::Store;
 
@@ -17,7 +17,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             .ok()
             .map(|s| s.images.into_keys().collect::<BTreeSet<_>>())
     };
-    let stats = store.gc(|r: &RefRecord| r.image.blobs(), names)?;
+    let stats = store.gc(|r: &StoredRef| r.blobs(&store), names)?;
     if cli.json {
         print_json(&stats);
     } else {

@@ -361,12 +361,31 @@ impl Archive {
             };
             suites.push((s, ring));
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| FetchError::Setup(crate::registry::client::describe(&e)))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(Duration::from_secs(60))
+        };
+        // The system's CA certificates are needed for https:// only: a
+        // machine without them (no ca-certificates package) still reads an
+        // http:// mirror, whose InRelease signature is what is trusted.
+        let plain = suites
+            .iter()
+            .all(|(s, _)| s.dist_url().starts_with("http://"));
+        let http = match builder().build() {
+            Ok(h) => h,
+            Err(_) if plain => builder()
+                .tls_certs_only(Vec::new())
+                .build()
+                .map_err(|e| FetchError::Setup(crate::registry::client::describe(&e)))?,
+            Err(e) => {
+                return Err(FetchError::Setup(format!(
+                    "{}; is the ca-certificates package installed?",
+                    crate::registry::client::describe(&e)
+                )));
+            }
+        };
         Ok(Archive {
             http,
             suites,

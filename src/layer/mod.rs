@@ -34,10 +34,19 @@ pub enum LayerError {
         expected: u64,
         actual: u64,
     },
-    #[error("writing the layer: {0}")]
+    #[error("writing the layer: {0}{hint}", hint = full_disk_hint(.0))]
     Write(std::io::Error),
     #[error("path pattern {pattern:?}: {reason}")]
     Pattern { pattern: String, reason: String },
+}
+
+/// What to do when the store's disk is full.
+pub fn full_disk_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        "; the store's disk is full: free space there, run `imgbuild gc`, or set IMGBUILD_HOME to a larger disk"
+    } else {
+        ""
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {

@@ -106,6 +106,7 @@ pub fn write<W: Write>(
                 let mut exact = Exact {
                     inner: f,
                     left: *size,
+                    shrank: false,
                 };
                 b.append_data(&mut h, &e.path, &mut exact)
                     .map_err(|err| match exact.check() {
@@ -140,6 +141,8 @@ pub fn write<W: Write>(
 struct Exact {
     inner: File,
     left: u64,
+    /// The file ended before its size.
+    shrank: bool,
 }
 
 impl Exact {
@@ -147,9 +150,13 @@ impl Exact {
     fn check(&mut self) -> Option<u64> {
         let meta_len = self.inner.metadata().map(|m| m.len()).ok()?;
         let expected_total = meta_len;
-        // left > 0: it ended early; otherwise it may have grown.
-        if self.left > 0 {
+        if self.shrank {
             return Some(meta_len);
+        }
+        // Stopped before its end without the file ending: the write side
+        // failed (a full disk), not the file.
+        if self.left > 0 {
+            return None;
         }
         let mut one = [0u8; 1];
         match self.inner.read(&mut one) {
@@ -169,6 +176,7 @@ impl Read for Exact {
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
+            self.shrank = true;
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "file shrank while being read",
@@ -274,6 +282,40 @@ mod tests {
                 "d/c Char 666 0 1:3",
                 "d/b Block 660 0 259:300",
             ]
+        );
+    }
+
+    /// A writer whose disk is full after `room` bytes.
+    #[derive(Debug)]
+    struct Full {
+        room: usize,
+    }
+
+    impl io::Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_named_not_taken_for_a_changed_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), vec![7u8; 200_000]).unwrap();
+        let e = entries(d.path());
+        let err = write(&e, 0, Full { room: 50_000 }, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, LayerError::Write(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("disk is full") && text.contains("IMGBUILD_HOME"),
+            "{text}"
         );
     }
 

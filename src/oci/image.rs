@@ -2,6 +2,7 @@
 //! image value (config and manifest bytes); nothing is edited in place.
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use oci_spec::image::{
     Arch, Config, Descriptor, DescriptorBuilder, Digest, History, HistoryBuilder,
@@ -54,7 +55,131 @@ pub struct ImageRecord {
     /// `sha256:…` of the config.
     pub config: String,
     pub config_size: u64,
-    pub layers: Vec<LayerDesc>,
+    pub layers: Layers,
+}
+
+/// An image's layers, bottom first. A child shares its parent's list
+/// instead of copying it: a chain of n images would otherwise hold n lists
+/// of up to n layers (quadratic memory and work). Serialises as a plain
+/// list.
+#[derive(Clone, Default)]
+pub struct Layers(Option<Arc<LayerNode>>);
+
+struct LayerNode {
+    below: Layers,
+    own: Vec<LayerDesc>,
+    len: usize,
+}
+
+impl Layers {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |n| n.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// These layers with `own` on top; `self` is shared, not copied.
+    pub fn on(&self, own: Vec<LayerDesc>) -> Layers {
+        if own.is_empty() {
+            return self.clone();
+        }
+        Layers(Some(Arc::new(LayerNode {
+            below: self.clone(),
+            len: self.len() + own.len(),
+            own,
+        })))
+    }
+
+    /// The lists that make these layers, top first.
+    fn nodes(&self) -> Vec<&LayerNode> {
+        let mut out = Vec::new();
+        let mut cur = self.0.as_deref();
+        while let Some(n) = cur {
+            out.push(n);
+            cur = n.below.0.as_deref();
+        }
+        out
+    }
+
+    /// Bottom first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &LayerDesc> {
+        self.nodes().into_iter().rev().flat_map(|n| n.own.iter())
+    }
+
+    pub fn to_vec(&self) -> Vec<LayerDesc> {
+        self.iter().cloned().collect()
+    }
+
+    /// The layers from index `from` on, found without walking what is
+    /// below `from`.
+    pub fn since(&self, from: usize) -> Vec<&LayerDesc> {
+        let mut parts = Vec::new();
+        let mut cur = self.0.as_deref();
+        while let Some(n) = cur {
+            let start = n.len - n.own.len();
+            if n.len <= from {
+                break;
+            }
+            parts.push(&n.own[from.saturating_sub(start)..]);
+            if start <= from {
+                break;
+            }
+            cur = n.below.0.as_deref();
+        }
+        parts.into_iter().rev().flatten().collect()
+    }
+
+    pub fn last(&self) -> Option<&LayerDesc> {
+        self.iter().next_back()
+    }
+}
+
+impl From<Vec<LayerDesc>> for Layers {
+    fn from(v: Vec<LayerDesc>) -> Layers {
+        Layers::default().on(v)
+    }
+}
+
+impl Drop for Layers {
+    // Iterative: dropping the last image of a long chain would otherwise
+    // recurse once per image and could overflow a worker thread's stack.
+    fn drop(&mut self) {
+        let mut cur = self.0.take();
+        while let Some(arc) = cur {
+            match Arc::try_unwrap(arc) {
+                Ok(mut node) => cur = node.below.0.take(),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl PartialEq for Layers {
+    fn eq(&self, other: &Layers) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Layers {}
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Layers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Layers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Layers, D::Error> {
+        Vec::<LayerDesc>::deserialize(d).map(Layers::from)
+    }
 }
 
 impl ImageRecord {
@@ -305,8 +430,10 @@ pub fn assemble(
     config.set_history(Some(history));
     let config_json = canonical_json(&config);
 
-    let mut layers: Vec<LayerDesc> = base.map(|b| b.record.layers.clone()).unwrap_or_default();
-    layers.extend(new_layers.iter().map(|l| l.desc.clone()));
+    let layers = base
+        .map(|b| b.record.layers.clone())
+        .unwrap_or_default()
+        .on(new_layers.iter().map(|l| l.desc.clone()).collect());
     let layer_descs: Vec<Descriptor> = layers
         .iter()
         .map(|l| {

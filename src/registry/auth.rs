@@ -166,7 +166,9 @@ impl Sources {
                 })?;
                 (text, path)
             };
-            if let Some(found) = parse_auth_file(&text, &name)?.lookup(host, &name)? {
+            if let Some(found) =
+                parse_auth_file(&text, &name)?.lookup(host, &name, self.var(env::PATH))?
+            {
                 return Ok(Some(found));
             }
         }
@@ -175,7 +177,9 @@ impl Sources {
                 Ok(t) => t,
                 Err(_) => continue,
             };
-            if let Some(found) = parse_auth_file(&text, &file)?.lookup(host, &file)? {
+            if let Some(found) =
+                parse_auth_file(&text, &file)?.lookup(host, &file, self.var(env::PATH))?
+            {
                 return Ok(Some(found));
             }
         }
@@ -241,9 +245,14 @@ struct AuthEntry {
 }
 
 impl AuthFile {
-    fn lookup(&self, host: &str, file: &Path) -> Result<Option<Found>, AuthError> {
+    fn lookup(
+        &self,
+        host: &str,
+        file: &Path,
+        path: Option<&str>,
+    ) -> Result<Option<Found>, AuthError> {
         if let Some((_, helper)) = self.cred_helpers.iter().find(|(k, _)| same_host(k, host)) {
-            return helper_get(helper, host);
+            return helper_get(helper, host, path);
         }
         if let Some((_, entry)) = self.auths.iter().find(|(k, _)| same_host(k, host)) {
             let source = file.display().to_string();
@@ -287,7 +296,7 @@ impl AuthFile {
             }
         }
         match &self.creds_store {
-            Some(store) if !store.is_empty() => helper_get(store, host),
+            Some(store) if !store.is_empty() => helper_get(store, host, path),
             _ => Ok(None),
         }
     }
@@ -301,21 +310,43 @@ struct HelperReply {
     secret: String,
 }
 
+/// `docker-credential-NAME`'s absolute path: found on the caller's `PATH`
+/// as Docker finds it (helpers live wherever the user installed them), and
+/// run by that path, so the name alone never decides what runs.
+fn helper_path(program: &str, path: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    // A helper name is a name, not a path to some other program.
+    if program.contains('/') {
+        return None;
+    }
+    std::env::split_paths(path?)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// `docker-credential-NAME get`, the host on stdin, JSON on stdout.
-fn helper_get(helper: &str, host: &str) -> Result<Option<Found>, AuthError> {
+fn helper_get(helper: &str, host: &str, path: Option<&str>) -> Result<Option<Found>, AuthError> {
     let program = format!("docker-credential-{helper}");
     let fail = |reason: String| AuthError::Helper {
         helper: helper.to_string(),
         host: host.to_string(),
         reason,
     };
-    let mut child = Command::new(&program)
+    let exe = helper_path(&program, path).ok_or_else(|| {
+        fail(format!(
+            "{program} is not an executable on PATH; install it, or remove `{helper}` from credHelpers/credsStore"
+        ))
+    })?;
+    let mut child = Command::new(&exe)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
+        .map_err(|e| fail(format!("cannot run {}: {e}", exe.display())))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(host.as_bytes());
     }

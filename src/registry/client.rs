@@ -383,8 +383,9 @@ impl Client {
                 host: host.to_string(),
                 reason: "token reply without a token".into(),
             })?;
-        // The spec's default lifetime is 60 s; renew with a margin.
-        let life = Duration::from_secs(reply.expires_in.unwrap_or(60).max(10));
+        // The spec's default lifetime is 60 s; renew with a margin, before
+        // the registry would refuse it (the 401 path is the fallback).
+        let life = Duration::from_secs(reply.expires_in.unwrap_or(60).max(1));
         let margin = (life / 5).min(Duration::from_secs(300));
         Ok(Token {
             value: Secret::new(value),

@@ -131,7 +131,7 @@ pub async fn pull(
         manifest_size: bytes.len() as u64,
         config: config_digest,
         config_size: manifest.config().size(),
-        layers,
+        layers: layers.into(),
     };
     store.put(
         Kind::Pulled,

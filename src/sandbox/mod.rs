@@ -14,7 +14,7 @@
 //! (coreutils), which keeps raw system calls out of this crate. They are
 //! found once on a fixed PATH and run by absolute path (see [`tools`]).
 mod probe;
-mod tools;
+pub mod tools;
 
 pub use probe::{Lack, Probe, StoreFs, probe};
 pub use tools::{HOST_PATH, Tool, host_tool};

@@ -1,4 +1,4 @@
-//! The host programs imgbuild runs (`unshare`, `chroot`, `cp`, …), found
+//! The host programs imgbuild runs (`unshare`, `chroot`, `cp`, `git`, …), found
 //! once on a fixed PATH and run by absolute path, so that neither an
 //! image's env (a PATH without sbin) nor the caller's decides which program
 //! runs, or whether it is found.
@@ -20,10 +20,22 @@ pub enum Tool {
     /// Starts `chroot` with the step's environment and nothing else.
     Env,
     Cp,
+    /// For `git:` sources and the revision stamp.
+    Git,
+    /// Device nodes and FIFOs when unpacking layers as root.
+    Mknod,
 }
 
 impl Tool {
-    const ALL: [Tool; 5] = [Tool::Sh, Tool::Unshare, Tool::Chroot, Tool::Env, Tool::Cp];
+    const ALL: [Tool; 7] = [
+        Tool::Sh,
+        Tool::Unshare,
+        Tool::Chroot,
+        Tool::Env,
+        Tool::Cp,
+        Tool::Git,
+        Tool::Mknod,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +44,8 @@ impl Tool {
             Tool::Chroot => "chroot",
             Tool::Env => "env",
             Tool::Cp => "cp",
+            Tool::Git => "git",
+            Tool::Mknod => "mknod",
         }
     }
 
@@ -40,7 +54,8 @@ impl Tool {
         match self {
             Tool::Sh => "dash",
             Tool::Unshare => "util-linux",
-            Tool::Chroot | Tool::Env | Tool::Cp => "coreutils",
+            Tool::Chroot | Tool::Env | Tool::Cp | Tool::Mknod => "coreutils",
+            Tool::Git => "git",
         }
     }
 }

@@ -3,22 +3,14 @@
 //! tree exported with `git archive` into `sources/tree/<commit>`.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use super::{SourceError, Token, commit_tree};
 use crate::store::Store;
 
-/// The `git` program, found on PATH once.
+/// The host's `git`, by absolute path (see sandbox::tools).
 pub(super) fn git_path() -> Result<&'static Path, SourceError> {
-    static GIT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    GIT.get_or_init(|| {
-        let path = std::env::var_os(crate::env::PATH)?;
-        std::env::split_paths(&path)
-            .map(|d| d.join("git"))
-            .find(|p| p.is_file())
-    })
-    .as_deref()
-    .ok_or(SourceError::NoGit)
+    crate::sandbox::tools::host_tool(crate::sandbox::tools::Tool::Git)
+        .map_err(|_| SourceError::NoGit)
 }
 
 /// `sources/tree/<commit>`.

@@ -42,7 +42,10 @@ pub enum SourceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the `git` command is not installed (looked for it on PATH)")]
+    #[error(
+        "the `git` command is not installed (looked for it in {}); apt-get install git",
+        crate::sandbox::tools::HOST_PATH
+    )]
     NoGit,
     #[error("`git {command}` failed ({status}): {output}")]
     Git {

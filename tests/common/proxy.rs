@@ -210,6 +210,8 @@ impl State {
 
 /// The proxy, served by threads until dropped.
 pub struct Proxy {
+    /// The address it listens on.
+    ip: std::net::IpAddr,
     port: u16,
     upstream: String,
     token: Option<String>,
@@ -221,25 +223,32 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `upstream` ("127.0.0.1:PORT").
     pub fn start(upstream: &str) -> Proxy {
-        Proxy::launch(upstream, None)
+        Proxy::launch(upstream, None, "127.0.0.1".parse().unwrap())
+    }
+
+    /// A proxy to `upstream` listening on `ip` (one of this machine's
+    /// addresses): a registry that is not on loopback, for clients that
+    /// treat loopback specially.
+    pub fn start_at(ip: std::net::IpAddr, upstream: &str) -> Proxy {
+        Proxy::launch(upstream, None, ip)
     }
 
     /// A proxy to the registry `upstream` and its token server `token`
     /// ("127.0.0.1:PORT" each): requests for `/token…` go to the token
     /// server, and the registry's challenges name the proxy as the realm.
     pub fn start_with_token(upstream: &str, token: &str) -> Proxy {
-        Proxy::launch(upstream, Some(token))
+        Proxy::launch(upstream, Some(token), "127.0.0.1".parse().unwrap())
     }
 
-    fn launch(upstream: &str, token: Option<&str>) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    fn launch(upstream: &str, token: Option<&str>, ip: std::net::IpAddr) -> Proxy {
+        let listener = TcpListener::bind((ip, 0)).expect("bind the proxy");
         let port = listener.local_addr().expect("its address").port();
         let state = Arc::new(State::default());
         let stop = Arc::new(AtomicBool::new(false));
         let route = Arc::new(Route {
             upstream: upstream.to_string(),
             token: token.map(str::to_string),
-            me: format!("127.0.0.1:{port}"),
+            me: std::net::SocketAddr::new(ip, port).to_string(),
         });
         let thread = {
             let (state, stop, route) = (state.clone(), stop.clone(), route.clone());
@@ -257,6 +266,7 @@ impl Proxy {
             })
         };
         Proxy {
+            ip,
             port,
             upstream: upstream.to_string(),
             token: token.map(str::to_string),
@@ -266,9 +276,10 @@ impl Proxy {
         }
     }
 
-    /// "127.0.0.1:PORT": use it in place of the registry's host.
+    /// "127.0.0.1:PORT" (or its `start_at` address): use it in place of the
+    /// registry's host.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
     }
 
     pub fn upstream(&self) -> &str {
@@ -401,7 +412,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect((self.ip, self.port));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

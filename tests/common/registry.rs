@@ -912,6 +912,8 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// The `access` claim given.
     pub access: Value,
+    /// When it was issued.
+    pub at: std::time::Instant,
 }
 
 struct TokenState {
@@ -933,7 +935,7 @@ struct TokenState {
 /// distribution accepts a token until `exp` + 60 s (its leeway), so the
 /// server writes `exp` = issue time + lifetime − 60 s: the registry refuses
 /// the token once `lifetime` has passed, as `expires_in` says (times are
-/// whole seconds: a token may die up to 1 s early).
+/// whole seconds: a token may live up to 1 s longer, never shorter).
 pub struct TokenServer {
     port: u16,
     state: Arc<TokenState>,
@@ -1307,7 +1309,10 @@ fn serve_token(mut conn: TcpStream, state: &TokenState) -> io::Result<()> {
         "iss": TOKEN_ISSUER,
         "sub": user,
         "aud": param("service").unwrap_or_else(|| TOKEN_SERVICE.to_string()),
-        "exp": (now + state.lifetime_secs) as i64 - REGISTRY_LEEWAY_SECS as i64,
+        // `now` is rounded down: one second more, so the token lives at
+        // least `expires_in` (up to 1 s longer), and a client that renews
+        // on time never meets a refusal.
+        "exp": (now + 1 + state.lifetime_secs) as i64 - REGISTRY_LEEWAY_SECS as i64,
         "nbf": now,
         "iat": now,
         "jti": format!("imgbuild-test-{n}"),
@@ -1328,6 +1333,7 @@ fn serve_token(mut conn: TcpStream, state: &TokenState) -> io::Result<()> {
         user,
         scopes,
         access: Value::Array(access),
+        at: std::time::Instant::now(),
     });
     respond(
         &mut conn,
