@@ -255,7 +255,7 @@ def lines_rows(r, extra, d):
     change, why = one_layer_rebuilt(r.get("imgbuild-change"), os.path.join(d, "imgbuild-change.built"))
     if why:
         notes.append(f"imgbuild after one change: n/a, {why}")
-    plans = [x for x in load_lines(os.path.join(d, "minor-plan.jsonl"))]
+    plans = load_lines(os.path.join(d, "minor-plan.jsonl"))
     built = load_lines(os.path.join(d, "minor-built.jsonl"))
     ups = load_lines(os.path.join(d, "minor-uploads.jsonl"))
     for what, recs in (("plan", plans), ("build --json", built), ("registry log", ups)):
@@ -290,7 +290,7 @@ def lines_rows(r, extra, d):
             ("imgbuild build --all --push, one client changed", r.get("imgbuild-change")),
             ("buildah bud + push, the changed client", r.get("buildah-change")),
             ("imgbuild build moodle-4.5, new release (alone)", r.get("imgbuild-core-alone")),
-            (f"imgbuild build --all --push, new 4.5 release", r.get("imgbuild-minor")),
+            ("imgbuild build --all --push, new 4.5 release", r.get("imgbuild-minor")),
             ("client-initech (4.5, Apache) run -d to 200", wi),
             ("  same image, php -S (peer)", pi),
             ("client-acme (5.1, nginx) run -d to 200", wa),
