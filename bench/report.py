@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print the table of a benchmark run and write it as JSON.
 
-usage: report.py core|fleet|push WORK_DIR VERSIONS_JSON
+usage: report.py core|fleet|push|lines WORK_DIR VERSIONS_JSON
 
 Reads the measure.py results under WORK_DIR/<bench>/ (for push, also what
 registry.py recorded about each push: runs.jsonl, layout.json, ...) and writes
@@ -230,6 +230,95 @@ def push_notes(push, extra):
     return out
 
 
+def synth(name, values):
+    """A row from seconds measured outside measure.py (web.jsonl)."""
+    if not values:
+        return None
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"name": name, "ok": True, "mean_s": m, "stddev_s": sd, "max_s": max(values),
+            "runs": [{"wall_s": v, "max_rss_kib": None} for v in values]}
+
+
+def lines_rows(r, extra, d):
+    """bench/lines.sh: the fleet on two release lines."""
+    n, n45 = extra.get("clients", 50), extra.get("clients_45", 25)
+    notes = []
+    cores = extra.get("cores") or {}
+    if cores:
+        c45, c51 = cores.get("moodle-45", {}), cores.get("moodle-51", {})
+        notes.append(f"cores: 4.5 {c45.get('files', 0):,} files {c45.get('bytes', 0) / 2**20:.0f} MiB, "
+                     f"5.1 {c51.get('files', 0):,} files {c51.get('bytes', 0) / 2**20:.0f} MiB (git: sources); "
+                     f"clients: {n} ({n45} on 4.5) of {extra.get('client_files', '?')} files, "
+                     f"{extra.get('client_mib', 0):.1f} MiB; a minor release changes "
+                     f"{extra.get('changed_per_minor', '?')} files")
+    change, why = one_layer_rebuilt(r.get("imgbuild-change"), os.path.join(d, "imgbuild-change.built"))
+    if why:
+        notes.append(f"imgbuild after one change: n/a, {why}")
+    plans = load_lines(os.path.join(d, "minor-plan.jsonl"))
+    built = load_lines(os.path.join(d, "minor-built.jsonl"))
+    ups = load_lines(os.path.join(d, "minor-uploads.jsonl"))
+    for what, recs in (("plan", plans), ("build --json", built), ("registry log", ups)):
+        for i, x in enumerate(recs, 1):
+            if "error" in x:
+                notes.append(f"minor release {i}: {what}: {x['error']}")
+    plans = [x for x in plans if "error" not in x]
+    built = [x for x in built if "error" not in x]
+    ups = [x for x in ups if "error" not in x]
+    for i, x in enumerate(ups, 1):
+        notes.append(f"minor release {i}, registry log: {x['client_layer_uploads']} client layer uploads, "
+                     f"{x['config_uploads']} config uploads, {x['core_layer_uploads_into_clients']} core layer "
+                     f"uploads into client repositories, {x['mounts_into_clients']} mounts into them, "
+                     f"{x['core_repo_uploads']} uploads into the core's, {x['manifest_puts']} manifests put")
+    minor_runs = len((r.get("imgbuild-minor") or {}).get("runs", []))
+    complete = minor_runs and len(built) == minor_runs and len(ups) == minor_runs
+    web = load_lines(os.path.join(d, "web.jsonl"))
+    for x in web:
+        if not x.get("ok"):
+            notes.append(f"web: {x.get('image')} {x.get('kind')}: {x.get('error')}")
+
+    def web_row(image, kind):
+        vals = [x["seconds"] for x in web if x.get("image") == image and x.get("kind") == kind]
+        fails = [x for x in web if x.get("image") == image and x.get("kind") == kind and not x.get("ok")]
+        return None if fails else synth(f"{image}-{kind}", vals)
+
+    wi, wa = web_row("client-initech", "web"), web_row("client-acme", "web")
+    pi, pa = web_row("client-initech", "php-s"), web_row("client-acme", "php-s")
+    minor, alone = mean(r.get("imgbuild-minor")), mean(r.get("imgbuild-core-alone"))
+    rows = [(f"imgbuild build --all --push, {n + 2} images, cold", r.get("imgbuild-full")),
+            (f"buildah bud + push, 2 cores + {n} clients", r.get("buildah-full")),
+            ("imgbuild build --all --push, one client changed", r.get("imgbuild-change")),
+            ("buildah bud + push, the changed client", r.get("buildah-change")),
+            ("imgbuild build moodle-4.5, new release (alone)", r.get("imgbuild-core-alone")),
+            ("imgbuild build --all --push, new 4.5 release", r.get("imgbuild-minor")),
+            ("client-initech (4.5, Apache) run -d to 200", wi),
+            ("  same image, php -S (peer)", pi),
+            ("client-acme (5.1, nginx) run -d to 200", wa),
+            ("  same image, php -S (peer)", pa)]
+    figures = [
+        ("buildah / imgbuild, all built and pushed", ratio(mean(r.get("buildah-full")), mean(r.get("imgbuild-full"))),
+         ">=", 5.0, "x"),
+        ("imgbuild one change rebuilt and pushed (1 layer)", change, "<=", 1.0, "s"),
+        ("buildah / imgbuild, one change", ratio(mean(r.get("buildah-change")), change), None, None, "x"),
+        ("minor release - new core alone", None if minor is None or alone is None else minor - alone,
+         "<=", 2.0, "s"),
+        ("minor release / new core alone", ratio(minor, alone), None, None, "x", "{:.2f}"),
+        ("client layers built (minor release, max)",
+         max(x["client_layers_built"] for x in built) if complete else None, "==", 0, "", "{:.0f}"),
+        ("client layer blobs uploaded (registry log, max)",
+         max(x["client_layer_uploads"] for x in ups) if complete else None, "==", 0, "", "{:.0f}"),
+        ("plan: 4.5 clients re-pointed, no layer built (min)",
+         min(x["clients_repointed"] for x in plans) if plans else None, "==", n45, "", "{:.0f}"),
+        ("plan: 4.5 clients it says are re-pointed (min)",
+         min(x["clients_saying_repointed"] for x in plans) if plans else None, "==", n45, "", "{:.0f}"),
+        ("client-initech first 200 (max of runs)", wi and wi["max_s"], "<=", 2.0, "s"),
+        ("client-acme first 200 (max of runs)", wa and wa["max_s"], "<=", 2.0, "s"),
+        ("client-initech / php -S peer", ratio(mean(wi), mean(pi)), None, None, "x", "{:.2f}"),
+        ("client-acme / php -S peer", ratio(mean(wa), mean(pa)), None, None, "x", "{:.2f}"),
+    ]
+    return rows, figures, notes
+
+
 def main():
     bench, work, versions = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     d = os.path.join(work, bench)
@@ -270,6 +359,9 @@ def main():
     elif bench == "push":
         push = push_details(d)
         rows, figures, cols = push_rows(r, extra, push)
+    elif bench == "lines":
+        rows, figures, notes = lines_rows(r, extra, d)
+        tree = {}
     else:
         n = extra.get("clients", 50)
         bt = combine("buildah-fleet-total", [r.get("buildah-moodle"), r.get("buildah-clients")],

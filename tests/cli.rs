@@ -652,10 +652,18 @@ fn parent_change_rebases_child_without_rebuilding_its_layer() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|r| r == "parent moodle changes"),
+                .any(|r| r
+                    == "re-pointed onto moodle, which changes: its layer is reused, not built"),
             "{p:#}"
         );
     }
+    let human = cx.run(&["plan", "--all"]).success().stdout;
+    assert!(
+        human.contains("build     moodle")
+            && human.contains("assemble  client-a\n          re-pointed onto moodle")
+            && human.contains("1 image to build, 2 to assemble (no layer built), 1 reused"),
+        "{human}"
+    );
     let second = output_and_validate(&cx, &FLEET_NAMES);
     assert_eq!(second.manifest("base"), first.manifest("base"));
     let moodle = second.layer_summary("moodle");

@@ -163,7 +163,11 @@ impl Session<'_> {
                 }
             };
             if let Some((p, None)) = &base {
-                reasons.push(format!("parent {p} changes"));
+                reasons.push(if action == Action::Assemble {
+                    repointed(p, layers.len())
+                } else {
+                    format!("parent {p} changes")
+                });
             }
             if action == Action::Assemble && !parent_unknown {
                 reasons.push(match &last {
@@ -319,6 +323,18 @@ impl Session<'_> {
     }
 }
 
+/// An image whose layers are all in the store, on a parent that changes:
+/// only its config and manifest are made anew, and a push uploads none of
+/// its layers (the parent's are mounted from the parent's repository).
+fn repointed(parent: &str, layers: usize) -> String {
+    let those = match layers {
+        0 => "it has no layer of its own".to_string(),
+        1 => "its layer is reused, not built".to_string(),
+        n => format!("its {n} layers are reused, none built"),
+    };
+    format!("re-pointed onto {parent}, which changes: {those}")
+}
+
 /// Equal as the layer sees them: where a file was read from does not count
 /// (and is not stored with the entries).
 fn same(a: &Entry, b: &Entry) -> bool {
@@ -417,6 +433,22 @@ mod tests {
         }
         assert!(same(&a, &e("a", "1")));
         assert!(!same(&a, &e("a", "2")));
+    }
+
+    #[test]
+    fn a_repointed_image_says_its_layers_are_reused() {
+        assert_eq!(
+            repointed("moodle-4.5", 1),
+            "re-pointed onto moodle-4.5, which changes: its layer is reused, not built"
+        );
+        assert_eq!(
+            repointed("moodle-5.1", 3),
+            "re-pointed onto moodle-5.1, which changes: its 3 layers are reused, none built"
+        );
+        assert_eq!(
+            repointed("base", 0),
+            "re-pointed onto base, which changes: it has no layer of its own"
+        );
     }
 
     #[test]

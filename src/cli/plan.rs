@@ -56,6 +56,14 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
             println!("          {r}");
         }
     }
+    let count = |a: Action| plans.iter().filter(|p| p.action == a).count();
+    let build = count(Action::Build);
+    println!(
+        "{build} image{} to build, {} to assemble (no layer built), {} reused",
+        if build == 1 { "" } else { "s" },
+        count(Action::Assemble),
+        count(Action::Reuse)
+    );
     Ok(())
 }
 
