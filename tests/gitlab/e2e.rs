@@ -1,7 +1,9 @@
 //! End to end, as GitLab runs it: imgbuild's own image, built by imgbuild
 //! from ci/image.yaml (with this build's binary) and `docker load`ed, is the
-//! job image; `gitlabci-local` runs each job of a child pipeline (one job
-//! per image, `needs:` following the graph) in the local Docker engine as a
+//! job image; `gitlabci-local` runs the generate job of the template
+//! ci/imgbuild.gitlab-ci.yml (included by the fixture fleet's
+//! .gitlab-ci.yml), then each job of the child pipeline it writes (one job
+//! per image, run in `needs:` order) in the local Docker engine as a
 //! runner's default Docker executor does: not privileged (`--privileged
 //! false`: Docker's default capabilities and seccomp), the project
 //! bind-mounted at /builds/NAME, the container's own root filesystem
@@ -277,28 +279,38 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
     let start = Instant::now();
     require_docker();
     require_gitlabci_local();
-    let (image, _loaded, built) = job_image();
+    // The job image (its Debian downloads) and the fleet fixture (the
+    // root filesystem, the lock) are made at once: both wait mostly on the
+    // network and dpkg.
+    // (A scope: a failure here still waits for the image, and removes it.)
+    let (reg, repo, cx, made) = std::thread::scope(|s| {
+        let made = s.spawn(job_image);
+        let reg = Registry::htpasswd(JOB_USER, JOB_TOKEN);
+        let repo = AptRepo::start(Variant::Good);
+        let cx: Ctx = debian_project(&repo, "adds-user, alt-link", MORE);
+        cx.write("site/index.html", "<h1>site</h1>\n");
+        // The fleet repository as the agency keeps it: images.yaml, the lock
+        // and the CI file committed, the template included. (`lock` reads what
+        // debian-root holds: built first, in the host's store.)
+        cx.run(&["-q", "build", "debian-root"]).success();
+        cx.run(&["lock"]).success();
+        eprintln!(
+            "e2e: the fleet fixture is locked at {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        (reg, repo, cx, made.join())
+    });
+    let (image, _loaded, built) = made.expect("the job image is made");
     let size: u64 = built
         .layers(image.trim_end_matches(":latest"))
         .iter()
         .map(|l| l["size"].as_u64().unwrap())
         .sum();
     eprintln!(
-        "e2e: the job image (debug binary) is {:.1} MiB compressed, made in {:.1} s",
+        "e2e: the job image is {:.1} MiB compressed, ready at {:.1} s",
         size as f64 / 1048576.0,
         start.elapsed().as_secs_f64()
     );
-
-    let reg = Registry::htpasswd(JOB_USER, JOB_TOKEN);
-    let repo = AptRepo::start(Variant::Good);
-    let cx: Ctx = debian_project(&repo, "adds-user, alt-link", MORE);
-    cx.write("site/index.html", "<h1>site</h1>\n");
-    // The fleet repository as the agency keeps it: images.yaml, the lock
-    // and the CI file committed, the template included.
-    // (`lock` reads what debian-root holds: built first, in the host's
-    // store.)
-    cx.run(&["-q", "build", "debian-root"]).success();
-    cx.run(&["lock"]).success();
     fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/ci/imgbuild.gitlab-ci.yml"),
         cx.path("imgbuild.gitlab-ci.yml"),
