@@ -366,20 +366,14 @@ fn base64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// ci/release.gitlab-ci.yml and the child pipeline the e2e test runs, as
-/// GitLab's published CI schema has them.
+/// ci/release.gitlab-ci.yml as GitLab's published CI schema has it (the
+/// e2e test checks the child pipeline the generate job writes).
 #[test]
-fn the_release_job_and_the_child_pipeline_follow_gitlabs_schema() {
-    let cx = Ctx::new();
-    let child = cx.write(
-        "child.gitlab-ci.yml",
-        e2e::child_pipeline("imgbuild:latest"),
-    );
+fn the_release_job_follows_gitlabs_schema() {
     let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/release.gitlab-ci.yml");
     let mut c = Command::new("check-jsonschema");
     c.args(["--builtin-schema", "vendor.gitlab-ci"])
-        .arg(&release)
-        .arg(&child);
+        .arg(&release);
     let run = match c.output() {
         Ok(o) => Run {
             cmd: "check-jsonschema".into(),

@@ -1,7 +1,9 @@
 //! End to end, as GitLab runs it: imgbuild's own image, built by imgbuild
 //! from ci/image.yaml (with this build's binary) and `docker load`ed, is the
-//! job image; `gitlabci-local` runs each job of a child pipeline (one job
-//! per image, `needs:` following the graph) in the local Docker engine as a
+//! job image; `gitlabci-local` runs the generate job of the template
+//! ci/imgbuild.gitlab-ci.yml (included by the fixture fleet's
+//! .gitlab-ci.yml), then each job of the child pipeline it writes (one job
+//! per image, run in `needs:` order) in the local Docker engine as a
 //! runner's default Docker executor does: not privileged (`--privileged
 //! false`: Docker's default capabilities and seccomp), the project
 //! bind-mounted at /builds/NAME, the container's own root filesystem
@@ -21,8 +23,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-use serde_json::Value;
 
 use super::{JOB_TOKEN, JOB_USER, uploads};
 use crate::common::aptrepo::{AptRepo, Variant, debian_project};
@@ -47,38 +47,6 @@ const MORE: &str = concat!(
     "    layers:\n",
     "      - {src: site, dest: /srv/site}\n",
 );
-
-/// The child pipeline `imgbuild ci gitlab` makes, written by hand: one job
-/// per image, `needs:` following the graph, the registry layer cache in
-/// the project's repository, pushes to `$CI_REGISTRY_IMAGE`.
-pub(super) fn child_pipeline(image: &str) -> String {
-    let mut y = format!(
-        r#"# One job per image; needs: follows the graph.
-stages: [build]
-variables:
-  IMGBUILD_HOME: "$CI_PROJECT_DIR/.imgbuild"
-  IMGBUILD_CACHE_REPO: "$CI_REGISTRY_IMAGE/cache"
-  IMGBUILD_REVISION: ""
-  SOURCE_DATE_EPOCH: "0"
-.image:
-  stage: build
-  image: {image}
-  script:
-    - grep -E '^(CapEff|Seccomp):' /proc/self/status
-    - mkdir -p out
-    - imgbuild --json build "$IMAGE" --push > "out/$IMAGE.json"
-"#
-    );
-    for (name, parent) in FLEET {
-        y.push_str(&format!(
-            "image-{name}:\n  extends: .image\n  variables: {{IMAGE: {name}}}\n"
-        ));
-        if let Some(p) = parent {
-            y.push_str(&format!("  needs: [image-{p}]\n"));
-        }
-    }
-    y
-}
 
 /// gitlabci-local, or a failure that says how to get it.
 fn require_gitlabci_local() {
@@ -127,21 +95,43 @@ fn job_image() -> (String, DockerImages, Report) {
     (format!("{tag}:latest"), guard, report)
 }
 
-/// Runs one job of `pipeline` with gitlabci-local on a fresh runner: the
-/// project's store removed first. Returns its output and its build report.
-fn run_job(
-    project: &Path,
-    pipeline: &str,
-    name: &str,
-    env: &[(String, String)],
-) -> (String, Report) {
+/// The fleet repository's `.gitlab-ci.yml`: the template included as the
+/// agency includes it (a copy beside it, `include: local:`, since
+/// gitlabci-local cannot fetch `include: project:`), the job image named,
+/// and one observation added to the generate job: the container's
+/// capabilities and seccomp mode.
+fn fleet_ci(image: &str) -> String {
+    format!(
+        r#"include:
+  - local: imgbuild.gitlab-ci.yml
+variables:
+  IMGBUILD_IMAGE: "{image}"
+imgbuild:generate:
+  before_script:
+    - grep -E '^(CapEff|Seccomp):' /proc/self/status
+"#
+    )
+}
+
+/// Runs the generated child pipeline as it is (GitLab's `trigger: include:
+/// artifact:`), with the same observation added to its jobs' template.
+const CHILD_RUN: &str = r#"include:
+  - local: imgbuild-pipeline.yml
+.imgbuild:
+  before_script:
+    - grep -E '^(CapEff|Seccomp):' /proc/self/status
+"#;
+
+/// Runs job `name` of `config` with gitlabci-local as a runner's default
+/// Docker executor would, on a fresh runner: the project's store removed
+/// first (GitLab's clean checkout). Returns the job's output.
+fn run_job(project: &Path, config: &str, name: &str, env: &[(String, String)]) -> String {
     let _ = fs::remove_dir_all(project.join(".imgbuild"));
-    let _ = fs::remove_file(project.join(format!("out/{name}.json")));
     let mut c = Command::new("gitlabci-local");
     c.current_dir(project).args([
         "--no-color",
         "-c",
-        pipeline,
+        config,
         "--privileged",
         "false",
         "-n",
@@ -156,12 +146,12 @@ fn run_job(
         // the secret stays off its command line.
         c.env(k, v).args(["-e", k]);
     }
-    c.args(["--", &format!("image-{name}")]);
+    c.args(["--", name]);
     let run = run_command(c);
     let out = format!("{}{}", run.stdout, run.stderr);
     assert!(
         run.code == 0 && out.contains("Success"),
-        "job image-{name} failed:\n{run}"
+        "job {name} failed:\n{run}"
     );
     assert!(
         !out.contains(JOB_TOKEN),
@@ -170,13 +160,118 @@ fn run_job(
     // The job container as a runner's default Docker executor makes it.
     assert!(
         out.contains("CapEff:\t00000000a80425fb") && out.contains("Seccomp:\t2"),
-        "the job did not run with Docker's default capabilities and seccomp:\n{out}"
+        "job {name} did not run with Docker's default capabilities and seccomp:\n{out}"
     );
-    let json = fs::read_to_string(project.join(format!("out/{name}.json")))
-        .unwrap_or_else(|e| panic!("image-{name} wrote no report ({e}):\n{out}"));
-    let report: Value = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("image-{name}'s report is not JSON ({e}): {json}"));
-    (out, Report(report))
+    out
+}
+
+/// The generated child pipeline's jobs in `needs:` order: (job, its
+/// images, the jobs it needs).
+fn jobs_in_needs_order(yaml: &str) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let docs = yaml_rust2::YamlLoader::load_from_str(yaml)
+        .unwrap_or_else(|e| panic!("the generated pipeline is not YAML ({e}):\n{yaml}"));
+    let top = docs[0]
+        .as_hash()
+        .unwrap_or_else(|| panic!("the generated pipeline is not a map:\n{yaml}"));
+    let mut jobs = Vec::new();
+    for (k, v) in top {
+        let name = k.as_str().unwrap_or_default();
+        if name.starts_with('.') || name == "stages" {
+            continue;
+        }
+        let images = v["variables"]["IMGBUILD_IMAGES"]
+            .as_str()
+            .unwrap_or_else(|| panic!("job {name} names no IMGBUILD_IMAGES:\n{yaml}"));
+        let needs: Vec<String> = v["needs"]
+            .as_vec()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        jobs.push((
+            name.to_string(),
+            images.split_whitespace().map(String::from).collect(),
+            needs,
+        ));
+    }
+    let mut order: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    while !jobs.is_empty() {
+        let ready = jobs
+            .iter()
+            .position(|(_, _, needs)| needs.iter().all(|n| order.iter().any(|(o, _, _)| o == n)))
+            .unwrap_or_else(|| panic!("the generated jobs' needs: form no order:\n{yaml}"));
+        order.push(jobs.remove(ready));
+    }
+    order
+}
+
+/// What the job's progress lines say of each of `image`'s layers:
+/// `built`, `fetched` (from the registry cache) or `reused`.
+fn layer_outcomes<'a>(out: &'a str, image: &str) -> Vec<&'a str> {
+    let prefix = format!("{image}: layer ");
+    out.lines()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().nth(1))
+        .collect()
+}
+
+/// The short manifest digest the job's progress line gives for `image`.
+fn short(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    format!("sha256:{}", &hex[..12])
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let mut c = Command::new("git");
+    c.current_dir(dir).args(args);
+    run_command(c).success().stdout.trim().to_string()
+}
+
+/// The parent pipeline's generate job, then the child it wrote, job by job
+/// in `needs:` order, each on a fresh runner. Returns each image's job
+/// output.
+fn pipeline(cx: &Ctx, env: &[(String, String)]) -> Vec<(String, String)> {
+    let _ = fs::remove_file(cx.path("imgbuild-pipeline.yml"));
+    let out = run_job(&cx.root, ".gitlab-ci.yml", "imgbuild:generate", env);
+    let yaml = fs::read_to_string(cx.path("imgbuild-pipeline.yml")).unwrap_or_else(|e| {
+        panic!("the generate job wrote no imgbuild-pipeline.yml ({e}):\n{out}")
+    });
+    check_schema(&cx.path("imgbuild-pipeline.yml"));
+    let jobs = jobs_in_needs_order(&yaml);
+    let built: Vec<&str> = jobs
+        .iter()
+        .flat_map(|(_, i, _)| i.iter().map(String::as_str))
+        .collect();
+    let fleet: Vec<&str> = FLEET.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        built, fleet,
+        "the child pipeline's images, in needs order:\n{yaml}"
+    );
+    let mut outputs = Vec::new();
+    for (job, images, needs) in &jobs {
+        let name = &images[0];
+        let parent = FLEET.iter().find(|(n, _)| n == name).unwrap().1;
+        let want: Vec<String> = parent.map(|p| format!("build {p}")).into_iter().collect();
+        assert_eq!(needs, &want, "{job}'s needs: follow the graph:\n{yaml}");
+        outputs.push((
+            name.clone(),
+            run_job(&cx.root, "child-run.gitlab-ci.yml", job, env),
+        ));
+    }
+    outputs
+}
+
+/// The file as GitLab's published CI schema has it.
+fn check_schema(file: &Path) {
+    let tool = require_tool(
+        "check-jsonschema",
+        "check-jsonschema (pip install check-jsonschema)",
+    );
+    let mut c = Command::new(tool);
+    c.args(["--builtin-schema", "vendor.gitlab-ci"]).arg(file);
+    run_command(c).success();
 }
 
 #[test]
@@ -184,23 +279,67 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
     let start = Instant::now();
     require_docker();
     require_gitlabci_local();
-    let (image, _loaded, built) = job_image();
+    // The job image (its Debian downloads) and the fleet fixture (the
+    // root filesystem, the lock) are made at once: both wait mostly on the
+    // network and dpkg.
+    // (A scope: a failure here still waits for the image, and removes it.)
+    let (reg, repo, cx, made) = std::thread::scope(|s| {
+        let made = s.spawn(job_image);
+        let reg = Registry::htpasswd(JOB_USER, JOB_TOKEN);
+        let repo = AptRepo::start(Variant::Good);
+        let cx: Ctx = debian_project(&repo, "adds-user, alt-link", MORE);
+        cx.write("site/index.html", "<h1>site</h1>\n");
+        // The fleet repository as the agency keeps it: images.yaml, the lock
+        // and the CI file committed, the template included. (`lock` reads what
+        // debian-root holds: built first, in the host's store.)
+        cx.run(&["-q", "build", "debian-root"]).success();
+        cx.run(&["lock"]).success();
+        eprintln!(
+            "e2e: the fleet fixture is locked at {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        (reg, repo, cx, made.join())
+    });
+    let (image, _loaded, built) = made.expect("the job image is made");
     let size: u64 = built
         .layers(image.trim_end_matches(":latest"))
         .iter()
         .map(|l| l["size"].as_u64().unwrap())
         .sum();
     eprintln!(
-        "e2e: the job image (debug binary) is {:.1} MiB compressed, made in {:.1} s",
+        "e2e: the job image is {:.1} MiB compressed, ready at {:.1} s",
         size as f64 / 1048576.0,
         start.elapsed().as_secs_f64()
     );
-
-    let reg = Registry::htpasswd(JOB_USER, JOB_TOKEN);
-    let repo = AptRepo::start(Variant::Good);
-    let cx: Ctx = debian_project(&repo, "adds-user, alt-link", MORE);
-    cx.write("site/index.html", "<h1>site</h1>\n");
-    cx.write("child.gitlab-ci.yml", child_pipeline(&image));
+    fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/ci/imgbuild.gitlab-ci.yml"),
+        cx.path("imgbuild.gitlab-ci.yml"),
+    )
+    .unwrap();
+    cx.write(".gitlab-ci.yml", fleet_ci(&image));
+    cx.write("child-run.gitlab-ci.yml", CHILD_RUN);
+    // The root filesystem tarball stands for a file the fleet keeps
+    // elsewhere: out of git, it saves hashing it.
+    cx.write(
+        ".gitignore",
+        "/debian.tar\n/.imgbuild/\n/imgbuild-pipeline.yml\n",
+    );
+    git(&cx.root, &["init", "-q", "-b", "main"]);
+    git(&cx.root, &["add", "-A"]);
+    git(
+        &cx.root,
+        &[
+            "-c",
+            "user.name=fleet",
+            "-c",
+            "user.email=fleet@example.org",
+            "commit",
+            "-q",
+            "-m",
+            "fleet",
+        ],
+    );
+    let head = git(&cx.root, &["rev-parse", "HEAD"]);
 
     let host_reg = reg.host();
     let env: Vec<(String, String)> = vec![
@@ -212,6 +351,11 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
         ("CI_REGISTRY_USER".into(), JOB_USER.into()),
         ("CI_REGISTRY_PASSWORD".into(), JOB_TOKEN.into()),
         ("CI_JOB_TOKEN".into(), JOB_TOKEN.into()),
+        ("CI_PIPELINE_SOURCE".into(), "push".into()),
+        ("CI_COMMIT_BRANCH".into(), "main".into()),
+        ("CI_DEFAULT_BRANCH".into(), "main".into()),
+        // A branch's first pipeline: everything is built.
+        ("CI_COMMIT_BEFORE_SHA".into(), "0".repeat(40)),
     ];
 
     eprintln!(
@@ -220,36 +364,52 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
     );
     // Pipeline 1: each job builds its image and fetches its parents'.
     let mut first = Vec::new();
-    for (name, parent) in FLEET {
-        let (out, report) = run_job(&cx.root, "child.gitlab-ci.yml", name, &env);
-        for l in report.layers(name) {
-            assert_eq!(
-                l["built"], true,
-                "image-{name} builds its own layer: {l}\n{out}"
-            );
-        }
-        let mut above = *parent;
+    for (name, out) in pipeline(&cx, &env) {
+        let own = layer_outcomes(&out, &name);
+        assert!(
+            !own.is_empty() && own.iter().all(|w| *w == "built"),
+            "build {name} builds its own layers: {own:?}\n{out}"
+        );
+        let mut above = FLEET.iter().find(|(n, _)| *n == name).unwrap().1;
         while let Some(p) = above {
-            for l in report.layers(p) {
-                assert!(
-                    l["built"] == false && l["fetched"] == true,
-                    "image-{name} built {p}'s layer instead of fetching what image-{p} pushed: {l}\n{out}"
-                );
-            }
+            let theirs = layer_outcomes(&out, p);
+            assert!(
+                !theirs.is_empty() && theirs.iter().all(|w| *w == "fetched"),
+                "build {name} built {p}'s layers instead of fetching what build {p} pushed: {theirs:?}\n{out}"
+            );
             above = FLEET.iter().find(|(n, _)| *n == p).and_then(|(_, pp)| *pp);
         }
-        if *name == "app" {
+        if name == "app" {
             assert!(
                 out.contains("chroot isolation"),
                 "app's steps did not run under chroot:\n{out}"
             );
         }
-        assert_eq!(
-            reg.digest(&format!("group/fleet/{name}"), "latest"),
-            Some(report.manifest(name)),
-            "{name} pushed"
+        // Tagged with the short commit and the branch's slug; `latest` on
+        // the default branch.
+        let repo_name = format!("group/fleet/{name}");
+        let digest = reg
+            .digest(&repo_name, "main")
+            .unwrap_or_else(|| panic!("{name} not pushed as :main\n{out}"));
+        let tags = reg.tags(&repo_name);
+        assert!(
+            tags.iter()
+                .any(|t| t.len() >= 7 && head.starts_with(t.as_str())),
+            "{name} not tagged with the short commit of {head}: {tags:?}"
         );
-        first.push(report.manifest(name));
+        for tag in &tags {
+            assert_eq!(
+                reg.digest(&repo_name, tag).as_ref(),
+                Some(&digest),
+                "{name}:{tag}"
+            );
+        }
+        assert!(tags.iter().any(|t| t == "latest"), "{name}: {tags:?}");
+        assert!(
+            out.contains(&format!("{name}: built {}", short(&digest))),
+            "build {name}'s output does not name the pushed digest {digest}:\n{out}"
+        );
+        first.push(digest);
     }
     assert!(
         repo.deb_fetches() > 0,
@@ -262,20 +422,27 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
     );
     // Pipeline 2 on fresh runners: no blob uploaded, every layer fetched.
     let before = reg.access_log().len();
-    for ((name, _), digest) in FLEET.iter().zip(&first) {
-        let (out, report) = run_job(&cx.root, "child.gitlab-ci.yml", name, &env);
+    for ((name, out), digest) in pipeline(&cx, &env).into_iter().zip(&first) {
         assert_eq!(
-            &report.manifest(name),
-            digest,
+            reg.digest(&format!("group/fleet/{name}"), "main").as_ref(),
+            Some(digest),
             "{name}: pipeline 2's digest is pipeline 1's"
         );
-        for image in report.names() {
-            for l in report.layers(&image) {
-                assert!(
-                    l["built"] == false && l["fetched"] == true,
-                    "pipeline 2, image-{name}: {image}'s layer not fetched from the registry: {l}\n{out}"
-                );
-            }
+        assert!(
+            out.contains(&short(digest)),
+            "build {name}'s output does not name {digest}:\n{out}"
+        );
+        let mut above = Some(name.as_str());
+        while let Some(image) = above {
+            let layers = layer_outcomes(&out, image);
+            assert!(
+                !layers.is_empty() && layers.iter().all(|w| *w == "fetched"),
+                "pipeline 2, build {name}: {image}'s layers not all fetched from the registry: {layers:?}\n{out}"
+            );
+            above = FLEET
+                .iter()
+                .find(|(n, _)| *n == image)
+                .and_then(|(_, p)| *p);
         }
     }
     let log = reg.access_log();
