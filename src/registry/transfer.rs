@@ -113,10 +113,25 @@ pub async fn push_many(
         .iter()
         .map(|_| Mutex::new(PushStats::default()))
         .collect();
+    let current = tags_in_place(client, items).await?;
     let mut first: Vec<(usize, String, u64)> = Vec::new();
     let mut rest: Vec<(usize, String, u64)> = Vec::new();
     let mut homes: BTreeSet<(String, String)> = BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
+        // A tag already naming this manifest means its repository holds
+        // every blob of it (a registry takes a manifest only then): an
+        // unchanged image of a fleet costs a HEAD per tag, no blob check
+        // and no manifest put; its blobs are offered for mounting.
+        if current[i].iter().any(|&c| c) {
+            let blobs = blobs_of(item.record);
+            for (digest, _) in &blobs {
+                known.add(&item.dest.registry, digest, &item.dest.repository);
+            }
+            if let Ok(mut s) = stats[i].lock() {
+                s.blobs_present += blobs.len() as u64;
+            }
+            continue;
+        }
         for (digest, size) in blobs_of(item.record) {
             let home = (item.dest.registry.clone(), digest.clone());
             if homes.insert(home) {
@@ -146,8 +161,12 @@ pub async fn push_many(
     let mut puts = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let manifest = store.read_blob(&hex_of(&item.record.manifest))?;
-        let mut targets: Vec<Reference> = vec![item.dest.clone()];
-        targets.extend(item.tags.iter().map(|t| item.dest.with_tag(t)));
+        let targets: Vec<Reference> = targets_of(item)
+            .into_iter()
+            .zip(&current[i])
+            .filter(|(_, in_place)| !**in_place)
+            .map(|(t, _)| t)
+            .collect();
         if let Ok(mut s) = stats[i].lock() {
             s.manifests = targets.len() as u64;
         }
@@ -204,6 +223,49 @@ impl PushStats {
             }
         }
     }
+}
+
+/// The item's tag and its further tags, in that order.
+fn targets_of(item: &PushItem<'_>) -> Vec<Reference> {
+    let mut targets = vec![item.dest.clone()];
+    targets.extend(item.tags.iter().map(|t| item.dest.with_tag(t)));
+    targets
+}
+
+/// For each item, which of its tags already name its manifest. A failed
+/// check only means "not known": the push then does it.
+async fn tags_in_place(
+    client: &Client,
+    items: &[PushItem<'_>],
+) -> Result<Vec<Vec<bool>>, RegistryError> {
+    let found: Vec<Vec<Mutex<bool>>> = items
+        .iter()
+        .map(|i| (0..=i.tags.len()).map(|_| Mutex::new(false)).collect())
+        .collect();
+    let found_ref = &found;
+    let mut heads = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        for (k, target) in targets_of(item).into_iter().enumerate() {
+            heads.push(async move {
+                if let Ok(Some(d)) = client.head_manifest(&target).await
+                    && d == item.record.manifest
+                    && let Ok(mut f) = found_ref[i][k].lock()
+                {
+                    *f = true;
+                }
+                Ok(())
+            });
+        }
+    }
+    bounded(heads).await?;
+    Ok(found
+        .into_iter()
+        .map(|v| {
+            v.into_iter()
+                .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+                .collect()
+        })
+        .collect())
 }
 
 /// Makes sure `dest`'s repository has a blob from the store: present,
