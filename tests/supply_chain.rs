@@ -54,8 +54,13 @@ fn skopeo_config(cx: &Ctx, reg: &Registry, repo: &str, key: &Path) -> (String, S
             "signedIdentity": { "type": "matchRepository" },
         }]}},
     });
+    // One file per repository and key: a later policy must not replace an
+    // earlier one that a pull still names.
     let name = key.file_stem().unwrap().to_string_lossy().into_owned();
-    let policy_path = cx.write(&format!("policy-{name}.json"), policy.to_string());
+    let policy_path = cx.write(
+        &format!("policy-{}-{name}.json", repo.replace('/', "-")),
+        policy.to_string(),
+    );
     cx.write(
         "registries.d/default.yaml",
         format!(
@@ -79,6 +84,9 @@ fn skopeo_pull(cx: &Ctx, policy: &(String, String), reference: &str) -> Run {
         "--registries.d",
         &policy.1,
         "copy",
+        // The policy is checked before anything is copied; an oci: layout
+        // cannot hold the signatures themselves.
+        "--remove-signatures",
         "--src-tls-verify=false",
         &format!("docker://{reference}"),
         &format!("oci:{}:x", out.display()),
