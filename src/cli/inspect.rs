@@ -2,8 +2,10 @@
 use clap::Args;
 use serde::Serialize;
 
-use imgbuild::build::Session;
+use imgbuild::build::{RefRecord, Session};
 use imgbuild::oci::image::{hex_of, parse_config};
+use imgbuild::spec::Spec;
+use imgbuild::store::Store;
 
 use super::{Cli, Failure, LayerArgs, load, open_store, print_json};
 
@@ -24,24 +26,31 @@ struct Layer<'a> {
     created_by: Option<String>,
 }
 
+/// The store, the spec and the last build of `name` (an image of
+/// images.yaml), or what to run first.
+pub(super) fn last_built(cli: &Cli, name: &str) -> Result<(Store, Spec, RefRecord), Failure> {
+    let spec = load(&cli.file)?;
+    let opts = LayerArgs::defaults().options(&spec)?;
+    let store = open_store()?;
+    let session = Session::new(&store, &spec, &opts);
+    session.image(name)?;
+    let last = session.last_build(name)?;
+    drop(session);
+    match last {
+        Some(last) => Ok((store, spec, last)),
+        None => Err(Failure::usage(format!(
+            "{name} has not been built from {} yet; run `imgbuild build {name}`",
+            spec.file.display()
+        ))),
+    }
+}
+
 pub fn run(cli: &Cli, args: &InspectArgs) -> Result<(), Failure> {
     // Image names have no `/`; registry references do.
     if args.name.contains('/') {
         return super::remote::inspect(cli, &args.name, &args.net);
     }
-    let spec = load(&cli.file)?;
-    let opts = LayerArgs::defaults().options(&spec)?;
-    let store = open_store()?;
-    let session = Session::new(&store, &spec, &opts);
-    session.image(&args.name)?;
-    let Some(last) = session.last_build(&args.name)? else {
-        return Err(Failure::usage(format!(
-            "{} has not been built from {} yet; run `imgbuild build {}`",
-            args.name,
-            spec.file.display(),
-            args.name
-        )));
-    };
+    let (store, _, last) = last_built(cli, &args.name)?;
     let rec = &last.image;
     let config_bytes = store.read_blob(&hex_of(&rec.config))?;
     let config = parse_config(&config_bytes, "config").map_err(Failure::failed)?;

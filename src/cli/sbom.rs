@@ -3,10 +3,9 @@ use std::io::Write;
 
 use clap::Args;
 
-use imgbuild::build::Session;
 use imgbuild::sbom::{Formats, inventory};
 
-use super::{Cli, Failure, LayerArgs, load, open_store};
+use super::{Cli, Failure};
 
 #[derive(Args)]
 pub struct SbomArgs {
@@ -30,19 +29,7 @@ pub fn run(cli: &Cli, args: &SbomArgs) -> Result<(), Failure> {
     if args.name.contains('/') {
         return super::remote::sbom(cli, &args.name, format, &args.net);
     }
-    let spec = load(&cli.file)?;
-    let opts = LayerArgs::defaults().options(&spec)?;
-    let store = open_store()?;
-    let session = Session::new(&store, &spec, &opts);
-    session.image(&args.name)?;
-    let Some(last) = session.last_build(&args.name)? else {
-        return Err(Failure::usage(format!(
-            "{} has not been built from {} yet; run `imgbuild build {}`",
-            args.name,
-            spec.file.display(),
-            args.name
-        )));
-    };
+    let (store, spec, last) = super::inspect::last_built(cli, &args.name)?;
     let inv = inventory(&store, &spec, &args.name, &last.image).map_err(Failure::failed)?;
     for (_, bytes) in format.render(&inv) {
         let _ = std::io::stdout().lock().write_all(&bytes);
