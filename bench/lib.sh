@@ -181,3 +181,22 @@ print(json.dumps({
 }))
 EOF
 }
+
+# write_fleet_yaml FILE WRITER: the Moodle core (moodle-tree, from scratch) and one
+# image per CLIENT_NAMES entry on it, each adding its client tree as a theme.
+write_fleet_yaml() {
+    {
+        echo "# Written by $2: Moodle core plus ${#CLIENT_NAMES[@]} clients."
+        echo "images:"
+        echo "  moodle:"
+        echo "    from: scratch"
+        echo "    layers:"
+        echo "      - {src: moodle-tree, dest: /var/www/moodle}"
+        for n in "${CLIENT_NAMES[@]}"; do
+            echo "  $n:"
+            echo "    from: moodle"
+            echo "    layers:"
+            echo "      - {src: clients/$n, dest: /var/www/moodle/theme/$n}"
+        done
+    } >"$1"
+}

@@ -64,20 +64,7 @@ EOF
 
 # --- the graphs --------------------------------------------------------------------
 YAML=$WORK/images-push.yaml
-{
-    echo "# Written by bench/push.sh: Moodle core plus ${#CLIENT_NAMES[@]} clients (as fleet.sh)."
-    echo "images:"
-    echo "  moodle:"
-    echo "    from: scratch"
-    echo "    layers:"
-    echo "      - {src: moodle-tree, dest: /var/www/moodle}"
-    for n in "${CLIENT_NAMES[@]}"; do
-        echo "  $n:"
-        echo "    from: moodle"
-        echo "    layers:"
-        echo "      - {src: clients/$n, dest: /var/www/moodle/theme/$n}"
-    done
-} >"$YAML"
+write_fleet_yaml "$YAML" "bench/push.sh"
 BIG_YAML=$WORK/images-push-big.yaml
 cat >"$BIG_YAML" <<'YAML'
 # Written by bench/push.sh: one layer of random (incompressible) bytes.

@@ -29,20 +29,7 @@ ensure_clients "$CLIENTS"
 ensure_imgbuild
 [[ $IMGBUILD_OK == 1 ]] || { warn "no imgbuild: nothing measured"; exit 0; }
 YAML=$WORK/images-supply.yaml
-{
-    echo "# Written by bench/supply.sh: Moodle core plus ${#CLIENT_NAMES[@]} clients (as push.sh)."
-    echo "images:"
-    echo "  moodle:"
-    echo "    from: scratch"
-    echo "    layers:"
-    echo "      - {src: moodle-tree, dest: /var/www/moodle}"
-    for n in "${CLIENT_NAMES[@]}"; do
-        echo "  $n:"
-        echo "    from: moodle"
-        echo "    layers:"
-        echo "      - {src: clients/$n, dest: /var/www/moodle/theme/$n}"
-    done
-} >"$YAML"
+write_fleet_yaml "$YAML" "bench/supply.sh"
 home=$OUT/imgbuild-home
 reset_dir "$home"
 export IMGBUILD_SIGN_PASSWORD=bench
