@@ -55,9 +55,17 @@ impl Session<'_> {
             .collect();
         // Evidence is made once per image, before anything is written.
         let mut referrers = BTreeMap::new();
+        // The SBOMs that thin SBOMs reference, of parents not delivered
+        // here: they go along (into layouts, and attached to the parent in
+        // the registry), so every reference resolves.
+        let mut referenced = Vec::new();
         if all_built && (delivery.push || !delivery.outputs.is_empty()) {
             for o in &requested {
                 referrers.insert(o.name.clone(), self.referrers(o, &delivery.evidence)?);
+            }
+            for (name, digest, list) in self.referenced_sboms(&requested, &delivery.evidence)? {
+                referrers.insert(name.clone(), list);
+                referenced.push((name, digest));
             }
         }
         let outputs_written = all_built && !delivery.outputs.is_empty();
@@ -78,6 +86,9 @@ impl Session<'_> {
         let pushed = if all_built && delivery.push {
             let pushed = remote.push(self.spec, &requested)?;
             remote.attach(&pushed, &referrers, delivery.evidence.key.as_ref())?;
+            if !referenced.is_empty() {
+                remote.attach_unpushed(self.spec, &referenced, &referrers)?;
+            }
             Some(pushed)
         } else {
             None

@@ -369,6 +369,30 @@ impl Remote<'_> {
         );
         results.into_iter().collect()
     }
+
+    /// Attaches `referrers` to images of the graph this run did not push
+    /// (`images`: name, manifest digest), in their own repository under the
+    /// prefix: the parents' SBOMs that pushed images' thin SBOMs reference.
+    /// Nothing is signed there.
+    pub fn attach_unpushed(
+        &self,
+        spec: &Spec,
+        images: &[(String, String)],
+        referrers: &BTreeMap<String, Vec<crate::attach::referrers::Referrer>>,
+    ) -> Result<(), RemoteError> {
+        let prefix = self.options.prefix(spec)?;
+        let targets: Vec<Pushed> = images
+            .iter()
+            .map(|(name, digest)| Pushed {
+                name: name.clone(),
+                reference: format!("{prefix}/{name}@{digest}"),
+                digest: digest.clone(),
+                tags: Vec::new(),
+                stats: PushStats::default(),
+            })
+            .collect();
+        self.attach(&targets, referrers, None)
+    }
 }
 
 impl LayerCache for Remote<'_> {

@@ -113,6 +113,14 @@ fn evidence(
         .map(str::parse::<imgbuild::sbom::Formats>)
         .transpose()
         .map_err(Failure::usage)?;
+    let sbom_parents = args
+        .remote
+        .sbom_parents
+        .as_deref()
+        .map(str::parse::<imgbuild::sbom::Parents>)
+        .transpose()
+        .map_err(Failure::usage)?
+        .unwrap_or_default();
     let key = args
         .remote
         .sign_key
@@ -144,8 +152,10 @@ fn evidence(
     });
     Ok(Evidence {
         sbom,
+        sbom_parents,
         provenance,
         key,
+        cache: Default::default(),
     })
 }
 

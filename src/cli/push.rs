@@ -31,6 +31,13 @@ pub struct PushArgs {
     /// layouts, as an OCI 1.1 referrer.
     #[arg(long, value_name = "spdx|cyclonedx|both", num_args = 0..=1, default_missing_value = "spdx")]
     pub sbom: Option<String>,
+    /// How the SBOM of an image built on another image of images.yaml
+    /// covers that parent: `reference` (what the image adds, and the
+    /// parent's attached SBOM referenced by checksum) or `full` (every
+    /// package again, for scanners that do not follow references).
+    /// Default: reference.
+    #[arg(long, value_name = "reference|full")]
+    pub sbom_parents: Option<String>,
     /// Attach SLSA v1 provenance (an in-toto statement) as a referrer.
     #[arg(long)]
     pub provenance: bool,

@@ -3,7 +3,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use imgbuild::sbom::{Formats, inventory};
+use imgbuild::sbom::{Cache, Formats, Parents, document};
 
 use super::{Cli, Failure};
 
@@ -15,24 +15,49 @@ pub struct SbomArgs {
     /// spdx (SPDX 2.3 JSON) or cyclonedx (CycloneDX 1.6 JSON).
     #[arg(long, default_value = "spdx", value_name = "spdx|cyclonedx")]
     format: String,
+    /// The whole image in one document, inherited packages included (the
+    /// default, as attached to pushed images, is what the image adds to a
+    /// parent of images.yaml, with the parent's SBOM referenced by
+    /// checksum).
+    #[arg(long)]
+    full: bool,
     #[command(flatten)]
     net: super::remote::Net,
 }
 
 pub fn run(cli: &Cli, args: &SbomArgs) -> Result<(), Failure> {
     let format: Formats = args.format.parse().map_err(Failure::usage)?;
-    if format == Formats::Both {
+    let [media_type] = format.media_types()[..] else {
         return Err(Failure::usage(
             "`sbom` prints one document: pass --format spdx or --format cyclonedx",
         ));
-    }
+    };
     if args.name.contains('/') {
+        if args.full {
+            return Err(Failure::usage(
+                "--full flattens the SBOM of an image of images.yaml; for a pushed image, \
+                 name the image (`imgbuild sbom NAME --full`) or follow the attached SBOM's \
+                 reference to its parent's (DocumentRef-parent, or the CycloneDX `bom` link)",
+            ));
+        }
         return super::remote::sbom(cli, &args.name, format, &args.net);
     }
     let (store, spec, last) = super::inspect::last_built(cli, &args.name)?;
-    let inv = inventory(&store, &spec, &args.name, &last.image).map_err(Failure::failed)?;
-    for (_, bytes) in format.render(&inv) {
-        let _ = std::io::stdout().lock().write_all(&bytes);
-    }
+    let parents = if args.full {
+        Parents::Full
+    } else {
+        Parents::Reference
+    };
+    let bytes = document(
+        &store,
+        &spec,
+        &args.name,
+        &last.image.manifest,
+        media_type,
+        parents,
+        &Cache::default(),
+    )
+    .map_err(Failure::failed)?;
+    let _ = std::io::stdout().lock().write_all(&bytes);
     Ok(())
 }

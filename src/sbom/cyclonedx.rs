@@ -11,10 +11,15 @@ fn hashes(hex: &str) -> Value {
     json!([{ "alg": "SHA-256", "content": hex }])
 }
 
-/// A version-5-style UUID from the manifest digest: the same image always
+/// A version-5-style UUID from the manifest digest (and the variant, for a
+/// full BOM that differs from the attached thin one): the same image always
 /// gets the same serial number.
-fn serial(manifest: &str) -> String {
-    let h = sha256_hex(format!("imgbuild-cyclonedx:{manifest}").as_bytes());
+pub fn serial(manifest: &str, variant: Option<&str>) -> String {
+    let seed = match variant {
+        Some(v) => format!("imgbuild-cyclonedx:{manifest}:{v}"),
+        None => format!("imgbuild-cyclonedx:{manifest}"),
+    };
+    let h = sha256_hex(seed.as_bytes());
     let mut b: Vec<char> = h[..32].chars().collect();
     b[12] = '5';
     b[16] = ['8', '9', 'a', 'b'][usize::from(b[16].to_digit(16).unwrap_or(0) as u8 & 3)];
@@ -29,8 +34,15 @@ fn serial(manifest: &str) -> String {
     )
 }
 
+/// A BOM-Link to version 1 of the BOM `serial` (`urn:uuid:…`).
+pub fn bom_link(serial: &str) -> String {
+    format!("urn:cdx:{}/1", serial.trim_start_matches("urn:uuid:"))
+}
+
 pub fn render(inv: &Inventory) -> Vec<u8> {
     let image_ref = format!("image:{}", inv.name);
+    // Thin: what the parent holds is left to its own BOM, linked.
+    let thin = inv.parent_doc.as_ref();
     let mut components = Vec::new();
     let mut own = Vec::new();
     let mut inherited = Vec::new();
@@ -42,6 +54,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         }
     };
     for (i, (l, inh)) in inv.layers.iter().enumerate() {
+        if *inh && thin.is_some() {
+            continue;
+        }
         let r = format!("layer:{}", l.digest);
         components.push(json!({
             "type": "file",
@@ -79,6 +94,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         }
         if let Some(l) = &p.licence {
             c["licenses"] = json!([{ "expression": l }]);
+        }
+        if let Some(old) = &p.replaces {
+            c["properties"] = json!([{ "name": "imgbuild:replaces", "value": old }]);
         }
         components.push(c);
         place(purl, p.inherited);
@@ -121,6 +139,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         if let Some(rel) = &p.release {
             props.push(json!({ "name": "moodle:release", "value": rel }));
         }
+        if let Some(old) = &p.replaces {
+            props.push(json!({ "name": "imgbuild:replaces", "value": old }));
+        }
         components.push(json!({
             "type": "library",
             "bom-ref": r,
@@ -146,15 +167,29 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
     image_deps.extend(inv.sources.iter().map(|s| format!("source:{}", s.name)));
     if let Some((name, digest)) = &inv.parent {
         let r = format!("parent:{name}");
-        components.push(json!({
+        let mut parent = json!({
             "type": "container",
             "bom-ref": r,
             "name": name,
             "version": digest,
             "purl": format!("pkg:oci/{}@{}", purl_escape(name), purl_escape(digest)),
             "hashes": hashes(&hex_of(digest)),
-        }));
-        deps.push(json!({ "ref": r, "dependsOn": inherited }));
+        });
+        match thin {
+            Some(p) => {
+                parent["externalReferences"] = json!([{
+                    "type": "bom",
+                    "url": bom_link(&p.id),
+                    "hashes": hashes(&p.sha256),
+                    "comment": format!(
+                        "the parent's BOM, holding what {} inherits: attached to {}@{} as an OCI referrer (artifactType {MEDIA_TYPE}), blob sha256:{}; `imgbuild sbom {} --full --format cyclonedx` gives the whole image",
+                        inv.name, p.name, p.manifest, p.sha256, inv.name
+                    ),
+                }]);
+            }
+            None => deps.push(json!({ "ref": r, "dependsOn": inherited })),
+        }
+        components.push(parent);
         image_deps.push(r);
         image["properties"] = json!([{ "name": "oci:base.name", "value": name }]);
     }
@@ -162,7 +197,7 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
     let bom = json!({
         "bomFormat": "CycloneDX",
         "specVersion": "1.6",
-        "serialNumber": serial(&inv.manifest),
+        "serialNumber": serial(&inv.manifest, inv.variant),
         "version": 1,
         "metadata": {
             "timestamp": inv.created,

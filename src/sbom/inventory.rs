@@ -3,7 +3,9 @@
 //! packages; the `.deb`'s SHA256 from images.lock), the licences of DEP-5
 //! copyright files, the sources images.yaml pinned (commit, SHA256), and
 //! the Moodle release and plugins that name themselves in `version.php`.
-//! The parent's share is marked, so a client's SBOM says what it inherits.
+//! The parent's share is marked, so a client's SBOM says what it inherits,
+//! or (a thin SBOM, [`Inventory::thin`]) leaves it to the parent's own
+//! SBOM, referenced by checksum.
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
@@ -43,6 +45,8 @@ pub enum SourceKind {
 pub struct SourceInfo {
     pub name: String,
     pub kind: SourceKind,
+    /// Only an ancestor's layers use it.
+    pub inherited: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,6 +57,9 @@ pub struct DebPackage {
     /// SPDX expression from a DEP-5 copyright file.
     pub licence: Option<String>,
     pub inherited: bool,
+    /// The parent's version of this package, when this image's layers
+    /// changed it.
+    pub replaces: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,6 +71,9 @@ pub struct Plugin {
     pub path: String,
     pub source: Option<String>,
     pub inherited: bool,
+    /// The parent's version of the plugin at this path, when this image's
+    /// layers changed it.
+    pub replaces: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,6 +101,30 @@ pub struct Inventory {
     pub sources: Vec<SourceInfo>,
     pub plugins: Vec<Plugin>,
     pub moodle: Option<Moodle>,
+    /// What the parent has that this image's layers took away (packages,
+    /// plugins), named: a thin SBOM cannot say so.
+    pub removed: Vec<String>,
+    /// Set on a thin inventory: the parent's SBOM, which holds what is
+    /// inherited (left out here).
+    pub parent_doc: Option<ParentDoc>,
+    /// Appended to the document's identity (SPDX namespace, CycloneDX
+    /// serial) when this full document differs from the image's attached
+    /// thin one.
+    pub variant: Option<&'static str>,
+}
+
+/// The parent's own SBOM document, as a thin SBOM references it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParentDoc {
+    /// The parent image's name and manifest digest.
+    pub name: String,
+    pub manifest: String,
+    /// SPDX's `documentNamespace` or CycloneDX's `serialNumber`.
+    pub id: String,
+    /// Of the document's bytes: SHA1 (what SPDX's external document
+    /// references take) and SHA256 (the referrer's blob digest).
+    pub sha1: String,
+    pub sha256: String,
 }
 
 /// The inventory of `subject` from its layers' facts (in order).
@@ -103,8 +137,9 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
         _ => Vec::new(),
     };
     let parent_pkgs: BTreeSet<Installed> = status_of(&inherited_files).into_iter().collect();
+    let mut removed = Vec::new();
     let mut licence_refs = BTreeSet::new();
-    let packages = status_of(&all)
+    let packages: Vec<DebPackage> = status_of(&all)
         .into_iter()
         .map(|p| {
             let licence = match all.get(&format!("usr/share/doc/{}/copyright", p.name)) {
@@ -115,14 +150,31 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
                 _ => None,
             };
             let key = (p.name.clone(), p.version.clone(), p.architecture.clone());
+            let inherited = parent_pkgs.contains(&p);
+            let replaces = parent_pkgs
+                .iter()
+                .find(|q| !inherited && q.name == p.name && q.architecture == p.architecture)
+                .map(|q| q.version.clone());
             DebPackage {
                 sha256: subject.debs.get(&key).cloned(),
                 licence,
-                inherited: parent_pkgs.contains(&p),
+                inherited,
+                replaces,
                 installed: p,
             }
         })
         .collect();
+    for q in &parent_pkgs {
+        if !packages
+            .iter()
+            .any(|p| p.installed.name == q.name && p.installed.architecture == q.architecture)
+        {
+            removed.push(format!(
+                "Debian package {}:{} {}",
+                q.name, q.architecture, q.version
+            ));
+        }
+    }
     let mut plugins = Vec::new();
     let mut moodle = None;
     for (path, fact) in &all {
@@ -159,8 +211,15 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
             })
             .max_by_key(|(dest, _)| dest.len())
             .map(|(_, s)| s.clone());
+        let replaces = match inherited_files.get(path) {
+            Some(Fact::VersionPhp(old)) if old != v => {
+                Some(old.version.clone().unwrap_or_default())
+            }
+            _ => None,
+        };
         plugins.push(Plugin {
             inherited: inherited_files.get(path) == Some(fact),
+            replaces,
             component,
             version: v.version.clone(),
             release: v.release.clone(),
@@ -169,15 +228,25 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
         });
     }
     plugins.sort_by(|a, b| (&a.component, &a.path).cmp(&(&b.component, &b.path)));
+    for (path, fact) in &inherited_files {
+        if let Fact::VersionPhp(v) = fact
+            && let Some(c) = &v.component
+            && !matches!(all.get(path), Some(Fact::VersionPhp(now)) if now.component.is_some())
+        {
+            removed.push(format!("Moodle plugin {c} (/{path})"));
+        }
+    }
     let distro = ["etc/os-release", "usr/lib/os-release"]
         .iter()
         .find_map(|p| match all.get(*p) {
             Some(Fact::OsRelease { id, codename }) => Some((id.clone(), codename.clone())),
             _ => None,
         });
+    // A source used by the image itself and by an ancestor is its own
+    // (sorted first: `false < true`).
     let mut sources = subject.sources.clone();
     sources.sort();
-    sources.dedup();
+    sources.dedup_by(|b, a| a.name == b.name && a.kind == b.kind);
     Inventory {
         name: subject.name.to_string(),
         manifest: subject.record.manifest.clone(),
@@ -198,6 +267,9 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
         sources,
         plugins,
         moodle,
+        removed,
+        parent_doc: None,
+        variant: None,
     }
 }
 
@@ -215,6 +287,35 @@ pub fn purl_escape(s: &str) -> String {
 }
 
 impl Inventory {
+    /// What this image adds to its parent, the rest left to the parent's
+    /// SBOM `doc`: its own layers, the packages and plugins its layers add
+    /// or change, its own sources, and the Moodle release. None when its
+    /// layers removed something the parent has: a reference cannot take
+    /// back what the referenced document lists, so the full SBOM is the
+    /// true one.
+    pub fn thin(&self, doc: ParentDoc) -> Option<Inventory> {
+        if !self.removed.is_empty() {
+            return None;
+        }
+        let mut thin = self.clone();
+        // Layers keep their place (renderers skip the parent's), so a
+        // layer is named by its index in the image.
+        thin.packages.retain(|p| !p.inherited);
+        thin.plugins.retain(|p| !p.inherited);
+        thin.sources.retain(|s| !s.inherited);
+        // Only the licences the remaining packages name.
+        thin.licence_refs.retain(|r| {
+            thin.packages.iter().any(|p| {
+                p.licence.as_deref().is_some_and(|l| {
+                    l.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                        .any(|t| t == r)
+                })
+            })
+        });
+        thin.parent_doc = Some(doc);
+        Some(thin)
+    }
+
     /// `debian-13` style, or the codename, for purls' `distro=`.
     pub fn distro_name(&self) -> Option<String> {
         self.distro.as_ref().map(|(id, codename)| {
@@ -268,6 +369,9 @@ mod tests {
             sources: vec![],
             plugins: vec![],
             moodle: None,
+            removed: vec![],
+            parent_doc: None,
+            variant: None,
         };
         assert_eq!(
             inv.deb_purl("libcap2", "1:2.75-10+b1", "amd64"),

@@ -6,6 +6,29 @@ use crate::oci::image::hex_of;
 
 pub const MEDIA_TYPE: &str = "application/spdx+json";
 
+/// How a thin SBOM names its parent's document.
+pub const PARENT_REF: &str = "DocumentRef-parent";
+
+/// The document's namespace: the image's name and manifest digest (and the
+/// variant, for a full document that differs from the attached thin one).
+pub fn namespace(name: &str, manifest: &str, variant: Option<&str>) -> String {
+    let mut ns = format!(
+        "https://imgbuild.invalid/spdx/{}/{}",
+        purl_escape(name),
+        hex_of(manifest)
+    );
+    if let Some(v) = variant {
+        ns.push('/');
+        ns.push_str(v);
+    }
+    ns
+}
+
+pub fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::Digest as _;
+    hex::encode(sha1::Sha1::digest(bytes))
+}
+
 /// An SPDX id from parts: letters, digits, `.` and `-` only.
 fn id(parts: &[&str]) -> String {
     let mut s = String::from("SPDXRef");
@@ -69,9 +92,23 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         "comment": format!("{}/{}", inv.os, inv.architecture),
     })];
     let mut rels = vec![rel("SPDXRef-DOCUMENT", "DESCRIBES", &image_id)];
-    let parent_id = inv.parent.as_ref().map(|(name, digest)| {
-        let pid = id(&["parent", name]);
-        packages.push(json!({
+    // Thin: the parent is its own document's image, by reference, and what
+    // it holds is left to that document.
+    let thin = inv.parent_doc.as_ref();
+    if let Some(p) = thin {
+        rels.push(rel(
+            &image_id,
+            "DESCENDANT_OF",
+            &format!("{PARENT_REF}:{}", id(&["image", &p.name])),
+        ));
+    }
+    let parent_id = inv
+        .parent
+        .as_ref()
+        .filter(|_| thin.is_none())
+        .map(|(name, digest)| {
+            let pid = id(&["parent", name]);
+            packages.push(json!({
             "SPDXID": pid,
             "name": name,
             "versionInfo": digest,
@@ -84,9 +121,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
             "checksums": sha256(&hex_of(digest)),
             "externalRefs": purl(format!("pkg:oci/{}@{}", purl_escape(name), purl_escape(digest))),
         }));
-        rels.push(rel(&image_id, "DESCENDANT_OF", &pid));
-        pid
-    });
+            rels.push(rel(&image_id, "DESCENDANT_OF", &pid));
+            pid
+        });
     // What the parent holds too: the client's SBOM says what it inherits.
     let contains = |rels: &mut Vec<Value>, child: &str, inherited: bool| {
         rels.push(rel(&image_id, "CONTAINS", child));
@@ -95,6 +132,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         }
     };
     for (i, (layer, inherited)) in inv.layers.iter().enumerate() {
+        if *inherited && thin.is_some() {
+            continue;
+        }
         let lid = id(&["layer", &i.to_string()]);
         packages.push(json!({
             "SPDXID": lid,
@@ -131,6 +171,9 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         });
         if let Some(h) = &p.sha256 {
             pkg["checksums"] = sha256(h);
+        }
+        if let Some(old) = &p.replaces {
+            pkg["comment"] = json!(format!("replaces the parent's version {old}"));
         }
         packages.push(pkg);
         contains(&mut rels, &pid, p.inherited);
@@ -215,7 +258,8 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
             "licenseDeclared": "NOASSERTION",
             "copyrightText": "NOASSERTION",
             "externalRefs": purl(format!("pkg:generic/moodle-plugin/{}@{}", purl_escape(&p.component), purl_escape(&version))),
-            "comment": format!("{}/version.php, release {}", p.path, p.release.as_deref().unwrap_or("?")),
+            "comment": format!("{}/version.php, release {}{}", p.path, p.release.as_deref().unwrap_or("?"),
+                p.replaces.as_ref().map(|v| format!(", replaces the parent's version {v}")).unwrap_or_default()),
         }));
         contains(&mut rels, &pid, p.inherited);
         if let Some(s) = &p.source {
@@ -238,11 +282,22 @@ pub fn render(inv: &Inventory) -> Vec<u8> {
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": format!("{} {}", inv.name, inv.manifest),
-        "documentNamespace": format!("https://imgbuild.invalid/spdx/{}/{}", purl_escape(&inv.name), hex_of(&inv.manifest)),
+        "documentNamespace": namespace(&inv.name, &inv.manifest, inv.variant),
         "creationInfo": { "created": inv.created, "creators": [format!("Tool: {tool}")] },
         "packages": packages,
         "relationships": rels,
     });
+    if let Some(p) = thin {
+        doc["externalDocumentRefs"] = json!([{
+            "externalDocumentId": PARENT_REF,
+            "spdxDocument": p.id,
+            "checksum": { "algorithm": "SHA1", "checksumValue": p.sha1 },
+        }]);
+        doc["creationInfo"]["comment"] = json!(format!(
+            "What {} adds to its parent {}@{}. The parent's contents are in {PARENT_REF}: the SPDX document attached to the parent image as an OCI referrer (artifactType {MEDIA_TYPE}), blob sha256:{}. `imgbuild sbom {} --full` gives the whole image in one document.",
+            inv.name, p.name, p.manifest, p.sha256, inv.name
+        ));
+    }
     if !licences.is_empty() {
         doc["hasExtractedLicensingInfos"] = json!(licences);
     }
