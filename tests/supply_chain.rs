@@ -562,9 +562,11 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
     cx.run(&["lock"]).success();
     cx.build(&["app"]);
 
-    let spdx = cx.run(&["sbom", "app"]).success().stdout;
+    // The whole image in one document (`--full`), as a scanner that does
+    // not follow references needs it.
+    let spdx = cx.run(&["sbom", "app", "--full"]).success().stdout;
     let cdx = cx
-        .run(&["sbom", "app", "--format", "cyclonedx"])
+        .run(&["sbom", "app", "--full", "--format", "cyclonedx"])
         .success()
         .stdout;
     validate(&cx, "app.spdx.json", &spdx, true);
@@ -674,6 +676,94 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
         "SPDXRef-source-theme"
     ));
 
+    // The thin SBOM (the default, as attached): what app's own layers add,
+    // debian-root's SBOM referenced by checksum; the two together are the
+    // full one, package for package.
+    let thin = cx.run(&["sbom", "app"]).success().stdout;
+    let thin_cdx = cx
+        .run(&["sbom", "app", "--format", "cyclonedx"])
+        .success()
+        .stdout;
+    validate(&cx, "app.thin.spdx.json", &thin, true);
+    validate(&cx, "app.thin.cdx.json", &thin_cdx, false);
+    let root = cx.run(&["sbom", "debian-root"]).success().stdout;
+    let thin_doc: Value = serde_json::from_str(&thin).unwrap();
+    let root_doc: Value = serde_json::from_str(&root).unwrap();
+    let debs = |d: &Value| -> BTreeSet<String> {
+        d["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| purl(p).starts_with("pkg:deb/") && p["primaryPackagePurpose"] == "LIBRARY")
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["name"].as_str().unwrap(),
+                    p["versionInfo"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let (own, inherited) = (debs(&thin_doc), debs(&root_doc));
+    assert_eq!(
+        own,
+        BTreeSet::from([format!(
+            "{} {}",
+            locked["name"].as_str().unwrap(),
+            locked["version"].as_str().unwrap()
+        )]),
+        "the thin SBOM lists what app's layer installs"
+    );
+    assert!(own.is_disjoint(&inherited));
+    assert_eq!(
+        own.union(&inherited).cloned().collect::<BTreeSet<_>>(),
+        dpkg
+    );
+    let ext = &thin_doc["externalDocumentRefs"][0];
+    assert_eq!(ext["externalDocumentId"], "DocumentRef-parent");
+    assert_eq!(ext["spdxDocument"], root_doc["documentNamespace"]);
+    assert_eq!(ext["checksum"]["algorithm"], "SHA1");
+    assert_eq!(ext["checksum"]["checksumValue"], sha1_hex(root.as_bytes()));
+    assert!(
+        thin_doc["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["spdxElementId"] == "SPDXRef-image-app"
+                    && r["relationshipType"] == "DESCENDANT_OF"
+                    && r["relatedSpdxElement"] == "DocumentRef-parent:SPDXRef-image-debian-root"
+            }),
+        "{thin}"
+    );
+    assert_ne!(
+        thin_doc["documentNamespace"], doc["documentNamespace"],
+        "the thin and the full document are two documents"
+    );
+    // Sizes: the thin client's SBOMs are a small part of the parent's (a
+    // byte count, not a timing).
+    let root_cdx = cx
+        .run(&["sbom", "debian-root", "--format", "cyclonedx"])
+        .success()
+        .stdout;
+    eprintln!(
+        "SBOM bytes: debian-root {} + {}, app thin {} + {}, app full {} + {}",
+        root.len(),
+        root_cdx.len(),
+        thin.len(),
+        thin_cdx.len(),
+        spdx.len(),
+        cdx.len()
+    );
+    assert!(
+        (thin.len() + thin_cdx.len()) * 10 < root.len() + root_cdx.len(),
+        "thin {} + {} bytes, parent {} + {}",
+        thin.len(),
+        thin_cdx.len(),
+        root.len(),
+        root_cdx.len()
+    );
+
     // The same bytes again: from the layers read afresh (the per-layer
     // records gone), and after a second build.
     for record in fs::read_dir(cx.home.join("meta")).unwrap() {
@@ -688,11 +778,248 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
         }
     }
     cx.build(&["app"]);
-    assert_eq!(cx.run(&["sbom", "app"]).success().stdout, spdx);
+    assert_eq!(cx.run(&["sbom", "app", "--full"]).success().stdout, spdx);
     assert_eq!(
-        cx.run(&["sbom", "app", "--format", "cyclonedx"])
+        cx.run(&["sbom", "app", "--full", "--format", "cyclonedx"])
             .success()
             .stdout,
         cdx
     );
+    assert_eq!(cx.run(&["sbom", "app"]).success().stdout, thin);
+    assert_eq!(
+        cx.run(&["sbom", "app", "--format", "cyclonedx"])
+            .success()
+            .stdout,
+        thin_cdx
+    );
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::Digest as _;
+    hex::encode(sha1::Sha1::digest(bytes))
+}
+
+/// The manifest of `reference` (`TAG` or `sha256:…`) in `repo`.
+fn manifest(reg: &Registry, repo: &str, reference: &str) -> Value {
+    reg.request(
+        "GET",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+    )
+    .json()
+}
+
+/// A graph of two: `base`, and `client` on it.
+fn layered() -> Ctx {
+    let cx = Ctx::new();
+    cx.write("base/etc/motd", "base\n");
+    cx.write("client/etc/client", "acme\n");
+    cx.yaml(concat!(
+        "images:\n",
+        "  base:\n",
+        "    from: scratch\n",
+        "    layers: [base]\n",
+        "  client:\n",
+        "    from: base\n",
+        "    layers: [client]\n",
+    ));
+    cx
+}
+
+#[test]
+fn a_pushed_client_sbom_references_the_sbom_attached_to_its_parent() {
+    let cx = layered();
+    let reg = Registry::anonymous();
+    let prefix = format!("{}/thin", reg.host());
+    // Only the client is pushed: its parent's SBOM, which it references,
+    // is attached to the parent all the same.
+    cx.run(&[
+        "-q",
+        "build",
+        "client",
+        "--push",
+        "--registry",
+        &prefix,
+        "--sbom",
+        "both",
+    ])
+    .success();
+    let client = reg.digest("thin/client", "latest").unwrap();
+    let parent = manifest(&reg, "thin/client", &client)["annotations"]
+        ["org.opencontainers.image.base.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetch = |r: &str, format: &str| cx.run(&["sbom", r, "--format", format]).success().stdout;
+    let spdx = fetch(&format!("{prefix}/client:latest"), "spdx");
+    let cdx = fetch(&format!("{prefix}/client:latest"), "cyclonedx");
+    validate(&cx, "client.spdx.json", &spdx, true);
+    validate(&cx, "client.cdx.json", &cdx, false);
+    // The referenced documents are the ones attached to the parent image,
+    // byte for byte (and the ones `sbom base` makes).
+    let parent_spdx = fetch(&format!("{prefix}/base@{parent}"), "spdx");
+    let parent_cdx = fetch(&format!("{prefix}/base@{parent}"), "cyclonedx");
+    assert_eq!(parent_spdx, cx.run(&["sbom", "base"]).success().stdout);
+    let doc: Value = serde_json::from_str(&spdx).unwrap();
+    let parent_doc: Value = serde_json::from_str(&parent_spdx).unwrap();
+    let ext = &doc["externalDocumentRefs"][0];
+    assert_eq!(ext["spdxDocument"], parent_doc["documentNamespace"]);
+    assert_eq!(
+        ext["checksum"]["checksumValue"],
+        sha1_hex(parent_spdx.as_bytes())
+    );
+    assert!(
+        doc["creationInfo"]["comment"]
+            .as_str()
+            .unwrap()
+            .contains(&common::sha256_hex(parent_spdx.as_bytes())),
+        "the comment names the parent SBOM's blob: {doc}"
+    );
+    let bom: Value = serde_json::from_str(&cdx).unwrap();
+    let parent_bom: Value = serde_json::from_str(&parent_cdx).unwrap();
+    let link = bom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["bom-ref"] == "parent:base")
+        .unwrap()["externalReferences"][0]
+        .clone();
+    assert_eq!(link["type"], "bom");
+    assert_eq!(
+        link["url"],
+        format!(
+            "urn:cdx:{}/1",
+            parent_bom["serialNumber"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("urn:uuid:")
+        )
+    );
+    assert_eq!(
+        link["hashes"][0]["content"],
+        common::sha256_hex(parent_cdx.as_bytes())
+    );
+    // Thin: the parent's layer (the client's first) is not listed again.
+    // (Only the client was pushed: the parent's manifest is not in the
+    // registry, its SBOM is, under its digest.)
+    let parent_layer = manifest(&reg, "thin/client", &client)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!spdx.contains(&parent_layer) && !cdx.contains(&parent_layer));
+
+    // `--sbom-parents full` attaches the whole, as `sbom --full` prints it.
+    let full_prefix = format!("{}/full", reg.host());
+    cx.run(&[
+        "-q",
+        "build",
+        "client",
+        "--push",
+        "--registry",
+        &full_prefix,
+        "--sbom",
+        "--sbom-parents",
+        "full",
+    ])
+    .success();
+    let full = fetch(&format!("{full_prefix}/client:latest"), "spdx");
+    assert_eq!(full, cx.run(&["sbom", "client", "--full"]).success().stdout);
+    assert!(full.contains(&parent_layer) && !full.contains("externalDocumentRefs"));
+    validate(&cx, "client.full.spdx.json", &full, true);
+    cx.run(&["sbom", &format!("{prefix}/client:latest"), "--full"])
+        .exit(2)
+        .stderr_has(&["--full"]);
+}
+
+#[test]
+fn verify_checks_each_attestation_its_key_and_its_subject() {
+    let cx = project();
+    let reg = Registry::anonymous();
+    let prefix = format!("{}/va", reg.host());
+    cx.mkdir("keys");
+    keygen(&cx, "keys/a");
+    keygen(&cx, "keys/b");
+    let push = |image: &str, key: &str| {
+        cx.run_env(
+            &[
+                "-q",
+                "build",
+                image,
+                "--push",
+                "--registry",
+                &prefix,
+                "--sbom",
+                "both",
+                "--provenance",
+                "--sign-key",
+                key,
+            ],
+            &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+        )
+        .success();
+    };
+    let verify = |image: &str| {
+        cx.run(&[
+            "--json",
+            "verify",
+            &format!("{prefix}/{image}:latest"),
+            "--key",
+            "keys/a.pub",
+        ])
+    };
+    push("app", "keys/a.key");
+    let checked = verify("app").success().json();
+    let mut types: Vec<&str> = checked["attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["predicate_type"].as_str().unwrap())
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "https://cyclonedx.org/bom",
+            "https://slsa.dev/provenance/v1",
+            "https://spdx.dev/Document"
+        ]
+    );
+
+    // Attestations signed by another key beside a well-signed image.
+    push("plain", "keys/a.key");
+    push("plain", "keys/b.key");
+    verify("plain")
+        .exit(1)
+        .stderr_has(&["attestation", "is not signed by keys/a.pub"]);
+
+    // Another image's attestations (signed by the right key) put beside
+    // a well-signed image: the referrers index of the first copied over
+    // the second's.
+    let first = reg.digest("va/app", "latest").unwrap();
+    cx.write("site/etc/motd", "changed\n");
+    push("app", "keys/a.key");
+    let second = reg.digest("va/app", "latest").unwrap();
+    assert_ne!(first, second);
+    verify("app").success();
+    let index = "application/vnd.oci.image.index.v1+json";
+    let tag = |d: &str| {
+        format!(
+            "/v2/va/app/manifests/sha256-{}",
+            d.trim_start_matches("sha256:")
+        )
+    };
+    let old = reg.request("GET", &tag(&first), &[("Accept", index)]);
+    assert_eq!(old.status, 200, "{}", old.text());
+    let put = common::registry::http(
+        &reg.host(),
+        "PUT",
+        &tag(&second),
+        &[("Content-Type", index)],
+        &old.body,
+    )
+    .unwrap();
+    assert_eq!(put.status, 201, "{}", put.text());
+    verify("app")
+        .exit(1)
+        .stderr_has(&["attestation", &format!("is about {first}, not this image")]);
 }

@@ -3,3 +3,4 @@
 pub mod dsse;
 pub mod provenance;
 pub mod referrers;
+pub mod verify;

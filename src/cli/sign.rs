@@ -117,15 +117,30 @@ pub fn verify(cli: &Cli, args: &VerifyArgs) -> Result<(), Failure> {
     let r = args.reference.parse().map_err(Failure::usage)?;
     let (key, name) = sign::load_public(&args.key).map_err(failed)?;
     let client = args.net.client()?;
-    let digest = runtime()?
+    let rt = runtime()?;
+    let digest = rt
         .block_on(sign::verify_image(&client, &r, &key, &name))
         .map_err(failed)?;
+    // The attestations attached beside it (SBOMs, provenance) must verify
+    // too, and be about this image.
+    let attested = rt
+        .block_on(imgbuild::attach::verify::attestations(
+            &client, &r, &digest, &key, &name,
+        ))
+        .map_err(Failure::failed)?;
     if cli.json {
-        print_json(
-            &serde_json::json!({ "reference": r.to_string(), "digest": digest, "verified": true }),
-        );
+        print_json(&serde_json::json!({
+            "reference": r.to_string(), "digest": digest, "verified": true,
+            "attestations": attested,
+        }));
     } else if !cli.quiet {
         println!("{r}: signed by {name} ({digest})");
+        for a in &attested {
+            println!(
+                "  attestation {} ({}): signed by {name}, about this image",
+                a.predicate_type, a.artifact
+            );
+        }
     }
     Ok(())
 }
