@@ -352,6 +352,84 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sbom::layers::{Fact, LayerFacts};
+
+    fn status(pkgs: &[(&str, &str)]) -> LayerFacts {
+        let text: String = pkgs
+            .iter()
+            .map(|(n, v)| {
+                format!(
+                    "Package: {n}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {v}\n\n"
+                )
+            })
+            .collect();
+        LayerFacts {
+            digest: String::new(),
+            removed: vec![],
+            files: [("var/lib/dpkg/status".to_string(), Fact::DpkgStatus(text))].into(),
+        }
+    }
+
+    fn image(layers: usize) -> ImageRecord {
+        ImageRecord {
+            manifest: "sha256:aa".into(),
+            manifest_size: 1,
+            config: "sha256:bb".into(),
+            config_size: 1,
+            layers: (0..layers)
+                .map(|i| LayerDesc {
+                    digest: format!("sha256:{i}"),
+                    diff_id: format!("sha256:{i}"),
+                    size: 1,
+                    media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+
+    fn doc() -> ParentDoc {
+        ParentDoc {
+            name: "base".into(),
+            manifest: "sha256:cc".into(),
+            id: "https://imgbuild.invalid/spdx/base/cc".into(),
+            sha1: "0".repeat(40),
+            sha256: "0".repeat(64),
+        }
+    }
+
+    #[test]
+    fn a_thin_inventory_keeps_what_the_image_adds_or_changes_and_refuses_removals() {
+        let record = image(2);
+        let debs = BTreeMap::new();
+        let subject = |parent_layers| Subject {
+            name: "client",
+            record: &record,
+            created: String::new(),
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            parent: Some(("base".into(), "sha256:cc".into(), parent_layers)),
+            debs: &debs,
+            sources: vec![],
+            source_dests: vec![],
+        };
+        let base = status(&[("a", "1"), ("b", "1")]);
+        let changed = status(&[("a", "1"), ("b", "2"), ("c", "1")]);
+        let inv = collect(&subject(1), &[base.clone(), changed]);
+        let thin = inv.thin(doc()).expect("nothing removed");
+        let listed: Vec<(&str, Option<&str>)> = thin
+            .packages
+            .iter()
+            .map(|p| (p.installed.name.as_str(), p.replaces.as_deref()))
+            .collect();
+        assert_eq!(listed, [("b", Some("1")), ("c", None)]);
+        assert_eq!(thin.layers.iter().filter(|(_, inh)| !inh).count(), 1);
+
+        let without_b = status(&[("a", "1")]);
+        let inv = collect(&subject(1), &[base, without_b]);
+        assert_eq!(inv.removed, ["Debian package b:amd64 1"]);
+        assert!(inv.thin(doc()).is_none(), "a removal needs the full SBOM");
+    }
 
     #[test]
     fn purls_escape_epochs_and_plus() {

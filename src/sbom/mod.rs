@@ -249,10 +249,14 @@ pub fn record_of(store: &Store, digest: &str) -> Result<ImageRecord, SbomError> 
     })
 }
 
-/// Documents already made in this run, by (manifest, media type, parents):
-/// fifty clients on one parent reference one parent document, made once.
+/// Documents already made in this run, by (manifest, media type, parents),
+/// and inventories by manifest: fifty clients on one parent reference one
+/// parent document, made once, and both formats share one inventory.
 #[derive(Default)]
-pub struct Cache(Mutex<BTreeMap<(String, &'static str, Parents), Arc<Vec<u8>>>>);
+pub struct Cache {
+    documents: Mutex<BTreeMap<(String, &'static str, Parents), Arc<Vec<u8>>>>,
+    inventories: Mutex<BTreeMap<String, Arc<Inventory>>>,
+}
 
 /// The parent of `name` (an image of the graph) as its manifest names it:
 /// (name, manifest digest). None for `scratch`, a registry parent, or a
@@ -315,11 +319,29 @@ pub fn document(
     cache: &Cache,
 ) -> Result<Arc<Vec<u8>>, SbomError> {
     let key = (manifest.to_string(), media_type, parents);
-    if let Some(d) = cache.0.lock().expect("SBOM cache").get(&key) {
+    if let Some(d) = cache.documents.lock().expect("SBOM cache").get(&key) {
         return Ok(d.clone());
     }
-    let record = record_of(store, manifest)?;
-    let full = inventory(store, spec, name, &record)?;
+    let cached = cache
+        .inventories
+        .lock()
+        .expect("SBOM cache")
+        .get(manifest)
+        .cloned();
+    let full = match cached {
+        Some(inv) => inv,
+        None => {
+            let record = record_of(store, manifest)?;
+            let inv = Arc::new(inventory(store, spec, name, &record)?);
+            cache
+                .inventories
+                .lock()
+                .expect("SBOM cache")
+                .insert(manifest.to_string(), inv.clone());
+            inv
+        }
+    };
+    let full = Arc::unwrap_or_clone(full);
     let inv = match (parents, graph_parent(store, spec, name, manifest)?) {
         (Parents::Reference, Some((pname, pmanifest))) => {
             let parent = document(
@@ -358,7 +380,7 @@ pub fn document(
         cyclonedx::render(&inv)
     });
     cache
-        .0
+        .documents
         .lock()
         .expect("SBOM cache")
         .insert(key, bytes.clone());
