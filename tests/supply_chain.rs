@@ -764,6 +764,44 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
         root_cdx.len()
     );
 
+    // All the evidence (SBOMs in both formats, provenance, the signed
+    // attestations) as written into a layout, per image: the thin client's
+    // is a small part of its parent's, and of what its full SBOM would cost.
+    keygen(&cx, "k");
+    let evidence = |parents: &str| {
+        let layout = cx.scratch.join(format!("evidence-{parents}"));
+        cx.run_env(
+            &[
+                "-q",
+                "build",
+                "debian-root",
+                "app",
+                "--sbom",
+                "both",
+                "--sbom-parents",
+                parents,
+                "--provenance",
+                "--sign-key",
+                "k.key",
+                "-o",
+                &format!("oci:{}", layout.display()),
+            ],
+            &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+        )
+        .success();
+        evidence_bytes(&layout)
+    };
+    let (thin_ev, full_ev) = (evidence("reference"), evidence("full"));
+    eprintln!(
+        "evidence bytes: debian-root {}, app thin {}, app full {}",
+        thin_ev["debian-root"], thin_ev["app"], full_ev["app"]
+    );
+    assert_eq!(thin_ev["debian-root"], full_ev["debian-root"]);
+    assert!(
+        thin_ev["app"] * 5 < thin_ev["debian-root"] && thin_ev["app"] * 5 < full_ev["app"],
+        "{thin_ev:?} {full_ev:?}"
+    );
+
     // The same bytes again: from the layers read afresh (the per-layer
     // records gone), and after a second build.
     for record in fs::read_dir(cx.home.join("meta")).unwrap() {
@@ -792,6 +830,47 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
             .stdout,
         thin_cdx
     );
+}
+
+/// The bytes of the referrers (artifact manifests and their blobs) of each
+/// named image of an OCI layout.
+fn evidence_bytes(layout: &Path) -> std::collections::BTreeMap<String, u64> {
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let entries = index["manifests"].as_array().unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for image in entries {
+        let Some(name) = image["annotations"]["org.opencontainers.image.ref.name"].as_str() else {
+            continue;
+        };
+        let total: u64 = entries
+            .iter()
+            .filter(|e| e["artifactType"].is_string())
+            .filter_map(|e| {
+                let m: Value =
+                    serde_json::from_slice(&blob(e["digest"].as_str().unwrap())).unwrap();
+                (m["subject"]["digest"] == image["digest"]).then(|| {
+                    e["size"].as_u64().unwrap()
+                        + m["layers"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|l| l["size"].as_u64().unwrap())
+                            .sum::<u64>()
+                })
+            })
+            .sum();
+        out.insert(name.to_string(), total);
+    }
+    out
 }
 
 fn sha1_hex(bytes: &[u8]) -> String {
