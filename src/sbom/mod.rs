@@ -249,12 +249,15 @@ pub fn record_of(store: &Store, digest: &str) -> Result<ImageRecord, SbomError> 
     })
 }
 
+/// A document: its image's manifest, its media type, how it covers parents.
+type DocumentKey = (String, &'static str, Parents);
+
 /// Documents already made in this run, by (manifest, media type, parents),
 /// and inventories by manifest: fifty clients on one parent reference one
 /// parent document, made once, and both formats share one inventory.
 #[derive(Default)]
 pub struct Cache {
-    documents: Mutex<BTreeMap<(String, &'static str, Parents), Arc<Vec<u8>>>>,
+    documents: Mutex<BTreeMap<DocumentKey, Arc<Vec<u8>>>>,
     inventories: Mutex<BTreeMap<String, Arc<Inventory>>>,
 }
 
