@@ -101,18 +101,6 @@ impl Formats {
             Formats::Both => vec![spdx::MEDIA_TYPE, cyclonedx::MEDIA_TYPE],
         }
     }
-
-    /// The documents: (media type, bytes).
-    pub fn render(self, inv: &Inventory) -> Vec<(&'static str, Vec<u8>)> {
-        let mut out = Vec::new();
-        if matches!(self, Formats::Spdx | Formats::Both) {
-            out.push((spdx::MEDIA_TYPE, spdx::render(inv)));
-        }
-        if matches!(self, Formats::CycloneDx | Formats::Both) {
-            out.push((cyclonedx::MEDIA_TYPE, cyclonedx::render(inv)));
-        }
-        out
-    }
 }
 
 /// `.deb` SHA256 by (name, version, architecture) from images.lock.
