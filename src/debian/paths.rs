@@ -177,13 +177,12 @@ fn matches(p: &[char], s: &[char]) -> bool {
                     continue;
                 }
                 '[' if si < s.len() => match class_end(p, pi) {
-                    Some(end) => {
-                        if class_matches(&p[pi + 1..end], s[si]) {
-                            pi = end + 1;
-                            si += 1;
-                            continue;
-                        }
+                    Some(end) if class_matches(&p[pi + 1..end], s[si]) => {
+                        pi = end + 1;
+                        si += 1;
+                        continue;
                     }
+                    Some(_) => {}
                     // A `[` that opens no class is itself.
                     None if s[si] == '[' => {
                         pi += 1;
