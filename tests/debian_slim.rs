@@ -110,7 +110,12 @@ fn a_slim_minbase_and_its_child_leave_docs_out_but_keep_copyrights() {
     );
     let entries = base.entries();
     let left = excluded_files(&entries);
-    assert!(left.is_empty(), "files the rules exclude: {left:?}");
+    assert!(
+        left.is_empty(),
+        "{} files the rules exclude, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(20)]
+    );
     let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let packages = installed(base);
     assert!(packages.len() > 50, "{packages:?}");
@@ -156,7 +161,12 @@ fn a_slim_minbase_and_its_child_leave_docs_out_but_keep_copyrights() {
     assert!(paths.contains(&"usr/bin/less"), "{paths:?}");
     assert!(paths.contains(&"usr/share/doc/less/copyright"), "{paths:?}");
     let left = excluded_files(&entries);
-    assert!(left.is_empty(), "files the rules exclude: {left:?}");
+    assert!(
+        left.is_empty(),
+        "{} files the rules exclude, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(20)]
+    );
     assert!(
         !paths.contains(&"etc/dpkg/dpkg.cfg.d/imgbuild"),
         "the child writes no rules of its own"
