@@ -204,6 +204,32 @@ fn each_commit_selects_exactly_what_it_affects() {
         "`config` changed",
     ));
 
+    // dpkg's path filters: the Debian layer's files, not its packages.
+    rewrite(
+        "images.yaml",
+        "suite: bookworm, packages: [tzdata, less]",
+        "suite: bookworm, packages: [tzdata, less], path_exclude: [\"/usr/share/doc/*\"]",
+    );
+    commit(&ctx, "base-2: slim");
+    expected.push((
+        "path filters",
+        set(&["base-2", "line-2", "client-c"]),
+        "base-2",
+        "`debian` changed",
+    ));
+
+    ctx.write(
+        "clients/b/client.yaml",
+        "vars: {line: \"1\"}\ncompression: zstd:9\n",
+    );
+    commit(&ctx, "client b: zstd");
+    expected.push((
+        "compression",
+        set(&["client-b"]),
+        "client-b",
+        "`compression` changed",
+    ));
+
     // A var no image uses, a comment, a file no layer reads.
     rewrite("images.yaml", "unused: one", "unused: two  # still unused");
     ctx.write("README.md", "the fleet, documented\n");

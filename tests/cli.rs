@@ -1223,6 +1223,44 @@ fn docker_archive_holds_every_requested_image_and_its_tags() {
 }
 
 #[test]
+fn docker_archive_gives_docker_load_zstd_layers_as_plain_tars() {
+    // Docker before 23 cannot decompress zstd in `docker load`: the
+    // archive's manifest.json names plain tars (by diff_id), its OCI
+    // layout the zstd blobs, for the same image.
+    let cx = fleet();
+    let file = cx.scratch.join("zstd.tar");
+    cx.build(&[
+        "client-a",
+        "--compression",
+        "zstd:9",
+        "-o",
+        &format!("docker-archive:{}", file.display()),
+    ]);
+    let dir = cx.scratch.join("unpacked");
+    gnu_untar(&file, &dir);
+    let image = validate_layout(&dir, "client-a");
+    assert!(
+        image
+            .layers
+            .iter()
+            .all(|l| l.media_type == "application/vnd.oci.image.layer.v1.tar+zstd")
+    );
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest[0]["Layers"].as_array().unwrap();
+    let diff_ids = image.config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(layers.len(), diff_ids.len());
+    for (l, diff_id) in layers.iter().zip(diff_ids) {
+        let bytes = fs::read(dir.join(l.as_str().unwrap())).unwrap();
+        let hex = common::sha256_hex(&bytes);
+        assert_eq!(format!("sha256:{hex}"), diff_id.as_str().unwrap(), "{l}");
+        assert_eq!(l.as_str().unwrap(), format!("blobs/sha256/{hex}"));
+        // A plain tar: ustar magic at 257.
+        assert_eq!(&bytes[257..262], b"ustar", "{l}");
+    }
+}
+
+#[test]
 fn docker_archive_headers_parse_with_strict_tar_readers() {
     // Every header field must be valid octal (a directory's size too), or
     // strict readers such as Rust's `tar` crate reject the archive.

@@ -83,7 +83,7 @@ impl<'a> Session<'a> {
                 &below,
                 d,
                 &locked,
-                self.opts.compression,
+                self.compression(image),
                 epoch,
                 self.keyed_chroot(),
             );

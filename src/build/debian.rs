@@ -499,9 +499,17 @@ impl Session<'_> {
         }
         let order = crate::debian::order::install_order(&pkgs);
         let essential = essential_closure(&pkgs);
+        let filter = d.path_filter();
         if d.minbase {
-            bootstrap(scratch.writable(), &essential, &debs, &pkgs, locked)
-                .map_err(|e| err(name, e))?;
+            bootstrap(
+                scratch.writable(),
+                &essential,
+                &debs,
+                &pkgs,
+                locked,
+                &filter,
+            )
+            .map_err(|e| err(name, e))?;
         }
         scratch.ready().map_err(|e| err(name, e))?;
         phases.prepare = lap();
@@ -510,7 +518,16 @@ impl Session<'_> {
         } else {
             locked.epoch
         };
-        let script = install_script(d.minbase, &essential, &order, !d.debconf.is_empty());
+        let mut script = install_script(d.minbase, &essential, &order, !d.debconf.is_empty());
+        if d.own_path_rules {
+            // Before the first dpkg: it reads the file from the tree, and
+            // child images' installs (apt in a `run:` step too) keep it.
+            script = format!(
+                "set -e\nmkdir -p /etc/dpkg/dpkg.cfg.d\ncat > /{} <<'IMGBUILD_PATHS'\n{}IMGBUILD_PATHS\n{script}",
+                crate::debian::paths::CONFIG_PATH,
+                filter.config_file()
+            );
+        }
         let env: Vec<(String, String)> = [
             (
                 "PATH",
@@ -608,7 +625,7 @@ pub fn key(
     below: &[crate::oci::image::LayerDesc],
     d: &DebianSpec,
     locked: &LockedImage,
-    compression: crate::layer::Compression,
+    compression: crate::layer::LayerCompression,
     epoch: i64,
     chroot: bool,
 ) -> String {
@@ -627,6 +644,11 @@ pub fn key(
     // cache must not hand one for the other.
     if chroot {
         input["isolation"] = "chroot".into();
+    }
+    // Only when set, so that keys without filters stay as they were: the
+    // rules decide which files dpkg writes.
+    if !d.path_rules.is_empty() {
+        input["path_rules"] = serde_json::to_value(&d.path_rules).unwrap_or_default();
     }
     crate::oci::digest::sha256_hex(&crate::oci::image::canonical_json(&input))
 }
@@ -662,13 +684,15 @@ fn essential_closure(pkgs: &[Package]) -> Vec<&Package> {
 }
 
 /// Prepares an empty root for dpkg: merged-/usr links (Debian since
-/// bookworm), dpkg's database, and every Essential package's files.
+/// bookworm), dpkg's database, and every Essential package's files but
+/// those `filter` leaves out (as dpkg, which installs them again, would).
 fn bootstrap(
     root: &Path,
     essential: &[&Package],
     debs: &[PathBuf],
     pkgs: &[Package],
     locked: &LockedImage,
+    filter: &crate::debian::paths::PathFilter,
 ) -> Result<(), DebianError> {
     for dir in [
         "usr/bin",
@@ -707,7 +731,12 @@ fn bootstrap(
             }
         })?;
         let stream = crate::debian::deb::data_tar(&debs[i])?;
-        crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts)?;
+        if filter.is_empty() {
+            crate::layer::unpack::apply_tar(stream, &debs[i], root, &opts)?;
+        } else {
+            let skip = |path: &str, dir: bool| filter.skips(path, dir);
+            crate::layer::unpack::apply_tar_except(stream, &debs[i], root, &opts, &skip)?;
+        }
     }
     Ok(())
 }

@@ -274,7 +274,7 @@ mod tests {
         let copy = follow.writer();
         let opts = crate::layer::BlobOptions {
             epoch: 0,
-            compression: crate::layer::Compression::Gzip,
+            compression: crate::layer::LayerCompression::GZIP,
             threads: 2,
             copy: Some(copy),
         };

@@ -67,7 +67,7 @@ impl<'a> Session<'a> {
             let input = serde_json::json!({
                 "v": 1,
                 "import": hash,
-                "compression": self.opts.compression.to_string(),
+                "compression": self.compression(image).to_string(),
                 "epoch": self.opts.stamp.epoch,
             });
             return Ok((
@@ -104,8 +104,14 @@ impl<'a> Session<'a> {
         }
         // A cache that cannot be saved only costs time on the next build.
         let _ = cache.save(&cache_path);
-        let key = entries.key(self.opts.compression, self.opts.stamp.epoch);
+        let key = entries.key(self.compression(image), self.opts.stamp.epoch);
         Ok((entries, key))
+    }
+
+    /// How `image`'s layers are compressed: its `compression:`, else the
+    /// build's (`--compression`).
+    pub(super) fn compression(&self, image: &crate::spec::Image) -> layer::LayerCompression {
+        image.compression.unwrap_or(self.opts.compression)
     }
 
     /// A reusable layer: its record, if its blob is still there.
@@ -217,7 +223,7 @@ impl<'a> Session<'a> {
         };
         let opts = layer::BlobOptions {
             epoch,
-            compression: self.opts.compression,
+            compression: self.compression(image),
             threads: self.opts.threads,
             copy: follow.as_mut().map(|f| f.writer()),
         };
@@ -243,7 +249,7 @@ impl<'a> Session<'a> {
                 digest: blob.digest,
                 diff_id: blob.diff_id,
                 size: blob.size,
-                media_type: self.opts.compression.media_type().to_string(),
+                media_type: self.compression(image).media_type().to_string(),
             },
             created_by,
         };

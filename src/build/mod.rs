@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{Compression, LayerError};
+use crate::layer::{LayerCompression, LayerError};
 use crate::oci::image::{ImageRecord, LayerDesc, OciError, Stamp};
 use crate::spec::Spec;
 use crate::store::{Store, StoreError};
@@ -143,7 +143,8 @@ pub enum BuildError {
 /// How layers are made and stamped.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub compression: Compression,
+    /// How layers are compressed, unless an image's `compression:` says.
+    pub compression: LayerCompression,
     /// Compression threads per layer.
     pub threads: usize,
     /// Images built at once.

@@ -240,7 +240,7 @@ impl Session<'_> {
             &below,
             d,
             locked,
-            self.opts.compression,
+            self.compression(image),
             epoch,
             self.keyed_chroot(),
         );

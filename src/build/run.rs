@@ -2,7 +2,7 @@
 use oci_spec::image::ImageConfiguration;
 use sha2::{Digest as _, Sha256};
 
-use crate::layer::Compression;
+use crate::layer::LayerCompression;
 use crate::oci::image::LayerDesc;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +100,7 @@ pub fn key(
     below: &[LayerDesc],
     commands: &[String],
     cx: &Context,
-    compression: Compression,
+    compression: LayerCompression,
     epoch: i64,
     extra: &KeyExtra,
 ) -> String {
@@ -517,20 +517,48 @@ mod tests {
         assert!(cx.env.iter().any(|(k, _)| k == "PATH"));
         let below = vec![];
         let none = KeyExtra::default();
-        let k1 = key(&below, &["true".into()], &cx, Compression::Gzip, 0, &none);
+        let k1 = key(
+            &below,
+            &["true".into()],
+            &cx,
+            LayerCompression::GZIP,
+            0,
+            &none,
+        );
         assert_eq!(
             k1,
-            key(&below, &["true".into()], &cx, Compression::Gzip, 0, &none)
+            key(
+                &below,
+                &["true".into()],
+                &cx,
+                LayerCompression::GZIP,
+                0,
+                &none
+            )
         );
         assert_ne!(
             k1,
-            key(&below, &["false".into()], &cx, Compression::Gzip, 0, &none)
+            key(
+                &below,
+                &["false".into()],
+                &cx,
+                LayerCompression::GZIP,
+                0,
+                &none
+            )
         );
         let mut cx2 = cx.clone();
         cx2.env[0].1 = "2".into();
         assert_ne!(
             k1,
-            key(&below, &["true".into()], &cx2, Compression::Gzip, 0, &none)
+            key(
+                &below,
+                &["true".into()],
+                &cx2,
+                LayerCompression::GZIP,
+                0,
+                &none
+            )
         );
         // Made under chroot (no /proc): another key, namespace's unchanged.
         let chroot = KeyExtra {
@@ -539,7 +567,14 @@ mod tests {
         };
         assert_ne!(
             k1,
-            key(&below, &["true".into()], &cx, Compression::Gzip, 0, &chroot)
+            key(
+                &below,
+                &["true".into()],
+                &cx,
+                LayerCompression::GZIP,
+                0,
+                &chroot
+            )
         );
         let offline = KeyExtra {
             no_network: true,
@@ -551,7 +586,7 @@ mod tests {
                 &below,
                 &["true".into()],
                 &cx,
-                Compression::Gzip,
+                LayerCompression::GZIP,
                 0,
                 &offline
             )
@@ -590,6 +625,7 @@ mod tests {
             secrets: vec![spec],
             network: crate::spec::Network::Host,
             debian: None,
+            compression: None,
         };
         let plain = KeyExtra::of(&image).unwrap();
         assert_eq!(plain.secrets, [("token".to_string(), None)]);

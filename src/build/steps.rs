@@ -136,7 +136,7 @@ impl<'a> Session<'a> {
             below,
             &image.run,
             &context,
-            self.opts.compression,
+            self.compression(image),
             self.opts.stamp.epoch,
             &extra,
         );

@@ -24,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 use imgbuild::build::remote::RemoteError;
 use imgbuild::build::{BuildError, Options, stamp_from_env};
 use imgbuild::debian::lock::LockedSource;
-use imgbuild::layer::{Compression, LayerError};
+use imgbuild::layer::{LayerCompression, LayerError};
 use imgbuild::source::{Fetcher, Pinning};
 use imgbuild::spec::{LoadOptions, Spec, SpecError};
 use imgbuild::store::Store;
@@ -163,9 +163,10 @@ impl Selection {
 /// Options shared by commands that compute layers.
 #[derive(Args, Clone)]
 struct LayerArgs {
-    /// Layer compression.
-    #[arg(long, default_value = "gzip", value_name = "gzip|zstd")]
-    compression: Compression,
+    /// Layer compression, for images whose images.yaml entry has no
+    /// `compression:`: gzip or zstd, at a level with `:LEVEL` (zstd:9).
+    #[arg(long, default_value = "gzip", value_name = "gzip|zstd[:LEVEL]")]
+    compression: LayerCompression,
     /// Images built at once (default: the number of cores).
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
@@ -184,7 +185,7 @@ impl LayerArgs {
     /// lock): the defaults the build commands have.
     fn defaults() -> LayerArgs {
         LayerArgs {
-            compression: imgbuild::layer::Compression::Gzip,
+            compression: LayerCompression::GZIP,
             jobs: None,
             isolation: imgbuild::sandbox::Request::Auto,
             locked: false,

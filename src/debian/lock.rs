@@ -124,6 +124,11 @@ pub fn inputs(spec: &Spec) -> String {
 pub fn debian_value(d: &DebianSpec) -> serde_json::Value {
     // Paths enter by what they name, not where the checkout is.
     let mut v = serde_json::to_value(d).unwrap_or_default();
+    // Path filters change which files dpkg writes, not which packages
+    // are chosen: the lock holds over them.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("path_rules");
+    }
     if let Some(k) = &d.keyring {
         v["keyring"] = k
             .file_name()

@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod lock;
 pub mod order;
 pub mod package;
+pub mod paths;
 pub mod release;
 pub mod resolve;
 pub mod sources;

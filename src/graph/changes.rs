@@ -343,6 +343,10 @@ fn parts(image: &Image, roots: &[PathBuf]) -> Vec<(&'static str, String)> {
         ("`secrets`", json(or_null(v(&image.secrets)))),
         ("`network`", json(or_null(v(image.network)))),
         ("`debian`", json(or_null(v(&image.debian)))),
+        (
+            "`compression`",
+            json(image.compression.map(|c| c.to_string()).into()),
+        ),
     ]
 }
 

@@ -104,6 +104,103 @@ impl FromStr for Compression {
     }
 }
 
+/// How a layer is compressed: the algorithm and its level. Written
+/// `gzip`, `zstd` (their default levels, 6 and 3) or `ALGORITHM:LEVEL`
+/// (`zstd:9`), on the command line and in images.yaml alike. Its text is
+/// part of layer keys; at the default level it is the algorithm's name
+/// alone, as keys had it before levels could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LayerCompression {
+    pub algorithm: Compression,
+    pub level: i32,
+}
+
+impl LayerCompression {
+    pub const GZIP: LayerCompression = LayerCompression {
+        algorithm: Compression::Gzip,
+        level: DEFAULT_GZIP_LEVEL as i32,
+    };
+
+    /// OCI media type of a tar layer compressed this way.
+    pub fn media_type(self) -> &'static str {
+        self.algorithm.media_type()
+    }
+
+    /// The levels `algorithm` takes: gzip 1..=9, zstd 1..=19 (zstd's
+    /// 20..=22 need more window memory than a decoder gives by default).
+    pub fn levels(algorithm: Compression) -> std::ops::RangeInclusive<i32> {
+        match algorithm {
+            Compression::Gzip => 1..=9,
+            Compression::Zstd => 1..=19,
+        }
+    }
+}
+
+impl Default for LayerCompression {
+    fn default() -> Self {
+        LayerCompression::GZIP
+    }
+}
+
+impl From<Compression> for LayerCompression {
+    fn from(algorithm: Compression) -> Self {
+        LayerCompression {
+            algorithm,
+            level: algorithm.default_level(),
+        }
+    }
+}
+
+impl fmt::Display for LayerCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.level == self.algorithm.default_level() {
+            write!(f, "{}", self.algorithm)
+        } else {
+            write!(f, "{}:{}", self.algorithm, self.level)
+        }
+    }
+}
+
+/// Why a compression could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseLayerCompressionError {
+    #[error(transparent)]
+    Algorithm(#[from] ParseCompressionError),
+    #[error("compression level {level:?} of {algorithm} is not a number from {} to {} (write e.g. \"{algorithm}:{}\")", range.start(), range.end(), range.end())]
+    Level {
+        algorithm: Compression,
+        level: String,
+        range: std::ops::RangeInclusive<i32>,
+    },
+}
+
+impl FromStr for LayerCompression {
+    type Err = ParseLayerCompressionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, level) = match s.split_once(':') {
+            Some((n, l)) => (n, Some(l)),
+            None => (s, None),
+        };
+        let algorithm: Compression = name.parse()?;
+        let Some(level) = level else {
+            return Ok(algorithm.into());
+        };
+        let range = LayerCompression::levels(algorithm);
+        match level.parse::<i32>() {
+            Ok(l) if range.contains(&l) => Ok(LayerCompression {
+                algorithm,
+                level: l,
+            }),
+            _ => Err(ParseLayerCompressionError::Level {
+                algorithm,
+                level: level.to_string(),
+                range,
+            }),
+        }
+    }
+}
+
 /// A media type that names no layer imgbuild can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot read a layer of media type {media_type:?}")]
@@ -641,6 +738,29 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::sync::Condvar;
     use std::time::Instant;
+
+    #[test]
+    fn layer_compression_reads_and_writes_algorithm_and_level() {
+        let c: LayerCompression = "zstd:9".parse().unwrap();
+        assert_eq!((c.algorithm, c.level), (Compression::Zstd, 9));
+        assert_eq!(c.to_string(), "zstd:9");
+        // The default level is written as the name alone (as keys were).
+        assert_eq!(
+            "gzip:6".parse::<LayerCompression>().unwrap().to_string(),
+            "gzip"
+        );
+        assert_eq!("zstd".parse::<LayerCompression>().unwrap().level, 3);
+        assert_eq!(LayerCompression::default(), LayerCompression::GZIP);
+        for bad in [
+            "zstd:0", "zstd:20", "gzip:10", "gzip:", "zstd:x", "lz4", "lz4:1",
+        ] {
+            let e = bad.parse::<LayerCompression>().unwrap_err().to_string();
+            assert!(
+                e.contains("level") || e.contains("unknown compression"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     /// Deterministic, text-like input with some incompressible stretches.
     fn sample(len: usize, seed: u64) -> Vec<u8> {

@@ -841,7 +841,7 @@ mod tests {
     fn layer(entries: &Entries) -> (Vec<u8>, Blob) {
         let opts = BlobOptions {
             epoch: EPOCH,
-            compression: Compression::Gzip,
+            compression: Compression::Gzip.into(),
             threads: 2,
             copy: None,
         };

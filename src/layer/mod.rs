@@ -16,7 +16,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub use compress::Compression;
+pub use compress::{Compression, LayerCompression};
 use statcache::StatCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,8 @@ impl Entries {
 
     /// The cache key: a hash of exactly what goes into the tar, plus how it is
     /// compressed and stamped. Where the source lives does not enter it.
-    pub fn key(&self, compression: Compression, epoch: i64) -> String {
+    pub fn key(&self, compression: impl Into<LayerCompression>, epoch: i64) -> String {
+        let compression = compression.into();
         let mut h = Sha256::new();
         h.update(format!("imgbuild-layer-v1\n{compression}\n{epoch}\n"));
         for e in &self.0 {
@@ -647,7 +648,7 @@ impl<W: std::io::Write> std::io::Write for Tee<W> {
 pub struct BlobOptions {
     /// The time stamped on every entry.
     pub epoch: i64,
-    pub compression: Compression,
+    pub compression: LayerCompression,
     /// Compression worker threads.
     pub threads: usize,
     /// Also given the uncompressed tar stream as it is written (to unpack
@@ -673,7 +674,12 @@ pub fn write_blob<W: std::io::Write + Send + 'static>(
     } = opts;
     use crate::digest::HashingWriter;
     let compressed = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, sink));
-    let compressor = compress::Compressor::new(compressed, compression, threads);
+    let compressor = compress::Compressor::with_level(
+        compressed,
+        compression.algorithm,
+        threads,
+        compression.level,
+    );
     let tee = Tee {
         inner: compressor,
         copy,

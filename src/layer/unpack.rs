@@ -113,11 +113,14 @@ pub struct ApplyStats {
     pub ignored: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Entries a path filter left out ([`apply_tar_except`]).
+    pub filtered: u64,
 }
 
 impl std::ops::AddAssign for ApplyStats {
     fn add_assign(&mut self, o: ApplyStats) {
         self.files += o.files;
+        self.filtered += o.filtered;
         self.dirs += o.dirs;
         self.symlinks += o.symlinks;
         self.hardlinks += o.hardlinks;
@@ -219,6 +222,19 @@ pub fn apply_tar(
     root: &Path,
     opts: &UnpackOptions,
 ) -> Result<ApplyStats, UnpackError> {
+    apply_tar_except(reader, source, root, opts, &|_, _| false)
+}
+
+/// [`apply_tar`], leaving out the entries `skip` names: it is given each
+/// entry's path as dpkg sees it (absolute, `/usr/share/doc/x`) and whether
+/// the entry is a directory or a symlink (dpkg's path filters).
+pub fn apply_tar_except(
+    reader: impl io::Read,
+    source: &Path,
+    root: &Path,
+    opts: &UnpackOptions,
+    skip: &dyn Fn(&str, bool) -> bool,
+) -> Result<ApplyStats, UnpackError> {
     let blob = source;
     let root_err = |source| UnpackError::Root {
         root: root.to_path_buf(),
@@ -237,6 +253,13 @@ pub fn apply_tar(
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let raw = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let text = String::from_utf8_lossy(&raw);
+        let bare = text.trim_start_matches("./").trim_start_matches('/');
+        if skip(&format!("/{bare}"), kind.is_dir() || kind.is_symlink()) {
+            applier.stats.filtered += 1;
+            continue;
+        }
         applier
             .entry(&mut entry, &raw)
             .map_err(|fail| fail.into_error(blob, String::from_utf8_lossy(&raw).into_owned()))?;
@@ -1638,7 +1661,7 @@ mod tests {
             let file = File::create(&blob).unwrap();
             let opts = BlobOptions {
                 epoch,
-                compression,
+                compression: compression.into(),
                 threads: 2,
                 copy: None,
             };
@@ -1724,7 +1747,7 @@ mod tests {
             let file = File::create(&blob).unwrap();
             let opts = BlobOptions {
                 epoch: 0,
-                compression: Compression::Gzip,
+                compression: Compression::Gzip.into(),
                 threads: 1,
                 copy: None,
             };

@@ -266,7 +266,8 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
 }
 
 /// Writes a docker-archive tarball: `manifest.json` for `docker load`, and
-/// `oci-layout` with `index.json` so OCI tools read the same file.
+/// `oci-layout` with `index.json` so OCI tools read the same file. zstd
+/// layers are there a second time as plain tars, for `docker load`.
 pub fn write_docker_archive(
     blobs: &dyn Blobs,
     images: &[Named<'_>],
@@ -305,11 +306,42 @@ pub fn write_docker_archive(
         b.append_data(&mut dir_header.clone(), d, io::empty())
             .map_err(io_at(file))?;
     }
-    for hex in all_blobs(images) {
-        let src = blobs.blob_path(&hex);
+    let mut written = all_blobs(images);
+    for hex in &written {
+        let src = blobs.blob_path(hex);
         let mut f = File::open(&src).map_err(io_at(&src))?;
         let size = f.metadata().map_err(io_at(&src))?.len();
         add(&mut b, &format!("blobs/sha256/{hex}"), size, &mut f)?;
+    }
+    // `docker load` before Docker 23 cannot decompress zstd: such layers go
+    // in as their plain tar too, named by their diff_id (as Docker 25's
+    // `docker save` names layers), and manifest.json points there. The
+    // OCI layout keeps the zstd blobs, so pushes and digests are unchanged.
+    let mut plain: HashMap<String, String> = HashMap::new();
+    for l in images.iter().flat_map(|i| i.record.layers.iter()) {
+        let zstd = crate::layer::compress::layer_compression(&l.media_type)
+            .is_ok_and(|c| c == Some(crate::layer::Compression::Zstd));
+        if !zstd {
+            continue;
+        }
+        let diff_hex = hex_of(&l.diff_id);
+        plain.insert(l.digest.clone(), format!("blobs/sha256/{diff_hex}"));
+        if !written.insert(diff_hex.clone()) {
+            continue;
+        }
+        let src = blobs.blob_path(&hex_of(&l.digest));
+        let f = io::BufReader::new(File::open(&src).map_err(io_at(&src))?);
+        let mut tar = crate::layer::compress::decompress(Some(crate::layer::Compression::Zstd), f)
+            .map_err(io_at(&src))?;
+        let mut spool = tempfile::tempfile_in(dir).map_err(io_at(dir))?;
+        let size = io::copy(&mut tar, &mut spool).map_err(io_at(&src))?;
+        io::Seek::rewind(&mut spool).map_err(io_at(dir))?;
+        add(
+            &mut b,
+            &format!("blobs/sha256/{diff_hex}"),
+            size,
+            &mut spool,
+        )?;
     }
     let manifest: Vec<BTreeMap<&str, serde_json::Value>> = images
         .iter()
@@ -325,7 +357,12 @@ pub fn write_docker_archive(
                     i.record
                         .layers
                         .iter()
-                        .map(|l| format!("blobs/sha256/{}", hex_of(&l.digest)))
+                        .map(|l| {
+                            plain
+                                .get(&l.digest)
+                                .cloned()
+                                .unwrap_or_else(|| format!("blobs/sha256/{}", hex_of(&l.digest)))
+                        })
                         .collect::<Vec<_>>()
                         .into(),
                 ),

@@ -232,8 +232,8 @@ fn client_var_taken(cx: &mut Ctx, pos: Pos) {
 
 /// The client's image over the template: vars, env and labels by key (the
 /// client's win); layers, run, test, tags, ports and volumes the template's
-/// then the client's; secrets by name; `from`, `debian`, `network` and the
-/// rest of `config` the client's when it gives them.
+/// then the client's; secrets by name; `from`, `debian`, `network`,
+/// `compression` and the rest of `config` the client's when it gives them.
 fn merge(mut t: RawImage, c: RawImage, client: S) -> RawImage {
     t.pos = c.pos;
     if c.from.is_some() {
@@ -263,6 +263,9 @@ fn merge(mut t: RawImage, c: RawImage, client: S) -> RawImage {
     }
     if c.network.is_some() {
         t.network = c.network;
+    }
+    if c.compression.is_some() {
+        t.compression = c.compression;
     }
     if c.debian.is_some() {
         t.debian = c.debian;

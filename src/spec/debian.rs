@@ -1,11 +1,12 @@
-//! `debian:`: suite, variant, packages and debconf answers, over what the
-//! nearest Debian ancestor set.
+//! `debian:`: suite, variant, packages, debconf answers and dpkg's path
+//! filters, over what the nearest Debian ancestor set.
 use std::path::Path;
 
 use super::DebianSpec;
 use super::ctx::{Ctx, S, expand};
 use super::raw::RawDebian;
 use super::yaml::Pos;
+use crate::debian::paths::{self, Action, Rule};
 
 /// `debian:`, over what the nearest Debian ancestor set.
 pub(super) fn finish_debian(
@@ -28,6 +29,8 @@ pub(super) fn finish_debian(
     let debconf: Vec<(String, Pos)> = raw.debconf.iter().filter_map(&mut x).collect();
     let mirror = raw.mirror.as_ref().and_then(&mut x);
     let keyring = raw.keyring.as_ref().and_then(&mut x);
+    let path_exclude: Vec<(String, Pos)> = raw.path_exclude.iter().filter_map(&mut x).collect();
+    let path_include: Vec<(String, Pos)> = raw.path_include.iter().filter_map(&mut x).collect();
     let mut ok = true;
     let suite = match (suite, parent) {
         (Some((s, pos)), Some(p)) if s != p.suite => {
@@ -148,6 +151,26 @@ pub(super) fn finish_debian(
             ok = false;
         }
     }
+    let mut path_rules = parent.map(|p| p.path_rules.clone()).unwrap_or_default();
+    let own_path_rules = !path_exclude.is_empty() || !path_include.is_empty();
+    for (list, action, key) in [
+        (path_exclude, Action::Exclude, "path_exclude"),
+        (path_include, Action::Include, "path_include"),
+    ] {
+        for (glob, pos) in list {
+            match paths::check(&glob) {
+                Ok(()) => path_rules.push(Rule { action, glob }),
+                Err(e) => {
+                    cx.err(
+                        pos,
+                        format!("`{key}: {glob}`: the glob {e}"),
+                        Some("write a dpkg path filter, e.g. `/usr/share/doc/*` (fnmatch: `*` also matches `/`)".into()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
     let inherit = |own: Option<(String, Pos)>, theirs: Option<&String>| {
         own.map(|o| o.0).or_else(|| theirs.cloned())
     };
@@ -170,6 +193,8 @@ pub(super) fn finish_debian(
             })
             .or_else(|| parent.and_then(|p| p.keyring.clone())),
         has_debian_parent: parent.is_some(),
+        path_rules,
+        own_path_rules,
         pos: raw.pos,
     };
     ok.then_some(spec)
@@ -221,6 +246,66 @@ mod tests {
                 "16: unknown key `pakages` in `debian`",
                 "19: `debian` cannot install into the tarball of the same image's `from: {rootfs: …}`",
             ],
+        );
+    }
+
+    #[test]
+    fn path_filters_are_checked_and_added_to_the_parents() {
+        use crate::debian::paths::Action::{Exclude, Include};
+        let d = tree();
+        let spec = parse_in(
+            d.path(),
+            concat!(
+                "images:\n",
+                "  base:\n    from: scratch\n",
+                "    debian: {suite: trixie, variant: minbase, path_exclude: [\"/usr/share/doc/*\"], path_include: [\"/usr/share/doc/*/copyright\"]}\n",
+                "  plain:\n    from: base\n    debian: {packages: [curl]}\n",
+                "  man:\n    from: base\n    debian: {packages: [man-db], path_include: [\"/usr/share/doc/man-db/*\"]}\n",
+            ),
+        )
+        .unwrap();
+        let rules = |n: &str| {
+            let d = spec.images[n].debian.as_ref().unwrap();
+            let r: Vec<_> = d
+                .path_rules
+                .iter()
+                .map(|r| (r.action, r.glob.as_str()))
+                .collect();
+            (r, d.own_path_rules)
+        };
+        let base = vec![
+            (Exclude, "/usr/share/doc/*"),
+            (Include, "/usr/share/doc/*/copyright"),
+        ];
+        assert_eq!(rules("base"), (base.clone(), true));
+        assert_eq!(rules("plain"), (base.clone(), false));
+        let mut man = base;
+        man.push((Include, "/usr/share/doc/man-db/*"));
+        assert_eq!(rules("man"), (man, true));
+        let p = parse_in(
+            d.path(),
+            concat!(
+                "images:\n",
+                "  base:\n    from: scratch\n",
+                "    debian:\n      suite: trixie\n      variant: minbase\n",
+                "      path_exclude: [\"usr/share/doc/*\", \"/usr/share/[ab\"]\n",
+                "      path_include: \"/usr/share/doc/*/copyright\"\n",
+                "    compression: lz4\n",
+            ),
+        )
+        .unwrap_err();
+        assert_problems(
+            &p,
+            &[
+                "7: `path_exclude: usr/share/doc/*`: the glob does not start with `/`: dpkg matches absolute paths, so it would match nothing",
+                "7: `path_exclude: /usr/share/[ab`: the glob has a `[` with no closing `]`",
+                "8: `path_include` must be a list, not a scalar",
+                "9: `compression: lz4`: unknown compression \"lz4\" (expected \"gzip\" or \"zstd\")",
+            ],
+        );
+        assert!(
+            p.iter().all(|x| x.image.as_deref() == Some("base")),
+            "{p:?}"
         );
     }
 }

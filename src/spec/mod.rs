@@ -163,6 +163,9 @@ pub struct Image {
     pub network: Network,
     /// Debian packages installed from the archive, before the file layers.
     pub debian: Option<DebianSpec>,
+    /// `compression:`: how this image's own layers are compressed; None:
+    /// as the build says (`--compression`, gzip by default).
+    pub compression: Option<crate::layer::LayerCompression>,
 }
 
 /// `debian:`, with what the image inherits from its Debian ancestors
@@ -188,8 +191,23 @@ pub struct DebianSpec {
     pub keyring: Option<PathBuf>,
     /// Whether an ancestor installs Debian packages too.
     pub has_debian_parent: bool,
+    /// dpkg's path filters in force: the Debian ancestors' rules, then
+    /// this image's `path_exclude`, then its `path_include`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub path_rules: Vec<crate::debian::paths::Rule>,
+    /// Whether this image adds rules of its own (and so writes dpkg's
+    /// configuration file).
+    #[serde(skip)]
+    pub own_path_rules: bool,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+impl DebianSpec {
+    /// The path filter this image's Debian layer installs with.
+    pub fn path_filter(&self) -> crate::debian::paths::PathFilter {
+        crate::debian::paths::PathFilter::new(self.path_rules.clone())
+    }
 }
 
 /// Whether `run:` steps reach the network.

@@ -7,7 +7,17 @@ use super::yaml::{Kind, Node, Pos};
 
 const TOP_KEYS: &[&str] = &["vars", "images", "registry", "sources", "clients"];
 const IMAGE_KEYS: &[&str] = &[
-    "from", "debian", "layers", "run", "test", "config", "tags", "vars", "secrets", "network",
+    "from",
+    "debian",
+    "layers",
+    "run",
+    "test",
+    "config",
+    "tags",
+    "vars",
+    "secrets",
+    "network",
+    "compression",
 ];
 /// Keys of the contract whose features this build of imgbuild does not do yet.
 const NOT_YET: &[(&str, &str)] = &[];
@@ -21,6 +31,8 @@ const DEBIAN_KEYS: &[&str] = &[
     "debconf",
     "mirror",
     "keyring",
+    "path_exclude",
+    "path_include",
 ];
 const LAYER_KEYS: &[&str] = &["src", "dest", "owner", "mode", "exclude", "source"];
 const CONFIG_KEYS: &[&str] = &[
@@ -75,6 +87,7 @@ pub(super) struct RawImage {
     pub(super) secrets: Vec<RawSecret>,
     pub(super) network: Option<S>,
     pub(super) debian: Option<RawDebian>,
+    pub(super) compression: Option<S>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -89,6 +102,8 @@ pub(super) struct RawDebian {
     pub(super) debconf: Vec<S>,
     pub(super) mirror: Option<S>,
     pub(super) keyring: Option<S>,
+    pub(super) path_exclude: Vec<S>,
+    pub(super) path_include: Vec<S>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +233,7 @@ pub(super) fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
             "test" => image.test = cx.list(value, "`test`"),
             "vars" => image.vars = cx.pairs(value, "vars"),
             "network" => image.network = cx.scalar(value, "`network`"),
+            "compression" => image.compression = cx.scalar(value, "`compression`"),
             "debian" => {
                 let mut d = RawDebian {
                     pos: value.pos,
@@ -234,6 +250,8 @@ pub(super) fn raw_image(cx: &mut Ctx, node: &Node, pos: Pos) -> RawImage {
                         "recommends" => d.recommends = cx.scalar(v, &what),
                         "debconf" => d.debconf = cx.list(v, &what),
                         "mirror" => d.mirror = cx.scalar(v, &what),
+                        "path_exclude" => d.path_exclude = cx.list(v, &what),
+                        "path_include" => d.path_include = cx.list(v, &what),
                         _ => d.keyring = cx.scalar(v, &what),
                     }
                 }

@@ -266,6 +266,7 @@ fn finish_image(
     let secrets = steps::finish_secrets(cx, &raw.secrets, &vars, dir);
     let network = steps::finish_network(cx, raw.network.as_ref(), &vars);
     let layers = layers::finish_layers(cx, raw, &vars, dir, known);
+    let compression = steps::finish_compression(cx, raw.compression.as_ref(), &vars);
     Image {
         name: name.to_string(),
         pos: raw.pos,
@@ -279,6 +280,7 @@ fn finish_image(
         secrets,
         network,
         debian: None,
+        compression,
     }
 }
 

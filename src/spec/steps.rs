@@ -26,6 +26,28 @@ pub(super) fn finish_network(cx: &mut Ctx, raw: Option<&S>, vars: &super::vars::
     }
 }
 
+/// `compression:`: `gzip`, `zstd` or `ALGORITHM:LEVEL`; None when not given
+/// (or wrong, which is reported).
+pub(super) fn finish_compression(
+    cx: &mut Ctx,
+    raw: Option<&S>,
+    vars: &super::vars::Vars,
+) -> Option<crate::layer::LayerCompression> {
+    let raw = raw?;
+    let text = expand(cx, raw, vars)?;
+    match text.parse() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            cx.err(
+                raw.pos,
+                format!("`compression: {text}`: {e}"),
+                Some("write `gzip` (the default), `zstd`, or a level: `zstd:9`, `gzip:9`".into()),
+            );
+            None
+        }
+    }
+}
+
 /// `secrets:` entries, checked but not read: values are read when steps run
 /// (a CI job may define them only for its build).
 pub(super) fn finish_secrets(
