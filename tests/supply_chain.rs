@@ -696,3 +696,78 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
         cdx
     );
 }
+
+/// Promotion: `copy` to another repository and to another registry carries
+/// the image's referrers; the copy's signature names the source repository,
+/// so it verifies at the destination only once `--sign-key` signed it there.
+#[test]
+fn a_copy_carries_the_evidence_and_can_be_signed_where_it_lands() {
+    let cx = project();
+    let staging = Registry::anonymous();
+    let production = Registry::anonymous();
+    cx.mkdir("keys");
+    keygen(&cx, "keys/a");
+    let env = [("IMGBUILD_SIGN_PASSWORD", PASS)];
+    cx.run_env(
+        &[
+            "-q",
+            "build",
+            "app",
+            "--push",
+            "--registry",
+            &format!("{}/sc", staging.host()),
+            "--sbom",
+            "both",
+            "--provenance",
+            "--sign-key",
+            "keys/a.key",
+        ],
+        &env,
+    )
+    .success();
+    let digest = staging.digest("sc/app", "latest").unwrap();
+    let source = format!("{}/sc/app:latest", staging.host());
+    let want = kinds(&referrers(&staging, "sc/app", &digest));
+    assert_eq!(want.len(), 6, "{want:?}");
+
+    // Same registry, another repository: evidence carried, the signature
+    // still names sc/app, so verify at the copy refuses it.
+    let same = format!("{}/prod/app:1.0", staging.host());
+    let out = cx.run(&["--json", "copy", &source, &same]).success().json();
+    assert_eq!(out["digest"], digest.as_str());
+    assert_eq!(out["referrers"].as_array().unwrap().len(), 6, "{out}");
+    assert_eq!(kinds(&referrers(&staging, "prod/app", &digest)), want);
+    cx.run(&["verify", &same, "--key", "keys/a.pub"])
+        .exit(1)
+        .stderr_has(&["sc/app"]);
+
+    // Another registry, signed where it lands: verified there, SBOM read
+    // from there; a second copy changes nothing.
+    let prod = format!("{}/prod/app:1.0", production.host());
+    for _ in 0..2 {
+        let out = cx
+            .run_env(
+                &["--json", "copy", &source, &prod, "--sign-key", "keys/a.key"],
+                &env,
+            )
+            .success()
+            .json();
+        assert_eq!(out["signed"], true);
+    }
+    assert_eq!(kinds(&referrers(&production, "prod/app", &digest)), want);
+    cx.run(&["verify", &prod, "--key", "keys/a.pub"]).success();
+    let sbom = cx.run(&["sbom", &prod]).success().stdout;
+    assert_eq!(sbom, cx.run(&["sbom", "app"]).success().stdout);
+
+    // --no-referrers: the image alone, no index at all.
+    let bare = format!("{}/bare/app:1.0", production.host());
+    cx.run(&["copy", "--no-referrers", &source, &bare])
+        .success();
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let r = production.request(
+        "GET",
+        &format!("/v2/bare/app/manifests/{tag}"),
+        &[("Accept", "application/vnd.oci.image.index.v1+json")],
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+}

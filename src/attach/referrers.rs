@@ -79,8 +79,16 @@ pub fn tag_of(subject: &str) -> String {
     format!("sha256-{}", hex_of(subject))
 }
 
+/// The index entry's annotation naming the tag an artifact also goes
+/// under (cosign's `.sig`): a newer one under the same tag replaces it.
+pub const TAG_NOTE: &str = "dev.imgbuild.tag";
+
 /// Whether the registry answers the referrers API for this repository.
-async fn has_api(client: &Client, r: &Reference, subject: &str) -> Result<bool, RegistryError> {
+pub(crate) async fn has_api(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+) -> Result<bool, RegistryError> {
     let url = client.url(r, &format!("referrers/{subject}"));
     let resp = client
         .send(
@@ -189,31 +197,48 @@ pub async fn attach(
     if has_api(client, r, subject).await? {
         return Ok(pushed);
     }
+    let added = referrers
+        .iter()
+        .map(|referrer| {
+            let mut annotations = referrer.annotations.clone();
+            if let Some(t) = &referrer.tag {
+                annotations.insert(TAG_NOTE.into(), t.clone());
+            }
+            let mut e = json!({
+                "mediaType": MANIFEST,
+                "digest": referrer.digest(),
+                "size": referrer.manifest.len(),
+                "artifactType": referrer.artifact_type,
+            });
+            if !annotations.is_empty() {
+                e["annotations"] = json!(annotations);
+            }
+            e
+        })
+        .collect();
+    add_to_index(client, r, subject, added).await?;
+    Ok(pushed)
+}
+
+/// Adds `added` (index entries) to `subject`'s fallback index in `r`'s
+/// repository: an entry of the same digest, or of the same tag, is
+/// replaced; the rest are kept. Entries are sorted, so adding what is
+/// there already writes the same bytes.
+pub async fn add_to_index(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    added: Vec<Value>,
+) -> Result<(), RegistryError> {
     let mut entries = fallback_index(client, r, subject).await?;
-    for referrer in referrers {
-        let digest = referrer.digest();
-        let tag_key = |e: &Value| {
-            e["annotations"]["dev.imgbuild.tag"]
-                .as_str()
-                .map(str::to_string)
-        };
-        entries.retain(|e| {
-            e["digest"].as_str() != Some(digest.as_str())
-                && !(referrer.tag.is_some() && tag_key(e) == referrer.tag)
+    let tag_of_entry = |e: &Value| e["annotations"][TAG_NOTE].as_str().map(str::to_string);
+    for e in added {
+        let digest = e["digest"].as_str().map(str::to_string);
+        let tag = tag_of_entry(&e);
+        entries.retain(|old| {
+            old["digest"].as_str().map(str::to_string) != digest
+                && !(tag.is_some() && tag_of_entry(old) == tag)
         });
-        let mut annotations = referrer.annotations.clone();
-        if let Some(t) = &referrer.tag {
-            annotations.insert("dev.imgbuild.tag".into(), t.clone());
-        }
-        let mut e = json!({
-            "mediaType": MANIFEST,
-            "digest": digest,
-            "size": referrer.manifest.len(),
-            "artifactType": referrer.artifact_type,
-        });
-        if !annotations.is_empty() {
-            e["annotations"] = json!(annotations);
-        }
         entries.push(e);
     }
     entries.sort_by(|a, b| {
@@ -227,8 +252,7 @@ pub async fn attach(
     }));
     client
         .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
-        .await?;
-    Ok(pushed)
+        .await
 }
 
 /// The first blob of `r`'s newest referrer of `artifact_type` (by the
