@@ -771,3 +771,51 @@ fn a_copy_carries_the_evidence_and_can_be_signed_where_it_lands() {
     );
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// Two jobs attaching to the same image at once (each its own provenance:
+/// their `--set` differs) both end up in the referrers index: the registry
+/// has no conditional write, so imgbuild reads back and merges again.
+#[test]
+fn two_pushes_racing_on_one_image_both_stay_in_its_index() {
+    let cx = Ctx::new();
+    cx.write("site/etc/motd", "welcome\n");
+    cx.yaml("vars: {job: none}\nimages:\n  app:\n    from: scratch\n    layers: [site]\n");
+    let reg = Registry::anonymous();
+    let prefix = format!("{}/race", reg.host());
+    cx.run(&["-q", "build", "app"]).success();
+    for round in 0..3 {
+        let children: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|job| {
+                let set = format!("job={job}{round}");
+                let mut c = cx.command(&[
+                    "-q",
+                    "--set",
+                    &set,
+                    "push",
+                    "app",
+                    "--registry",
+                    &prefix,
+                    "--provenance",
+                ]);
+                c.stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                c.spawn().expect("imgbuild starts")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let digest = reg.digest("race/app", "latest").unwrap();
+        let provenances = referrers(&reg, "race/app", &digest)
+            .iter()
+            .filter(|e| e["artifactType"] == "application/vnd.in-toto+json")
+            .count();
+        assert_eq!(provenances, 2 * (round + 1), "round {round}");
+    }
+}
