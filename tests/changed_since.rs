@@ -572,3 +572,55 @@ fn yaml_to_json(text: &str) -> Value {
     }
     conv(&docs[0])
 }
+
+/// A layer whose files are outside the repository (here through `--set`)
+/// cannot be compared with a commit: its image is selected, saying why,
+/// rather than silently left out.
+#[test]
+fn files_outside_the_repository_select_their_image_and_say_why() {
+    require_tool("git", "git");
+    let ctx = Ctx::new();
+    ctx.yaml(concat!(
+        "vars: {site: site}\n",
+        "images:\n",
+        "  app:\n",
+        "    from: scratch\n",
+        "    layers: [{src: \"${site}\", dest: /srv}]\n",
+        "  other:\n",
+        "    from: scratch\n",
+        "    layers: [other]\n",
+    ));
+    ctx.write("site/index.html", "in the repository\n");
+    ctx.write("other/index.html", "other\n");
+    git(&ctx.root, &["init", "-q", "-b", "main"]);
+    commit(&ctx, "fleet");
+    let (got, v) = selected(&ctx, &ctx.root, "HEAD");
+    assert_eq!(got, BTreeSet::new(), "{v}");
+
+    let outside = ctx.scratch.join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("index.html"), "outside\n").unwrap();
+    let site = format!("site={}", outside.display());
+    // The context widened to take it in, as a laptop build would.
+    let context = ctx.root.parent().unwrap().display().to_string();
+    let mut c = ctx.command(&[
+        "plan",
+        "--context",
+        &context,
+        "--set",
+        &site,
+        "--changed-since",
+        "HEAD",
+        "--json",
+    ]);
+    c.current_dir(&ctx.root);
+    let v = common::run_command(c).success().json();
+    let names: Vec<&str> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app"], "{v}");
+    assert!(reasons(&v, "app").contains("outside the repository"), "{v}");
+}

@@ -1102,3 +1102,126 @@ fn verify_checks_each_attestation_its_key_and_its_subject() {
         .exit(1)
         .stderr_has(&["attestation", &format!("is about {first}, not this image")]);
 }
+
+/// Promotion: `copy` to another repository and to another registry carries
+/// the image's referrers; the copy's signature names the source repository,
+/// so it verifies at the destination only once `--sign-key` signed it there.
+#[test]
+fn a_copy_carries_the_evidence_and_can_be_signed_where_it_lands() {
+    let cx = project();
+    let staging = Registry::anonymous();
+    let production = Registry::anonymous();
+    cx.mkdir("keys");
+    keygen(&cx, "keys/a");
+    let env = [("IMGBUILD_SIGN_PASSWORD", PASS)];
+    cx.run_env(
+        &[
+            "-q",
+            "build",
+            "app",
+            "--push",
+            "--registry",
+            &format!("{}/sc", staging.host()),
+            "--sbom",
+            "both",
+            "--provenance",
+            "--sign-key",
+            "keys/a.key",
+        ],
+        &env,
+    )
+    .success();
+    let digest = staging.digest("sc/app", "latest").unwrap();
+    let source = format!("{}/sc/app:latest", staging.host());
+    let want = kinds(&referrers(&staging, "sc/app", &digest));
+    assert_eq!(want.len(), 6, "{want:?}");
+
+    // Same registry, another repository: evidence carried, the signature
+    // still names sc/app, so verify at the copy refuses it.
+    let same = format!("{}/prod/app:1.0", staging.host());
+    let out = cx.run(&["--json", "copy", &source, &same]).success().json();
+    assert_eq!(out["digest"], digest.as_str());
+    assert_eq!(out["referrers"].as_array().unwrap().len(), 6, "{out}");
+    assert_eq!(kinds(&referrers(&staging, "prod/app", &digest)), want);
+    cx.run(&["verify", &same, "--key", "keys/a.pub"])
+        .exit(1)
+        .stderr_has(&["sc/app"]);
+
+    // Another registry, signed where it lands: verified there, SBOM read
+    // from there; a second copy changes nothing.
+    let prod = format!("{}/prod/app:1.0", production.host());
+    for _ in 0..2 {
+        let out = cx
+            .run_env(
+                &["--json", "copy", &source, &prod, "--sign-key", "keys/a.key"],
+                &env,
+            )
+            .success()
+            .json();
+        assert_eq!(out["signed"], true);
+    }
+    assert_eq!(kinds(&referrers(&production, "prod/app", &digest)), want);
+    cx.run(&["verify", &prod, "--key", "keys/a.pub"]).success();
+    let sbom = cx.run(&["sbom", &prod]).success().stdout;
+    assert_eq!(sbom, cx.run(&["sbom", "app"]).success().stdout);
+
+    // --no-referrers: the image alone, no index at all.
+    let bare = format!("{}/bare/app:1.0", production.host());
+    cx.run(&["copy", "--no-referrers", &source, &bare])
+        .success();
+    let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let r = production.request(
+        "GET",
+        &format!("/v2/bare/app/manifests/{tag}"),
+        &[("Accept", "application/vnd.oci.image.index.v1+json")],
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// Two jobs attaching to the same image at once (each its own provenance:
+/// their `--set` differs) both end up in the referrers index: the registry
+/// has no conditional write, so imgbuild reads back and merges again.
+#[test]
+fn two_pushes_racing_on_one_image_both_stay_in_its_index() {
+    let cx = Ctx::new();
+    cx.write("site/etc/motd", "welcome\n");
+    cx.yaml("vars: {job: none}\nimages:\n  app:\n    from: scratch\n    layers: [site]\n");
+    let reg = Registry::anonymous();
+    let prefix = format!("{}/race", reg.host());
+    cx.run(&["-q", "build", "app"]).success();
+    for round in 0..3 {
+        let children: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|job| {
+                let set = format!("job={job}{round}");
+                let mut c = cx.command(&[
+                    "-q",
+                    "--set",
+                    &set,
+                    "push",
+                    "app",
+                    "--registry",
+                    &prefix,
+                    "--provenance",
+                ]);
+                c.stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                c.spawn().expect("imgbuild starts")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let digest = reg.digest("race/app", "latest").unwrap();
+        let provenances = referrers(&reg, "race/app", &digest)
+            .iter()
+            .filter(|e| e["artifactType"] == "application/vnd.in-toto+json")
+            .count();
+        assert_eq!(provenances, 2 * (round + 1), "round {round}");
+    }
+}

@@ -79,8 +79,16 @@ pub fn tag_of(subject: &str) -> String {
     format!("sha256-{}", hex_of(subject))
 }
 
+/// The index entry's annotation naming the tag an artifact also goes
+/// under (cosign's `.sig`): a newer one under the same tag replaces it.
+pub const TAG_NOTE: &str = "dev.imgbuild.tag";
+
 /// Whether the registry answers the referrers API for this repository.
-async fn has_api(client: &Client, r: &Reference, subject: &str) -> Result<bool, RegistryError> {
+pub(crate) async fn has_api(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+) -> Result<bool, RegistryError> {
     let url = client.url(r, &format!("referrers/{subject}"));
     let resp = client
         .send(
@@ -189,46 +197,92 @@ pub async fn attach(
     if has_api(client, r, subject).await? {
         return Ok(pushed);
     }
-    let mut entries = fallback_index(client, r, subject).await?;
-    for referrer in referrers {
-        let digest = referrer.digest();
-        let tag_key = |e: &Value| {
-            e["annotations"]["dev.imgbuild.tag"]
-                .as_str()
-                .map(str::to_string)
-        };
-        entries.retain(|e| {
-            e["digest"].as_str() != Some(digest.as_str())
-                && !(referrer.tag.is_some() && tag_key(e) == referrer.tag)
-        });
-        let mut annotations = referrer.annotations.clone();
-        if let Some(t) = &referrer.tag {
-            annotations.insert("dev.imgbuild.tag".into(), t.clone());
+    let added = referrers
+        .iter()
+        .map(|referrer| {
+            let mut annotations = referrer.annotations.clone();
+            if let Some(t) = &referrer.tag {
+                annotations.insert(TAG_NOTE.into(), t.clone());
+            }
+            let mut e = json!({
+                "mediaType": MANIFEST,
+                "digest": referrer.digest(),
+                "size": referrer.manifest.len(),
+                "artifactType": referrer.artifact_type,
+            });
+            if !annotations.is_empty() {
+                e["annotations"] = json!(annotations);
+            }
+            e
+        })
+        .collect();
+    add_to_index(client, r, subject, added).await?;
+    Ok(pushed)
+}
+
+/// Adds `added` (index entries) to `subject`'s fallback index in `r`'s
+/// repository: an entry of the same digest, or of the same tag, is
+/// replaced; the rest are kept. Entries are sorted, so adding what is
+/// there already writes nothing.
+///
+/// The registry offers no conditional write of a tag, so two jobs adding
+/// to the same index at once could each write over the other's entries:
+/// after writing, the index is read back, and merged and written again
+/// (a few times, after a pause that grows) until it holds every entry
+/// added here.
+pub async fn add_to_index(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    added: Vec<Value>,
+) -> Result<(), RegistryError> {
+    const TRIES: u32 = 6;
+    let mut current = fallback_index(client, r, subject).await?;
+    for _ in 0..TRIES {
+        let merged = merge_entries(current.clone(), &added);
+        if merged == current {
+            return Ok(());
         }
-        let mut e = json!({
-            "mediaType": MANIFEST,
-            "digest": digest,
-            "size": referrer.manifest.len(),
-            "artifactType": referrer.artifact_type,
+        let index = canonical_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX,
+            "manifests": merged,
+        }));
+        client
+            .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
+            .await?;
+        // Another writer that read the index before this write lands its
+        // own a moment later: read back after a short, random pause, so
+        // that the two do not keep reading back in step.
+        tokio::time::sleep(std::time::Duration::from_millis(jitter_ms())).await;
+        current = fallback_index(client, r, subject).await?;
+    }
+    Ok(())
+}
+
+/// 40 to 160 ms, from the OS's randomness.
+fn jitter_ms() -> u64 {
+    use rand_core::RngCore;
+    40 + u64::from(rand_core::OsRng.next_u32() % 120)
+}
+
+/// `entries` with `added` merged in, sorted by artifact type and digest.
+fn merge_entries(mut entries: Vec<Value>, added: &[Value]) -> Vec<Value> {
+    let tag_of_entry = |e: &Value| e["annotations"][TAG_NOTE].as_str().map(str::to_string);
+    for e in added {
+        let digest = e["digest"].as_str().map(str::to_string);
+        let tag = tag_of_entry(e);
+        entries.retain(|old| {
+            old["digest"].as_str().map(str::to_string) != digest
+                && !(tag.is_some() && tag_of_entry(old) == tag)
         });
-        if !annotations.is_empty() {
-            e["annotations"] = json!(annotations);
-        }
-        entries.push(e);
+        entries.push(e.clone());
     }
     entries.sort_by(|a, b| {
         (a["artifactType"].as_str(), a["digest"].as_str())
             .cmp(&(b["artifactType"].as_str(), b["digest"].as_str()))
     });
-    let index = canonical_json(&json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX,
-        "manifests": entries,
-    }));
-    client
-        .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
-        .await?;
-    Ok(pushed)
+    entries
 }
 
 /// The first blob of `r`'s newest referrer of `artifact_type` (by the
@@ -266,4 +320,37 @@ pub async fn fetch_artifact(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, digest: &str, tag: Option<&str>) -> Value {
+        let mut e =
+            json!({ "mediaType": MANIFEST, "digest": digest, "size": 1, "artifactType": kind });
+        if let Some(t) = tag {
+            e["annotations"] = json!({ TAG_NOTE: t });
+        }
+        e
+    }
+
+    #[test]
+    fn merging_replaces_by_digest_and_tag_keeps_the_rest_and_is_idempotent() {
+        let old = vec![
+            entry("sig", "sha256:1", Some("sha256-x.sig")),
+            entry("spdx", "sha256:2", None),
+        ];
+        let added = vec![
+            entry("sig", "sha256:3", Some("sha256-x.sig")),
+            entry("prov", "sha256:4", None),
+        ];
+        let merged = merge_entries(old, &added);
+        let digests: Vec<&str> = merged
+            .iter()
+            .map(|e| e["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, ["sha256:4", "sha256:3", "sha256:2"]);
+        assert_eq!(merge_entries(merged.clone(), &added), merged);
+    }
 }

@@ -4,6 +4,7 @@ use std::io::Read;
 
 use clap::Args;
 
+use imgbuild::attach::carry;
 use imgbuild::registry::auth::{Sources, base64_encode};
 use imgbuild::registry::transfer::{self, Known};
 use imgbuild::registry::{Client, Reference};
@@ -34,7 +35,23 @@ pub struct TagArgs {
     /// A tag (in the same repository), or a full reference.
     dst: String,
     #[command(flatten)]
+    carry: Carry,
+    #[command(flatten)]
     net: Net,
+}
+
+/// What goes along with an image copied to another repository.
+#[derive(Args)]
+pub struct Carry {
+    /// Copy the image alone, without its referrers (SBOMs, provenance,
+    /// attestations, signatures), which otherwise go with it.
+    #[arg(long)]
+    no_referrers: bool,
+    /// Also sign the copy, as the destination names it (cosign's format):
+    /// a signature names its repository, so one made for the source does
+    /// not vouch for the copy under a policy matching the repository.
+    #[arg(long, value_name = "FILE|env://VAR")]
+    sign_key: Option<String>,
 }
 
 pub fn tag(cli: &Cli, a: &TagArgs) -> Result<(), Failure> {
@@ -44,7 +61,7 @@ pub fn tag(cli: &Cli, a: &TagArgs) -> Result<(), Failure> {
     } else {
         src.with_tag(&a.dst)
     };
-    copy_between(cli, &a.net, &src, &dst)
+    copy_between(cli, &a.net, &a.carry, &src, &dst)
 }
 
 #[derive(Args)]
@@ -52,22 +69,68 @@ pub struct CopyArgs {
     src: String,
     dst: String,
     #[command(flatten)]
+    carry: Carry,
+    #[command(flatten)]
     net: Net,
 }
 
 pub fn copy(cli: &Cli, a: &CopyArgs) -> Result<(), Failure> {
-    copy_between(cli, &a.net, &reference(&a.src)?, &reference(&a.dst)?)
+    copy_between(
+        cli,
+        &a.net,
+        &a.carry,
+        &reference(&a.src)?,
+        &reference(&a.dst)?,
+    )
 }
 
-fn copy_between(cli: &Cli, net: &Net, src: &Reference, dst: &Reference) -> Result<(), Failure> {
+fn copy_between(
+    cli: &Cli,
+    net: &Net,
+    carry: &Carry,
+    src: &Reference,
+    dst: &Reference,
+) -> Result<(), Failure> {
+    // The key first: a bad key or passphrase fails before anything moves.
+    let key = match &carry.sign_key {
+        Some(k) => Some(imgbuild::sign::load_private(k).map_err(super::sign::failed)?),
+        None => None,
+    };
     let client = net.client()?;
-    let digest = runtime()?
-        .block_on(transfer::copy(&client, src, dst, &Known::default()))
+    let known = Known::default();
+    let rt = runtime()?;
+    let digest = rt
+        .block_on(transfer::copy(&client, src, dst, &known))
         .map_err(Failure::failed)?;
+    let carried = if carry.no_referrers {
+        Default::default()
+    } else {
+        rt.block_on(carry::carry(&client, src, dst, &digest, &known))
+            .map_err(Failure::failed)?
+    };
+    if let Some(key) = &key {
+        let store = super::open_store()?;
+        rt.block_on(imgbuild::sign::sign_image(
+            &client,
+            &store,
+            &dst.with_digest(&digest),
+            &[match &dst.tag {
+                Some(t) => format!("{}:{t}", imgbuild::sign::repository(dst)),
+                None => imgbuild::sign::repository(dst),
+            }],
+            key,
+            &known,
+        ))
+        .map_err(super::sign::failed)?;
+    }
     if cli.json {
-        print_json(
-            &serde_json::json!({ "source": src.to_string(), "destination": dst.to_string(), "digest": digest }),
-        );
+        print_json(&serde_json::json!({
+            "source": src.to_string(),
+            "destination": dst.to_string(),
+            "digest": digest,
+            "referrers": carried.referrers,
+            "signed": key.is_some(),
+        }));
     } else {
         println!("{dst}@{digest}");
     }

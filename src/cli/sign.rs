@@ -39,7 +39,7 @@ pub struct VerifyArgs {
     net: Net,
 }
 
-fn failed(e: SignError) -> Failure {
+pub(super) fn failed(e: SignError) -> Failure {
     match e {
         SignError::Key(_) | SignError::NoPassphrase | SignError::NoKeyVariable(_) => {
             Failure::usage(e)

@@ -286,6 +286,7 @@ pub fn compare(
             image.debian.is_some(),
         ));
         why.extend(file_reasons(image, &now.dir, &here_real, &files));
+        why.extend(outside_reasons(now, image, &here_real));
         if !why.is_empty() {
             direct.insert(name, why);
         }
@@ -445,6 +446,39 @@ fn strip_packages(mut v: serde_json::Value) -> serde_json::Value {
 
 /// Files changed under the paths its layers (and its Debian keyring)
 /// read; paths outside the directory of images.yaml are not in git's view.
+/// Layers whose files lie outside the repository (a `dir:` source or a
+/// path given with `--set`): git cannot say whether they changed, so the
+/// image is taken as changed rather than silently skipped.
+fn outside_reasons(now: &Spec, image: &Image, here_real: &Path) -> Vec<String> {
+    let inside = |p: &Path| {
+        p.starts_with(&now.dir)
+            || p.starts_with(here_real)
+            || p.canonicalize().is_ok_and(|r| r.starts_with(here_real))
+    };
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for l in &image.layers {
+        let outside = match &l.source {
+            Some(name) => match now.sources.get(name).map(|s| &s.spec.location) {
+                Some(crate::spec::SourceLocation::Dir { path }) => {
+                    (!inside(path)).then(|| path.display().to_string())
+                }
+                // git: and archive: sources are pinned: source_reasons.
+                _ => None,
+            },
+            None => (!inside(&l.src)).then(|| l.src.display().to_string()),
+        };
+        if let Some(path) = outside
+            && seen.insert(path.clone())
+        {
+            out.push(format!(
+                "{path} is outside the repository: git cannot tell whether it changed"
+            ));
+        }
+    }
+    out
+}
+
 fn file_reasons(
     image: &Image,
     here: &Path,
