@@ -69,9 +69,8 @@ impl Fetches {
         true
     }
 
-    /// The fetcher: fetches queued blobs one at a time (each is a stream
-    /// the registry serves as fast as the disk takes it) until closed and
-    /// drained.
+    /// A fetcher: fetches queued blobs one at a time until closed and
+    /// drained (several may run).
     pub fn run(&self, cache: &dyn LayerCache, store: &Store) {
         loop {
             let job = {

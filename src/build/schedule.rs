@@ -96,11 +96,17 @@ impl<'a> Session<'a> {
         let cv = Condvar::new();
         std::thread::scope(|s| {
             // Blobs found in the layer cache come behind the build (see
-            // `fetch`): images go on with their keys and digests.
-            let fetcher = self.cache.map(|cache| {
-                self.fetches.open();
-                s.spawn(move || self.fetches.run(cache, self.store))
-            });
+            // `fetch`): images go on with their keys and digests. As many
+            // fetchers as workers, as many blobs at once as before.
+            let fetchers: Vec<_> = match self.cache {
+                Some(cache) => {
+                    self.fetches.open();
+                    (0..jobs)
+                        .map(|_| s.spawn(move || self.fetches.run(cache, self.store)))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
             let workers: Vec<_> = (0..jobs)
                 .map(|_| s.spawn(|| self.worker(&state, &cv, &pulled, reporter)))
                 .collect();
@@ -110,10 +116,10 @@ impl<'a> Session<'a> {
                 }
             }
             self.fetches.close();
-            if let Some(f) = fetcher
-                && let Err(p) = f.join()
-            {
-                std::panic::resume_unwind(p);
+            for f in fetchers {
+                if let Err(p) = f.join() {
+                    std::panic::resume_unwind(p);
+                }
             }
         });
         let queue = state.into_inner().unwrap_or_else(|e| e.into_inner());
