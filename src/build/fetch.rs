@@ -126,3 +126,93 @@ pub(super) fn failed(image: &str, job: &Job, reason: &str) -> BuildError {
         reason: reason.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::LayerRecord;
+    use crate::build::remote::RemoteError;
+
+    /// A cache whose blobs are in memory; `missing` ones fail to fetch.
+    struct Memory<'s> {
+        store: &'s Store,
+        blobs: Vec<Vec<u8>>,
+        missing: Vec<String>,
+    }
+
+    impl LayerCache for Memory<'_> {
+        fn lookup(&self, _key: &str) -> Result<Option<LayerRecord>, RemoteError> {
+            Ok(None)
+        }
+
+        fn fetch(&self, _key: &str, desc: &LayerDesc) -> Result<(), RemoteError> {
+            if self.missing.contains(&desc.digest) {
+                return Err(RemoteError::NoRegistry);
+            }
+            for b in &self.blobs {
+                if format!("sha256:{}", crate::digest::sha256_hex(b)) == desc.digest {
+                    self.store.put_blob(b).map_err(|e| {
+                        RemoteError::Registry(crate::registry::RegistryError::Protocol {
+                            reference: "memory".into(),
+                            reason: e.to_string(),
+                        })
+                    })?;
+                }
+            }
+            Ok(())
+        }
+
+        fn put(&self, _key: &str, _record: &LayerRecord) -> Result<(), RemoteError> {
+            Ok(())
+        }
+    }
+
+    fn job(image: &str, bytes: &[u8]) -> Job {
+        Job {
+            image: image.into(),
+            key: format!("key-{image}"),
+            desc: LayerDesc {
+                digest: format!("sha256:{}", crate::digest::sha256_hex(bytes)),
+                diff_id: String::new(),
+                size: bytes.len() as u64,
+                media_type: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn settle_waits_for_every_queued_blob_and_names_one_that_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let (a, b, gone) = (b"parent a".to_vec(), b"parent b".to_vec(), b"gone".to_vec());
+        let cache = Memory {
+            store: &store,
+            blobs: vec![a.clone(), b.clone()],
+            missing: vec![job("x", &gone).desc.digest],
+        };
+        let fetches = Fetches::default();
+        // No fetcher yet: the caller fetches itself.
+        assert!(!fetches.push(job("core", &a)));
+        fetches.open();
+        std::thread::scope(|s| {
+            let fetcher = s.spawn(|| fetches.run(&cache, &store));
+            assert!(fetches.push(job("core", &a)));
+            assert!(fetches.push(job("big", &b)));
+            // The same blob twice is fetched once.
+            assert!(fetches.push(job("big-again", &b)));
+            fetches.settle().unwrap();
+            for blob in [&a, &b] {
+                assert!(store.has_blob(&crate::digest::sha256_hex(blob)));
+            }
+            assert!(fetches.push(job("child", &gone)));
+            let err = fetches.settle().unwrap_err().to_string();
+            assert!(
+                err.contains("image child") && err.contains(&job("x", &gone).desc.digest),
+                "{err}"
+            );
+            fetches.close();
+            fetcher.join().unwrap();
+        });
+        assert_eq!(fetches.take_failed().len(), 1);
+    }
+}

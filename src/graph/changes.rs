@@ -597,3 +597,56 @@ fn file_reasons(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_are_cut_from_strings_that_start_with_them_only() {
+        let roots = Roots::new(&[
+            Path::new("/work/fleet"),
+            Path::new("/real/fleet"),
+            Path::new("/imgbuild-at-commit"),
+        ]);
+        let json = r#"{"src":"/work/fleet/layers/base","dir":"/work/fleet","other":"/work/fleetx/a","inside":"x /work/fleet/y","at":"/imgbuild-at-commit/clients/a"}"#;
+        assert_eq!(
+            roots.strip(json),
+            r#"{"src":"layers/base","dir":".","other":"/work/fleetx/a","inside":"x /work/fleet/y","at":"clients/a"}"#
+        );
+    }
+
+    #[test]
+    fn the_commits_graph_is_loaded_only_when_its_inputs_may_differ() {
+        let yaml = Path::new("images.yaml");
+        let changes = |files: &[&str], reshaped| Changes {
+            files: files.iter().map(PathBuf::from).collect(),
+            reshaped,
+        };
+        // Files under layers, modified in place: the same graph.
+        assert!(!graph_may_differ(
+            &changes(&["clients/a/theme/x.css", "upstream/core/lib.php"], false),
+            yaml
+        ));
+        assert!(!graph_may_differ(&changes(&[], false), yaml));
+        // What the graph is read from, or a path that came or went.
+        for f in [
+            "images.yaml",
+            "images.lock",
+            "clients/a/client.yaml",
+            "x/y.yml",
+            "upstream/core/version.php",
+        ] {
+            assert!(graph_may_differ(&changes(&[f], false), yaml), "{f}");
+        }
+        assert!(graph_may_differ(
+            &changes(&["clients/a/theme/x.css"], true),
+            yaml
+        ));
+        // `-f fleet.conf`: that file too.
+        assert!(graph_may_differ(
+            &changes(&["fleet.conf"], false),
+            Path::new("fleet.conf")
+        ));
+    }
+}
