@@ -173,6 +173,17 @@ fn each_commit_selects_exactly_what_it_affects() {
         "files changed under core/1: core/1/version.txt",
     ));
 
+    // Only a file under a layer changed, none the graph is read from:
+    // the commit's graph is not loaded, the files alone tell.
+    ctx.write("clients/b/site/index.html", "b, redone");
+    commit(&ctx, "client b: its site");
+    expected.push((
+        "a client's layer file",
+        set(&["client-b"]),
+        "client-b",
+        "files changed under clients/b/site: clients/b/site/index.html",
+    ));
+
     rewrite(
         "images.yaml",
         "suite: bookworm, packages: [tzdata]",
@@ -276,9 +287,9 @@ fn each_commit_selects_exactly_what_it_affects() {
     assert!(reasons(&v, "client-d").contains("new image"), "{v}");
 
     // The human form names the image and the reason.
-    let run = ctx.run(&["plan", "--changed-since", "HEAD~6"]).success();
+    let run = ctx.run(&["plan", "--changed-since", "HEAD~7"]).success();
     assert!(run.stdout.contains("client-d\n"), "{}", run.stdout);
-    assert!(run.stderr.contains("since HEAD~6"), "{}", run.stderr);
+    assert!(run.stderr.contains("since HEAD~7"), "{}", run.stderr);
 }
 
 #[test]

@@ -64,6 +64,8 @@ impl<'a> Session<'a> {
         reporter.image_started(&image.name);
         let accounts = match base {
             Some((_, rec)) if image.layers.iter().any(|l| l.owner.is_some()) => {
+                // Owners by name: the parents' /etc/passwd, their bytes.
+                self.fetches.settle()?;
                 Accounts::of(self.store, rec)?
             }
             _ => Accounts::none(),
@@ -117,7 +119,7 @@ impl<'a> Session<'a> {
             let _writing = key_lock.lock().unwrap_or_else(|e| e.into_inner());
             let (record, how) = match self.cached_layer(&key)? {
                 Some(r) => (r, How::Reused),
-                None => match self.remote_layer(&key, reporter)? {
+                None => match self.remote_layer(&image.name, &key, reporter)? {
                     Some(r) => (r, How::Fetched),
                     None => {
                         let r = self.write_layer(image, i, l, &entries, &key, reporter)?;

@@ -953,7 +953,19 @@ impl Session<'_> {
             crate::spec::Parent::Registry(r) => r.to_string(),
         };
         let record = match &image.parent {
-            crate::spec::Parent::Image(p) => self.last_build(p)?.map(|r| r.image),
+            // Built now when this store never built it (a CI job's fresh
+            // store): from the layer cache when the session shares one.
+            crate::spec::Parent::Image(p) => match self.last_build(p)? {
+                Some(r) => Some(r.image),
+                None => match self
+                    .build(std::slice::from_ref(p), &super::report::Silent)?
+                    .remove(p)
+                {
+                    Some(Ok(o)) => Some(o.record),
+                    Some(Err(e)) => return Err(e),
+                    None => None,
+                },
+            },
             // Pulled now (or found in the store): its packages decide.
             crate::spec::Parent::Registry(r) => self
                 .pull_parents(std::slice::from_ref(&image.name))?

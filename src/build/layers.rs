@@ -122,18 +122,32 @@ impl<'a> Session<'a> {
             .filter(|r| self.store.blob_size(&hex_of(&r.desc.digest)) == Some(r.desc.size)))
     }
 
-    /// A layer from the shared cache, recorded in the local store. A cache
-    /// that cannot be reached costs a rebuild, not the build.
+    /// A layer from the shared cache, recorded in the local store, its
+    /// blob fetched behind the build (see `fetch`) when a build runs, else
+    /// now. A cache that cannot be reached costs a rebuild, not the build.
     pub(super) fn remote_layer(
         &self,
+        image: &str,
         key: &str,
         reporter: &dyn Reporter,
     ) -> Result<Option<LayerRecord>, BuildError> {
         let Some(cache) = self.cache else {
             return Ok(None);
         };
-        match cache.get(key) {
+        match cache.lookup(key) {
             Ok(Some(record)) => {
+                let job = super::fetch::Job {
+                    image: image.to_string(),
+                    key: key.to_string(),
+                    desc: record.desc.clone(),
+                };
+                if !self.store.has_blob(&hex_of(&record.desc.digest))
+                    && !self.fetches.push(job)
+                    && let Err(e) = cache.fetch(key, &record.desc)
+                {
+                    reporter.warning(&format!("layer cache: {e}; building instead"));
+                    return Ok(None);
+                }
                 self.store.put(Kind::Layers, key, &record)?;
                 Ok(Some(record))
             }

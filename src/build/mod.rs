@@ -14,6 +14,7 @@ mod assemble;
 pub mod debian;
 pub mod deliver;
 pub mod evidence;
+mod fetch;
 mod follow;
 mod ids;
 mod layers;
@@ -132,6 +133,15 @@ pub enum BuildError {
     },
     #[error("image {image} was not built because {parent}, which it is built from, failed")]
     ParentFailed { image: String, parent: String },
+    #[error(
+        "image {image}: the layer {digest} (found in the registry cache by {found_by}) could not be fetched: {reason}\n  hint: check that the cache repository still holds it, or build without --cache-repo"
+    )]
+    CacheFetch {
+        image: String,
+        digest: String,
+        found_by: String,
+        reason: String,
+    },
     #[error("no image named `{name}` in {file}{}", hint.as_ref().map(|h| format!("; did you mean `{h}`?")).unwrap_or_default())]
     UnknownImage {
         name: String,
@@ -241,8 +251,12 @@ pub trait Puller: Sync {
 
 /// A layer cache shared between machines (a registry repository).
 pub trait LayerCache: Sync {
-    /// The layer with `key`, its blob brought into the store; None on a miss.
-    fn get(&self, key: &str) -> Result<Option<LayerRecord>, remote::RemoteError>;
+    /// The layer with `key` as the cache records it, its blob not fetched;
+    /// None on a miss.
+    fn lookup(&self, key: &str) -> Result<Option<LayerRecord>, remote::RemoteError>;
+    /// Brings the blob of the layer `lookup` found under `key` into the
+    /// store, checked against its digest.
+    fn fetch(&self, key: &str, desc: &LayerDesc) -> Result<(), remote::RemoteError>;
     /// Shares a layer this build wrote.
     fn put(&self, key: &str, record: &LayerRecord) -> Result<(), remote::RemoteError>;
 }
@@ -267,4 +281,6 @@ pub struct Session<'a> {
     archives: debian::Archives,
     /// Image records read back, by key.
     records: records::Memo,
+    /// Cache layers' blobs still coming.
+    fetches: fetch::Fetches,
 }

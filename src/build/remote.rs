@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{ImageOutcome, LayerCache, LayerRecord, Puller, Reporter, Session};
 use crate::env;
 use crate::graph;
-use crate::oci::image::{ImageRecord, host_arch};
+use crate::oci::image::{ImageRecord, LayerDesc, host_arch};
 use crate::registry::pull::{last_pull, pull};
 use crate::registry::transfer::{self, Known, PushStats};
 use crate::registry::{Client, Reference, ReferenceError, RegistryError, auth::Sources, cache};
@@ -185,13 +185,13 @@ impl<'a> Remote<'a> {
         }
     }
 
-    fn cache_get(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
+    fn cache_lookup(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
         let Some(repo) = self.cache() else {
             return Ok(None);
         };
         let entry = self
             .rt
-            .block_on(cache::get(&self.client, self.store, repo, key))
+            .block_on(cache::lookup(&self.client, repo, key))
             .map_err(|e| self.cache_failed(e))?;
         Ok(entry.map(|e| {
             self.known
@@ -201,6 +201,19 @@ impl<'a> Remote<'a> {
                 created_by: e.created_by,
             }
         }))
+    }
+
+    fn cache_fetch(&self, key: &str, desc: &LayerDesc) -> Result<(), RemoteError> {
+        // Given up on since the look-up: the blob is not to be had.
+        let repo = self.cache_repo.as_ref().ok_or(RemoteError::NoRegistry)?;
+        let entry = cache::Entry {
+            key: key.to_string(),
+            desc: desc.clone(),
+            created_by: String::new(),
+        };
+        self.rt
+            .block_on(cache::fetch(&self.client, self.store, repo, &entry))
+            .map_err(RemoteError::from)
     }
 
     fn cache_put(&self, key: &str, record: &LayerRecord) -> Result<(), RemoteError> {
@@ -396,8 +409,12 @@ impl Remote<'_> {
 }
 
 impl LayerCache for Remote<'_> {
-    fn get(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
-        self.cache_get(key)
+    fn lookup(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
+        self.cache_lookup(key)
+    }
+
+    fn fetch(&self, key: &str, desc: &LayerDesc) -> Result<(), RemoteError> {
+        self.cache_fetch(key, desc)
     }
 
     fn put(&self, key: &str, record: &LayerRecord) -> Result<(), RemoteError> {

@@ -29,6 +29,7 @@ impl<'a> Session<'a> {
             overlay: std::sync::OnceLock::new(),
             archives: debian::Archives::default(),
             records: Default::default(),
+            fetches: Default::default(),
         }
     }
 
@@ -94,12 +95,55 @@ impl<'a> Session<'a> {
         let state = Mutex::new(queue);
         let cv = Condvar::new();
         std::thread::scope(|s| {
-            for _ in 0..jobs {
-                s.spawn(|| self.worker(&state, &cv, &pulled, reporter));
+            // Blobs found in the layer cache come behind the build (see
+            // `fetch`): images go on with their keys and digests. As many
+            // fetchers as workers, as many blobs at once as before.
+            let fetchers: Vec<_> = match self.cache {
+                Some(cache) => {
+                    self.fetches.open();
+                    (0..jobs)
+                        .map(|_| s.spawn(move || self.fetches.run(cache, self.store)))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let workers: Vec<_> = (0..jobs)
+                .map(|_| s.spawn(|| self.worker(&state, &cv, &pulled, reporter)))
+                .collect();
+            for w in workers {
+                if let Err(p) = w.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            self.fetches.close();
+            for f in fetchers {
+                if let Err(p) = f.join() {
+                    std::panic::resume_unwind(p);
+                }
             }
         });
         let queue = state.into_inner().unwrap_or_else(|e| e.into_inner());
-        Ok(queue.done.into_iter().collect())
+        let mut done: BTreeMap<String, Result<ImageOutcome, BuildError>> =
+            queue.done.into_iter().collect();
+        // A blob that did not come: tried once more, else every image made
+        // with it fails (its record names a blob the store lacks).
+        for (job, _) in self.fetches.take_failed() {
+            let Some(cache) = self.cache else { break };
+            let Err(e) = cache.fetch(&job.key, &job.desc) else {
+                continue;
+            };
+            let reason = e.to_string();
+            for (name, result) in done.iter_mut() {
+                if let Ok(o) = result
+                    && o.record.layers.iter().any(|l| l.digest == job.desc.digest)
+                {
+                    let err = super::fetch::failed(name, &job, &reason);
+                    reporter.image_failed(name, &err.to_string());
+                    *result = Err(err);
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Pulls (or finds in the store) every registry parent `order` needs.

@@ -154,6 +154,8 @@ impl<'a> Session<'a> {
         if done.is_dir() {
             return Ok(done);
         }
+        // The layers' bytes, some perhaps still coming from the cache.
+        self.fetches.settle()?;
         let tmp = self.store.tmp_dir();
         let work = self.store.temp_dir("rootfs-")?;
         let root = work.path().join("rootfs");
@@ -186,7 +188,7 @@ impl<'a> Session<'a> {
         if let Some(r) = self.cached_layer(key)? {
             return Ok((r, Made::Reused));
         }
-        if let Some(r) = self.remote_layer(key, reporter)? {
+        if let Some(r) = self.remote_layer(image, key, reporter)? {
             return Ok((r, Made::Fetched));
         }
         let (r, p) = build()?;

@@ -37,7 +37,9 @@ pub fn run(cli: &Cli, args: &LockArgs) -> Result<(), Failure> {
     // Quiet: only warnings (a pull that fell back to the last one) show.
     let warnings = Progress::new(true);
     let remote = Remote::new(&store, &remote_opts, &warnings)?;
-    let session = Session::new(&store, &spec, &opts).with_puller(&remote);
+    // A Debian image's parent that this store never built is built first,
+    // from the layer cache when one is set (a CI job's fresh store).
+    let session = Session::new(&store, &spec, &opts).with_remote(&remote);
     let path = path_for(&spec);
     let old = Lock::read(&path).map_err(Failure::usage)?;
     let (mut lock, outcomes) = session.lock(old.as_ref(), args.update.as_deref())?;

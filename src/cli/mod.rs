@@ -439,7 +439,12 @@ pub fn run() -> ExitCode {
     // where unpacked images keep their owners and steps can chown.
     if matches!(
         cli.command,
-        Command::Build(_) | Command::Push(_) | Command::Test(_) | Command::Run(_) | Command::Gc
+        Command::Build(_)
+            | Command::Push(_)
+            | Command::Test(_)
+            | Command::Run(_)
+            | Command::Gc
+            | Command::Lock(_)
     ) && let Some(code) = imgbuild::sandbox::reenter_in_userns()
     {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::since::{CommitKinds, Revision, RevisionError, Tree, Unfetched, WorkKinds};
+use super::since::{Changes, CommitKinds, Revision, RevisionError, Tree, Unfetched, WorkKinds};
 use crate::debian::lock::{FILE_NAME as LOCK_FILE, Lock, LockedImage};
 use crate::spec::{Image, LoadOptions, Spec, SpecError};
 
@@ -86,32 +86,42 @@ pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), Ch
             .unwrap_or_default(),
         read: &read_now,
     };
-    let now = Spec::load_with(
-        load.file,
-        &LoadOptions {
-            set: load.set,
-            fetcher: Some(&now_fetch),
-            context: load.context,
-            kinds: Some(&WorkKinds),
-            revision: load.revision,
-        },
-    )?;
-    let everything = |why: String| Impact {
-        since: rev.to_string(),
-        commit: String::new(),
-        changed_files: 0,
-        images: select_all(&now, &why),
+    let load_now = || {
+        Spec::load_with(
+            load.file,
+            &LoadOptions {
+                set: load.set,
+                fetcher: Some(&now_fetch),
+                context: load.context,
+                kinds: Some(&WorkKinds),
+                revision: load.revision,
+            },
+        )
     };
     if rev.trim_start_matches('0').is_empty() && rev.len() == NO_COMMIT.len() {
+        let now = load_now()?;
         let why = "no earlier commit to compare with (a new branch)".to_string();
-        return Ok((now.clone(), everything(why)));
+        let images = select_all(&now, &why);
+        return Ok((
+            now,
+            Impact {
+                since: rev.to_string(),
+                commit: String::new(),
+                changed_files: 0,
+                images,
+            },
+        ));
     }
     let revision = Revision::open(&here, rev)?;
-    // git's work (a scan of the work tree, the commit's tree and files)
-    // runs beside each other: each waits on the disk more than the CPU.
-    let (files, tree) = std::thread::scope(|scope| {
-        let files = scope.spawn(|| revision.changed_files());
-        let tree = scope.spawn(|| -> Result<Tree, RevisionError> {
+    // git's looks (which files changed; then, only if the graph's own
+    // files may differ, the commit's paths and files) run while the work
+    // tree's graph loads: each waits more than it computes.
+    let (now, git) = std::thread::scope(|scope| {
+        let git = scope.spawn(|| -> Result<(Changes, Option<Tree>), RevisionError> {
+            let changes = revision.changed_files()?;
+            if !graph_may_differ(&changes, &file_name) {
+                return Ok((changes, None));
+            }
             let mut tree = revision.tree()?;
             // The commit's images.yaml, client files and lock, read into
             // memory; its graph is loaded as if from a directory that is
@@ -126,37 +136,67 @@ pub fn changed_since(load: &Loading<'_>, rev: &str) -> Result<(Spec, Impact), Ch
                 )
                 .collect();
             revision.read_files(&mut tree, &wanted)?;
-            Ok(tree)
+            Ok((changes, Some(tree)))
         });
-        (join(files), join(tree))
+        (load_now(), join(git))
     });
-    let (files, tree) = (files?, tree?);
-    let root = PathBuf::from(super::since::AT_COMMIT);
-    let before_lock = Revision::text(&tree, Path::new(LOCK_FILE))
-        .and_then(|t| serde_json::from_str::<Lock>(&t).ok());
-    let before = match Revision::text(&tree, &file_name) {
-        None => Err(format!("{} is not in {rev}", load.file.display())),
-        Some(text) => load_before(
-            load,
-            &revision,
-            &tree,
-            &text,
-            &root,
-            &here,
-            &file_name,
-            &before_lock,
+    let now = now?;
+    let (changes, tree) = git?;
+    let mut impact = match &tree {
+        // Nothing the graph is read from changed (images.yaml, client
+        // files, the lock, a core's version.php) and no path came or went:
+        // the commit's graph is the work tree's, and only the files under
+        // layers tell images apart.
+        None => compare(
+            &now,
+            now_pins.as_ref(),
+            Ok(&now),
+            now_pins.as_ref(),
+            &changes.files,
         ),
+        Some(tree) => {
+            let root = PathBuf::from(super::since::AT_COMMIT);
+            let before_lock = Revision::text(tree, Path::new(LOCK_FILE))
+                .and_then(|t| serde_json::from_str::<Lock>(&t).ok());
+            let before = match Revision::text(tree, &file_name) {
+                None => Err(format!("{} is not in {rev}", load.file.display())),
+                Some(text) => load_before(
+                    load,
+                    &revision,
+                    tree,
+                    &text,
+                    &root,
+                    &here,
+                    &file_name,
+                    &before_lock,
+                ),
+            };
+            compare(
+                &now,
+                now_pins.as_ref(),
+                before.as_ref().map_err(String::as_str),
+                before_lock.as_ref(),
+                &changes.files,
+            )
+        }
     };
-    let mut impact = compare(
-        &now,
-        now_pins.as_ref(),
-        before.as_ref().map_err(String::as_str),
-        before_lock.as_ref(),
-        &files,
-    );
     impact.since = rev.to_string();
     impact.commit = revision.commit.clone();
     Ok((now, impact))
+}
+
+/// Whether the commit's graph may differ from the work tree's: a path
+/// came, went or changed kind, or a file changed that loading the graph
+/// reads (images.yaml, any YAML file (client files), images.lock, a
+/// `dir:` source's version.php).
+fn graph_may_differ(changes: &Changes, file_name: &Path) -> bool {
+    changes.reshaped
+        || changes.files.iter().any(|f| {
+            f == file_name
+                || f == Path::new(LOCK_FILE)
+                || f.file_name().is_some_and(|n| n == "version.php")
+                || matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -265,26 +305,34 @@ pub fn compare(
     };
     let here_real = now.dir.canonicalize().unwrap_or_else(|_| now.dir.clone());
     // A layer source given as a link is followed to its real path.
-    let roots = [now.dir.clone(), here_real.clone(), before.dir.clone()];
+    let roots = Roots::new(&[&now.dir, &here_real, &before.dir]);
+    // The same graph (nothing it is read from changed): only files tell.
+    let same = std::ptr::eq(now, before);
     let mut direct: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, image) in &now.images {
         let mut why = Vec::new();
         match before.images.get(name) {
+            _ if same => {}
             None => why.push("new image".to_string()),
-            Some(old) => {
+            // Part by part only when the whole differs: most images of a
+            // fleet do not.
+            Some(old) if whole(image, &roots) != whole(old, &roots) => {
                 for ((what, a), (_, b)) in parts(image, &roots).iter().zip(parts(old, &roots)) {
                     if *a != b {
                         why.push(format!("{what} changed"));
                     }
                 }
             }
+            Some(_) => {}
         }
-        why.extend(source_reasons(now, before, image));
-        why.extend(lock_reasons(
-            now_lock.and_then(|l| l.images.get(name)),
-            before_lock.and_then(|l| l.images.get(name)),
-            image.debian.is_some(),
-        ));
+        if !same {
+            why.extend(source_reasons(now, before, image));
+            why.extend(lock_reasons(
+                now_lock.and_then(|l| l.images.get(name)),
+                before_lock.and_then(|l| l.images.get(name)),
+                image.debian.is_some(),
+            ));
+        }
         why.extend(file_reasons(image, &now.dir, &here_real, &files));
         why.extend(outside_reasons(now, image, &here_real));
         if !why.is_empty() {
@@ -319,19 +367,72 @@ pub fn compare(
     }
 }
 
+/// The directories of images.yaml (the work tree's, its real path, the
+/// commit's stand-in), as JSON string contents, longest first.
+struct Roots(Vec<String>);
+
+impl Roots {
+    fn new(dirs: &[&Path]) -> Roots {
+        let mut roots: Vec<String> = dirs
+            .iter()
+            .map(|d| {
+                let quoted = serde_json::Value::String(d.display().to_string()).to_string();
+                quoted[1..quoted.len() - 1].to_string()
+            })
+            .collect();
+        roots.sort_by_key(|r| std::cmp::Reverse(r.len()));
+        roots.dedup();
+        Roots(roots)
+    }
+
+    /// `json` with every string that starts with a root cut to the rest
+    /// (`"ROOT/a"` → `"a"`, `"ROOT"` → `"."`), in one pass.
+    fn strip(&self, json: &str) -> String {
+        let mut out = String::with_capacity(json.len());
+        let mut rest = json;
+        while let Some(i) = rest.find('"') {
+            out.push_str(&rest[..=i]);
+            rest = &rest[i + 1..];
+            for root in &self.0 {
+                let Some(after) = rest.strip_prefix(root.as_str()) else {
+                    continue;
+                };
+                if let Some(a) = after.strip_prefix('/') {
+                    rest = a;
+                    break;
+                }
+                if after.starts_with('"') {
+                    out.push('.');
+                    rest = after;
+                    break;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Everything [`parts`] compares, in one text.
+fn whole(image: &Image, roots: &Roots) -> String {
+    let all = (
+        &image.parent,
+        &image.layers,
+        &image.run,
+        &image.test,
+        &image.config,
+        &image.tags,
+        &image.secrets,
+        image.network,
+        &image.debian,
+    );
+    roots.strip(&serde_json::to_string(&all).unwrap_or_default())
+}
+
 /// What an image is made of, part by part, with the directory of
 /// images.yaml cut off its paths so that both sides compare.
-fn parts(image: &Image, roots: &[PathBuf]) -> Vec<(&'static str, String)> {
-    let json = |v: serde_json::Value| {
-        let mut text = v.to_string();
-        for root in roots {
-            let quoted = serde_json::Value::String(root.display().to_string()).to_string();
-            let bare = &quoted[1..quoted.len() - 1];
-            text = text.replace(&format!("\"{bare}/"), "\"");
-            text = text.replace(&format!("\"{bare}\""), "\".\"");
-        }
-        text
-    };
+fn parts(image: &Image, roots: &Roots) -> Vec<(&'static str, String)> {
+    let json = |v: serde_json::Value| roots.strip(&v.to_string());
     use serde_json::to_value as v;
     let or_null = |r: Result<serde_json::Value, _>| r.unwrap_or(serde_json::Value::Null);
     vec![
@@ -533,4 +634,57 @@ fn file_reasons(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_are_cut_from_strings_that_start_with_them_only() {
+        let roots = Roots::new(&[
+            Path::new("/work/fleet"),
+            Path::new("/real/fleet"),
+            Path::new("/imgbuild-at-commit"),
+        ]);
+        let json = r#"{"src":"/work/fleet/layers/base","dir":"/work/fleet","other":"/work/fleetx/a","inside":"x /work/fleet/y","at":"/imgbuild-at-commit/clients/a"}"#;
+        assert_eq!(
+            roots.strip(json),
+            r#"{"src":"layers/base","dir":".","other":"/work/fleetx/a","inside":"x /work/fleet/y","at":"clients/a"}"#
+        );
+    }
+
+    #[test]
+    fn the_commits_graph_is_loaded_only_when_its_inputs_may_differ() {
+        let yaml = Path::new("images.yaml");
+        let changes = |files: &[&str], reshaped| Changes {
+            files: files.iter().map(PathBuf::from).collect(),
+            reshaped,
+        };
+        // Files under layers, modified in place: the same graph.
+        assert!(!graph_may_differ(
+            &changes(&["clients/a/theme/x.css", "upstream/core/lib.php"], false),
+            yaml
+        ));
+        assert!(!graph_may_differ(&changes(&[], false), yaml));
+        // What the graph is read from, or a path that came or went.
+        for f in [
+            "images.yaml",
+            "images.lock",
+            "clients/a/client.yaml",
+            "x/y.yml",
+            "upstream/core/version.php",
+        ] {
+            assert!(graph_may_differ(&changes(&[f], false), yaml), "{f}");
+        }
+        assert!(graph_may_differ(
+            &changes(&["clients/a/theme/x.css"], true),
+            yaml
+        ));
+        // `-f fleet.conf`: that file too.
+        assert!(graph_may_differ(
+            &changes(&["fleet.conf"], false),
+            Path::new("fleet.conf")
+        ));
+    }
 }

@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
 
 use crate::debian::lock::LockedSource;
 use crate::spec::{
@@ -56,6 +57,16 @@ pub enum RevisionError {
     },
 }
 
+/// What differs between a commit and the work tree.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Relative to the directory of images.yaml, sorted.
+    pub files: Vec<PathBuf>,
+    /// A file was added (or is new, untracked), removed or changed kind:
+    /// the commit's paths are not the work tree's.
+    pub reshaped: bool,
+}
+
 /// A commit, and the directory of images.yaml in the work tree.
 pub struct Revision {
     git: PathBuf,
@@ -66,6 +77,24 @@ pub struct Revision {
     pub given: String,
     /// Its commit id.
     pub commit: String,
+    /// One `git cat-file --batch` for every file read from the commit,
+    /// started at the first.
+    batch: Mutex<Option<Batch>>,
+}
+
+/// A running `git cat-file --batch`: object names in, contents out.
+struct Batch {
+    child: Child,
+    input: Option<ChildStdin>,
+    output: BufReader<ChildStdout>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Its input closed, git ends.
+        self.input.take();
+        let _ = self.child.wait();
+    }
 }
 
 /// What a commit holds under the directory of images.yaml.
@@ -116,7 +145,8 @@ impl Tree {
 
 impl Revision {
     /// `rev` in the repository that holds `dir`: an error that says what
-    /// to do when it is not there (a shallow clone, a typo).
+    /// to do when it is not there (a shallow clone, a typo). One `git
+    /// rev-parse` when it is there.
     pub fn open(dir: &Path, rev: &str) -> Result<Revision, RevisionError> {
         let git = crate::source::git_program()
             .ok_or(RevisionError::NoGit)?
@@ -126,48 +156,49 @@ impl Revision {
             dir: dir.to_path_buf(),
             given: rev.to_string(),
             commit: String::new(),
+            batch: Mutex::new(None),
         };
-        if r.output(&["rev-parse", "--show-toplevel"]).is_err() {
-            return Err(RevisionError::NotARepo {
-                dir: dir.to_path_buf(),
-            });
-        }
         let spec = format!("{rev}^{{commit}}");
-        match r.output(&[
+        if let Ok(out) = r.output(&[
             "rev-parse",
             "--verify",
             "--quiet",
             "--end-of-options",
             &spec,
         ]) {
-            Ok(out) => r.commit = String::from_utf8_lossy(&out).trim().to_string(),
-            Err(_) => {
-                let shallow = r
-                    .output(&["rev-parse", "--is-shallow-repository"])
-                    .is_ok_and(|o| o.starts_with(b"true"));
-                let hint = if shallow {
-                    format!(
-                        "this clone is shallow (GitLab fetches the last GIT_DEPTH commits, 20 by default) and `{rev}` is older: set `GIT_DEPTH: 0` in the job's variables, or `git fetch --deepen=100` (or `git fetch origin {rev}`) before this command"
-                    )
-                } else {
-                    format!(
-                        "check the name; a commit of another branch is fetched with `git fetch origin {rev}`"
-                    )
-                };
-                return Err(RevisionError::NotInHistory {
-                    rev: rev.to_string(),
-                    shallow,
-                    hint,
-                });
-            }
+            r.commit = String::from_utf8_lossy(&out).trim().to_string();
+            return Ok(r);
         }
-        Ok(r)
+        // Not there: outside a repository, or not in this clone's history.
+        let Ok(shallow) = r.output(&["rev-parse", "--is-shallow-repository"]) else {
+            return Err(RevisionError::NotARepo {
+                dir: dir.to_path_buf(),
+            });
+        };
+        let shallow = shallow.starts_with(b"true");
+        let hint = if shallow {
+            format!(
+                "this clone is shallow (GitLab fetches the last GIT_DEPTH commits, 20 by default) and `{rev}` is older: set `GIT_DEPTH: 0` in the job's variables, or `git fetch --deepen=100` (or `git fetch origin {rev}`) before this command"
+            )
+        } else {
+            format!(
+                "check the name; a commit of another branch is fetched with `git fetch origin {rev}`"
+            )
+        };
+        Err(RevisionError::NotInHistory {
+            rev: rev.to_string(),
+            shallow,
+            hint,
+        })
     }
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.git);
         c.current_dir(&self.dir)
             .env("GIT_TERMINAL_PROMPT", "0")
+            // A look, not a change: git leaves the index as it is (no lock
+            // to wait for, no write) even where it could refresh it.
+            .env("GIT_OPTIONAL_LOCKS", "0")
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE")
             .stdin(Stdio::null());
@@ -175,10 +206,27 @@ impl Revision {
     }
 
     fn output(&self, args: &[&str]) -> Result<Vec<u8>, RevisionError> {
-        let out = self
-            .command()
+        let child = self.spawn(args)?;
+        self.finish(args, child)
+    }
+
+    /// `git ARGS` started, its output to be taken by [`Revision::finish`]:
+    /// several run side by side.
+    fn spawn(&self, args: &[&str]) -> Result<Child, RevisionError> {
+        self.command()
             .args(args)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| RevisionError::Io {
+                path: self.git.clone(),
+                source,
+            })
+    }
+
+    fn finish(&self, args: &[&str], child: Child) -> Result<Vec<u8>, RevisionError> {
+        let out = child
+            .wait_with_output()
             .map_err(|source| RevisionError::Io {
                 path: self.git.clone(),
                 source,
@@ -195,40 +243,53 @@ impl Revision {
 
     /// The files that differ between the commit and the work tree (tracked
     /// or new, not ignored; a wholly new directory as one entry), relative
-    /// to the directory of images.yaml, sorted.
-    pub fn changed_files(&self) -> Result<Vec<PathBuf>, RevisionError> {
-        let mut out = Vec::new();
-        let diff = self.output(&[
+    /// to the directory of images.yaml, sorted; and whether any was added,
+    /// removed or changed kind (the commit's paths are not the work
+    /// tree's). git's two looks (the tracked files against the commit, the
+    /// directories for new files) run side by side.
+    pub fn changed_files(&self) -> Result<Changes, RevisionError> {
+        let diff_args = [
             "-c",
             "core.quotepath=off",
             "diff",
-            "--name-only",
+            "--name-status",
             "--no-renames",
             "--relative",
             "-z",
             &self.commit,
             "--",
-        ])?;
+        ];
         // A directory git does not track at all is one entry (`dir/`), not
         // a walk through it (a store kept in the project, say).
-        let new = self.output(&[
+        let new_args = [
             "ls-files",
             "-z",
             "--others",
             "--exclude-standard",
             "--directory",
             "--no-empty-directory",
-        ])?;
-        for list in [diff, new] {
-            out.extend(
-                list.split(|b| *b == 0)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned())),
-            );
+        ];
+        let diff = self.spawn(&diff_args)?;
+        let new = self.spawn(&new_args)?;
+        let diff = self.finish(&diff_args, diff)?;
+        let new = self.finish(&new_args, new)?;
+        let path = |p: &[u8]| PathBuf::from(String::from_utf8_lossy(p).into_owned());
+        let mut changes = Changes::default();
+        // `STATUS NUL PATH NUL`, one path each (no renames).
+        let mut fields = diff.split(|b| *b == 0).filter(|f| !f.is_empty());
+        while let (Some(status), Some(p)) = (fields.next(), fields.next()) {
+            if status != b"M" {
+                changes.reshaped = true;
+            }
+            changes.files.push(path(p));
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        for p in new.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+            changes.reshaped = true;
+            changes.files.push(path(p));
+        }
+        changes.files.sort();
+        changes.files.dedup();
+        Ok(changes)
     }
 
     /// Every path of the commit under the directory of images.yaml.
@@ -262,53 +323,98 @@ impl Revision {
     }
 
     /// Reads the commit's `wanted` files (relative paths) into `tree`, in
-    /// one `git cat-file --batch`.
+    /// one exchange with `git cat-file --batch`.
     pub fn read_files(&self, tree: &mut Tree, wanted: &[PathBuf]) -> Result<(), RevisionError> {
-        let blobs: Vec<(PathBuf, String)> = wanted
+        let (rels, blobs): (Vec<PathBuf>, Vec<String>) = wanted
             .iter()
             .filter_map(|p| tree.blob(p).map(|b| (p.clone(), b.to_string())))
-            .collect();
-        if blobs.is_empty() {
-            return Ok(());
+            .unzip();
+        for (rel, body) in rels.into_iter().zip(self.blobs(&blobs)?) {
+            if let Some(body) = body {
+                tree.texts
+                    .insert(rel, String::from_utf8_lossy(&body).into_owned());
+            }
         }
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RevisionError::Io { path, source }
-        };
-        let mut child = self
-            .command()
-            .args(["cat-file", "--batch"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(io(&self.git))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let names: String = blobs.iter().map(|(_, b)| format!("{b}\n")).collect();
-        // Fed from another thread: git answers while it reads.
-        let feeder = std::thread::spawn(move || stdin.write_all(names.as_bytes()));
-        let mut reader = BufReader::new(child.stdout.take().expect("piped"));
-        for (rel, _) in blobs {
-            let mut header = String::new();
-            reader.read_line(&mut header).map_err(io(&self.git))?;
-            let size: usize = header
-                .split(' ')
-                .nth(2)
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| RevisionError::Git {
-                    command: "cat-file --batch".into(),
-                    status: "bad answer".into(),
-                    output: header.trim().to_string(),
-                })?;
-            let mut body = vec![0; size + 1];
-            reader.read_exact(&mut body).map_err(io(&self.git))?;
-            body.pop();
-            tree.texts
-                .insert(rel, String::from_utf8_lossy(&body).into_owned());
-        }
-        let _ = feeder.join();
-        let _ = child.wait();
         Ok(())
+    }
+
+    /// The contents of these blobs (None for one the repository lacks),
+    /// from the one `git cat-file --batch` of this revision.
+    fn blobs(&self, names: &[String]) -> Result<Vec<Option<Vec<u8>>>, RevisionError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let io = |source| RevisionError::Io {
+            path: self.git.clone(),
+            source,
+        };
+        let mut slot = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            let mut child = self
+                .command()
+                .args(["cat-file", "--batch"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(io)?;
+            *slot = Some(Batch {
+                input: child.stdin.take(),
+                output: BufReader::new(child.stdout.take().expect("piped")),
+                child,
+            });
+        }
+        let batch = slot.as_mut().expect("started above");
+        let Batch { input, output, .. } = batch;
+        let input = input.as_mut().expect("open until dropped");
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        std::thread::scope(|scope| {
+            // Fed from another thread: git answers while it reads, and
+            // both pipes fill with many names.
+            let feeder = scope.spawn(move || input.write_all(text.as_bytes()).and(input.flush()));
+            let mut out = Vec::with_capacity(names.len());
+            for _ in names {
+                let mut header = String::new();
+                output.read_line(&mut header).map_err(io)?;
+                // `<object> blob <size>`, or `<object> missing`.
+                let mut f = header.split_whitespace();
+                let (size, kind) = (f.nth(2), f.next());
+                let size: Option<usize> = match (header.trim_end().ends_with(" missing"), size) {
+                    (true, _) => None,
+                    (false, Some(s)) if kind.is_none() => {
+                        Some(s.parse().map_err(|_| RevisionError::Git {
+                            command: "cat-file --batch".into(),
+                            status: "bad answer".into(),
+                            output: header.trim().to_string(),
+                        })?)
+                    }
+                    _ => {
+                        return Err(RevisionError::Git {
+                            command: "cat-file --batch".into(),
+                            status: "bad answer".into(),
+                            output: header.trim().to_string(),
+                        });
+                    }
+                };
+                out.push(match size {
+                    None => None,
+                    Some(size) => {
+                        let mut body = vec![0; size + 1];
+                        output.read_exact(&mut body).map_err(io)?;
+                        body.pop();
+                        Some(body)
+                    }
+                });
+            }
+            feeder
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                .map_err(io)?;
+            Ok(out)
+        })
     }
 
     /// A file read by [`Revision::read_files`].
@@ -321,9 +427,9 @@ impl Revision {
         if let Some(t) = tree.texts.get(rel) {
             return Some(t.clone());
         }
-        let blob = tree.blob(rel)?;
-        let out = self.output(&["cat-file", "blob", blob]).ok()?;
-        String::from_utf8(out).ok()
+        let blob = tree.blob(rel)?.to_string();
+        let body = self.blobs(&[blob]).ok()?.pop()??;
+        String::from_utf8(body).ok()
     }
 }
 

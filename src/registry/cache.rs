@@ -35,11 +35,22 @@ fn err(r: &Reference, reason: String) -> RegistryError {
     }
 }
 
-/// Looks up `key` in `repo`; on a hit the layer blob is fetched into the
-/// store (its digest and size checked) and the entry returned.
-pub async fn get(
+/// Brings the layer blob of `entry` (from [`lookup`] in `repo`) into the
+/// store, its digest and size checked.
+pub async fn fetch(
     client: &Client,
     store: &Store,
+    repo: &Reference,
+    entry: &Entry,
+) -> Result<(), RegistryError> {
+    let at = repo.with_tag(&tag(&entry.key));
+    super::pull::fetch_blob(client, store, &at, &entry.desc.digest, entry.desc.size).await
+}
+
+/// Looks up `key` in `repo`: the entry (the manifest and its config, both
+/// small), the layer blob not fetched.
+pub async fn lookup(
+    client: &Client,
     repo: &Reference,
     key: &str,
 ) -> Result<Option<Entry>, RegistryError> {
@@ -71,7 +82,6 @@ pub async fn get(
     {
         return Err(err(&at, "cache entry disagrees with its manifest".into()));
     }
-    super::pull::fetch_blob(client, store, &at, &entry.desc.digest, entry.desc.size).await?;
     Ok(Some(entry))
 }
 

@@ -18,7 +18,12 @@
 //! Pipeline 1 builds and pushes the fixture fleet (a Debian root, a Debian
 //! layer from the test repository with a `run:` step, a file layer); each
 //! job fetches its parents' layers from the registry cache. Pipeline 2, on
-//! fresh runners again, builds nothing and uploads no blob.
+//! fresh runners again, builds nothing and uploads no blob. Then the
+//! scheduled `imgbuild:lock-update` job: with images.lock already up to
+//! date it commits and pushes nothing; with a stale one committed it pushes
+//! the new lock on its branch, with the push options that make GitLab open
+//! a merge request, to a local bare repository standing for the project's
+//! (`IMGBUILD_LOCK_REMOTE`).
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -107,6 +112,9 @@ fn fleet_ci(image: &str) -> String {
 variables:
   IMGBUILD_IMAGE: "{image}"
 imgbuild:generate:
+  before_script:
+    - grep -E '^(CapEff|Seccomp):' /proc/self/status
+imgbuild:lock-update:
   before_script:
     - grep -E '^(CapEff|Seccomp):' /proc/self/status
 "#
@@ -322,7 +330,7 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
     // elsewhere: out of git, it saves hashing it.
     cx.write(
         ".gitignore",
-        "/debian.tar\n/.imgbuild/\n/imgbuild-pipeline.yml\n",
+        "/debian.tar\n/.imgbuild/\n/imgbuild-pipeline.yml\n/lock-remote.git/\n",
     );
     git(&cx.root, &["init", "-q", "-b", "main"]);
     git(&cx.root, &["add", "-A"]);
@@ -448,5 +456,121 @@ fn a_pipeline_in_imgbuilds_own_image_builds_a_fleet_then_rebuilds_nothing() {
     let log = reg.access_log();
     let again = uploads(&log[before..]);
     assert!(again.is_empty(), "pipeline 2 uploaded blobs: {again:?}");
+    eprintln!(
+        "e2e: pipeline 2 done at {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    lock_update(&cx, &env);
     eprintln!("e2e: {:.1} s in all", start.elapsed().as_secs_f64());
+}
+
+/// The branch the lock-update job pushes to (the template's default).
+const LOCK_BRANCH: &str = "imgbuild/lock-update";
+
+/// The scheduled lock-update job, twice: images.lock up to date (nothing
+/// committed, nothing pushed), then stale (the new lock committed on
+/// LOCK_BRANCH and pushed with GitLab's merge request push options).
+fn lock_update(cx: &Ctx, env: &[(String, String)]) {
+    // The project's repository as the job sees it: a bare one in the
+    // build directory (a path the container has), which takes push
+    // options, as GitLab does, and keeps them.
+    let remote = cx.path("lock-remote.git");
+    git(
+        &cx.root,
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    git(&remote, &["config", "receive.advertisePushOptions", "true"]);
+    let hook = remote.join("hooks/post-receive");
+    fs::write(
+        &hook,
+        "#!/bin/sh\nenv | sed -n 's/^GIT_PUSH_OPTION_[0-9]*=//p' >> push-options\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut env = env.to_vec();
+    env.extend([
+        ("CI_PIPELINE_SOURCE".to_string(), "schedule".to_string()),
+        ("IMGBUILD_LOCK_UPDATE".into(), "1".into()),
+        ("IMGBUILD_LOCK_REMOTE".into(), "./lock-remote.git".into()),
+        ("IMGBUILD_LOCK_TOKEN".into(), "glpat-lock-token-8Hq2".into()),
+        ("CI_PIPELINE_ID".into(), "4242".into()),
+    ]);
+    let refs = || git(&remote, &["for-each-ref", "--format=%(refname)"]);
+
+    // Up to date: nothing to commit.
+    let out = run_job(&cx.root, ".gitlab-ci.yml", "imgbuild:lock-update", &env);
+    assert!(
+        out.contains("images.lock: unchanged, nothing to commit"),
+        "the lock-update job did not find images.lock unchanged:\n{out}"
+    );
+    assert_eq!(refs(), "", "an unchanged lock pushed something:\n{out}");
+    assert!(!remote.join("push-options").exists());
+
+    // Stale: a package pinned at a version the repository no longer has.
+    let fresh = fs::read_to_string(cx.path("images.lock")).unwrap();
+    let mut lock: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    let packages = lock["images"]["app"]["packages"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("images.lock pins no packages for app:\n{fresh}"));
+    packages[0]["version"] = "0.0-0".into();
+    let stale = serde_json::to_string_pretty(&lock).unwrap() + "\n";
+    cx.write("images.lock", &stale);
+    git(&cx.root, &["add", "images.lock"]);
+    git(
+        &cx.root,
+        &[
+            "-c",
+            "user.name=fleet",
+            "-c",
+            "user.email=fleet@example.org",
+            "commit",
+            "-q",
+            "-m",
+            "images.lock: stale",
+        ],
+    );
+    let main = git(&cx.root, &["rev-parse", "HEAD"]);
+    let out = run_job(&cx.root, ".gitlab-ci.yml", "imgbuild:lock-update", &env);
+    assert!(
+        !out.contains("glpat-lock-token-8Hq2"),
+        "the job's output shows the token:\n{out}"
+    );
+    assert_eq!(
+        refs(),
+        format!("refs/heads/{LOCK_BRANCH}"),
+        "the new lock was not pushed on its branch:\n{out}"
+    );
+    let pushed = git(&remote, &["rev-parse", LOCK_BRANCH]);
+    assert_eq!(
+        git(&remote, &["rev-parse", &format!("{pushed}^")]),
+        main,
+        "the lock's commit is not on the scheduled pipeline's commit"
+    );
+    assert_eq!(
+        git(
+            &remote,
+            &["diff-tree", "--no-commit-id", "--name-only", "-r", &pushed]
+        ),
+        "images.lock",
+        "the lock's commit changes more than images.lock"
+    );
+    let new_lock = git(&remote, &["show", &format!("{pushed}:images.lock")]);
+    assert_eq!(
+        new_lock,
+        fresh.trim_end(),
+        "the pushed images.lock is not the one `lock --update` resolves"
+    );
+    let options = fs::read_to_string(remote.join("push-options")).unwrap_or_default();
+    for want in [
+        "merge_request.create",
+        "merge_request.target=main",
+        "merge_request.remove_source_branch",
+    ] {
+        assert!(
+            options.lines().any(|l| l == want),
+            "push option {want} missing: {options:?}"
+        );
+    }
 }
