@@ -3,16 +3,17 @@
 //! API indexes them itself; for one without (Debian's distribution 2.8),
 //! the distribution spec's fallback is kept: an image index tagged
 //! `sha256-<hex>` (the subject's digest) listing every referrer.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use crate::oci::image::{canonical_json, hex_of};
 use crate::registry::client::Scope;
-use crate::registry::transfer::{Known, put_blob};
+use crate::registry::transfer::{Known, bounded, put_bytes};
 use crate::registry::{Client, Reference, RegistryError};
-use crate::store::Store;
 
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -98,6 +99,31 @@ async fn has_api(client: &Client, r: &Reference, subject: &str) -> Result<bool, 
             .is_some_and(|t| t.starts_with(INDEX)))
 }
 
+/// Whether each registry has the referrers API, asked once per registry in
+/// a run (it is the registry's feature, not a repository's), however many
+/// images are attached side by side.
+#[derive(Default)]
+pub struct Api {
+    by_registry: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
+}
+
+impl Api {
+    pub async fn supported(
+        &self,
+        client: &Client,
+        r: &Reference,
+        subject: &str,
+    ) -> Result<bool, RegistryError> {
+        let cell = match self.by_registry.lock() {
+            Ok(mut m) => m.entry(r.registry.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        cell.get_or_try_init(|| has_api(client, r, subject))
+            .await
+            .copied()
+    }
+}
+
 /// The referrers of `subject` in `r`'s repository, as index entries: from
 /// the referrers API where there is one, else from the fallback tag.
 pub async fn list(
@@ -147,49 +173,111 @@ async fn fallback_index(
     }
 }
 
-/// Pushes `referrers` of `subject` (digest, size) into `r`'s repository:
-/// their blobs, their manifests (by digest, and under their tag), then the
-/// fallback index when the registry has no referrers API. An entry of the
+/// What a repository holds of an image's referrers before an attach.
+pub struct Listing {
+    /// The registry keeps the referrers itself: no fallback index.
+    pub api: bool,
+    /// The entries listed (by the API, or the fallback index).
+    pub entries: Vec<Value>,
+}
+
+/// The referrers `subject` has in `r`'s repository: one request (the API's
+/// list, or the fallback tag), once `api` knows the registry.
+pub async fn listing(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    api: &Api,
+) -> Result<Listing, RegistryError> {
+    if api.supported(client, r, subject).await? {
+        return Ok(Listing {
+            api: true,
+            entries: list(client, r, subject).await?,
+        });
+    }
+    Ok(Listing {
+        api: false,
+        entries: fallback_index(client, r, subject).await?,
+    })
+}
+
+/// A referrer as attached: what `--json` reports of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub artifact_type: String,
+    pub digest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl Referrer {
+    pub fn attached(&self) -> Attached {
+        Attached {
+            artifact_type: self.artifact_type.clone(),
+            digest: self.digest(),
+            tag: self.tag.clone(),
+        }
+    }
+}
+
+/// Pushes `referrers` of `subject` into `r`'s repository, as `listing`
+/// found it: the blobs and manifests it lacks (a referrer it lists is
+/// there, with its blobs; a tagged one also needs its tag to name it
+/// already, per `tags_now`), small blobs each in one request, then the
+/// fallback index (one PUT, only if it changed) when the registry has no
+/// referrers API. Blobs go side by side, then manifests side by side, so
+/// an image costs a few round trips, not one per request. An entry of the
 /// index is replaced by one of the same artifact type and tag (a `.sig`
 /// that gained a signature); the rest are kept. Repeating a push changes
 /// nothing: entries are keyed by digest and sorted.
-pub async fn attach(
+pub async fn attach_listed(
     client: &Client,
-    store: &Store,
     r: &Reference,
     subject: &str,
-    referrers: &[Referrer],
+    referrers: &[&Referrer],
+    listing: Listing,
+    tags_now: &BTreeMap<String, String>,
     known: &Known,
-) -> Result<Vec<String>, RegistryError> {
-    let mut pushed = Vec::new();
-    for referrer in referrers {
-        for blob in &referrer.blobs {
-            let hex = store.put_blob(blob)?;
-            put_blob(
-                client,
-                store,
-                r,
-                &format!("sha256:{hex}"),
-                blob.len() as u64,
-                known,
-            )
-            .await?;
+) -> Result<Vec<Attached>, RegistryError> {
+    let listed: BTreeSet<&str> = listing
+        .entries
+        .iter()
+        .filter_map(|e| e["digest"].as_str())
+        .collect();
+    let missing: Vec<&Referrer> = referrers
+        .iter()
+        .copied()
+        .filter(|m| {
+            let d = m.digest();
+            !listed.contains(d.as_str())
+                || m.tag.as_ref().is_some_and(|t| tags_now.get(t) != Some(&d))
+        })
+        .collect();
+    // Each distinct blob once (the empty config is every artifact's), and
+    // none this run already put in this repository.
+    let mut blobs: BTreeMap<String, &[u8]> = BTreeMap::new();
+    for m in &missing {
+        for b in &m.blobs {
+            blobs.insert(crate::digest::digest_of(b).to_string(), b);
         }
-        let digest = referrer.digest();
-        client
-            .put_manifest(&r.with_digest(&digest), &referrer.manifest, MANIFEST)
-            .await?;
-        if let Some(tag) = &referrer.tag {
-            client
-                .put_manifest(&r.with_tag(tag), &referrer.manifest, MANIFEST)
-                .await?;
-        }
-        pushed.push(digest);
     }
-    if has_api(client, r, subject).await? {
-        return Ok(pushed);
+    let uploads = blobs.iter().map(|(d, b)| put_bytes(client, r, d, b, known));
+    bounded(uploads.collect()).await?;
+    // Manifests only once every blob is there; a tagged one is put under
+    // its tag alone (that makes it known by digest too).
+    let puts = missing.iter().map(|m| async move {
+        let target = match &m.tag {
+            Some(t) => r.with_tag(t),
+            None => r.with_digest(&m.digest()),
+        };
+        client.put_manifest(&target, &m.manifest, MANIFEST).await
+    });
+    bounded(puts.collect()).await?;
+    let attached = referrers.iter().map(|m| m.attached()).collect();
+    if listing.api {
+        return Ok(attached);
     }
-    let mut entries = fallback_index(client, r, subject).await?;
+    let mut entries = listing.entries.clone();
     for referrer in referrers {
         let digest = referrer.digest();
         let tag_key = |e: &Value| {
@@ -220,15 +308,40 @@ pub async fn attach(
         (a["artifactType"].as_str(), a["digest"].as_str())
             .cmp(&(b["artifactType"].as_str(), b["digest"].as_str()))
     });
-    let index = canonical_json(&json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX,
-        "manifests": entries,
-    }));
-    client
-        .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
-        .await?;
-    Ok(pushed)
+    if entries != listing.entries {
+        let index = canonical_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX,
+            "manifests": entries,
+        }));
+        client
+            .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
+            .await?;
+    }
+    Ok(attached)
+}
+
+/// Pushes `referrers` of `subject` into `r`'s repository (see
+/// [`attach_listed`]), listing what is there first.
+pub async fn attach(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    referrers: &[Referrer],
+    known: &Known,
+) -> Result<Vec<Attached>, RegistryError> {
+    let listing = listing(client, r, subject, &Api::default()).await?;
+    let referrers: Vec<&Referrer> = referrers.iter().collect();
+    attach_listed(
+        client,
+        r,
+        subject,
+        &referrers,
+        listing,
+        &BTreeMap::new(),
+        known,
+    )
+    .await
 }
 
 /// The first blob of `r`'s newest referrer of `artifact_type` (by the

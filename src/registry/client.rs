@@ -531,6 +531,66 @@ impl Client {
         }
     }
 
+    /// Uploads a small blob held in memory in one request (the spec's
+    /// monolithic `POST …/blobs/uploads/?digest=`), or two where the
+    /// registry opens a session instead (`202`: the bytes then go in one
+    /// `PUT`). An SBOM or a signature is a few KB: three round trips of a
+    /// chunked upload would cost more than its bytes. Retried as a whole.
+    pub async fn upload_bytes(
+        &self,
+        r: &Reference,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), RegistryError> {
+        let url = self.url(r, "blobs/uploads/");
+        let scopes = [Scope::push(&r.repository)];
+        let what = "uploading a blob";
+        let body = bytes.to_vec();
+        let resp = self
+            .send(r, &scopes, what, &|h| {
+                h.post(&url)
+                    .query(&[("digest", digest)])
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body.clone())
+            })
+            .await?;
+        let resp = match resp.status() {
+            StatusCode::CREATED => resp,
+            StatusCode::ACCEPTED => {
+                let location = self.location(r, &resp)?;
+                let resp = self
+                    .send(r, &scopes, what, &|h| {
+                        h.put(&location)
+                            .query(&[("digest", digest)])
+                            .header(header::CONTENT_TYPE, "application/octet-stream")
+                            .body(body.clone())
+                    })
+                    .await?;
+                if resp.status() != StatusCode::CREATED {
+                    let e = status_error(r, what, resp.status(), resp).await;
+                    return Err(of_blob(e, digest));
+                }
+                resp
+            }
+            s => return Err(of_blob(status_error(r, what, s, resp).await, digest)),
+        };
+        // The registry names what it stored; anything else is not our blob.
+        if let Some(stored) = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            && stored != digest
+        {
+            return Err(RegistryError::Mismatch {
+                reference: r.to_string(),
+                digest: digest.to_string(),
+                expected: digest.to_string(),
+                actual: stored.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Puts the finished upload under its digest.
     async fn finish_upload(
         &self,
