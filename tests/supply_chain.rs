@@ -288,8 +288,15 @@ fn signed_pushes_carry_referrers_that_stay_right_and_verify_judges_them() {
     }
 
     // A second push and a re-tag leave the index as it was; the second
-    // push reports the same referrers, found in place.
+    // push reports the same referrers, found in place, and sends none of
+    // them again.
+    let before = (reg.manifest_puts(), reg.uploads());
     assert_eq!(reported(&push_signed(&[])), indexed);
+    assert_eq!(
+        (reg.manifest_puts(), reg.uploads()),
+        before,
+        "a repeated push put manifests or blobs the registry had"
+    );
     cx.run(&[
         "tag",
         &format!("{prefix}/app:latest"),

@@ -273,7 +273,7 @@ impl<'a> Remote<'a> {
                 ));
             }
         }
-        let side = self.early_blobs(&items, &meta, early);
+        let side = |in_place| self.early_blobs(&items, &meta, in_place, early);
         let stats = self.rt.block_on(transfer::push_beside(
             &self.client,
             self.store,
@@ -303,6 +303,7 @@ impl<'a> Remote<'a> {
         &self,
         items: &[transfer::PushItem<'_>],
         meta: &[(String, String, String, Vec<String>)],
+        in_place: Vec<bool>,
         early: Option<EarlyEvidence<'_>>,
     ) -> Result<(), RegistryError> {
         use futures_util::{StreamExt, TryStreamExt};
@@ -314,6 +315,7 @@ impl<'a> Remote<'a> {
         });
         // Images side by side, each one's blobs side by side: the requests
         // are small, and go beside the layers' big uploads.
+        let in_place = &in_place;
         made.map(|made| async move {
             let Some((name, blobs)) = made else {
                 return Err(RegistryError::Setup(
@@ -321,7 +323,11 @@ impl<'a> Remote<'a> {
                 ));
             };
             let mut jobs = Vec::new();
-            for (item, (_, _, digest, tags)) in items.iter().zip(meta).filter(|(_, m)| m.0 == name)
+            // An image whose tags were all in place most likely has its
+            // evidence there too: the attach sends what its listing lacks.
+            let pushed = items.iter().zip(meta).zip(in_place);
+            for ((item, (_, _, digest, tags)), _) in
+                pushed.filter(|((_, m), in_place)| m.0 == name && !**in_place)
             {
                 let r = &item.dest;
                 let mut all: BTreeMap<String, Vec<u8>> = blobs

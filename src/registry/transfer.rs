@@ -130,20 +130,25 @@ pub async fn push_many(
     items: &[PushItem<'_>],
     known: &Known,
 ) -> Result<Vec<PushStats>, RegistryError> {
-    push_beside(client, store, items, known, async { Ok(()) }).await
+    push_beside(client, store, items, known, |_| async { Ok(()) }).await
 }
 
 /// [`push_many`], with `side` run beside the blob uploads and the
 /// manifests (the tags) put only once both are done: the images' SBOMs
 /// are made and their blobs sent while the layers go up, and a failure
-/// there leaves every tag where it was.
-pub async fn push_beside(
+/// there leaves every tag where it was. `side` is told which items had
+/// every tag in place already (nothing of theirs is pushed).
+pub async fn push_beside<S, F>(
     client: &Client,
     store: &Store,
     items: &[PushItem<'_>],
     known: &Known,
-    side: impl std::future::Future<Output = Result<(), RegistryError>>,
-) -> Result<Vec<PushStats>, RegistryError> {
+    side: S,
+) -> Result<Vec<PushStats>, RegistryError>
+where
+    S: FnOnce(Vec<bool>) -> F,
+    F: std::future::Future<Output = Result<(), RegistryError>>,
+{
     let stats: Vec<Mutex<PushStats>> = items
         .iter()
         .map(|_| Mutex::new(PushStats::default()))
@@ -196,7 +201,8 @@ pub async fn push_beside(
         }
         Ok::<(), RegistryError>(())
     };
-    let (blobs, side) = futures_util::future::join(blobs, side).await;
+    let in_place = current.iter().map(|c| c.iter().all(|&c| c)).collect();
+    let (blobs, side) = futures_util::future::join(blobs, side(in_place)).await;
     blobs?;
     side?;
     let media = MediaType::ImageManifest.to_string();
