@@ -93,13 +93,17 @@ def median(mode):
         return r["median_s"] if r.get("ok", True) else None
     except (OSError, KeyError, ValueError):
         return None
-def up(mode):
+def count(mode, key):
     try:
-        return json.load(open(f"{out}/count-{mode}.json"))["counts"]["up_bytes"]
+        snap = json.load(open(f"{out}/count-{mode}.json"))
+        return snap["counts"][key] if key in snap["counts"] else snap[key]
     except (OSError, KeyError, ValueError):
         return None
+up = lambda mode: count(mode, "up_bytes")
 p, e = median("plain"), median("evidence")
 bp, be = up("plain"), up("evidence")
+rp, re_ = count("plain", "requests"), count("evidence", "requests")
+cp, ce = count("plain", "registry_cpu_s"), count("evidence", "registry_cpu_s")
 fmt = lambda v, f: "n/a" if v is None else f.format(v)
 ratio = e / p if p and e else None
 per_image = (be - bp) / images if bp is not None and be is not None else None
@@ -108,7 +112,14 @@ print(f"push --all (median)          {fmt(p, '{:.2f} s')}")
 print(f"push --all with evidence     {fmt(e, '{:.2f} s')}")
 print(f"ratio                        {fmt(ratio, '{:.3f}')}  (target <= 1.10)")
 print(f"evidence bytes per image     {fmt(per_image, '{:.0f} B')}  (target <= 51200 B)")
+# The counting pushes' requests and the registry's CPU: on a loopback registry each
+# request costs the server CPU, which is most of what the evidence adds.
+req = (re_ - rp) / images if rp is not None and re_ is not None else None
+print(f"requests (plain / evidence)  {fmt(rp, '{}')} / {fmt(re_, '{}')}  ({fmt(req, '{:.1f}')} more per image)")
+print(f"registry CPU (plain / evid.) {fmt(cp, '{:.2f} s')} / {fmt(ce, '{:.2f} s')}")
 json.dump({"images": images, "plain_s": p, "evidence_s": e, "ratio": ratio,
-           "bytes_plain": bp, "bytes_evidence": be, "evidence_bytes_per_image": per_image},
+           "bytes_plain": bp, "bytes_evidence": be, "evidence_bytes_per_image": per_image,
+           "requests_plain": rp, "requests_evidence": re_,
+           "registry_cpu_plain_s": cp, "registry_cpu_evidence_s": ce},
           open(f"{out}/supply.json", "w"), indent=2)
 PY

@@ -164,7 +164,7 @@ fn signed_pushes_carry_referrers_that_stay_right_and_verify_judges_them() {
             .success()
             .json()
     };
-    push_signed(&[]);
+    let report = push_signed(&[]);
     let digest = reg.digest("sc/app", "latest").unwrap();
     let want_kinds = [
         "application/spdx+json",
@@ -176,6 +176,32 @@ fn signed_pushes_carry_referrers_that_stay_right_and_verify_judges_them() {
     ];
     let first = referrers(&reg, "sc/app", &digest);
     assert_eq!(kinds(&first), want_kinds);
+    // `--json` names each referrer it attached, as the index lists them.
+    let reported = |report: &Value| -> BTreeSet<(String, String)> {
+        let pushed = report["pushed"].as_array().unwrap();
+        assert_eq!(pushed.len(), 1, "{report}");
+        pushed[0]["referrers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no referrers in {report}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["artifact_type"].as_str().unwrap().to_string(),
+                    e["digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let indexed: BTreeSet<(String, String)> = first
+        .iter()
+        .map(|e| {
+            (
+                e["artifactType"].as_str().unwrap().to_string(),
+                e["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(reported(&report), indexed);
     // The provenance: a signed DSSE envelope of an in-toto statement about
     // this manifest, naming images.yaml by its digest.
     let prov = first
@@ -261,8 +287,16 @@ fn signed_pushes_carry_referrers_that_stay_right_and_verify_judges_them() {
         assert_eq!(m["subject"]["digest"], digest.as_str(), "{m}");
     }
 
-    // A second push and a re-tag leave the index as it was.
-    push_signed(&[]);
+    // A second push and a re-tag leave the index as it was; the second
+    // push reports the same referrers, found in place, and sends none of
+    // them again.
+    let before = (reg.manifest_puts(), reg.uploads());
+    assert_eq!(reported(&push_signed(&[])), indexed);
+    assert_eq!(
+        (reg.manifest_puts(), reg.uploads()),
+        before,
+        "a repeated push put manifests or blobs the registry had"
+    );
     cx.run(&[
         "tag",
         &format!("{prefix}/app:latest"),

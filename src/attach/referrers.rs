@@ -3,16 +3,17 @@
 //! API indexes them itself; for one without (Debian's distribution 2.8),
 //! the distribution spec's fallback is kept: an image index tagged
 //! `sha256-<hex>` (the subject's digest) listing every referrer.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use crate::oci::image::{canonical_json, hex_of};
 use crate::registry::client::Scope;
-use crate::registry::transfer::{Known, put_blob};
+use crate::registry::transfer::{Known, bounded, put_bytes};
 use crate::registry::{Client, Reference, RegistryError};
-use crate::store::Store;
 
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -106,6 +107,71 @@ pub(crate) async fn has_api(
             .is_some_and(|t| t.starts_with(INDEX)))
 }
 
+/// What a run knows of registries' referrers: whether each registry has
+/// the referrers API, asked once per registry (it is the registry's
+/// feature, not a repository's), however many images are attached side by
+/// side; and the fallback indexes it wrote, to read back at the end.
+#[derive(Default)]
+pub struct Api {
+    by_registry: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
+    /// Fallback indexes written: where, whose, and the entries added.
+    written: Mutex<Vec<(Reference, String, Vec<Value>)>>,
+}
+
+impl Api {
+    pub async fn supported(
+        &self,
+        client: &Client,
+        r: &Reference,
+        subject: &str,
+    ) -> Result<bool, RegistryError> {
+        let cell = match self.by_registry.lock() {
+            Ok(mut m) => m.entry(r.registry.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        cell.get_or_try_init(|| has_api(client, r, subject))
+            .await
+            .copied()
+    }
+
+    fn wrote(&self, r: &Reference, subject: &str, added: Vec<Value>) {
+        if let Ok(mut w) = self.written.lock() {
+            w.push((r.clone(), subject.to_string(), added));
+        }
+    }
+
+    /// Reads back every fallback index this run wrote, and merges and
+    /// writes again any that lost what was added. The registry offers no
+    /// conditional write of a tag, so two jobs adding to one index at once
+    /// could each write over the other's entries; the other writer lands a
+    /// moment later, so each read back comes after a short, random pause
+    /// (once for the whole run: the indexes are read side by side).
+    pub async fn settle(&self, client: &Client) -> Result<(), RegistryError> {
+        const ROUNDS: u32 = 5;
+        let mut pending = match self.written.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => return Ok(()),
+        };
+        for _ in 0..ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let checks = pending.into_iter().map(|(r, subject, added)| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(jitter_ms())).await;
+                let current = fallback_index(client, &r, &subject).await?;
+                let again = write_index(client, &r, &subject, &current, &added).await?;
+                Ok::<_, RegistryError>(again.then_some((r, subject, added)))
+            });
+            let results = futures_util::future::join_all(checks).await;
+            pending = Vec::new();
+            for res in results {
+                pending.extend(res?);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The referrers of `subject` in `r`'s repository, as index entries: from
 /// the referrers API where there is one, else from the fallback tag.
 pub async fn list(
@@ -155,109 +221,181 @@ async fn fallback_index(
     }
 }
 
-/// Pushes `referrers` of `subject` (digest, size) into `r`'s repository:
-/// their blobs, their manifests (by digest, and under their tag), then the
-/// fallback index when the registry has no referrers API. An entry of the
+/// What a repository holds of an image's referrers before an attach.
+pub struct Listing {
+    /// The registry keeps the referrers itself: no fallback index.
+    pub api: bool,
+    /// The entries listed (by the API, or the fallback index).
+    pub entries: Vec<Value>,
+    /// Tags known to name a manifest (tag → digest): a tagged referrer
+    /// is in place only when its tag names it already.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The referrers `subject` has in `r`'s repository: one request (the API's
+/// list, or the fallback tag), once `api` knows the registry.
+pub async fn listing(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    api: &Api,
+) -> Result<Listing, RegistryError> {
+    if api.supported(client, r, subject).await? {
+        return Ok(Listing {
+            api: true,
+            entries: list(client, r, subject).await?,
+            tags: BTreeMap::new(),
+        });
+    }
+    Ok(Listing {
+        api: false,
+        entries: fallback_index(client, r, subject).await?,
+        tags: BTreeMap::new(),
+    })
+}
+
+/// A referrer as attached: what `--json` reports of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub artifact_type: String,
+    pub digest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl Referrer {
+    pub fn attached(&self) -> Attached {
+        Attached {
+            artifact_type: self.artifact_type.clone(),
+            digest: self.digest(),
+            tag: self.tag.clone(),
+        }
+    }
+}
+
+/// Pushes `referrers` of `subject` into `r`'s repository, as `listing`
+/// found it: the blobs and manifests it lacks (a referrer it lists is
+/// there, with its blobs; a tagged one also needs its tag to name it
+/// already, per the listing's `tags`), small blobs each in one request, then the
+/// fallback index (one PUT, only if it changed) when the registry has no
+/// referrers API. Blobs go side by side, then manifests side by side, so
+/// an image costs a few round trips, not one per request. An entry of the
 /// index is replaced by one of the same artifact type and tag (a `.sig`
 /// that gained a signature); the rest are kept. Repeating a push changes
 /// nothing: entries are keyed by digest and sorted.
-pub async fn attach(
+pub async fn attach_listed(
     client: &Client,
-    store: &Store,
     r: &Reference,
     subject: &str,
-    referrers: &[Referrer],
+    referrers: &[&Referrer],
+    listing: Listing,
     known: &Known,
-) -> Result<Vec<String>, RegistryError> {
-    let mut pushed = Vec::new();
-    for referrer in referrers {
-        for blob in &referrer.blobs {
-            let hex = store.put_blob(blob)?;
-            put_blob(
-                client,
-                store,
-                r,
-                &format!("sha256:{hex}"),
-                blob.len() as u64,
-                known,
-            )
-            .await?;
-        }
-        let digest = referrer.digest();
-        client
-            .put_manifest(&r.with_digest(&digest), &referrer.manifest, MANIFEST)
-            .await?;
-        if let Some(tag) = &referrer.tag {
-            client
-                .put_manifest(&r.with_tag(tag), &referrer.manifest, MANIFEST)
-                .await?;
-        }
-        pushed.push(digest);
-    }
-    if has_api(client, r, subject).await? {
-        return Ok(pushed);
-    }
-    let added = referrers
+    api: &Api,
+) -> Result<Vec<Attached>, RegistryError> {
+    let listed: BTreeSet<&str> = listing
+        .entries
         .iter()
-        .map(|referrer| {
-            let mut annotations = referrer.annotations.clone();
-            if let Some(t) = &referrer.tag {
-                annotations.insert(TAG_NOTE.into(), t.clone());
-            }
-            let mut e = json!({
-                "mediaType": MANIFEST,
-                "digest": referrer.digest(),
-                "size": referrer.manifest.len(),
-                "artifactType": referrer.artifact_type,
-            });
-            if !annotations.is_empty() {
-                e["annotations"] = json!(annotations);
-            }
-            e
+        .filter_map(|e| e["digest"].as_str())
+        .collect();
+    let missing: Vec<&Referrer> = referrers
+        .iter()
+        .copied()
+        .filter(|m| {
+            let d = m.digest();
+            !listed.contains(d.as_str())
+                || m.tag
+                    .as_ref()
+                    .is_some_and(|t| listing.tags.get(t) != Some(&d))
         })
         .collect();
-    add_to_index(client, r, subject, added).await?;
-    Ok(pushed)
+    // Each distinct blob once (the empty config is every artifact's), and
+    // none this run already put in this repository.
+    let mut blobs: BTreeMap<String, &[u8]> = BTreeMap::new();
+    for m in &missing {
+        for b in &m.blobs {
+            blobs.insert(crate::digest::digest_of(b).to_string(), b);
+        }
+    }
+    let uploads = blobs.iter().map(|(d, b)| put_bytes(client, r, d, b, known));
+    bounded(uploads.collect()).await?;
+    // Manifests only once every blob is there; a tagged one is put under
+    // its tag alone (that makes it known by digest too).
+    let puts = missing.iter().map(|m| async move {
+        let target = match &m.tag {
+            Some(t) => r.with_tag(t),
+            None => r.with_digest(&m.digest()),
+        };
+        client.put_manifest(&target, &m.manifest, MANIFEST).await
+    });
+    bounded(puts.collect()).await?;
+    let attached = referrers.iter().map(|m| m.attached()).collect();
+    if listing.api {
+        return Ok(attached);
+    }
+    let added: Vec<Value> = referrers.iter().map(|m| index_entry(m)).collect();
+    if write_index(client, r, subject, &listing.entries, &added).await? {
+        api.wrote(r, subject, added);
+    }
+    Ok(attached)
+}
+
+/// The fallback index's entry for `referrer`.
+fn index_entry(referrer: &Referrer) -> Value {
+    let mut annotations = referrer.annotations.clone();
+    if let Some(t) = &referrer.tag {
+        annotations.insert(TAG_NOTE.into(), t.clone());
+    }
+    let mut e = json!({
+        "mediaType": MANIFEST,
+        "digest": referrer.digest(),
+        "size": referrer.manifest.len(),
+        "artifactType": referrer.artifact_type,
+    });
+    if !annotations.is_empty() {
+        e["annotations"] = json!(annotations);
+    }
+    e
+}
+
+/// Writes `subject`'s fallback index in `r`'s repository: `current` (as
+/// read) with `added` merged in. Nothing is written when that changes
+/// nothing; returns whether it wrote.
+async fn write_index(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    current: &[Value],
+    added: &[Value],
+) -> Result<bool, RegistryError> {
+    let merged = merge_entries(current.to_vec(), added);
+    if merged == current {
+        return Ok(false);
+    }
+    let index = canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": merged,
+    }));
+    client
+        .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
+        .await?;
+    Ok(true)
 }
 
 /// Adds `added` (index entries) to `subject`'s fallback index in `r`'s
-/// repository: an entry of the same digest, or of the same tag, is
-/// replaced; the rest are kept. Entries are sorted, so adding what is
-/// there already writes nothing.
-///
-/// The registry offers no conditional write of a tag, so two jobs adding
-/// to the same index at once could each write over the other's entries:
-/// after writing, the index is read back, and merged and written again
-/// (a few times, after a pause that grows) until it holds every entry
-/// added here.
+/// repository, then makes sure they stay there (see [`Api::settle`]).
 pub async fn add_to_index(
     client: &Client,
     r: &Reference,
     subject: &str,
     added: Vec<Value>,
 ) -> Result<(), RegistryError> {
-    const TRIES: u32 = 6;
-    let mut current = fallback_index(client, r, subject).await?;
-    for _ in 0..TRIES {
-        let merged = merge_entries(current.clone(), &added);
-        if merged == current {
-            return Ok(());
-        }
-        let index = canonical_json(&json!({
-            "schemaVersion": 2,
-            "mediaType": INDEX,
-            "manifests": merged,
-        }));
-        client
-            .put_manifest(&r.with_tag(&tag_of(subject)), &index, INDEX)
-            .await?;
-        // Another writer that read the index before this write lands its
-        // own a moment later: read back after a short, random pause, so
-        // that the two do not keep reading back in step.
-        tokio::time::sleep(std::time::Duration::from_millis(jitter_ms())).await;
-        current = fallback_index(client, r, subject).await?;
+    let current = fallback_index(client, r, subject).await?;
+    let api = Api::default();
+    if write_index(client, r, subject, &current, &added).await? {
+        api.wrote(r, subject, added);
     }
-    Ok(())
+    api.settle(client).await
 }
 
 /// 40 to 160 ms, from the OS's randomness.
@@ -267,6 +405,8 @@ fn jitter_ms() -> u64 {
 }
 
 /// `entries` with `added` merged in, sorted by artifact type and digest.
+/// An entry of the same digest, or of the same tag, is replaced; the rest
+/// are kept. Sorted, so merging what is there already changes nothing.
 fn merge_entries(mut entries: Vec<Value>, added: &[Value]) -> Vec<Value> {
     let tag_of_entry = |e: &Value| e["annotations"][TAG_NOTE].as_str().map(str::to_string);
     for e in added {

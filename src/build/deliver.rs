@@ -53,21 +53,58 @@ impl Session<'_> {
             .iter()
             .filter_map(|n| results.get(n).and_then(|r| r.as_ref().ok()))
             .collect();
-        // Evidence is made once per image, before anything is written.
-        let mut referrers = BTreeMap::new();
-        // The SBOMs that thin SBOMs reference, of parents not delivered
-        // here: they go along (into layouts, and attached to the parent in
-        // the registry), so every reference resolves.
-        let mut referenced = Vec::new();
-        if all_built && (delivery.push || !delivery.outputs.is_empty()) {
-            for o in &requested {
-                referrers.insert(o.name.clone(), self.referrers(o, &delivery.evidence)?);
-            }
-            for (name, digest, list) in self.referenced_sboms(&requested, &delivery.evidence)? {
-                referrers.insert(name.clone(), list);
-                referenced.push((name, digest));
-            }
-        }
+        // Evidence is made once per image, on its own thread while the
+        // images' blobs go up (the one waits on the CPU, the other on the
+        // registry); the tags move only once it is all made, so a failure
+        // there pushes nothing an SBOM is missing from.
+        let make_evidence = all_built && (delivery.push || !delivery.outputs.is_empty());
+        let pushing = all_built && delivery.push;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let requested = &requested;
+        let (referrers, pushed) = std::thread::scope(|s| {
+            let evidence = s.spawn(move || {
+                let mut referrers = BTreeMap::new();
+                for o in requested.iter().filter(|_| make_evidence) {
+                    let made = match self.referrers(o, &delivery.evidence) {
+                        Ok(made) => made,
+                        Err(e) => {
+                            // Nobody listens when the push failed first.
+                            let _ = tx.send(None);
+                            return Err(e);
+                        }
+                    };
+                    let blobs = made.iter().flat_map(|m| m.blobs.iter().cloned()).collect();
+                    let _ = tx.send(Some((o.name.clone(), blobs)));
+                    referrers.insert(o.name.clone(), made);
+                }
+                // The SBOMs that thin SBOMs reference, of parents not
+                // delivered here: they go along (into layouts, and attached
+                // to the parent in the registry), so every reference resolves.
+                let mut referenced = Vec::new();
+                if make_evidence {
+                    for (name, digest, list) in
+                        self.referenced_sboms(requested, &delivery.evidence)?
+                    {
+                        referrers.insert(name.clone(), list);
+                        referenced.push((name, digest));
+                    }
+                }
+                Ok((referrers, referenced))
+            });
+            let pushed = pushing.then(|| {
+                let early = super::remote::EarlyEvidence {
+                    incoming: rx,
+                    key: delivery.evidence.key.as_ref(),
+                };
+                let early = (!delivery.evidence.is_empty()).then_some(early);
+                remote.push_with(self.spec, requested, early)
+            });
+            let referrers = evidence
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (referrers, pushed)
+        });
+        let (referrers, referenced) = referrers?;
         let outputs_written = all_built && !delivery.outputs.is_empty();
         if outputs_written {
             let named: Vec<Named> = requested
@@ -83,15 +120,16 @@ impl Session<'_> {
                 out.write_referrers(&referrers)?;
             }
         }
-        let pushed = if all_built && delivery.push {
-            let pushed = remote.push(self.spec, &requested)?;
-            remote.attach(&pushed, &referrers, delivery.evidence.key.as_ref())?;
-            if !referenced.is_empty() {
-                remote.attach_unpushed(self.spec, &referenced, &referrers)?;
+        let pushed = match pushed {
+            Some(pushed) => {
+                let mut pushed = pushed?;
+                remote.attach(&mut pushed, &referrers, delivery.evidence.key.as_ref())?;
+                if !referenced.is_empty() {
+                    remote.attach_unpushed(self.spec, &referenced, &referrers)?;
+                }
+                Some(pushed)
             }
-            Some(pushed)
-        } else {
-            None
+            None => None,
         };
         Ok(Delivered {
             results,

@@ -238,6 +238,19 @@ impl<'a> Remote<'a> {
     /// Pushes built images, parents first; returns what was pushed, one
     /// entry per repository an image went to.
     pub fn push(&self, spec: &Spec, images: &[&ImageOutcome]) -> Result<Vec<Pushed>, RemoteError> {
+        self.push_with(spec, images, None)
+    }
+
+    /// [`Remote::push`], taking each image's evidence as it is made: its
+    /// blobs (and, with the key, its signature's) go up beside the
+    /// layers, and the manifests (the tags) only once `early` is closed
+    /// having sent every image's.
+    pub fn push_with(
+        &self,
+        spec: &Spec,
+        images: &[&ImageOutcome],
+        early: Option<EarlyEvidence<'_>>,
+    ) -> Result<Vec<Pushed>, RemoteError> {
         let prefix = self.options.prefix(spec)?;
         // Parents first: a shared blob's first home is the image that adds
         // it, and children mount it from there.
@@ -273,11 +286,13 @@ impl<'a> Remote<'a> {
                 ));
             }
         }
-        let stats = self.rt.block_on(transfer::push_many(
+        let side = |in_place| self.early_blobs(&items, &meta, in_place, early);
+        let stats = self.rt.block_on(transfer::push_beside(
             &self.client,
             self.store,
             &items,
             &self.known,
+            side,
         ))?;
         Ok(meta
             .into_iter()
@@ -288,8 +303,81 @@ impl<'a> Remote<'a> {
                 digest,
                 tags,
                 stats,
+                referrers: Vec::new(),
             })
             .collect())
+    }
+
+    /// Sends each image's evidence blobs, as `early` hands them over, to
+    /// every repository the image goes to (the attach then finds them
+    /// there and puts only manifests); fails when `early` says the
+    /// evidence could not be made.
+    async fn early_blobs(
+        &self,
+        items: &[transfer::PushItem<'_>],
+        meta: &[(String, String, String, Vec<String>)],
+        in_place: Vec<bool>,
+        early: Option<EarlyEvidence<'_>>,
+    ) -> Result<(), RegistryError> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let Some(EarlyEvidence { incoming, key }) = early else {
+            return Ok(());
+        };
+        let made = futures_util::stream::unfold(incoming, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        });
+        // Images side by side, each one's blobs side by side: the requests
+        // are small, and go beside the layers' big uploads.
+        let in_place = &in_place;
+        made.map(|made| async move {
+            let Some((name, blobs)) = made else {
+                return Err(RegistryError::Setup(
+                    "the images' evidence could not be made: no tag was moved".into(),
+                ));
+            };
+            let mut jobs = Vec::new();
+            // An image whose tags were all in place most likely has its
+            // evidence there too: the attach sends what its listing lacks.
+            let pushed = items.iter().zip(meta).zip(in_place);
+            for ((item, (_, _, digest, tags)), _) in
+                pushed.filter(|((_, m), in_place)| m.0 == name && !**in_place)
+            {
+                let r = &item.dest;
+                let mut all: BTreeMap<String, Vec<u8>> = blobs
+                    .iter()
+                    .map(|b| (crate::digest::digest_of(b).to_string(), b.clone()))
+                    .collect();
+                if let Some(key) = key {
+                    // The signature as the attach will make it where there
+                    // is none yet (RFC 6979: the same bytes again).
+                    let repo = crate::sign::repository(r);
+                    let signed: Vec<_> = tags
+                        .iter()
+                        .map(|t| {
+                            let id = format!("{repo}:{t}");
+                            crate::sign::cosign::sign(
+                                key,
+                                &crate::sign::cosign::payload(&id, digest),
+                            )
+                        })
+                        .collect();
+                    let subject = (digest.as_str(), item.record.manifest_size);
+                    for b in crate::sign::cosign::manifest(&signed, subject).blobs {
+                        all.insert(crate::digest::digest_of(&b).to_string(), b);
+                    }
+                }
+                for (d, b) in all {
+                    jobs.push(async move {
+                        transfer::put_bytes(&self.client, r, &d, &b, &self.known).await
+                    });
+                }
+            }
+            futures_util::future::try_join_all(jobs).await.map(|_| ())
+        })
+        .buffer_unordered(transfer::PARALLEL)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
     }
 
     /// Where `image`'s layers probably are already, offered as mount
@@ -328,59 +416,68 @@ impl Puller for Remote<'_> {
 impl Remote<'_> {
     /// Attaches each pushed image's referrers (by image name) in every
     /// repository it went to, and signs it there for each of its tags
-    /// when `key` is given. Runs after the images' own push, so a referrer
-    /// never names a manifest the registry lacks.
+    /// when `key` is given, in one update of its referrers index; records
+    /// what was attached in `pushed`. Runs after the images' own push, so
+    /// a referrer never names a manifest the registry lacks.
     pub fn attach(
         &self,
-        pushed: &[Pushed],
+        pushed: &mut [Pushed],
         referrers: &BTreeMap<String, Vec<crate::attach::referrers::Referrer>>,
         key: Option<&p256::ecdsa::SigningKey>,
     ) -> Result<(), RemoteError> {
         use futures_util::StreamExt;
-        // Each image's referrers are a few small requests in a row: images
-        // go side by side, as blobs do, so round trips do not add up.
-        let jobs = pushed.iter().map(|p| async move {
+        let api = crate::attach::referrers::Api::default();
+        let api = &api;
+        // Each image's referrers are a few round trips in a row (read what
+        // is there, put the blobs, the manifests, the index): images go
+        // side by side so those do not add up over a fleet.
+        let jobs = pushed.iter().enumerate().map(|(i, p)| async move {
             let r: Reference = p.reference.parse().map_err(RemoteError::Destination)?;
             let list = referrers
                 .get(&p.name)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            if !list.is_empty() {
-                crate::attach::referrers::attach(
-                    &self.client,
-                    self.store,
-                    &r,
-                    &p.digest,
-                    list,
-                    &self.known,
-                )
-                .await?;
+            if list.is_empty() && key.is_none() {
+                return Ok((i, Vec::new()));
             }
-            if let Some(key) = key {
-                let repo = crate::sign::repository(&r);
-                let ids: Vec<String> = p.tags.iter().map(|t| format!("{repo}:{t}")).collect();
-                crate::sign::sign_image(
-                    &self.client,
-                    self.store,
-                    &r.with_digest(&p.digest),
-                    &ids,
-                    key,
-                    &self.known,
-                )
-                .await
-                .map_err(|e| match e {
-                    crate::sign::SignError::Registry(e) => RemoteError::Registry(e),
-                    other => RemoteError::Sign(Box::new(other)),
-                })?;
-            }
-            Ok::<(), RemoteError>(())
+            let repo = crate::sign::repository(&r);
+            let ids: Vec<String> = p.tags.iter().map(|t| format!("{repo}:{t}")).collect();
+            // The manifest was pushed from the store: its size is there.
+            let hex = crate::oci::image::hex_of(&p.digest);
+            let size = self.store.blob_size(&hex).ok_or_else(|| {
+                RemoteError::Registry(RegistryError::Io {
+                    path: self.store.blob_path(&hex),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })
+            })?;
+            let attached = crate::sign::attach_signed(
+                &self.client,
+                &r,
+                (&p.digest, size),
+                list,
+                key.map(|k| (k, ids.as_slice())),
+                &self.known,
+                api,
+            )
+            .await
+            .map_err(|e| match e {
+                crate::sign::SignError::Registry(e) => RemoteError::Registry(e),
+                other => RemoteError::Sign(Box::new(other)),
+            })?;
+            Ok::<_, RemoteError>((i, attached))
         });
-        let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
+        let results: Vec<Result<_, RemoteError>> = self.rt.block_on(
             futures_util::stream::iter(jobs)
-                .buffer_unordered(crate::registry::transfer::PARALLEL)
+                .buffer_unordered(ATTACH_PARALLEL)
                 .collect(),
         );
-        results.into_iter().collect()
+        for r in results {
+            let (i, attached) = r?;
+            pushed[i].referrers = attached;
+        }
+        // Once for the run: every index written, read back side by side.
+        self.rt.block_on(api.settle(&self.client))?;
+        Ok(())
     }
 
     /// Attaches `referrers` to images of the graph this run did not push
@@ -394,7 +491,7 @@ impl Remote<'_> {
         referrers: &BTreeMap<String, Vec<crate::attach::referrers::Referrer>>,
     ) -> Result<(), RemoteError> {
         let prefix = self.options.prefix(spec)?;
-        let targets: Vec<Pushed> = images
+        let mut targets: Vec<Pushed> = images
             .iter()
             .map(|(name, digest)| Pushed {
                 name: name.clone(),
@@ -402,11 +499,24 @@ impl Remote<'_> {
                 digest: digest.clone(),
                 tags: Vec::new(),
                 stats: PushStats::default(),
+                referrers: Vec::new(),
             })
             .collect();
-        self.attach(&targets, referrers, None)
+        self.attach(&mut targets, referrers, None)
     }
 }
+
+/// Evidence handed to a push as it is made: `Some((image, blobs))` per
+/// image, `None` when it could not be made; closed when all is sent.
+pub struct EarlyEvidence<'k> {
+    pub incoming: tokio::sync::mpsc::UnboundedReceiver<Option<(String, Vec<Vec<u8>>)>>,
+    /// The signing key, whose signature blobs go up early too.
+    pub key: Option<&'k p256::ecdsa::SigningKey>,
+}
+
+/// Images whose referrers are attached at once: each is a chain of small
+/// requests, so more of them than blobs in flight keep the registry busy.
+const ATTACH_PARALLEL: usize = 8;
 
 impl LayerCache for Remote<'_> {
     fn lookup(&self, key: &str) -> Result<Option<LayerRecord>, RemoteError> {
@@ -444,6 +554,9 @@ pub struct Pushed {
     pub digest: String,
     pub tags: Vec<String>,
     pub stats: PushStats,
+    /// What was attached to it there (SBOMs, provenance, signature).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<crate::attach::referrers::Attached>,
 }
 
 /// Where an image's tags point, as (repository, tag) pairs without the

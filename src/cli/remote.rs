@@ -109,10 +109,8 @@ fn copy_between(
             .map_err(Failure::failed)?
     };
     if let Some(key) = &key {
-        let store = super::open_store()?;
         rt.block_on(imgbuild::sign::sign_image(
             &client,
-            &store,
             &dst.with_digest(&digest),
             &[match &dst.tag {
                 Some(t) => format!("{}:{t}", imgbuild::sign::repository(dst)),

@@ -92,16 +92,8 @@ pub fn sign(cli: &Cli, args: &SignArgs) -> Result<(), Failure> {
     let r = args.reference.parse().map_err(Failure::usage)?;
     let key = sign::load_private(&args.key).map_err(failed)?;
     let client = args.net.client()?;
-    let store = super::open_store()?;
     let digest = runtime()?
-        .block_on(sign::sign_image(
-            &client,
-            &store,
-            &r,
-            &[],
-            &key,
-            &Known::default(),
-        ))
+        .block_on(sign::sign_image(&client, &r, &[], &key, &Known::default()))
         .map_err(failed)?;
     if cli.json {
         print_json(

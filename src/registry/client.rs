@@ -85,6 +85,10 @@ pub struct Client {
     tokens: Mutex<HashMap<(String, Vec<Scope>), Token>>,
     /// Hosts that asked for Basic auth.
     basic: Mutex<HashMap<String, bool>>,
+    /// Hosts that answered a monolithic upload (`POST ?digest=` with the
+    /// bytes) by opening a session instead: their blobs' bytes go in the
+    /// `PUT` alone, not twice.
+    no_monolithic: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +112,7 @@ impl Client {
             budget: BUDGET,
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
+            no_monolithic: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -529,6 +534,76 @@ impl Client {
                 }
             };
         }
+    }
+
+    /// Uploads a small blob held in memory in one request (the spec's
+    /// monolithic `POST …/blobs/uploads/?digest=`), or two where the
+    /// registry opens a session instead (`202`: the bytes then go in one
+    /// `PUT`, and to that host from then on without the `POST` carrying
+    /// them). An SBOM or a signature is a few KB: three round trips of a
+    /// chunked upload would cost more than its bytes. Retried as a whole.
+    pub async fn upload_bytes(
+        &self,
+        r: &Reference,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), RegistryError> {
+        let url = self.url(r, "blobs/uploads/");
+        let scopes = [Scope::push(&r.repository)];
+        let what = "uploading a blob";
+        let body = bytes.to_vec();
+        let host = r.api_host().to_string();
+        let monolithic = self.no_monolithic.lock().is_ok_and(|m| !m.contains(&host));
+        let resp = self
+            .send(r, &scopes, what, &|h| {
+                if monolithic {
+                    h.post(&url)
+                        .query(&[("digest", digest)])
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .body(body.clone())
+                } else {
+                    h.post(&url).header(header::CONTENT_LENGTH, 0)
+                }
+            })
+            .await?;
+        let resp = match resp.status() {
+            StatusCode::CREATED if monolithic => resp,
+            StatusCode::ACCEPTED => {
+                if monolithic && let Ok(mut m) = self.no_monolithic.lock() {
+                    m.insert(host);
+                }
+                let location = self.location(r, &resp)?;
+                let resp = self
+                    .send(r, &scopes, what, &|h| {
+                        h.put(&location)
+                            .query(&[("digest", digest)])
+                            .header(header::CONTENT_TYPE, "application/octet-stream")
+                            .body(body.clone())
+                    })
+                    .await?;
+                if resp.status() != StatusCode::CREATED {
+                    let e = status_error(r, what, resp.status(), resp).await;
+                    return Err(of_blob(e, digest));
+                }
+                resp
+            }
+            s => return Err(of_blob(status_error(r, what, s, resp).await, digest)),
+        };
+        // The registry names what it stored; anything else is not our blob.
+        if let Some(stored) = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            && stored != digest
+        {
+            return Err(RegistryError::Mismatch {
+                reference: r.to_string(),
+                digest: digest.to_string(),
+                expected: digest.to_string(),
+                actual: stored.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Puts the finished upload under its digest.

@@ -1,5 +1,5 @@
 //! Moving images: push from the store, tag, copy between repositories.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
@@ -27,6 +27,9 @@ pub struct PushStats {
 #[derive(Default)]
 pub struct Known {
     by_digest: Mutex<HashMap<(String, String), String>>,
+    /// Every (registry, repository, digest) seen: a blob many repositories
+    /// share (the empty config of every referrer) is not sent twice.
+    placed: Mutex<HashSet<(String, String, String)>>,
 }
 
 impl Known {
@@ -46,6 +49,24 @@ impl Known {
                 repository.to_string(),
             );
         }
+        if let Ok(mut p) = self.placed.lock() {
+            p.insert((
+                registry.to_string(),
+                repository.to_string(),
+                digest.to_string(),
+            ));
+        }
+    }
+
+    /// Whether this run saw the blob in this repository.
+    pub fn has(&self, registry: &str, repository: &str, digest: &str) -> bool {
+        self.placed.lock().is_ok_and(|p| {
+            p.contains(&(
+                registry.to_string(),
+                repository.to_string(),
+                digest.to_string(),
+            ))
+        })
     }
 
     /// Records where a blob probably is, unless its place is known.
@@ -78,7 +99,7 @@ fn blobs_of(record: &ImageRecord) -> Vec<(String, u64)> {
 
 /// Runs `jobs` at most `PARALLEL` at a time, each to its end; the first
 /// error wins.
-pub(super) async fn bounded<F>(jobs: Vec<F>) -> Result<(), RegistryError>
+pub async fn bounded<F>(jobs: Vec<F>) -> Result<(), RegistryError>
 where
     F: std::future::Future<Output = Result<(), RegistryError>>,
 {
@@ -109,6 +130,25 @@ pub async fn push_many(
     items: &[PushItem<'_>],
     known: &Known,
 ) -> Result<Vec<PushStats>, RegistryError> {
+    push_beside(client, store, items, known, |_| async { Ok(()) }).await
+}
+
+/// [`push_many`], with `side` run beside the blob uploads and the
+/// manifests (the tags) put only once both are done: the images' SBOMs
+/// are made and their blobs sent while the layers go up, and a failure
+/// there leaves every tag where it was. `side` is told which items had
+/// every tag in place already (nothing of theirs is pushed).
+pub async fn push_beside<S, F>(
+    client: &Client,
+    store: &Store,
+    items: &[PushItem<'_>],
+    known: &Known,
+    side: S,
+) -> Result<Vec<PushStats>, RegistryError>
+where
+    S: FnOnce(Vec<bool>) -> F,
+    F: std::future::Future<Output = Result<(), RegistryError>>,
+{
     let stats: Vec<Mutex<PushStats>> = items
         .iter()
         .map(|_| Mutex::new(PushStats::default()))
@@ -144,19 +184,27 @@ pub async fn push_many(
     // Biggest first: the long uploads start at once.
     first.sort_by_key(|b| std::cmp::Reverse(b.2));
     let stats_of = |i: usize| &stats[i];
-    for phase in [first, rest] {
-        let jobs = phase
-            .iter()
-            .map(|(i, digest, size)| async move {
-                let placed = put_blob(client, store, &items[*i].dest, digest, *size, known).await?;
-                if let Ok(mut s) = stats_of(*i).lock() {
-                    s.count(placed);
-                }
-                Ok(())
-            })
-            .collect();
-        bounded(jobs).await?;
-    }
+    let blobs = async {
+        for phase in [first, rest] {
+            let jobs = phase
+                .iter()
+                .map(|(i, digest, size)| async move {
+                    let placed =
+                        put_blob(client, store, &items[*i].dest, digest, *size, known).await?;
+                    if let Ok(mut s) = stats_of(*i).lock() {
+                        s.count(placed);
+                    }
+                    Ok(())
+                })
+                .collect();
+            bounded(jobs).await?;
+        }
+        Ok::<(), RegistryError>(())
+    };
+    let in_place = current.iter().map(|c| c.iter().all(|&c| c)).collect();
+    let (blobs, side) = futures_util::future::join(blobs, side(in_place)).await;
+    blobs?;
+    side?;
     let media = MediaType::ImageManifest.to_string();
     let mut puts = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -293,6 +341,31 @@ pub async fn put_blob(
     client.upload(dest, digest, size, &path, &|_| {}).await?;
     known.add(&dest.registry, digest, &dest.repository);
     Ok(Placed::Uploaded(size))
+}
+
+/// Makes sure `dest`'s repository has a small blob held in memory (an
+/// SBOM, a signature): nothing when this run put it there, a mount when it
+/// saw it in another repository, else one upload without asking first (a
+/// HEAD would cost as much as the upload of a few KB).
+pub async fn put_bytes(
+    client: &Client,
+    dest: &Reference,
+    digest: &str,
+    bytes: &[u8],
+    known: &Known,
+) -> Result<(), RegistryError> {
+    if known.has(&dest.registry, &dest.repository, digest) {
+        return Ok(());
+    }
+    let mounted = match known.get(&dest.registry, digest) {
+        Some(from) if from != dest.repository => client.mount(dest, digest, &from).await?,
+        _ => false,
+    };
+    if !mounted {
+        client.upload_bytes(dest, digest, bytes).await?;
+    }
+    known.add(&dest.registry, digest, &dest.repository);
+    Ok(())
 }
 
 /// Points `dst` (a tag in any repository of the same registry, or another

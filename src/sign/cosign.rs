@@ -117,12 +117,23 @@ pub async fn read(
     r: &Reference,
     manifest: &str,
 ) -> Result<Vec<Signed>, RegistryError> {
+    Ok(read_tagged(client, r, manifest).await?.0)
+}
+
+/// The signatures stored for `manifest` in `r`'s repository, and the
+/// digest the `.sig` tag names (None: no tag).
+pub async fn read_tagged(
+    client: &Client,
+    r: &Reference,
+    manifest: &str,
+) -> Result<(Vec<Signed>, Option<String>), RegistryError> {
     let sig_ref = r.with_tag(&sig_tag(manifest));
     let bytes = match client.get_manifest(&sig_ref).await {
         Ok((b, _)) => b,
-        Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(RegistryError::NotFound { .. }) => return Ok((Vec::new(), None)),
         Err(e) => return Err(e),
     };
+    let tagged = digest_of(&bytes).to_string();
     let m: Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
         reference: sig_ref.to_string(),
         reason: format!("unreadable signature manifest: {e}"),
@@ -146,7 +157,7 @@ pub async fn read(
             signature: sig.to_string(),
         });
     }
-    Ok(out)
+    Ok((out, Some(tagged)))
 }
 
 /// Why a signature does not vouch for an image.

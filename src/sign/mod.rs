@@ -12,7 +12,6 @@ use crate::attach::referrers;
 use crate::env;
 use crate::registry::transfer::Known;
 use crate::registry::{Client, Reference, RegistryError};
-use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -103,15 +102,12 @@ pub fn repository(r: &Reference) -> String {
 /// the image's digest.
 pub async fn sign_image(
     client: &Client,
-    store: &Store,
     r: &Reference,
     identities: &[String],
     key: &SigningKey,
     known: &Known,
 ) -> Result<String, SignError> {
     let (digest, size) = subject(client, r).await?;
-    let mut signed = cosign::read(client, r, &digest).await?;
-    let before = signed.len();
     let default = vec![match &r.tag {
         Some(t) => format!("{}:{t}", repository(r)),
         None => repository(r),
@@ -121,17 +117,76 @@ pub async fn sign_image(
     } else {
         identities
     };
-    for id in ids {
-        let s = cosign::sign(key, &cosign::payload(id, &digest));
-        if !signed.contains(&s) {
-            signed.push(s);
+    let api = referrers::Api::default();
+    attach_signed(
+        client,
+        r,
+        (&digest, size),
+        &[],
+        Some((key, ids)),
+        known,
+        &api,
+    )
+    .await?;
+    api.settle(client).await?;
+    Ok(digest)
+}
+
+/// Attaches an image's `referrers` (its SBOMs, provenance) in `r`'s
+/// repository and, with `signing`, its cosign signature for each identity
+/// (kept beside the signatures already there), all in one update of the
+/// referrers index: what is there (the listing, the `.sig` tag) is read
+/// side by side first, then only what is missing is put. `subject` is the
+/// image's manifest digest and size, as pushed. Returns what is attached.
+pub async fn attach_signed(
+    client: &Client,
+    r: &Reference,
+    subject: (&str, u64),
+    attach: &[referrers::Referrer],
+    signing: Option<(&SigningKey, &[String])>,
+    known: &Known,
+    api: &referrers::Api,
+) -> Result<Vec<referrers::Attached>, SignError> {
+    let digest = subject.0;
+    let read_sigs = async {
+        match signing {
+            Some(_) => cosign::read_tagged(client, r, digest).await,
+            None => Ok((Vec::new(), None)),
+        }
+    };
+    let (listing, sigs) =
+        futures_util::future::join(referrers::listing(client, r, digest, api), read_sigs).await;
+    let (mut listing, (mut signed, tagged)) = (listing?, sigs?);
+    let mut sig = None;
+    let mut kept = None;
+    if let Some((key, ids)) = signing {
+        let before = signed.len();
+        for id in ids {
+            let s = cosign::sign(key, &cosign::payload(id, digest));
+            if !signed.contains(&s) {
+                signed.push(s);
+            }
+        }
+        if let Some(t) = &tagged {
+            listing.tags.insert(cosign::sig_tag(digest), t.clone());
+        }
+        if signed.len() > before || before == 0 {
+            sig = Some(cosign::manifest(&signed, subject));
+        } else if let Some(t) = tagged {
+            // Every signature is there already, in a `.sig` left as it is.
+            kept = Some(referrers::Attached {
+                artifact_type: cosign::SIG_ARTIFACT.to_string(),
+                digest: t,
+                tag: Some(cosign::sig_tag(digest)),
+            });
         }
     }
-    if signed.len() > before || before == 0 {
-        let m = cosign::manifest(&signed, (&digest, size));
-        referrers::attach(client, store, r, &digest, &[m], known).await?;
-    }
-    Ok(digest)
+    // The signature's manifest goes with the rest, after them in the
+    // report.
+    let all: Vec<&referrers::Referrer> = attach.iter().chain(sig.as_ref()).collect();
+    let mut out = referrers::attach_listed(client, r, digest, &all, listing, known, api).await?;
+    out.extend(kept);
+    Ok(out)
 }
 
 /// Verifies that a signature by `key` vouches for the image `r` names.
