@@ -589,21 +589,7 @@ impl Client {
             }
             s => return Err(of_blob(status_error(r, what, s, resp).await, digest)),
         };
-        // The registry names what it stored; anything else is not our blob.
-        if let Some(stored) = resp
-            .headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            && stored != digest
-        {
-            return Err(RegistryError::Mismatch {
-                reference: r.to_string(),
-                digest: digest.to_string(),
-                expected: digest.to_string(),
-                actual: stored.to_string(),
-            });
-        }
-        Ok(())
+        stored_as(r, &resp, digest)
     }
 
     /// Puts the finished upload under its digest.
@@ -630,22 +616,7 @@ impl Client {
             let error = status_error(r, "finishing an upload", resp.status(), resp).await;
             return Err(StepError { error, wait });
         }
-        // The registry names what it stored; anything else is not our blob.
-        if let Some(stored) = resp
-            .headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            && stored != digest
-        {
-            return Err(RegistryError::Mismatch {
-                reference: r.to_string(),
-                digest: digest.to_string(),
-                expected: digest.to_string(),
-                actual: stored.to_string(),
-            }
-            .into());
-        }
-        Ok(())
+        Ok(stored_as(r, &resp, digest)?)
     }
 
     /// Opens an upload session; its location.
@@ -1045,6 +1016,25 @@ pub(super) async fn status_error(
             status: status.as_u16(),
             detail: redact(detail.trim()),
         },
+    }
+}
+
+
+/// The registry names the digest it stored an upload under: anything but
+/// `digest` is not our blob.
+fn stored_as(r: &Reference, resp: &reqwest::Response, digest: &str) -> Result<(), RegistryError> {
+    match resp
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(stored) if stored != digest => Err(RegistryError::Mismatch {
+            reference: r.to_string(),
+            digest: digest.to_string(),
+            expected: digest.to_string(),
+            actual: stored.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
