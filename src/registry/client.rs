@@ -1019,7 +1019,6 @@ pub(super) async fn status_error(
     }
 }
 
-
 /// The registry names the digest it stored an upload under: anything but
 /// `digest` is not our blob.
 fn stored_as(r: &Reference, resp: &reqwest::Response, digest: &str) -> Result<(), RegistryError> {
