@@ -413,7 +413,8 @@ impl Roots {
     }
 }
 
-/// Everything [`parts`] compares, in one text.
+/// Everything [`parts`] compares, in one text (a field added to the one
+/// belongs in the other).
 fn whole(image: &Image, roots: &Roots) -> String {
     let all = (
         &image.parent,
@@ -425,6 +426,7 @@ fn whole(image: &Image, roots: &Roots) -> String {
         &image.secrets,
         image.network,
         &image.debian,
+        image.compression.map(|c| c.to_string()),
     );
     roots.strip(&serde_json::to_string(&all).unwrap_or_default())
 }
