@@ -82,9 +82,15 @@ impl Session<'_> {
                 // to the parent in the registry), so every reference resolves.
                 let mut referenced = Vec::new();
                 if make_evidence {
-                    for (name, digest, list) in
-                        self.referenced_sboms(requested, &delivery.evidence)?
-                    {
+                    let parents = match self.referenced_sboms(requested, &delivery.evidence) {
+                        Ok(parents) => parents,
+                        Err(e) => {
+                            // As above: no tag may move.
+                            let _ = tx.send(None);
+                            return Err(e);
+                        }
+                    };
+                    for (name, digest, list) in parents {
                         referrers.insert(name.clone(), list);
                         referenced.push((name, digest));
                     }
