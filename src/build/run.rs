@@ -517,80 +517,27 @@ mod tests {
         assert!(cx.env.iter().any(|(k, _)| k == "PATH"));
         let below = vec![];
         let none = KeyExtra::default();
-        let k1 = key(
-            &below,
-            &["true".into()],
-            &cx,
-            LayerCompression::GZIP,
-            0,
-            &none,
-        );
-        assert_eq!(
-            k1,
-            key(
-                &below,
-                &["true".into()],
-                &cx,
-                LayerCompression::GZIP,
-                0,
-                &none
-            )
-        );
-        assert_ne!(
-            k1,
-            key(
-                &below,
-                &["false".into()],
-                &cx,
-                LayerCompression::GZIP,
-                0,
-                &none
-            )
-        );
+        // The key of `cmd` in `cx` with `extra`, all else as k1's.
+        let k = |cmd: &str, cx: &Context, extra: &KeyExtra| {
+            key(&below, &[cmd.into()], cx, LayerCompression::GZIP, 0, extra)
+        };
+        let k1 = k("true", &cx, &none);
+        assert_eq!(k1, k("true", &cx, &none));
+        assert_ne!(k1, k("false", &cx, &none));
         let mut cx2 = cx.clone();
         cx2.env[0].1 = "2".into();
-        assert_ne!(
-            k1,
-            key(
-                &below,
-                &["true".into()],
-                &cx2,
-                LayerCompression::GZIP,
-                0,
-                &none
-            )
-        );
+        assert_ne!(k1, k("true", &cx2, &none));
         // Made under chroot (no /proc): another key, namespace's unchanged.
         let chroot = KeyExtra {
             chroot: true,
             ..KeyExtra::default()
         };
-        assert_ne!(
-            k1,
-            key(
-                &below,
-                &["true".into()],
-                &cx,
-                LayerCompression::GZIP,
-                0,
-                &chroot
-            )
-        );
+        assert_ne!(k1, k("true", &cx, &chroot));
         let offline = KeyExtra {
             no_network: true,
             ..KeyExtra::default()
         };
-        assert_ne!(
-            k1,
-            key(
-                &below,
-                &["true".into()],
-                &cx,
-                LayerCompression::GZIP,
-                0,
-                &offline
-            )
-        );
+        assert_ne!(k1, k("true", &cx, &offline));
     }
 
     #[test]
