@@ -258,6 +258,10 @@ impl<'a> Session<'a> {
             }
         }
         ids::remember(self.store, &blob.digest, etc_files(entries)?)?;
+        if self.layer_facts {
+            // Only a shortcut: an SBOM without it reads the blob instead.
+            let _ = crate::sbom::layers::remember(self.store, &blob.digest, entries);
+        }
         let record = LayerRecord {
             desc: LayerDesc {
                 digest: blob.digest,

@@ -283,4 +283,7 @@ pub struct Session<'a> {
     records: records::Memo,
     /// Cache layers' blobs still coming.
     fetches: fetch::Fetches,
+    /// Record each written layer's SBOM facts as it is written (an SBOM
+    /// is to be made of this build's images).
+    layer_facts: bool,
 }

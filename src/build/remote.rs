@@ -326,9 +326,12 @@ impl<'a> Remote<'a> {
         let made = futures_util::stream::unfold(incoming, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         });
-        // Images side by side, each one's blobs side by side: the requests
-        // are small, and go beside the layers' big uploads.
+        // Images side by side, but few requests at once: they are small,
+        // and a registry flooded with them slows the layers' big uploads,
+        // which every manifest waits for.
         let in_place = &in_place;
+        let gate = tokio::sync::Semaphore::new(EVIDENCE_PARALLEL);
+        let gate = &gate;
         made.map(|made| async move {
             let Some((name, blobs)) = made else {
                 return Err(RegistryError::Setup(
@@ -368,6 +371,7 @@ impl<'a> Remote<'a> {
                 }
                 for (d, b) in all {
                     jobs.push(async move {
+                        let _permit = gate.acquire().await;
                         transfer::put_bytes(&self.client, r, &d, &b, &self.known).await
                     });
                 }
@@ -513,6 +517,9 @@ pub struct EarlyEvidence<'k> {
     /// The signing key, whose signature blobs go up early too.
     pub key: Option<&'k p256::ecdsa::SigningKey>,
 }
+
+/// Evidence blobs sent at once while the layers go up.
+const EVIDENCE_PARALLEL: usize = 2;
 
 /// Images whose referrers are attached at once: each is a chain of small
 /// requests, so more of them than blobs in flight keep the registry busy.

@@ -30,7 +30,15 @@ impl<'a> Session<'a> {
             archives: debian::Archives::default(),
             records: Default::default(),
             fetches: Default::default(),
+            layer_facts: false,
         }
+    }
+
+    /// The same session, recording each layer's SBOM facts as it writes
+    /// it: the SBOMs made after the build then read no blob back.
+    pub fn with_layer_facts(mut self) -> Session<'a> {
+        self.layer_facts = true;
+        self
     }
 
     /// The same session, sharing layers through `cache`.

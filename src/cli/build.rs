@@ -177,12 +177,15 @@ pub fn run(cli: &Cli, args: &BuildArgs) -> Result<(), Failure> {
     let store = open_store()?;
     let progress = Progress::new(cli.quiet);
     let remote = Remote::new(&store, &remote_opts, &progress)?;
-    let session = Session::new(&store, &spec, &opts).with_remote(&remote);
     let delivery = Delivery {
         outputs: &outputs,
         push: args.push,
         evidence: evidence(cli, args, &spec, &opts)?,
     };
+    let mut session = Session::new(&store, &spec, &opts).with_remote(&remote);
+    if delivery.evidence.sbom.is_some() {
+        session = session.with_layer_facts();
+    }
     let Delivered {
         results,
         outputs_written,

@@ -144,6 +144,50 @@ pub fn read(blob: &Path, desc: &LayerDesc) -> io::Result<LayerFacts> {
     Ok(out)
 }
 
+/// The facts of the layer `entries` make, as [`read`] would find them in
+/// the blob written from them, without reading that blob back: the wanted
+/// files are read from where the tar takes them.
+pub fn from_entries(digest: &str, entries: &crate::layer::Entries) -> io::Result<LayerFacts> {
+    use crate::layer::EntryKind;
+    let mut out = LayerFacts {
+        digest: digest.to_string(),
+        ..LayerFacts::default()
+    };
+    for e in &entries.0 {
+        let path = norm(&e.path);
+        match &e.kind {
+            EntryKind::Whiteout => out.removed.push(path),
+            // `D/.wh..wh..opq` reads back as `D/`; at the root, as ``.
+            EntryKind::Opaque if path.is_empty() => out.removed.push(path),
+            EntryKind::Opaque => out.removed.push(format!("{path}/")),
+            EntryKind::File { src, size, .. } => {
+                let Some(limit) = wanted(&path) else { continue };
+                if *size > limit {
+                    continue;
+                }
+                let mut bytes = Vec::with_capacity(*size as usize);
+                File::open(src)?.take(*size).read_to_end(&mut bytes)?;
+                let text = String::from_utf8_lossy(&bytes);
+                if let Some(f) = fact(&path, &text) {
+                    out.files.insert(path, f);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Records the facts of a layer just written from `entries` as `digest`,
+/// so an SBOM of it never reads the blob back (a cold build's evidence
+/// would otherwise decompress every new layer once more).
+pub fn remember(store: &Store, digest: &str, entries: &crate::layer::Entries) -> io::Result<()> {
+    let f = from_entries(digest, entries)?;
+    store
+        .put(Kind::Meta, &format!("sbom-{}", hex_of(digest)), &f)
+        .map_err(io::Error::other)
+}
+
 /// A layer's facts from the store's record, else read from its blob and
 /// recorded.
 pub fn facts(store: &Store, desc: &LayerDesc) -> io::Result<LayerFacts> {
@@ -189,6 +233,89 @@ mod tests {
                 .map(|(p, t)| (p.to_string(), fact(p, t).unwrap()))
                 .collect(),
         }
+    }
+
+    /// The facts recorded while a layer is written are the facts read
+    /// back from the blob: the SBOM of a fresh build is the same bytes.
+    #[test]
+    fn facts_from_entries_equal_facts_read_from_the_blob() {
+        use crate::layer::{BlobOptions, Compression, Entry, EntryKind, FileLayer, walk};
+        let src = tempfile::tempdir().unwrap();
+        let r = src.path();
+        let put = |p: &str, text: &str| {
+            let p = r.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put(
+            "var/lib/dpkg/status",
+            "Package: a\nStatus: install ok installed\nVersion: 1\n",
+        );
+        put("etc/os-release", "ID=debian\nVERSION_CODENAME=trixie\n");
+        put(
+            "usr/share/doc/a/copyright",
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: MIT\n",
+        );
+        put("usr/share/doc/a/x/copyright", "not one");
+        put(
+            "var/www/m/mod/a/version.php",
+            "<?php\n$plugin->component = 'mod_a';\n$plugin->version = 2024;\n",
+        );
+        put(
+            "var/www/m/version.php",
+            "<?php\n$version = 1;\n$release = '5.1.3 (Build: 1)';\n$branch = '501';\n",
+        );
+        put(
+            "var/www/m/big/version.php",
+            &"x".repeat((MAX_PHP + 1) as usize),
+        );
+        put(
+            "var/www/m/other.php",
+            "<?php\n$plugin->component = 'mod_b';\n",
+        );
+        let mut entries = walk(
+            &FileLayer::new(r, "/"),
+            &mut crate::layer::statcache::StatCache::default(),
+            1,
+        )
+        .unwrap();
+        let e = |path: &str, kind: EntryKind| Entry {
+            path: path.into(),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+        };
+        entries.0.push(e("var/www/m/mod/gone", EntryKind::Whiteout));
+        entries.0.push(e("var/www/m/theme", EntryKind::Dir));
+        entries.0.push(e("var/www/m/theme", EntryKind::Opaque));
+        let out = tempfile::tempdir().unwrap();
+        let blob = out.path().join("blob");
+        let opts = BlobOptions {
+            epoch: 0,
+            compression: Compression::Gzip.into(),
+            threads: 1,
+            copy: None,
+        };
+        let (_, written) = crate::layer::write_blob(
+            &entries,
+            opts,
+            std::fs::File::create(&blob).unwrap(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let desc = LayerDesc {
+            digest: written.digest.clone(),
+            diff_id: written.diff_id,
+            size: written.size,
+            media_type: Compression::Gzip.media_type().to_string(),
+        };
+        let read_back = read(&blob, &desc).unwrap();
+        let made = from_entries(&written.digest, &entries).unwrap();
+        assert_eq!(made, read_back);
+        // What the comparison covers: each kind of fact and both removals.
+        assert_eq!(made.files.len(), 5, "{:?}", made.files.keys());
+        assert_eq!(made.removed, ["var/www/m/mod/gone", "var/www/m/theme/"]);
     }
 
     #[test]
