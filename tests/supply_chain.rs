@@ -528,6 +528,22 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
         "skopeo accepted an unsigned image: {unsigned}"
     );
     unsigned.stderr_has(&["no signature exists"]);
+    // `imgbuild sign` afterwards: accepted, by the tag it signed.
+    cx.run_env(
+        &[
+            "sign",
+            &format!("{prefix}/plain:latest"),
+            "--key",
+            "keys/a.key",
+        ],
+        &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+    )
+    .success();
+    let policy_plain_exact = skopeo_config(&cx, &reg, "sc/plain", &a_pub, None);
+    for policy in [&policy_plain, &policy_plain_exact] {
+        let later = skopeo_pull(&cx, policy, &format!("{prefix}/plain:latest"));
+        assert_eq!(later.code, 0, "skopeo refused what `sign` signed: {later}");
+    }
 
     // Copied to another repository, the signature still names the first:
     // refused there until `copy --sign-key` signs it where it lands.
