@@ -44,21 +44,35 @@ fn keygen(cx: &Ctx, prefix: &str) {
 
 /// Files skopeo reads: a policy requiring a sigstore signature by `key`
 /// for the registry's `repo`, and a registries.d that looks for sigstore
-/// attachments there.
-fn skopeo_config(cx: &Ctx, reg: &Registry, repo: &str, key: &Path) -> (String, String) {
+/// attachments there. `identity`: the policy's `signedIdentity`, `None` for
+/// containers/image's default (`matchRepoDigestOrExact`).
+fn skopeo_config(
+    cx: &Ctx,
+    reg: &Registry,
+    repo: &str,
+    key: &Path,
+    identity: Option<&str>,
+) -> (String, String) {
+    let mut requirement = serde_json::json!({
+        "type": "sigstoreSigned",
+        "keyPath": key,
+    });
+    if let Some(identity) = identity {
+        requirement["signedIdentity"] = serde_json::json!({ "type": identity });
+    }
     let policy = serde_json::json!({
         "default": [{ "type": "insecureAcceptAnything" }],
-        "transports": { "docker": { format!("{}/{repo}", reg.host()): [{
-            "type": "sigstoreSigned",
-            "keyPath": key,
-            "signedIdentity": { "type": "matchRepository" },
-        }]}},
+        "transports": { "docker": { format!("{}/{repo}", reg.host()): [requirement] }},
     });
-    // One file per repository and key: a later policy must not replace an
-    // earlier one that a pull still names.
+    // One file per repository, key and identity: a later policy must not
+    // replace an earlier one that a pull still names.
     let name = key.file_stem().unwrap().to_string_lossy().into_owned();
     let policy_path = cx.write(
-        &format!("policy-{}-{name}.json", repo.replace('/', "-")),
+        &format!(
+            "policy-{}-{name}-{}.json",
+            repo.replace('/', "-"),
+            identity.unwrap_or("default")
+        ),
         policy.to_string(),
     );
     cx.write(
@@ -419,11 +433,13 @@ fn a_wrong_passphrase_or_missing_one_is_a_clear_error_and_never_printed() {
 /// imgbuild's of skopeo's. Debian's skopeo 1.9.3 is built with sigstore
 /// disabled (a Debian-local patch: "Debian-local change: sigstore
 /// disabled", for both `sigstoreSigned` policies and
-/// `--sign-by-sigstore-private-key`), so this cannot pass with it; run it
-/// with an upstream skopeo (>= 1.9) on PATH: `cargo test --test
-/// supply_chain -- --ignored`.
+/// `--sign-by-sigstore-private-key`), so this cannot pass with it. Build an
+/// upstream skopeo from its source (`SKOPEO_GIT=<bare git dir of
+/// containers/skopeo> ci/upstream-skopeo.sh /opt/skopeo-upstream`, with
+/// Debian's Go) and run `PATH=/opt/skopeo-upstream/bin:$PATH cargo test
+/// --test supply_chain -- --ignored skopeo`.
 #[test]
-#[ignore = "Debian's skopeo is built with sigstore disabled; needs an upstream skopeo >= 1.9 on PATH"]
+#[ignore = "Debian's skopeo is built with sigstore disabled; build one with ci/upstream-skopeo.sh DIR and put DIR/bin first on PATH"]
 fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     require_tool("skopeo", "skopeo");
     let cx = project();
@@ -447,24 +463,118 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     )
     .success();
     let digest = reg.digest("sc/app", "latest").unwrap();
+    let a_pub = cx.path("keys/a.pub");
     // skopeo: imgbuild's signature, with imgbuild's public key, passes.
-    let policy_a = skopeo_config(&cx, &reg, "sc/app", &cx.path("keys/a.pub"));
+    let policy_a = skopeo_config(&cx, &reg, "sc/app", &a_pub, Some("matchRepository"));
     let ok = skopeo_pull(&cx, &policy_a, &format!("{prefix}/app:latest"));
+    assert!(
+        !ok.stderr.contains("sigstore disabled"),
+        "this skopeo is built without sigstore (Debian's is); build one with ci/upstream-skopeo.sh DIR and put DIR/bin first on PATH: {ok}"
+    );
     assert_eq!(ok.code, 0, "skopeo refused a signed image: {ok}");
+    // The default identity rule (matchRepoDigestOrExact) holds too: the
+    // signature names the tag that was pushed, and by digest only the
+    // repository counts.
+    let policy_exact = skopeo_config(&cx, &reg, "sc/app", &a_pub, None);
+    let by_tag = skopeo_pull(&cx, &policy_exact, &format!("{prefix}/app:latest"));
+    assert_eq!(by_tag.code, 0, "skopeo refused the signed tag: {by_tag}");
+    let by_digest = skopeo_pull(&cx, &policy_exact, &format!("{prefix}/app@{digest}"));
+    assert_eq!(by_digest.code, 0, "skopeo refused the digest: {by_digest}");
+    // A tag put on later was not signed: only matchRepository accepts it.
+    cx.run(&[
+        "tag",
+        &format!("{prefix}/app:latest"),
+        &format!("{prefix}/app:unsigned-tag"),
+    ])
+    .success();
+    let other_tag = skopeo_pull(&cx, &policy_exact, &format!("{prefix}/app:unsigned-tag"));
+    assert!(
+        other_tag.code != 0,
+        "skopeo accepted a tag that was never signed under matchRepoDigestOrExact: {other_tag}"
+    );
+    other_tag.stderr_has(&["not accepted"]);
+    let any_tag = skopeo_pull(&cx, &policy_a, &format!("{prefix}/app:unsigned-tag"));
+    assert_eq!(
+        any_tag.code, 0,
+        "matchRepository refused another tag: {any_tag}"
+    );
 
     // Another key: both refuse.
-    let policy_b = skopeo_config(&cx, &reg, "sc/app", &cx.path("keys/b.pub"));
+    let policy_b = skopeo_config(
+        &cx,
+        &reg,
+        "sc/app",
+        &cx.path("keys/b.pub"),
+        Some("matchRepository"),
+    );
     let other = skopeo_pull(&cx, &policy_b, &format!("{prefix}/app:latest"));
     assert!(other.code != 0, "skopeo accepted another key: {other}");
+    other.stderr_has(&["cryptographic signature verification failed"]);
+    cx.run(&[
+        "verify",
+        &format!("{prefix}/app:latest"),
+        "--key",
+        "keys/b.pub",
+    ])
+    .exit(1);
 
     // Unsigned.
     cx.run(&["-q", "build", "plain", "--push", "--registry", &prefix])
         .success();
-    let policy_plain = skopeo_config(&cx, &reg, "sc/plain", &cx.path("keys/a.pub"));
+    let policy_plain = skopeo_config(&cx, &reg, "sc/plain", &a_pub, Some("matchRepository"));
     let unsigned = skopeo_pull(&cx, &policy_plain, &format!("{prefix}/plain:latest"));
     assert!(
         unsigned.code != 0,
         "skopeo accepted an unsigned image: {unsigned}"
+    );
+    unsigned.stderr_has(&["no signature exists"]);
+    // `imgbuild sign` afterwards: accepted, by the tag it signed.
+    cx.run_env(
+        &[
+            "sign",
+            &format!("{prefix}/plain:latest"),
+            "--key",
+            "keys/a.key",
+        ],
+        &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+    )
+    .success();
+    let policy_plain_exact = skopeo_config(&cx, &reg, "sc/plain", &a_pub, None);
+    for policy in [&policy_plain, &policy_plain_exact] {
+        let later = skopeo_pull(&cx, policy, &format!("{prefix}/plain:latest"));
+        assert_eq!(later.code, 0, "skopeo refused what `sign` signed: {later}");
+    }
+
+    // Copied to another repository, the signature still names the first:
+    // refused there until `copy --sign-key` signs it where it lands.
+    let policy_copy = skopeo_config(&cx, &reg, "sc/copy", &a_pub, Some("matchRepository"));
+    cx.run(&[
+        "copy",
+        &format!("{prefix}/app:latest"),
+        &format!("{prefix}/copy:v1"),
+    ])
+    .success();
+    let carried = skopeo_pull(&cx, &policy_copy, &format!("{prefix}/copy:v1"));
+    assert!(
+        carried.code != 0,
+        "skopeo accepted a signature made for another repository: {carried}"
+    );
+    carried.stderr_has(&["not accepted"]);
+    cx.run_env(
+        &[
+            "copy",
+            &format!("{prefix}/app:latest"),
+            &format!("{prefix}/copy:v1"),
+            "--sign-key",
+            "keys/a.key",
+        ],
+        &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+    )
+    .success();
+    let resigned = skopeo_pull(&cx, &policy_copy, &format!("{prefix}/copy:v1"));
+    assert_eq!(
+        resigned.code, 0,
+        "skopeo refused the copy signed where it landed: {resigned}"
     );
 
     // Changed after signing, the old signature put beside the new bytes.
@@ -472,6 +582,7 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     cx.run(&["-q", "build", "app", "--push", "--registry", &prefix])
         .success();
     let changed = reg.digest("sc/app", "latest").unwrap();
+    assert_ne!(changed, digest);
     let sig = |d: &str| {
         format!(
             "{prefix}/app:sha256-{}.sig",
@@ -484,6 +595,15 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
         tampered.code != 0,
         "skopeo accepted a changed manifest: {tampered}"
     );
+    // containers/image names the digest the signature vouches for.
+    tampered.stderr_has(&[&format!("Signature for digest {digest} does not match")]);
+    cx.run(&[
+        "verify",
+        &format!("{prefix}/app:latest"),
+        "--key",
+        "keys/a.pub",
+    ])
+    .exit(1);
 
     // imgbuild verifies what skopeo signed with imgbuild's key file.
     let layout = cx.scratch.join("layout");
@@ -491,6 +611,10 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     let pass_file = cx.write("pass.txt", PASS);
     let mut c = Command::new("skopeo");
     c.args([
+        // The source is an oci: layout, which the policy's default lets
+        // through; named so the machine's own policy.json plays no part.
+        "--policy",
+        &policy_a.0,
         "--registries.d",
         &policy_a.1,
         "copy",
