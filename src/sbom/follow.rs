@@ -21,7 +21,9 @@ use std::future::Future;
 use serde_json::Value;
 
 use super::dpkg::Installed;
-use super::inventory::{DebPackage, Inventory, Moodle, ParentDoc, Plugin, SourceInfo, SourceKind};
+use super::inventory::{
+    DebPackage, Inventory, Moodle, ParentDoc, Plugin, SourceInfo, SourceKind, licence_refs_of,
+};
 use super::{cyclonedx, spdx};
 use crate::oci::image::LayerDesc;
 use crate::registry::{Client, Reference, RegistryError};
@@ -60,7 +62,7 @@ pub enum FollowError {
         tried: String,
     },
     #[error(
-        "{found} is {id}, the SBOM that {child} references, but its {algorithm} is {actual}, not {expected} as {child} says: refusing it"
+        "{found} is {id}, which {child} references with {algorithm} {expected}, but its {algorithm} is {actual}: refusing it (its bytes are not the ones the reference pins)"
     )]
     Mismatch {
         child: String,
@@ -375,8 +377,7 @@ fn merge(child: &Read, parent: Inventory) -> Result<Inventory, FollowError> {
     let licence_refs = packages
         .iter()
         .filter_map(|p| p.licence.as_deref())
-        .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == '(' || c == ')'))
-        .filter(|t| t.starts_with("LicenseRef-"))
+        .flat_map(licence_refs_of)
         .map(str::to_string)
         .collect();
 
@@ -956,6 +957,10 @@ mod tests {
                     ("php8.4", "8.4.11-1", "php8.4"),
                     ("tzdata", "2025c-1", "tzdata"),
                 ]),
+            ),
+            (
+                "usr/share/doc/php8.4/copyright",
+                "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: PHP-3.01 and Zend-2.0\n\nFiles: build/*\nLicense: GPL-2+ with Autoconf exception\n",
             ),
             (
                 "var/www/moodle/version.php",
