@@ -1532,7 +1532,7 @@ fn the_full_sbom_of_a_pushed_image_follows_its_parents_sboms_through_the_registr
         .exit(1)
         .stderr_has(&[
             &format!("three/mid@{artifact_digest}"),
-            &format!("three/client@"),
+            "three/client@",
             "SHA1",
             "refusing",
         ]);

@@ -21,7 +21,8 @@ pub struct SbomArgs {
     /// checksum). For a registry reference, the parents' SBOMs are
     /// followed in the sibling repositories (PREFIX/PARENT), each checked
     /// against the checksum its child gives, and merged: the same document
-    /// as `sbom NAME --full` from the build.
+    /// as `sbom NAME --full` from the build. Exit 1 when a parent's SBOM is
+    /// missing there or has other bytes than its reference pins.
     #[arg(long)]
     full: bool,
     #[command(flatten)]

@@ -62,11 +62,11 @@ pub enum FollowError {
         tried: String,
     },
     #[error(
-        "{found} is {id}, which {child} references with {algorithm} {expected}, but its {algorithm} is {actual}: refusing it (its bytes are not the ones the reference pins)"
+        "{found}, which {child} references with {algorithm} {expected}, has {algorithm} {actual}: refusing it (its bytes are not the ones the reference pins)"
     )]
     Mismatch {
         child: String,
-        id: String,
+        /// Where, and which document it claims to be.
         found: String,
         algorithm: &'static str,
         expected: String,
@@ -281,18 +281,16 @@ fn pick(
         if identity(&doc, media_type).as_deref() != Some(link.id.as_str()) {
             continue;
         }
-        let sums: [(&'static str, &str, fn(&[u8]) -> String); 2] = [
-            ("SHA1", &link.sha1, spdx::sha1_hex),
-            ("SHA-256", &link.sha256, crate::digest::sha256_hex),
-        ];
         // SPDX pins the parent by SHA1 and names its SHA-256 too;
         // CycloneDX by SHA-256.
-        let bad = sums.iter().find_map(|(algorithm, expected, sum)| {
-            let actual = sum(&f.bytes);
+        let sums = [
+            ("SHA1", &link.sha1, spdx::sha1_hex(&f.bytes)),
+            ("SHA-256", &link.sha256, crate::digest::sha256_hex(&f.bytes)),
+        ];
+        let bad = sums.into_iter().find_map(|(algorithm, expected, actual)| {
             (!expected.is_empty() && actual != *expected).then(|| FollowError::Mismatch {
                 child: child.name(),
-                id: link.id.clone(),
-                found: format!("the SBOM at {}", f.location),
+                found: format!("the SBOM at {} ({})", f.location, link.id),
                 algorithm,
                 expected: expected.to_string(),
                 actual,
