@@ -935,7 +935,9 @@ mod tests {
         manifests: BTreeMap<String, String>,
     }
 
-    fn chain() -> Chain {
+    /// `mid_removes`: mid's layer takes away base's `tzdata`, so mid's
+    /// attached SBOM is whole (and client's references it).
+    fn chain(mid_removes: bool) -> Chain {
         let l0 = layer(&[
             (
                 "var/lib/dpkg/status",
@@ -950,11 +952,18 @@ mod tests {
         let l1 = layer(&[
             (
                 "var/lib/dpkg/status",
-                &status(&[
-                    ("libc6", "2.41-12", "glibc"),
-                    ("php8.4", "8.4.11-1", "php8.4"),
-                    ("tzdata", "2025c-1", "tzdata"),
-                ]),
+                &status(if mid_removes {
+                    &[
+                        ("libc6", "2.41-12", "glibc"),
+                        ("php8.4", "8.4.11-1", "php8.4"),
+                    ][..]
+                } else {
+                    &[
+                        ("libc6", "2.41-12", "glibc"),
+                        ("php8.4", "8.4.11-1", "php8.4"),
+                        ("tzdata", "2025c-1", "tzdata"),
+                    ][..]
+                }),
             ),
             (
                 "usr/share/doc/php8.4/copyright",
@@ -1046,6 +1055,7 @@ mod tests {
                         } else {
                             cyclonedx::serial(pm, None)
                         };
+                        // As `sbom::document`: a removal makes it whole.
                         inv.clone()
                             .thin(ParentDoc {
                                 name: p.into(),
@@ -1054,7 +1064,7 @@ mod tests {
                                 sha1: spdx::sha1_hex(pbytes),
                                 sha256: crate::digest::sha256_hex(pbytes),
                             })
-                            .expect("nothing removed")
+                            .unwrap_or_else(|| inv.clone())
                     }
                     None => inv.clone(),
                 };
@@ -1119,15 +1129,24 @@ mod tests {
 
     #[test]
     fn following_thin_sboms_gives_the_full_one_byte_for_byte() {
-        let c = chain();
+        for removes in [false, true] {
+            following(removes);
+        }
+    }
+
+    fn following(mid_removes: bool) {
+        let c = chain(mid_removes);
+        let mid =
+            String::from_utf8_lossy(&c.docs[&("mid".to_string(), spdx::MEDIA_TYPE)]).into_owned();
+        assert_eq!(mid.contains("externalDocumentRefs"), !mid_removes);
         for mt in [spdx::MEDIA_TYPE, cyclonedx::MEDIA_TYPE] {
             for name in ["client", "mid", "base"] {
                 let got = run(flatten(top(&c, name, mt), mt, &memory(&c, mt)))
-                    .unwrap_or_else(|e| panic!("{name} {mt}: {e}"));
+                    .unwrap_or_else(|e| panic!("{name} {mt} {mid_removes}: {e}"));
                 let want = &c.full[&(name.to_string(), mt)];
                 assert!(
                     &got == want,
-                    "{name} {mt}:\n{}\n{}",
+                    "{name} {mt} {mid_removes}:\n{}\n{}",
                     String::from_utf8_lossy(&got),
                     String::from_utf8_lossy(want)
                 );
@@ -1143,7 +1162,7 @@ mod tests {
 
     #[test]
     fn a_parent_sbom_with_other_bytes_is_refused_and_a_missing_one_named() {
-        let c = chain();
+        let c = chain(false);
         let mt = spdx::MEDIA_TYPE;
         let mut docs = memory(&c, mt);
         let good = docs.0["mid"][0].bytes.clone();
@@ -1198,7 +1217,7 @@ mod tests {
 
     #[test]
     fn a_document_this_imgbuild_would_not_write_is_not_flattened() {
-        let c = chain();
+        let c = chain(false);
         let mt = spdx::MEDIA_TYPE;
         let mut t = top(&c, "client", mt);
         let mut doc: Value = serde_json::from_slice(&t.bytes).unwrap();
