@@ -186,17 +186,27 @@ pub async fn from_registry(
         .await
         .map_err(registry)?;
     let repository = format!("{}/{}", r.registry, r.repository);
-    let Some((digest, bytes)) = found.into_iter().next() else {
-        return Err(FollowError::NoSbom {
-            reference: r.to_string(),
-            media_type: media_type.to_string(),
-        });
-    };
-    let top = Found {
-        location: format!("{repository}@{digest}"),
-        bytes,
-    };
-    flatten(top, media_type, &Siblings { client, of: r }).await
+    let siblings = Siblings { client, of: r };
+    // Usually one; with two (a thin one and, pushed later with
+    // `--sbom-parents full`, the whole) either gives the same document, so
+    // the first that can be followed is taken.
+    let mut first_error = None;
+    for (digest, bytes) in found {
+        let top = Found {
+            location: format!("{repository}@{digest}"),
+            bytes,
+        };
+        match flatten(top, media_type, &siblings).await {
+            Ok(doc) => return Ok(doc),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| FollowError::NoSbom {
+        reference: r.to_string(),
+        media_type: media_type.to_string(),
+    }))
 }
 
 /// The repositories beside `of`'s.
