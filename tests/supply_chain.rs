@@ -729,6 +729,34 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
         .stdout;
     validate(&cx, "app.spdx.json", &spdx, true);
     validate(&cx, "app.cdx.json", &cdx, false);
+    // The same from the registry: app's thin SBOMs pushed, followed to
+    // debian-root's (real packages, DEP-5 licences, a git source).
+    let reg = Registry::anonymous();
+    let prefix = format!("{}/deb", reg.host());
+    cx.run(&[
+        "-q",
+        "build",
+        "app",
+        "--push",
+        "--registry",
+        &prefix,
+        "--sbom",
+        "both",
+    ])
+    .success();
+    for (format, local) in [("spdx", &spdx), ("cyclonedx", &cdx)] {
+        let remote = cx
+            .run(&[
+                "sbom",
+                &format!("{prefix}/app:latest"),
+                "--full",
+                "--format",
+                format,
+            ])
+            .success()
+            .stdout;
+        assert!(&remote == local, "{format}: the registry's differs");
+    }
     let doc: Value = serde_json::from_str(&spdx).unwrap();
     let packages = doc["packages"].as_array().unwrap();
     let purl = |p: &Value| {
@@ -1163,9 +1191,25 @@ fn a_pushed_client_sbom_references_the_sbom_attached_to_its_parent() {
     assert_eq!(full, cx.run(&["sbom", "client", "--full"]).success().stdout);
     assert!(full.contains(&parent_layer) && !full.contains("externalDocumentRefs"));
     validate(&cx, "client.full.spdx.json", &full, true);
-    cx.run(&["sbom", &format!("{prefix}/client:latest"), "--full"])
-        .exit(2)
-        .stderr_has(&["--full"]);
+    // `--full` of the pushed thin one follows the reference to the
+    // parent's SBOM: the same document as from the build.
+    for format in ["spdx", "cyclonedx"] {
+        assert_eq!(
+            cx.run(&[
+                "sbom",
+                &format!("{prefix}/client:latest"),
+                "--full",
+                "--format",
+                format
+            ])
+            .success()
+            .stdout,
+            cx.run(&["sbom", "client", "--full", "--format", format])
+                .success()
+                .stdout,
+            "{format}"
+        );
+    }
 }
 
 #[test]
@@ -1382,4 +1426,257 @@ fn two_pushes_racing_on_one_image_both_stay_in_its_index() {
             .count();
         assert_eq!(provenances, 2 * (round + 1), "round {round}");
     }
+}
+
+/// Three levels whose SBOMs have something in each: `base` (a dpkg
+/// database, a DEP-5 copyright file, os-release, written as files), `mid`
+/// on it (changes a package, adds one, Moodle and a plugin from a `dir:`
+/// source), `client` on `mid` (a newer plugin over mid's, a theme from
+/// another source).
+fn three_levels() -> Ctx {
+    let cx = Ctx::new();
+    let status = |pkgs: &[(&str, &str, &str)]| -> String {
+        pkgs.iter()
+            .map(|(n, v, arch)| {
+                format!("Package: {n}\nStatus: install ok installed\nArchitecture: {arch}\nSource: {n}-src (1:{v})\nVersion: 1:{v}\n\n")
+            })
+            .collect()
+    };
+    cx.write(
+        "base/var/lib/dpkg/status",
+        status(&[("libc6", "2.41-12", "amd64"), ("tzdata", "2025b-4", "all")]),
+    );
+    cx.write(
+        "base/usr/share/doc/libc6/copyright",
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: LGPL-2.1+ and GPL-2 with OpenSSL exception\n",
+    );
+    cx.write(
+        "base/etc/os-release",
+        "ID=debian\nVERSION_CODENAME=trixie\n",
+    );
+    cx.write(
+        "mid/var/lib/dpkg/status",
+        status(&[
+            ("libc6", "2.41-12", "amd64"),
+            ("php8.4", "8.4.11-1", "amd64"),
+            ("tzdata", "2025c-1", "all"),
+        ]),
+    );
+    cx.write(
+        "mid/usr/share/doc/php8.4/copyright",
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: PHP-3.01 and Zend-2.0\n",
+    );
+    cx.write(
+        "core/version.php",
+        "<?php\n$version  = 2025100600.03;\n$release  = '5.1.3 (Build: 20251006)';\n$branch   = '501';\n",
+    );
+    cx.write(
+        "core/mod/forum/version.php",
+        "<?php\n$plugin->version = 2025100600;\n$plugin->component = 'mod_forum';\n",
+    );
+    cx.write(
+        "client/var/www/moodle/mod/forum/version.php",
+        "<?php\n$plugin->version = 2025100601;\n$plugin->component = 'mod_forum';\n",
+    );
+    cx.write(
+        "theme/version.php",
+        "<?php\n$plugin->version = 2024100700;\n$plugin->component = 'theme_acme';\n$plugin->release = '1.4.2';\n",
+    );
+    cx.yaml(concat!(
+        "images:\n",
+        "  base:\n",
+        "    from: scratch\n",
+        "    layers: [base]\n",
+        "  mid:\n",
+        "    from: base\n",
+        "    layers:\n",
+        "      - mid\n",
+        "      - {source: core, dest: /var/www/moodle}\n",
+        "  client:\n",
+        "    from: mid\n",
+        "    layers:\n",
+        "      - client\n",
+        "      - {source: theme, dest: /var/www/moodle/theme/acme}\n",
+        "sources:\n",
+        "  core:\n",
+        "    dir: core\n",
+        "  theme:\n",
+        "    dir: theme\n",
+    ));
+    cx
+}
+
+/// Uploads `bytes` as a blob of `repo` (POST, then PUT with the digest).
+fn put_blob(reg: &Registry, repo: &str, bytes: &[u8]) -> String {
+    let digest = format!("sha256:{}", common::sha256_hex(bytes));
+    let start = reg.request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[]);
+    assert_eq!(start.status, 202, "{}", start.text());
+    let location = start.header("Location").unwrap();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = common::registry::http(
+        &reg.host(),
+        "PUT",
+        &format!("{location}{sep}digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        bytes,
+    )
+    .unwrap();
+    assert_eq!(put.status, 201, "{}", put.text());
+    digest
+}
+
+#[test]
+fn the_full_sbom_of_a_pushed_image_follows_its_parents_sboms_through_the_registry() {
+    let cx = three_levels();
+    let reg = Registry::anonymous();
+    let prefix = format!("{}/three", reg.host());
+    // Only the client is pushed: the SBOMs it references are attached to
+    // mid and base all the same, in three/mid and three/base.
+    cx.run(&[
+        "-q",
+        "build",
+        "client",
+        "--push",
+        "--registry",
+        &prefix,
+        "--sbom",
+        "both",
+    ])
+    .success();
+    let client = reg.digest("three/client", "latest").unwrap();
+    let mid = manifest(&reg, "three/client", &client)["annotations"]
+        ["org.opencontainers.image.base.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sbom = |args: &[&str]| cx.run(args).success().stdout;
+    for (format, spdx) in [("spdx", true), ("cyclonedx", false)] {
+        let thin = sbom(&[
+            "sbom",
+            &format!("{prefix}/client:latest"),
+            "--format",
+            format,
+        ]);
+        let remote = sbom(&[
+            "sbom",
+            &format!("{prefix}/client:latest"),
+            "--full",
+            "--format",
+            format,
+        ]);
+        let local = sbom(&["sbom", "client", "--full", "--format", format]);
+        assert_eq!(
+            remote, local,
+            "{format}: the registry's differs from the build's"
+        );
+        // Not the thin one again: base's package and mid's are in it.
+        assert!(
+            !thin.contains("libc6") && !thin.contains("php8.4"),
+            "{thin}"
+        );
+        assert!(remote.contains("libc6") && remote.contains("php8.4"));
+        validate(&cx, &format!("client.full.{format}.json"), &remote, spdx);
+        // mid by digest (its manifest was not pushed; its SBOM was).
+        assert_eq!(
+            sbom(&[
+                "sbom",
+                &format!("{prefix}/mid@{mid}"),
+                "--full",
+                "--format",
+                format
+            ]),
+            sbom(&["sbom", "mid", "--full", "--format", format]),
+            "{format}: mid"
+        );
+    }
+
+    // A copy elsewhere carries the client's SBOMs, not its parents': the
+    // reference is named, and how to push an SBOM that needs none.
+    let other = format!("{}/elsewhere/client:1", reg.host());
+    cx.run(&["copy", &format!("{prefix}/client:latest"), &other])
+        .success();
+    cx.run(&["sbom", &other, "--full"]).exit(1).stderr_has(&[
+        &format!("{}/elsewhere/mid@{mid}", reg.host()),
+        "--sbom-parents full",
+    ]);
+
+    // mid's SPDX document re-attached with other bytes (same identity): the
+    // checksum in the client's reference refuses it, both documents named.
+    let index_path = format!(
+        "/v2/three/mid/manifests/sha256-{}",
+        mid.trim_start_matches("sha256:")
+    );
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let mut index = reg
+        .request("GET", &index_path, &[("Accept", index_type)])
+        .json();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["artifactType"] == "application/spdx+json")
+        .unwrap();
+    let old_manifest = entry["digest"].as_str().unwrap().to_string();
+    let mut artifact = manifest(&reg, "three/mid", &old_manifest);
+    let doc_digest = artifact["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc = reg
+        .request("GET", &format!("/v2/three/mid/blobs/{doc_digest}"), &[])
+        .text();
+    assert!(doc.contains("8.4.11-1"), "{doc}");
+    let tampered = doc.replace("8.4.11-1", "8.4.12-1");
+    artifact["layers"][0]["digest"] = put_blob(&reg, "three/mid", tampered.as_bytes()).into();
+    artifact["layers"][0]["size"] = tampered.len().into();
+    let artifact_bytes = serde_json::to_vec(&artifact).unwrap();
+    let artifact_digest = format!("sha256:{}", common::sha256_hex(&artifact_bytes));
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let put = common::registry::http(
+        &reg.host(),
+        "PUT",
+        &format!("/v2/three/mid/manifests/{artifact_digest}"),
+        &[("Content-Type", manifest_type)],
+        &artifact_bytes,
+    )
+    .unwrap();
+    assert_eq!(put.status, 201, "{}", put.text());
+    entry["digest"] = artifact_digest.clone().into();
+    entry["size"] = artifact_bytes.len().into();
+    let put = common::registry::http(
+        &reg.host(),
+        "PUT",
+        &index_path,
+        &[("Content-Type", index_type)],
+        &serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(put.status, 201, "{}", put.text());
+    cx.run(&["sbom", &format!("{prefix}/client:latest"), "--full"])
+        .exit(1)
+        .stderr_has(&[
+            &format!("three/mid@{artifact_digest}"),
+            "three/client@",
+            "SHA1",
+            "refusing",
+        ]);
+    // The CycloneDX one was left alone and still follows.
+    cx.run(&[
+        "sbom",
+        &format!("{prefix}/client:latest"),
+        "--full",
+        "--format",
+        "cyclonedx",
+    ])
+    .success();
+
+    // No registry there at all.
+    let port = common::registry::free_port();
+    cx.run(&[
+        "sbom",
+        &format!("127.0.0.1:{port}/three/client:latest"),
+        "--full",
+    ])
+    .exit(1)
+    .stderr_has(&[&format!("127.0.0.1:{port}/three/client:latest")]);
 }

@@ -449,17 +449,54 @@ pub async fn fetch_artifact(
         let Some(d) = e["digest"].as_str() else {
             continue;
         };
-        let (bytes, _) = client.get_manifest(&r.with_digest(d)).await?;
-        let m: Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
-            reference: r.with_digest(d).to_string(),
-            reason: format!("unreadable artifact manifest: {e}"),
-        })?;
-        let layer = &m["layers"][0];
-        if let (Some(ld), Some(size)) = (layer["digest"].as_str(), layer["size"].as_u64()) {
-            return Ok(Some(client.get_config(r, ld, size).await?));
+        if let Some(bytes) = first_blob(client, r, d).await? {
+            return Ok(Some(bytes));
         }
     }
     Ok(None)
+}
+
+/// Every referrer of `subject` in `r`'s repository of `artifact_type`,
+/// in the index's order: its manifest digest and its first blob. (Two
+/// documents of one type are usual enough: a thin SBOM and, pushed later
+/// with `--sbom-parents full`, the whole.)
+pub async fn fetch_artifacts(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    artifact_type: &str,
+) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+    let mut out = Vec::new();
+    for e in list(client, r, subject).await? {
+        if e["artifactType"].as_str() != Some(artifact_type) {
+            continue;
+        }
+        let Some(d) = e["digest"].as_str() else {
+            continue;
+        };
+        if let Some(bytes) = first_blob(client, r, d).await? {
+            out.push((d.to_string(), bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// The first blob (the document) of the artifact manifest `digest`.
+async fn first_blob(
+    client: &Client,
+    r: &Reference,
+    digest: &str,
+) -> Result<Option<Vec<u8>>, RegistryError> {
+    let (bytes, _) = client.get_manifest(&r.with_digest(digest)).await?;
+    let m: Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+        reference: r.with_digest(digest).to_string(),
+        reason: format!("unreadable artifact manifest: {e}"),
+    })?;
+    let layer = &m["layers"][0];
+    match (layer["digest"].as_str(), layer["size"].as_u64()) {
+        (Some(ld), Some(size)) => Ok(Some(client.get_config(r, ld, size).await?)),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -364,3 +364,18 @@ pub fn sbom(
         ))),
     }
 }
+
+/// `imgbuild sbom REF --full`: the SBOM attached to a pushed image, its
+/// parents' followed through the registry and merged into one document.
+pub fn sbom_full(_cli: &Cli, r: &str, media_type: &'static str, net: &Net) -> Result<(), Failure> {
+    let r = reference(r)?;
+    let client = net.client()?;
+    let bytes = runtime()?
+        .block_on(imgbuild::sbom::follow::from_registry(
+            &client, &r, media_type,
+        ))
+        .map_err(Failure::failed)?;
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(&bytes);
+    Ok(())
+}

@@ -18,7 +18,11 @@ pub struct SbomArgs {
     /// The whole image in one document, inherited packages included (the
     /// default, as attached to pushed images, is what the image adds to a
     /// parent of images.yaml, with the parent's SBOM referenced by
-    /// checksum).
+    /// checksum). For a registry reference, the parents' SBOMs are
+    /// followed in the sibling repositories (PREFIX/PARENT), each checked
+    /// against the checksum its child gives, and merged: the same document
+    /// as `sbom NAME --full` from the build. Exit 1 when a parent's SBOM is
+    /// missing there or has other bytes than its reference pins.
     #[arg(long)]
     full: bool,
     #[command(flatten)]
@@ -34,11 +38,7 @@ pub fn run(cli: &Cli, args: &SbomArgs) -> Result<(), Failure> {
     };
     if args.name.contains('/') {
         if args.full {
-            return Err(Failure::usage(
-                "--full flattens the SBOM of an image of images.yaml; for a pushed image, \
-                 name the image (`imgbuild sbom NAME --full`) or follow the attached SBOM's \
-                 reference to its parent's (DocumentRef-parent, or the CycloneDX `bom` link)",
-            ));
+            return super::remote::sbom_full(cli, &args.name, media_type, &args.net);
         }
         return super::remote::sbom(cli, &args.name, format, &args.net);
     }

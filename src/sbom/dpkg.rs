@@ -113,6 +113,9 @@ pub fn licences(copyright: &str) -> Option<(String, BTreeSet<String>)> {
 fn expression(line: &str, refs: &mut BTreeSet<String>) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let mut out = Vec::new();
+    // The ids the words make count only if the line is kept word by word:
+    // otherwise the document would list licences no expression names.
+    let mut made = BTreeSet::new();
     let mut plain = true;
     for (i, w) in words.iter().enumerate() {
         let lower = w.to_ascii_lowercase();
@@ -125,10 +128,11 @@ fn expression(line: &str, refs: &mut BTreeSet<String>) -> String {
         } else if w.ends_with(',') || lower == "or" || lower == "and" {
             plain = false;
         } else {
-            out.push(spdx_id(w, refs));
+            out.push(spdx_id(w, &mut made));
         }
     }
     if plain && words.len() % 2 == 1 {
+        refs.extend(made);
         return out.join(" ");
     }
     let id = license_ref(line);
@@ -228,6 +232,20 @@ mod tests {
         assert_eq!(
             refs.into_iter().collect::<Vec<_>>(),
             ["LicenseRef-GPL-2-with-OpenSSL-exception"]
+        );
+        // A word of a line that becomes one LicenseRef is no licence of
+        // its own.
+        let (expr, refs) = licences("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: GPL-2+ with Autoconf exception\n\nFiles: m4/*\nLicense: FSFULLR\n").unwrap();
+        assert_eq!(
+            expr,
+            "LicenseRef-FSFULLR AND LicenseRef-GPL-2-with-Autoconf-exception"
+        );
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            [
+                "LicenseRef-FSFULLR",
+                "LicenseRef-GPL-2-with-Autoconf-exception"
+            ]
         );
         assert_eq!(licences("This is free software.\n"), None);
         assert_eq!(

@@ -143,8 +143,11 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
         .into_iter()
         .map(|p| {
             let licence = match all.get(&format!("usr/share/doc/{}/copyright", p.name)) {
-                Some(Fact::Copyright(Some((expr, refs)))) => {
-                    licence_refs.extend(refs.iter().cloned());
+                Some(Fact::Copyright(Some((expr, _)))) => {
+                    // From the expression, not the record: a layer's
+                    // record made before a `LicenseRef-` fix must not
+                    // list one no expression names.
+                    licence_refs.extend(licence_refs_of(expr).map(str::to_string));
                     Some(expr.clone())
                 }
                 _ => None,
@@ -273,6 +276,12 @@ pub fn collect(subject: &Subject<'_>, facts: &[LayerFacts]) -> Inventory {
     }
 }
 
+/// The `LicenseRef-`s an SPDX licence expression names.
+pub fn licence_refs_of(expr: &str) -> impl Iterator<Item = &str> {
+    expr.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter(|t| t.starts_with("LicenseRef-"))
+}
+
 /// `%`-encodes what a purl's version or qualifier value cannot hold.
 pub fn purl_escape(s: &str) -> String {
     let mut out = String::new();
@@ -306,10 +315,9 @@ impl Inventory {
         // Only the licences the remaining packages name.
         thin.licence_refs.retain(|r| {
             thin.packages.iter().any(|p| {
-                p.licence.as_deref().is_some_and(|l| {
-                    l.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-                        .any(|t| t == r)
-                })
+                p.licence
+                    .as_deref()
+                    .is_some_and(|l| licence_refs_of(l).any(|t| t == r))
             })
         });
         thin.parent_doc = Some(doc);

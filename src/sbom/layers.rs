@@ -80,7 +80,7 @@ fn wanted(path: &str) -> Option<u64> {
     (path == "version.php" || path.ends_with("/version.php")).then_some(MAX_PHP)
 }
 
-fn fact(path: &str, text: &str) -> Option<Fact> {
+pub(crate) fn fact(path: &str, text: &str) -> Option<Fact> {
     if path == "var/lib/dpkg/status" {
         return Some(Fact::DpkgStatus(text.to_string()));
     }

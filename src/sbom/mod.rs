@@ -13,6 +13,7 @@
 //! whole, for scanners that do not follow references.
 pub mod cyclonedx;
 pub mod dpkg;
+pub mod follow;
 pub mod inventory;
 pub mod layers;
 pub mod moodle;
