@@ -161,7 +161,7 @@ impl Drop for Follow {
 
 /// A clone of `from` at `to` whose files are hard links: directories are
 /// new (owners, modes and mtimes kept), files are shared.
-fn link_tree(from: &Path, to: &Path) -> Result<(), FollowError> {
+pub(crate) fn link_tree(from: &Path, to: &Path) -> Result<(), FollowError> {
     let cp = crate::sandbox::host_tool(crate::sandbox::Tool::Cp)
         .map_err(|e| FollowError::Cp(io::Error::new(io::ErrorKind::NotFound, e.to_string())))?;
     let out = std::process::Command::new(cp)

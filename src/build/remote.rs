@@ -121,6 +121,11 @@ pub struct Remote<'a> {
     /// Set once the cache could not be reached: it is given up for the run
     /// instead of costing retries on every layer.
     cache_down: AtomicBool,
+    /// The referrers API's presence per registry, and the indexes written.
+    api: crate::attach::referrers::Api,
+    /// What each destination held of its image's referrers, read while the
+    /// layers went up (by pushed reference): the attach only writes.
+    priors: std::sync::Mutex<std::collections::HashMap<String, crate::sign::Prior>>,
 }
 
 impl<'a> Remote<'a> {
@@ -139,6 +144,8 @@ impl<'a> Remote<'a> {
             known: Known::default(),
             cache_repo,
             cache_down: AtomicBool::new(false),
+            api: Default::default(),
+            priors: Default::default(),
         })
     }
 
@@ -323,6 +330,21 @@ impl<'a> Remote<'a> {
         let Some(EarlyEvidence { incoming, key }) = early else {
             return Ok(());
         };
+        // What each destination holds of its image's referrers is read now,
+        // beside the uploads, so the attach after the tags only writes. A
+        // read that fails here is made again there, and reported there.
+        let signing = key.is_some();
+        let priors = futures_util::stream::iter(items.iter().zip(meta))
+            .map(|(item, (_, reference, digest, _))| async move {
+                let read =
+                    crate::sign::read_prior(&self.client, &item.dest, digest, signing, &self.api)
+                        .await;
+                if let (Ok(prior), Ok(mut priors)) = (read, self.priors.lock()) {
+                    priors.insert(reference.clone(), prior);
+                }
+            })
+            .buffer_unordered(EVIDENCE_PARALLEL)
+            .collect::<Vec<()>>();
         let made = futures_util::stream::unfold(incoming, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         });
@@ -332,56 +354,57 @@ impl<'a> Remote<'a> {
         let in_place = &in_place;
         let gate = tokio::sync::Semaphore::new(EVIDENCE_PARALLEL);
         let gate = &gate;
-        made.map(|made| async move {
-            let Some((name, blobs)) = made else {
-                return Err(RegistryError::Setup(
-                    "the images' evidence could not be made: no tag was moved".into(),
-                ));
-            };
-            let mut jobs = Vec::new();
-            // An image whose tags were all in place most likely has its
-            // evidence there too: the attach sends what its listing lacks.
-            let pushed = items.iter().zip(meta).zip(in_place);
-            for ((item, (_, _, digest, tags)), _) in
-                pushed.filter(|((_, m), in_place)| m.0 == name && !**in_place)
-            {
-                let r = &item.dest;
-                let mut all: BTreeMap<String, Vec<u8>> = blobs
-                    .iter()
-                    .map(|b| (crate::digest::digest_of(b).to_string(), b.clone()))
-                    .collect();
-                if let Some(key) = key {
-                    // The signature as the attach will make it where there
-                    // is none yet (RFC 6979: the same bytes again).
-                    let repo = crate::sign::repository(r);
-                    let signed: Vec<_> = tags
+        let sent = made
+            .map(|made| async move {
+                let Some((name, blobs)) = made else {
+                    return Err(RegistryError::Setup(
+                        "the images' evidence could not be made: no tag was moved".into(),
+                    ));
+                };
+                let mut jobs = Vec::new();
+                // An image whose tags were all in place most likely has its
+                // evidence there too: the attach sends what its listing lacks.
+                let pushed = items.iter().zip(meta).zip(in_place);
+                for ((item, (_, _, digest, tags)), _) in
+                    pushed.filter(|((_, m), in_place)| m.0 == name && !**in_place)
+                {
+                    let r = &item.dest;
+                    let mut all: BTreeMap<String, Vec<u8>> = blobs
                         .iter()
-                        .map(|t| {
-                            let id = format!("{repo}:{t}");
-                            crate::sign::cosign::sign(
-                                key,
-                                &crate::sign::cosign::payload(&id, digest),
-                            )
-                        })
+                        .map(|b| (crate::digest::digest_of(b).to_string(), b.clone()))
                         .collect();
-                    let subject = (digest.as_str(), item.record.manifest_size);
-                    for b in crate::sign::cosign::manifest(&signed, subject).blobs {
-                        all.insert(crate::digest::digest_of(&b).to_string(), b);
+                    if let Some(key) = key {
+                        // The signature as the attach will make it where there
+                        // is none yet (RFC 6979: the same bytes again).
+                        let repo = crate::sign::repository(r);
+                        let signed: Vec<_> = tags
+                            .iter()
+                            .map(|t| {
+                                let id = format!("{repo}:{t}");
+                                crate::sign::cosign::sign(
+                                    key,
+                                    &crate::sign::cosign::payload(&id, digest),
+                                )
+                            })
+                            .collect();
+                        let subject = (digest.as_str(), item.record.manifest_size);
+                        for b in crate::sign::cosign::manifest(&signed, subject).blobs {
+                            all.insert(crate::digest::digest_of(&b).to_string(), b);
+                        }
+                    }
+                    for (d, b) in all {
+                        jobs.push(async move {
+                            let _permit = gate.acquire().await;
+                            transfer::put_bytes(&self.client, r, &d, &b, &self.known).await
+                        });
                     }
                 }
-                for (d, b) in all {
-                    jobs.push(async move {
-                        let _permit = gate.acquire().await;
-                        transfer::put_bytes(&self.client, r, &d, &b, &self.known).await
-                    });
-                }
-            }
-            futures_util::future::try_join_all(jobs).await.map(|_| ())
-        })
-        .buffer_unordered(transfer::PARALLEL)
-        .try_collect::<Vec<()>>()
-        .await
-        .map(|_| ())
+                futures_util::future::try_join_all(jobs).await.map(|_| ())
+            })
+            .buffer_unordered(transfer::PARALLEL)
+            .try_collect::<Vec<()>>();
+        let (sent, _) = futures_util::future::join(sent, priors).await;
+        sent.map(|_| ())
     }
 
     /// Where `image`'s layers probably are already, offered as mount
@@ -430,8 +453,7 @@ impl Remote<'_> {
         key: Option<&p256::ecdsa::SigningKey>,
     ) -> Result<(), RemoteError> {
         use futures_util::StreamExt;
-        let api = crate::attach::referrers::Api::default();
-        let api = &api;
+        let api = &self.api;
         // Each image's referrers are a few round trips in a row (read what
         // is there, put the blobs, the manifests, the index): images go
         // side by side so those do not add up over a fleet.
@@ -454,16 +476,40 @@ impl Remote<'_> {
                     source: std::io::ErrorKind::NotFound.into(),
                 })
             })?;
-            let attached = crate::sign::attach_signed(
-                &self.client,
-                &r,
-                (&p.digest, size),
-                list,
-                key.map(|k| (k, ids.as_slice())),
-                &self.known,
-                api,
-            )
-            .await
+            let signing = key.map(|k| (k, ids.as_slice()));
+            let prior = self
+                .priors
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(&p.reference));
+            let subject = (p.digest.as_str(), size);
+            let attached = match prior {
+                Some(prior) => {
+                    crate::sign::attach_after(
+                        &self.client,
+                        &r,
+                        subject,
+                        list,
+                        signing,
+                        &self.known,
+                        api,
+                        prior,
+                    )
+                    .await
+                }
+                None => {
+                    crate::sign::attach_signed(
+                        &self.client,
+                        &r,
+                        subject,
+                        list,
+                        signing,
+                        &self.known,
+                        api,
+                    )
+                    .await
+                }
+            }
             .map_err(|e| match e {
                 crate::sign::SignError::Registry(e) => RemoteError::Registry(e),
                 other => RemoteError::Sign(Box::new(other)),

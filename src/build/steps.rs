@@ -164,12 +164,38 @@ impl<'a> Session<'a> {
             .zip(&hexes)
             .map(|(l, hex)| (self.store.blob_path(hex), l.media_type.clone()))
             .collect();
-        layer::unpack::unpack_image(&blobs, &root, &opts).map_err(|source| {
-            BuildError::Materialise {
-                image: image.to_string(),
-                source,
+        let materialise = |source| BuildError::Materialise {
+            image: image.to_string(),
+            source,
+        };
+        // A tree kept for the chain's longest prefix (the parent's, for a
+        // client whose tests run on its core plus a thin layer) is cloned
+        // with hard links and only the layers above it are applied: fifty
+        // clients of one core cost fifty small layers, not fifty copies of
+        // the core (the unpacker unlinks before it writes, so the clone
+        // never writes through into the tree it shares files with).
+        let below = (1..hexes.len()).rev().find_map(|k| {
+            let tree = self
+                .store
+                .rootfs_tree(&follow::chain_id(&opts, &hexes[..k]));
+            tree.is_dir().then_some((k, tree))
+        });
+        if let Some((k, tree)) = below
+            && follow::link_tree(&tree, &root).is_ok()
+        {
+            for (blob, media_type) in &blobs[k..] {
+                layer::unpack::apply_layer(blob, media_type, &root, &opts).map_err(materialise)?;
             }
-        })?;
+        } else {
+            // A clone that failed part-way is not a start.
+            if root.exists() {
+                crate::fsutil::remove_tree(&root).map_err(|source| BuildError::Io {
+                    path: root.clone(),
+                    source,
+                })?;
+            }
+            layer::unpack::unpack_image(&blobs, &root, &opts).map_err(materialise)?;
+        }
         follow::keep(&self.store.rootfs_dir(), &tmp, &root, &opts, &hexes)
     }
 

@@ -132,6 +132,39 @@ pub async fn sign_image(
     Ok(digest)
 }
 
+/// What a repository holds of an image's referrers before an attach: the
+/// listing and, when signing, the signatures under its `.sig` tag.
+pub struct Prior {
+    listing: referrers::Listing,
+    signed: Vec<cosign::Signed>,
+    tagged: Option<String>,
+}
+
+/// Reads what `r`'s repository holds of the referrers of `digest` (and
+/// its signatures, when `signing`), side by side.
+pub async fn read_prior(
+    client: &Client,
+    r: &Reference,
+    digest: &str,
+    signing: bool,
+    api: &referrers::Api,
+) -> Result<Prior, SignError> {
+    let read_sigs = async {
+        match signing {
+            true => cosign::read_tagged(client, r, digest).await,
+            false => Ok((Vec::new(), None)),
+        }
+    };
+    let (listing, sigs) =
+        futures_util::future::join(referrers::listing(client, r, digest, api), read_sigs).await;
+    let (signed, tagged) = sigs?;
+    Ok(Prior {
+        listing: listing?,
+        signed,
+        tagged,
+    })
+}
+
 /// Attaches an image's `referrers` (its SBOMs, provenance) in `r`'s
 /// repository and, with `signing`, its cosign signature for each identity
 /// (kept beside the signatures already there), all in one update of the
@@ -147,16 +180,29 @@ pub async fn attach_signed(
     known: &Known,
     api: &referrers::Api,
 ) -> Result<Vec<referrers::Attached>, SignError> {
+    let prior = read_prior(client, r, subject.0, signing.is_some(), api).await?;
+    attach_after(client, r, subject, attach, signing, known, api, prior).await
+}
+
+/// [`attach_signed`] with what the repository held read already (while
+/// the image's own blobs went up, say): only the writes are left.
+#[allow(clippy::too_many_arguments)]
+pub async fn attach_after(
+    client: &Client,
+    r: &Reference,
+    subject: (&str, u64),
+    attach: &[referrers::Referrer],
+    signing: Option<(&SigningKey, &[String])>,
+    known: &Known,
+    api: &referrers::Api,
+    prior: Prior,
+) -> Result<Vec<referrers::Attached>, SignError> {
     let digest = subject.0;
-    let read_sigs = async {
-        match signing {
-            Some(_) => cosign::read_tagged(client, r, digest).await,
-            None => Ok((Vec::new(), None)),
-        }
-    };
-    let (listing, sigs) =
-        futures_util::future::join(referrers::listing(client, r, digest, api), read_sigs).await;
-    let (mut listing, (mut signed, tagged)) = (listing?, sigs?);
+    let Prior {
+        mut listing,
+        mut signed,
+        tagged,
+    } = prior;
     let mut sig = None;
     let mut kept = None;
     if let Some((key, ids)) = signing {
