@@ -611,15 +611,29 @@ fn trees_kept_while_layers_are_written_equal_the_unpacked_chains() {
         "    from: stepped\n",
         "    run:\n",
         "      - rm /etc/hello.link && echo changed > /etc/keep && echo x > /etc/new\n",
+        // A client: file layers only, and a test, so its tree starts as a
+        // clone of child's with only its own layer unpacked over it (a
+        // file the clone shares with child's tree is replaced).
+        "  client:\n",
+        "    from: child\n",
+        "    layers:\n",
+        "      - {src: client, dest: /etc}\n",
+        "    test:\n",
+        "      - test \"$(cat /etc/keep)\" = mine\n",
     )));
-    cx.build(&["child"]);
+    cx.write("client/keep", "mine\n");
+    cx.write("client/theme.conf", "t\n");
+    cx.build(&["client"]);
     let kept = kept_trees(&cx.home);
-    // base (unpacked), stepped and child (both kept while written), and
-    // the empty tree below base's layers is not involved.
-    assert!(kept.len() >= 3, "{:?}", kept.keys());
+    // base (unpacked), stepped and child (both kept while written),
+    // client (cloned from child's), and the empty tree below base's
+    // layers is not involved.
+    assert!(kept.len() >= 4, "{:?}", kept.keys());
     // Unpacked afresh from the blobs, each chain gives the same tree: the
-    // child's work left the trees it shares files with as they were.
+    // child's and the client's work left the trees they share files with
+    // as they were.
     fs::remove_dir_all(cx.home.join("rootfs")).unwrap();
+    cx.run(&["run", "client", "--", "true"]).success();
     cx.run(&["run", "child", "--", "true"]).success();
     cx.run(&["run", "stepped", "--", "true"]).success();
     cx.run(&["run", "base", "--", "true"]).success();
@@ -642,6 +656,14 @@ fn trees_kept_while_layers_are_written_equal_the_unpacked_chains() {
     );
     assert!(!child.iter().any(|e| e.starts_with("etc/hello.link ")));
     assert!(!child.iter().any(|e| e.starts_with("etc/motd ")));
+    let client = kept
+        .values()
+        .find(|l| l.iter().any(|e| e.starts_with("etc/theme.conf ")))
+        .unwrap();
+    assert!(
+        client.iter().any(|e| e.starts_with("etc/new ")),
+        "{client:#?}"
+    );
 }
 
 /// The build machine's name stays out of layers in every isolation: under
