@@ -200,3 +200,30 @@ write_fleet_yaml() {
         done
     } >"$1"
 }
+
+# --- supply.sh and supply-fleet.sh: fresh registries, arms taking turns ---------------
+declare -A EVIDENCE_REG_PID=()
+# reg_start NAME: a fresh registry.py registry (and its counting proxy) in
+# $OUT/reg-NAME; sets PORT and PROXY. reg_stop NAME stops it and drops its storage.
+reg_start() {
+    local dir=$OUT/reg-$1 i
+    reset_dir "$dir"
+    mkdir -p "$dir"
+    python3 "$BENCH_DIR/registry.py" serve "$dir" >"$OUT/reg-$1.log" 2>&1 &
+    EVIDENCE_REG_PID[$1]=$!
+    for ((i = 0; i < 300; i++)); do
+        [[ -s $dir/state.json ]] && break
+        sleep 0.1
+    done
+    read -r PORT PROXY < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["port"], s["proxy_port"])' "$dir/state.json")
+}
+reg_stop() {
+    kill "${EVIDENCE_REG_PID[$1]}" 2>/dev/null || true
+    wait "${EVIDENCE_REG_PID[$1]}" 2>/dev/null || true
+    reset_dir "$OUT/reg-$1/storage"
+}
+reg_stop_all() { for p in "${EVIDENCE_REG_PID[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# order R: the arms of round R, taking turns at going first: a run right after
+# another one's gigabytes were deleted is slower (measured: 83 s first, 90 s
+# second, the same flags), and always second would bill that to one arm.
+order() { if (($1 % 2)); then echo plain evidence; else echo evidence plain; fi; }

@@ -80,25 +80,7 @@ export IMGBUILD_SIGN_PASSWORD=bench
 rm -f "$OUT/key.key" "$OUT/key.pub"
 "$IMGBUILD" -q keygen --prefix "$OUT/key"
 
-declare -A PID=()
-reg_start() { # NAME: a fresh registry behind its counting proxy; sets PORT and PROXY
-    local dir=$OUT/reg-$1 i
-    reset_dir "$dir"
-    mkdir -p "$dir"
-    python3 "$REG" serve "$dir" >"$OUT/reg-$1.log" 2>&1 &
-    PID[$1]=$!
-    for ((i = 0; i < 300; i++)); do
-        [[ -s $dir/state.json ]] && break
-        sleep 0.1
-    done
-    read -r PORT PROXY < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["port"], s["proxy_port"])' "$dir/state.json")
-}
-reg_stop() {
-    kill "${PID[$1]}" 2>/dev/null || true
-    wait "${PID[$1]}" 2>/dev/null || true
-    reset_dir "$OUT/reg-$1/storage"
-}
-trap 'for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+trap reg_stop_all EXIT
 args() { # MODE
     [[ $1 == evidence ]] && printf -- '--sbom --provenance --sign-key %q' "$OUT/key.key"
     return 0
@@ -106,16 +88,25 @@ args() { # MODE
 cold=$OUT/cold-home
 # A cold store holding only the verified Debian packages and indexes.
 seed() { reset_dir "$cold" && mkdir -p "$cold" && cp -a "$warm/debian" "$cold/debian" && sync; }
-# order R: the arms of round R, taking turns at going first: a run right after
-# another one's gigabytes were deleted is slower (measured: 83 s first, 90 s
-# second, the same flags), and always second would bill that to one arm.
-order() { if (($1 % 2)); then echo plain evidence; else echo evidence plain; fi; }
+# quiesce: waits (90 s at most) for the disks to be idle for 3 s running: deleting
+# the last run's gigabytes goes on after sync returns, and would slow the next run.
+quiesce() {
+    local last now quiet=0 i
+    last=$(awk '{s += $4 + $8} END {print s}' /proc/diskstats)
+    for ((i = 0; i < 90 && quiet < 3; i++)); do
+        sleep 1
+        now=$(awk '{s += $4 + $8} END {print s}' /proc/diskstats)
+        if ((now - last < 20)); then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$now
+    done
+}
 for ((r = 1; r <= RUNS; r++)); do
     for mode in $(order "$r"); do
         reg_start "$mode$r"
         log "round $r: cold build --all --push ($mode)"
         cmd="cd $(q "$proj") && IMGBUILD_HOME=$(q "$cold") $(q "$IMGBUILD") -q ${srcs[*]} build --all --locked --push --registry 127.0.0.1:$PORT/fleet $(args "$mode")"
         seed
+        quiesce
         measure --name "fleet-$mode" --out "$OUT/$mode.json" --append --runs 1 -- "$cmd" ||
             warn "round $r ($mode) failed: see $OUT"
         reg_stop "$mode$r"

@@ -40,26 +40,7 @@ IMGBUILD_HOME=$home "$IMGBUILD" -q -f "$YAML" build --all
 rm -f "$OUT/key.key" "$OUT/key.pub"
 "$IMGBUILD" -q keygen --prefix "$OUT/key"
 
-declare -A PID=()
-# reg_start NAME: a fresh registry (and its counting proxy); sets PORT and PROXY.
-reg_start() {
-    local dir=$OUT/reg-$1 i
-    reset_dir "$dir"
-    mkdir -p "$dir"
-    python3 "$REG" serve "$dir" >"$OUT/reg-$1.log" 2>&1 &
-    PID[$1]=$!
-    for ((i = 0; i < 300; i++)); do
-        [[ -s $dir/state.json ]] && break
-        sleep 0.1
-    done
-    read -r PORT PROXY < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["port"], s["proxy_port"])' "$dir/state.json")
-}
-reg_stop() {
-    kill "${PID[$1]}" 2>/dev/null || true
-    wait "${PID[$1]}" 2>/dev/null || true
-    reset_dir "$OUT/reg-$1/storage"
-}
-trap 'for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+trap reg_stop_all EXIT
 push_cmd() { # PORT MODE
     local extra=""
     [[ $2 == evidence ]] && extra="--sbom --provenance --sign-key $(q "$OUT/key.key")"
@@ -67,10 +48,6 @@ push_cmd() { # PORT MODE
         "$(q "$home")" "$(q "$IMGBUILD")" "$(q "$YAML")" "$1" "$extra"
 }
 
-# order R: the arms of round R, taking turns at going first: a run right after
-# another one's gigabytes were deleted is slower (measured: 83 s first, 90 s
-# second, the same flags), and always second would bill that to one arm.
-order() { if (($1 % 2)); then echo plain evidence; else echo evidence plain; fi; }
 for ((r = 1; r <= RUNS; r++)); do
     for mode in $(order "$r"); do
         reg_start "$mode$r"

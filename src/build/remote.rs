@@ -483,33 +483,17 @@ impl Remote<'_> {
                 .ok()
                 .and_then(|mut m| m.remove(&p.reference));
             let subject = (p.digest.as_str(), size);
-            let attached = match prior {
-                Some(prior) => {
-                    crate::sign::attach_after(
-                        &self.client,
-                        &r,
-                        subject,
-                        list,
-                        signing,
-                        &self.known,
-                        api,
-                        prior,
-                    )
-                    .await
-                }
-                None => {
-                    crate::sign::attach_signed(
-                        &self.client,
-                        &r,
-                        subject,
-                        list,
-                        signing,
-                        &self.known,
-                        api,
-                    )
-                    .await
-                }
-            }
+            let attached = crate::sign::attach_signed(
+                &self.client,
+                &r,
+                subject,
+                list,
+                signing,
+                &self.known,
+                api,
+                prior,
+            )
+            .await
             .map_err(|e| match e {
                 crate::sign::SignError::Registry(e) => RemoteError::Registry(e),
                 other => RemoteError::Sign(Box::new(other)),

@@ -126,6 +126,7 @@ pub async fn sign_image(
         Some((key, ids)),
         known,
         &api,
+        None,
     )
     .await?;
     api.settle(client).await?;
@@ -169,8 +170,11 @@ pub async fn read_prior(
 /// repository and, with `signing`, its cosign signature for each identity
 /// (kept beside the signatures already there), all in one update of the
 /// referrers index: what is there (the listing, the `.sig` tag) is read
-/// side by side first, then only what is missing is put. `subject` is the
-/// image's manifest digest and size, as pushed. Returns what is attached.
+/// side by side first, unless `prior` holds it already (read while the
+/// image's blobs went up), then only what is missing is put. `subject` is
+/// the image's manifest digest and size, as pushed. Returns what is
+/// attached.
+#[allow(clippy::too_many_arguments)]
 pub async fn attach_signed(
     client: &Client,
     r: &Reference,
@@ -179,24 +183,12 @@ pub async fn attach_signed(
     signing: Option<(&SigningKey, &[String])>,
     known: &Known,
     api: &referrers::Api,
+    prior: Option<Prior>,
 ) -> Result<Vec<referrers::Attached>, SignError> {
-    let prior = read_prior(client, r, subject.0, signing.is_some(), api).await?;
-    attach_after(client, r, subject, attach, signing, known, api, prior).await
-}
-
-/// [`attach_signed`] with what the repository held read already (while
-/// the image's own blobs went up, say): only the writes are left.
-#[allow(clippy::too_many_arguments)]
-pub async fn attach_after(
-    client: &Client,
-    r: &Reference,
-    subject: (&str, u64),
-    attach: &[referrers::Referrer],
-    signing: Option<(&SigningKey, &[String])>,
-    known: &Known,
-    api: &referrers::Api,
-    prior: Prior,
-) -> Result<Vec<referrers::Attached>, SignError> {
+    let prior = match prior {
+        Some(p) => p,
+        None => read_prior(client, r, subject.0, signing.is_some(), api).await?,
+    };
     let digest = subject.0;
     let Prior {
         mut listing,
