@@ -13,8 +13,16 @@ use common::{Ctx, run_command, validate_layout};
 
 const USER: &str = "imgbuild-rootless";
 
-/// The test's own user, with subordinate ids; its uid and gid.
+/// The test's own user, with subordinate ids; its uid and gid. Made once
+/// per test binary: this file's tests run side by side, and two `useradd`s
+/// of one name racing on a fresh machine left a user whose uid had changed
+/// under the first test (its steps' chown then failed).
 fn test_user() -> (u32, u32) {
+    static USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *USER.get_or_init(make_test_user)
+}
+
+fn make_test_user() -> (u32, u32) {
     let id = |flag: &str| {
         Command::new("id")
             .args([flag, USER])
