@@ -739,17 +739,7 @@ fn a_debian_image_sbom_matches_dpkg_and_moodle_and_validates() {
     // debian-root's (real packages, DEP-5 licences, a git source).
     let reg = Registry::anonymous();
     let prefix = format!("{}/deb", reg.host());
-    cx.run(&[
-        "-q",
-        "build",
-        "app",
-        "--push",
-        "--registry",
-        &prefix,
-        "--sbom",
-        "both",
-    ])
-    .success();
+    push_only(&cx, &reg, "deb", "app");
     for (format, local) in [("spdx", &spdx), ("cyclonedx", &cdx)] {
         let remote = cx
             .run(&[
@@ -1081,14 +1071,14 @@ fn manifest(reg: &Registry, repo: &str, reference: &str) -> Value {
 }
 
 /// A graph of two: `base`, and `client` on it.
-/// Pushes only `client` of `cx`, with both SBOMs, under `REGISTRY/repo`;
+/// Pushes only `image` of `cx`, with both SBOMs, under `REGISTRY/repo`;
 /// its manifest digest and its parent's.
-fn push_client_only(cx: &Ctx, reg: &Registry, repo: &str) -> (String, String) {
+fn push_only(cx: &Ctx, reg: &Registry, repo: &str, image: &str) -> (String, String) {
     let prefix = format!("{}/{repo}", reg.host());
     cx.run(&[
         "-q",
         "build",
-        "client",
+        image,
         "--push",
         "--registry",
         &prefix,
@@ -1096,7 +1086,7 @@ fn push_client_only(cx: &Ctx, reg: &Registry, repo: &str) -> (String, String) {
         "both",
     ])
     .success();
-    let name = format!("{repo}/client");
+    let name = format!("{repo}/{image}");
     let client = reg.digest(&name, "latest").unwrap();
     let parent =
         manifest(reg, &name, &client)["annotations"]["org.opencontainers.image.base.digest"]
@@ -1129,7 +1119,7 @@ fn a_pushed_client_sbom_references_the_sbom_attached_to_its_parent() {
     let prefix = format!("{}/thin", reg.host());
     // Only the client is pushed: its parent's SBOM, which it references,
     // is attached to the parent all the same.
-    let (client, parent) = push_client_only(&cx, &reg, "thin");
+    let (client, parent) = push_only(&cx, &reg, "thin", "client");
     let fetch = |r: &str, format: &str| cx.run(&["sbom", r, "--format", format]).success().stdout;
     let spdx = fetch(&format!("{prefix}/client:latest"), "spdx");
     let cdx = fetch(&format!("{prefix}/client:latest"), "cyclonedx");
@@ -1547,7 +1537,7 @@ fn the_full_sbom_of_a_pushed_image_follows_its_parents_sboms_through_the_registr
     let prefix = format!("{}/three", reg.host());
     // Only the client is pushed: the SBOMs it references are attached to
     // mid and base all the same, in three/mid and three/base.
-    let (_, mid) = push_client_only(&cx, &reg, "three");
+    let (_, mid) = push_only(&cx, &reg, "three", "client");
     let sbom = |args: &[&str]| cx.run(args).success().stdout;
     for (format, spdx) in [("spdx", true), ("cyclonedx", false)] {
         let thin = sbom(&[
