@@ -107,6 +107,7 @@ for ((r = 1; r <= RUNS; r++)); do
         cmd="cd $(q "$proj") && IMGBUILD_HOME=$(q "$cold") $(q "$IMGBUILD") -q ${srcs[*]} build --all --locked --push --registry 127.0.0.1:$PORT/fleet $(args "$mode")"
         seed
         quiesce
+        fresh_caches "$proj" "$cold/debian"
         measure --name "fleet-$mode" --out "$OUT/$mode.json" --append --runs 1 -- "$cmd" ||
             warn "round $r ($mode) failed: see $OUT"
         reg_stop "$mode$r"
