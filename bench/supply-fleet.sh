@@ -184,6 +184,15 @@ try:
     rest = {k: v for k, v in sizes.items() if not k.startswith("client-")}
     print(f"attached per client image     mean {sum(cl) / len(cl):.0f} B, max {cl[-1]} B over {len(cl)}  (target <= 51200 B)")
     print("attached to the others        " + ", ".join(f"{k} {v} B" for k, v in sorted(rest.items())))
+    # Both directions, headers included, less what is attached to the bases and
+    # cores: still an upper bound per client (the others' requests are in it).
+    up, down = count("evidence", "up_bytes"), count("evidence", "down_bytes")
+    up0, down0 = count("plain", "up_bytes"), count("plain", "down_bytes")
+    if None not in (up, down, up0, down0):
+        traffic = (up + down - up0 - down0 - sum(rest.values())) / clients
+        print(f"evidence traffic / client     {traffic:.0f} B  (up and down, less the others' attachments; target <= 51200 B)")
+    else:
+        print("evidence traffic / client     n/a")
 except (OSError, ValueError, ZeroDivisionError, IndexError):
     print("attached per client image     n/a")
 PY
