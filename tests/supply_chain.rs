@@ -1446,17 +1446,70 @@ fn two_pushes_racing_on_one_image_both_stay_in_its_index() {
 /// after, and the index names the `.sig` the tag holds.
 #[test]
 fn two_signers_at_once_both_keep_their_signature() {
-    two_signers_race(false);
+    two_signers_race(false, false);
+}
+
+/// The same with A a pipeline's `build --push --sign-key`, B a deploy
+/// job's `sign` with another key.
+#[test]
+fn a_signed_push_and_a_signer_at_once_both_keep_their_signature() {
+    two_signers_race(true, false);
 }
 
 #[test]
 #[ignore = "Debian's skopeo is built with sigstore disabled; build one with ci/upstream-skopeo.sh DIR and put DIR/bin first on PATH"]
 fn two_signers_at_once_both_verify_in_skopeo() {
     require_tool("skopeo", "skopeo");
-    two_signers_race(true);
+    two_signers_race(false, true);
 }
 
-fn two_signers_race(skopeo: bool) {
+/// Keeping the `.sig` costs nothing when nobody else wrote: one signer
+/// reads the `.sig` tag once (before it writes), and the index twice
+/// (before, and once back).
+#[test]
+fn a_lone_signer_reads_the_sig_tag_once() {
+    let cx = project();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    let prefix = format!("{}/lone", proxy.host());
+    cx.mkdir("keys");
+    keygen(&cx, "keys/a");
+    cx.run(&["-q", "build", "app", "--push", "--registry", &prefix])
+        .success();
+    let digest = reg.digest("lone/app", "latest").unwrap();
+    let hex = digest.trim_start_matches("sha256:");
+    let (sig_tag, index) = (format!("sha256-{hex}.sig"), format!("sha256-{hex}"));
+    let image = format!("{prefix}/app:latest");
+    let before = proxy.requests().len();
+    cx.run_env(
+        &["sign", "--key", "keys/a.key", &image],
+        &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+    )
+    .success();
+    let seen: Vec<_> = proxy.requests().split_off(before);
+    let count = |method: &str, tag: &str| {
+        let path = format!("/manifests/{tag}");
+        seen.iter()
+            .filter(|s| s.method == method && s.target.ends_with(&path))
+            .count()
+    };
+    assert_eq!(
+        (count("GET", &sig_tag), count("PUT", &sig_tag)),
+        (1, 1),
+        "{seen:#?}"
+    );
+    assert_eq!(
+        (count("GET", &index), count("PUT", &index)),
+        (2, 1),
+        "{seen:#?}"
+    );
+    cx.run(&["verify", &image, "--key", "keys/a.pub"]).success();
+}
+
+/// Signer A (`build --push --sign-key` when `a_pushes`, else `sign`) and
+/// signer B (`sign`) of one image, B's `.sig` landing between A's read and
+/// A's put.
+fn two_signers_race(a_pushes: bool, skopeo: bool) {
     let cx = project();
     let reg = Registry::anonymous();
     let proxy = Proxy::start(&reg.host());
@@ -1479,7 +1532,19 @@ fn two_signers_race(skopeo: bool) {
     // taken by the rule before.
     proxy.hold_answer("PUT", &format!("/manifests/sha256-{hex}"), &b_waits, 1);
     let sign = |key: &str| {
-        let mut c = cx.command(&["sign", "--key", key, &image]);
+        let mut c = match a_pushes && key == "keys/a.key" {
+            true => cx.command(&[
+                "-q",
+                "build",
+                "app",
+                "--push",
+                "--registry",
+                &prefix,
+                "--sign-key",
+                key,
+            ]),
+            false => cx.command(&["sign", "--key", key, &image]),
+        };
         c.env("IMGBUILD_SIGN_PASSWORD", PASS)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
