@@ -11,6 +11,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::proxy::{Gate, Proxy};
 use common::registry::Registry;
 use common::{Ctx, Run, require_tool, run_command};
 use serde_json::Value;
@@ -48,7 +49,7 @@ fn keygen(cx: &Ctx, prefix: &str) {
 /// containers/image's default (`matchRepoDigestOrExact`).
 fn skopeo_config(
     cx: &Ctx,
-    reg: &Registry,
+    host: &str,
     repo: &str,
     key: &Path,
     identity: Option<&str>,
@@ -62,7 +63,7 @@ fn skopeo_config(
     }
     let policy = serde_json::json!({
         "default": [{ "type": "insecureAcceptAnything" }],
-        "transports": { "docker": { format!("{}/{repo}", reg.host()): [requirement] }},
+        "transports": { "docker": { format!("{host}/{repo}"): [requirement] }},
     });
     // One file per repository, key and identity: a later policy must not
     // replace an earlier one that a pull still names.
@@ -77,10 +78,7 @@ fn skopeo_config(
     );
     cx.write(
         "registries.d/default.yaml",
-        format!(
-            "docker:\n  {}:\n    use-sigstore-attachments: true\n",
-            reg.host()
-        ),
+        format!("docker:\n  {host}:\n    use-sigstore-attachments: true\n",),
     );
     (
         policy_path.display().to_string(),
@@ -471,7 +469,7 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     let digest = reg.digest("sc/app", "latest").unwrap();
     let a_pub = cx.path("keys/a.pub");
     // skopeo: imgbuild's signature, with imgbuild's public key, passes.
-    let policy_a = skopeo_config(&cx, &reg, "sc/app", &a_pub, Some("matchRepository"));
+    let policy_a = skopeo_config(&cx, &reg.host(), "sc/app", &a_pub, Some("matchRepository"));
     let ok = skopeo_pull(&cx, &policy_a, &format!("{prefix}/app:latest"));
     assert!(
         !ok.stderr.contains("sigstore disabled"),
@@ -481,7 +479,7 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     // The default identity rule (matchRepoDigestOrExact) holds too: the
     // signature names the tag that was pushed, and by digest only the
     // repository counts.
-    let policy_exact = skopeo_config(&cx, &reg, "sc/app", &a_pub, None);
+    let policy_exact = skopeo_config(&cx, &reg.host(), "sc/app", &a_pub, None);
     let by_tag = skopeo_pull(&cx, &policy_exact, &format!("{prefix}/app:latest"));
     assert_eq!(by_tag.code, 0, "skopeo refused the signed tag: {by_tag}");
     let by_digest = skopeo_pull(&cx, &policy_exact, &format!("{prefix}/app@{digest}"));
@@ -508,7 +506,7 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     // Another key: both refuse.
     let policy_b = skopeo_config(
         &cx,
-        &reg,
+        &reg.host(),
         "sc/app",
         &cx.path("keys/b.pub"),
         Some("matchRepository"),
@@ -527,7 +525,13 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
     // Unsigned.
     cx.run(&["-q", "build", "plain", "--push", "--registry", &prefix])
         .success();
-    let policy_plain = skopeo_config(&cx, &reg, "sc/plain", &a_pub, Some("matchRepository"));
+    let policy_plain = skopeo_config(
+        &cx,
+        &reg.host(),
+        "sc/plain",
+        &a_pub,
+        Some("matchRepository"),
+    );
     let unsigned = skopeo_pull(&cx, &policy_plain, &format!("{prefix}/plain:latest"));
     refused(
         &unsigned,
@@ -545,7 +549,7 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
         &[("IMGBUILD_SIGN_PASSWORD", PASS)],
     )
     .success();
-    let policy_plain_exact = skopeo_config(&cx, &reg, "sc/plain", &a_pub, None);
+    let policy_plain_exact = skopeo_config(&cx, &reg.host(), "sc/plain", &a_pub, None);
     for policy in [&policy_plain, &policy_plain_exact] {
         let later = skopeo_pull(&cx, policy, &format!("{prefix}/plain:latest"));
         assert_eq!(later.code, 0, "skopeo refused what `sign` signed: {later}");
@@ -553,7 +557,7 @@ fn skopeo_verifies_imgbuild_signatures_and_imgbuild_verifies_skopeos() {
 
     // Copied to another repository, the signature still names the first:
     // refused there until `copy --sign-key` signs it where it lands.
-    let policy_copy = skopeo_config(&cx, &reg, "sc/copy", &a_pub, Some("matchRepository"));
+    let policy_copy = skopeo_config(&cx, &reg.host(), "sc/copy", &a_pub, Some("matchRepository"));
     cx.run(&[
         "copy",
         &format!("{prefix}/app:latest"),
@@ -1430,6 +1434,188 @@ fn two_pushes_racing_on_one_image_both_stay_in_its_index() {
             .filter(|e| e["artifactType"] == "application/vnd.in-toto+json")
             .count();
         assert_eq!(provenances, 2 * (round + 1), "round {round}");
+    }
+}
+
+/// Two signers of one image at once (two CI jobs, or a deploy job's
+/// second key while a pipeline pushes) each read the `.sig` tag and each
+/// put their own merge: the last put wins. The proxy makes the order
+/// certain: A's put of the `.sig` waits until B has put its `.sig` and the
+/// index, and B's answer for the index waits until A is done, so B reads
+/// back an index whose `.sig` entry is A's, over its own. Both keys verify
+/// after, and the index names the `.sig` the tag holds.
+#[test]
+fn two_signers_at_once_both_keep_their_signature() {
+    two_signers_race(false, false);
+}
+
+/// The same with A a pipeline's `build --push --sign-key`, B a deploy
+/// job's `sign` with another key.
+#[test]
+fn a_signed_push_and_a_signer_at_once_both_keep_their_signature() {
+    two_signers_race(true, false);
+}
+
+#[test]
+#[ignore = "Debian's skopeo is built with sigstore disabled; build one with ci/upstream-skopeo.sh DIR and put DIR/bin first on PATH"]
+fn two_signers_at_once_both_verify_in_skopeo() {
+    require_tool("skopeo", "skopeo");
+    two_signers_race(false, true);
+}
+
+/// Keeping the `.sig` costs nothing when nobody else wrote: one signer
+/// reads the `.sig` tag once (before it writes), and the index twice
+/// (before, and once back).
+#[test]
+fn a_lone_signer_reads_the_sig_tag_once() {
+    let cx = project();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    let prefix = format!("{}/lone", proxy.host());
+    cx.mkdir("keys");
+    keygen(&cx, "keys/a");
+    cx.run(&["-q", "build", "app", "--push", "--registry", &prefix])
+        .success();
+    let digest = reg.digest("lone/app", "latest").unwrap();
+    let hex = digest.trim_start_matches("sha256:");
+    let (sig_tag, index) = (format!("sha256-{hex}.sig"), format!("sha256-{hex}"));
+    let image = format!("{prefix}/app:latest");
+    let before = proxy.requests().len();
+    cx.run_env(
+        &["sign", "--key", "keys/a.key", &image],
+        &[("IMGBUILD_SIGN_PASSWORD", PASS)],
+    )
+    .success();
+    let seen: Vec<_> = proxy.requests().split_off(before);
+    let count = |method: &str, tag: &str| {
+        let path = format!("/manifests/{tag}");
+        seen.iter()
+            .filter(|s| s.method == method && s.target.ends_with(&path))
+            .count()
+    };
+    assert_eq!(
+        (count("GET", &sig_tag), count("PUT", &sig_tag)),
+        (1, 1),
+        "{seen:#?}"
+    );
+    assert_eq!(
+        (count("GET", &index), count("PUT", &index)),
+        (2, 1),
+        "{seen:#?}"
+    );
+    cx.run(&["verify", &image, "--key", "keys/a.pub"]).success();
+}
+
+/// Signer A (`build --push --sign-key` when `a_pushes`, else `sign`) and
+/// signer B (`sign`) of one image, B's `.sig` landing between A's read and
+/// A's put.
+fn two_signers_race(a_pushes: bool, skopeo: bool) {
+    let cx = project();
+    let reg = Registry::anonymous();
+    let proxy = Proxy::start(&reg.host());
+    let prefix = format!("{}/race", proxy.host());
+    cx.mkdir("keys");
+    keygen(&cx, "keys/a");
+    keygen(&cx, "keys/b");
+    cx.run(&["-q", "build", "app", "--push", "--registry", &prefix])
+        .success();
+    let digest = reg.digest("race/app", "latest").unwrap();
+    let hex = digest.trim_start_matches("sha256:");
+    let sig_tag = format!("sha256-{hex}.sig");
+    let image = format!("{prefix}/app:latest");
+
+    let a_waits = Gate::new();
+    let b_waits = Gate::new();
+    proxy.hold("PUT", &sig_tag, &a_waits, 1);
+    proxy.pass("PUT", &sig_tag, 1);
+    // The index's tag is the `.sig`'s without `.sig`: B's `.sig` put was
+    // taken by the rule before.
+    proxy.hold_answer("PUT", &format!("/manifests/sha256-{hex}"), &b_waits, 1);
+    let sign = |key: &str| {
+        let mut c = match a_pushes && key == "keys/a.key" {
+            true => cx.command(&[
+                "-q",
+                "build",
+                "app",
+                "--push",
+                "--registry",
+                &prefix,
+                "--sign-key",
+                key,
+            ]),
+            false => cx.command(&["sign", "--key", key, &image]),
+        };
+        c.env("IMGBUILD_SIGN_PASSWORD", PASS)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().expect("imgbuild starts")
+    };
+    let finish = |who: &str, child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "signer {who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let a = sign("keys/a.key");
+    assert!(
+        a_waits.arrived(1),
+        "signer A never put the .sig tag: {:#?}",
+        proxy.requests()
+    );
+    let b = sign("keys/b.key");
+    let b_landed = b_waits.arrived(1);
+    // Whatever happened, neither signer is left waiting.
+    a_waits.open();
+    if !b_landed {
+        b_waits.open();
+    }
+    assert!(
+        b_landed,
+        "signer B never put the referrers index: {:#?}",
+        proxy.requests()
+    );
+    finish("A", a);
+    b_waits.open();
+    finish("B", b);
+    assert_eq!(proxy.pending(), 0, "{:#?}", proxy.requests());
+
+    for key in ["keys/a.pub", "keys/b.pub"] {
+        let out = cx.run(&["verify", &image, "--key", key]);
+        assert_eq!(out.code, 0, "a signature was lost: {out}");
+    }
+    let tagged = reg.digest("race/app", &sig_tag).expect("the .sig tag");
+    let layers = manifest(&reg, "race/app", &sig_tag)["layers"].clone();
+    assert_eq!(layers.as_array().map(Vec::len), Some(2), "{layers}");
+    let entries = referrers(&reg, "race/app", &digest);
+    let sigs: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["annotations"]["dev.imgbuild.tag"] == sig_tag.as_str())
+        .collect();
+    assert_eq!(sigs.len(), 1, "{entries:#?}");
+    assert_eq!(
+        sigs[0]["digest"],
+        tagged.as_str(),
+        "the index names a .sig the tag no longer holds: {entries:#?}"
+    );
+
+    if skopeo {
+        for key in ["a", "b"] {
+            let policy = skopeo_config(
+                &cx,
+                &proxy.host(),
+                "race/app",
+                &cx.path(&format!("keys/{key}.pub")),
+                Some("matchRepository"),
+            );
+            let out = skopeo_pull(&cx, &policy, &image);
+            assert!(
+                !out.stderr.contains("sigstore disabled"),
+                "this skopeo is built without sigstore (Debian's is); build one with ci/upstream-skopeo.sh DIR and put DIR/bin first on PATH: {out}"
+            );
+            assert_eq!(out.code, 0, "skopeo refused key {key}: {out}");
+        }
     }
 }
 

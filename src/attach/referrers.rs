@@ -14,6 +14,7 @@ use crate::oci::image::{canonical_json, hex_of};
 use crate::registry::client::Scope;
 use crate::registry::transfer::{Known, bounded, put_bytes};
 use crate::registry::{Client, Reference, RegistryError};
+use crate::sign::cosign;
 
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -110,12 +111,33 @@ pub(crate) async fn has_api(
 /// What a run knows of registries' referrers: whether each registry has
 /// the referrers API, asked once per registry (it is the registry's
 /// feature, not a repository's), however many images are attached side by
-/// side; and the fallback indexes it wrote, to read back at the end.
+/// side; and what it wrote (fallback indexes, `.sig` tags), to read back at
+/// the end.
 #[derive(Default)]
 pub struct Api {
     by_registry: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
-    /// Fallback indexes written: where, whose, and the entries added.
-    written: Mutex<Vec<(Reference, String, Vec<Value>)>>,
+    written: Mutex<Vec<Written>>,
+}
+
+/// Signatures this run put under an image's `.sig` tag: ours (payload and
+/// signature; the key never goes here), the image's size (a merged `.sig`
+/// names it as subject), and the `.sig` manifest put.
+#[derive(Debug, Clone)]
+pub struct SigWrite {
+    pub signed: Vec<cosign::Signed>,
+    pub subject_size: u64,
+    pub put: String,
+}
+
+/// What was written for one image's referrers in one repository.
+struct Written {
+    r: Reference,
+    subject: String,
+    /// Entries added to the fallback index (none when not ours to write).
+    added: Vec<Value>,
+    sig: Option<SigWrite>,
+    /// The registry keeps the referrers itself: no fallback index.
+    api: bool,
 }
 
 impl Api {
@@ -134,18 +156,51 @@ impl Api {
             .copied()
     }
 
-    fn wrote(&self, r: &Reference, subject: &str, added: Vec<Value>) {
-        if let Ok(mut w) = self.written.lock() {
-            w.push((r.clone(), subject.to_string(), added));
-        }
+    /// The record of `subject` in `r`'s repository, made on first use.
+    fn record(&self, r: &Reference, subject: &str, api: bool, f: impl FnOnce(&mut Written)) {
+        let Ok(mut w) = self.written.lock() else {
+            return;
+        };
+        let i = match w.iter().position(|x| &x.r == r && x.subject == subject) {
+            Some(i) => i,
+            None => {
+                w.push(Written {
+                    r: r.clone(),
+                    subject: subject.to_string(),
+                    added: Vec::new(),
+                    sig: None,
+                    api,
+                });
+                w.len() - 1
+            }
+        };
+        f(&mut w[i]);
     }
 
-    /// Reads back every fallback index this run wrote, and merges and
-    /// writes again any that lost what was added. The registry offers no
-    /// conditional write of a tag, so two jobs adding to one index at once
-    /// could each write over the other's entries; the other writer lands a
-    /// moment later, so each read back comes after a short, random pause
-    /// (once for the whole run: the indexes are read side by side).
+    fn wrote(&self, r: &Reference, subject: &str, added: Vec<Value>) {
+        self.record(r, subject, false, |w| w.added.extend(added));
+    }
+
+    /// Records that `sig` was put under `subject`'s `.sig` tag in `r`'s
+    /// repository (`api`: a registry with the referrers API), for
+    /// [`Api::settle`] to keep there.
+    pub fn signed(&self, r: &Reference, subject: &str, sig: SigWrite, api: bool) {
+        self.record(r, subject, api, |w| w.sig = Some(sig));
+    }
+
+    /// Reads back every fallback index and `.sig` tag this run wrote, and
+    /// merges and writes again any that lost what was added. The registry
+    /// offers no conditional write of a tag, so two jobs adding to one
+    /// index or signing one image at once could each write over the
+    /// other's; the other writer lands a moment later, so each read back
+    /// comes after a short, random pause (once for the whole run: they are
+    /// read side by side).
+    ///
+    /// The `.sig` tag costs no read of its own where there is a fallback
+    /// index: the index's `.sig` entry names the manifest its writer put,
+    /// so one naming another than ours means the tag was written over, and
+    /// only then is it read. A registry with the referrers API keeps no
+    /// such index: there the `.sig` tag itself is read back.
     pub async fn settle(&self, client: &Client) -> Result<(), RegistryError> {
         const ROUNDS: u32 = 5;
         let mut pending = match self.written.lock() {
@@ -156,11 +211,9 @@ impl Api {
             if pending.is_empty() {
                 break;
             }
-            let checks = pending.into_iter().map(|(r, subject, added)| async move {
+            let checks = pending.into_iter().map(|w| async move {
                 tokio::time::sleep(std::time::Duration::from_millis(jitter_ms())).await;
-                let current = fallback_index(client, &r, &subject).await?;
-                let again = write_index(client, &r, &subject, &current, &added).await?;
-                Ok::<_, RegistryError>(again.then_some((r, subject, added)))
+                settle_one(client, w).await
             });
             let results = futures_util::future::join_all(checks).await;
             pending = Vec::new();
@@ -169,6 +222,93 @@ impl Api {
             }
         }
         Ok(())
+    }
+}
+
+/// One read back of what was written for an image; what is still to
+/// check (None: all is in place).
+async fn settle_one(client: &Client, mut w: Written) -> Result<Option<Written>, RegistryError> {
+    let tag = cosign::sig_tag(&w.subject);
+    if w.api {
+        let Some(sig) = &mut w.sig else {
+            return Ok(None);
+        };
+        let read = cosign::read_tagged(client, &w.r, &w.subject).await?;
+        if read.1.as_ref().is_some_and(|(d, _)| *d == sig.put) {
+            return Ok(None);
+        }
+        let (_, put) = keep_signed(client, &w.r, &w.subject, sig, read).await?;
+        return Ok(put.then_some(w));
+    }
+    let current = fallback_index(client, &w.r, &w.subject).await?;
+    let mut put = false;
+    if let Some(sig) = &mut w.sig
+        && sig_moved(&current, &tag, &sig.put)
+    {
+        let read = cosign::read_tagged(client, &w.r, &w.subject).await?;
+        let (entry, again) = keep_signed(client, &w.r, &w.subject, sig, read).await?;
+        replace_tagged(&mut w.added, entry);
+        put = again;
+    }
+    let wrote = write_index(client, &w.r, &w.subject, &current, &w.added).await?;
+    Ok((wrote || put).then_some(w))
+}
+
+/// Whether `entries` (a fallback index as read back) name another
+/// manifest under the `.sig` tag `tag` than `put`, ours: someone else wrote
+/// the tag after us.
+fn sig_moved(entries: &[Value], tag: &str, put: &str) -> bool {
+    entries.iter().any(|e| {
+        e["annotations"][TAG_NOTE].as_str() == Some(tag) && e["digest"].as_str() != Some(put)
+    })
+}
+
+/// `added` with its entry of `entry`'s tag (if any) replaced by `entry`.
+fn replace_tagged(added: &mut Vec<Value>, entry: Value) {
+    let tag = entry["annotations"][TAG_NOTE].clone();
+    added.retain(|e| e["annotations"][TAG_NOTE] != tag);
+    added.push(entry);
+}
+
+/// Keeps `sig`'s signatures under the `.sig` tag of `subject`, `read` as
+/// it holds now: when it lacks some, puts a `.sig` of what it holds and
+/// ours (their payloads first: no manifest names a missing blob). Returns
+/// the fallback index's entry for what the tag then names, and whether it
+/// put one. `sig.put` follows the tag.
+async fn keep_signed(
+    client: &Client,
+    r: &Reference,
+    subject: &str,
+    sig: &mut SigWrite,
+    read: (Vec<cosign::Signed>, Option<(String, u64)>),
+) -> Result<(Value, bool), RegistryError> {
+    let (theirs, tagged) = read;
+    let tag = cosign::sig_tag(subject);
+    match (cosign::merged(&theirs, &sig.signed), tagged) {
+        (None, Some((digest, size))) => {
+            sig.put = digest.clone();
+            let notes = BTreeMap::from([(TAG_NOTE.to_string(), tag)]);
+            Ok((
+                entry(cosign::SIG_ARTIFACT, &digest, size as usize, &notes),
+                false,
+            ))
+        }
+        (merged, _) => {
+            let all = merged.unwrap_or(theirs);
+            let m = cosign::manifest(&all, (subject, sig.subject_size));
+            let known = Known::default();
+            let uploads = m.blobs.iter().map(|b| {
+                let d = crate::digest::digest_of(b).to_string();
+                let known = &known;
+                async move { put_bytes(client, r, &d, b, known).await }
+            });
+            bounded(uploads.collect()).await?;
+            client
+                .put_manifest(&r.with_tag(&tag), &m.manifest, MANIFEST)
+                .await?;
+            sig.put = m.digest();
+            Ok((index_entry(&m), true))
+        }
     }
 }
 
@@ -345,11 +485,26 @@ fn index_entry(referrer: &Referrer) -> Value {
     if let Some(t) = &referrer.tag {
         annotations.insert(TAG_NOTE.into(), t.clone());
     }
+    entry(
+        &referrer.artifact_type,
+        &referrer.digest(),
+        referrer.manifest.len(),
+        &annotations,
+    )
+}
+
+/// A fallback index entry: an artifact manifest of `artifact_type`.
+fn entry(
+    artifact_type: &str,
+    digest: &str,
+    size: usize,
+    annotations: &BTreeMap<String, String>,
+) -> Value {
     let mut e = json!({
         "mediaType": MANIFEST,
-        "digest": referrer.digest(),
-        "size": referrer.manifest.len(),
-        "artifactType": referrer.artifact_type,
+        "digest": digest,
+        "size": size,
+        "artifactType": artifact_type,
     });
     if !annotations.is_empty() {
         e["annotations"] = json!(annotations);
@@ -529,5 +684,54 @@ mod tests {
             .collect();
         assert_eq!(digests, ["sha256:4", "sha256:3", "sha256:2"]);
         assert_eq!(merge_entries(merged.clone(), &added), merged);
+    }
+
+    #[test]
+    fn a_sig_entry_naming_another_manifest_than_ours_means_the_tag_was_written_over() {
+        let tag = "sha256-x.sig";
+        let index = vec![
+            entry("sig", "sha256:theirs", Some(tag)),
+            entry("spdx", "sha256:2", None),
+        ];
+        assert!(sig_moved(&index, tag, "sha256:ours"));
+        assert!(!sig_moved(&index, tag, "sha256:theirs"));
+        // Another image's `.sig`, or none: nothing to read.
+        assert!(!sig_moved(&index, "sha256-y.sig", "sha256:ours"));
+        assert!(!sig_moved(&[], tag, "sha256:ours"));
+    }
+
+    #[test]
+    fn the_merged_sig_replaces_ours_in_what_is_added_and_then_in_the_index() {
+        let tag = "sha256-x.sig";
+        let mut added = vec![
+            entry("sig", "sha256:ours", Some(tag)),
+            entry("prov", "sha256:4", None),
+        ];
+        replace_tagged(&mut added, entry("sig", "sha256:both", Some(tag)));
+        let digests: Vec<&str> = added
+            .iter()
+            .map(|e| e["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, ["sha256:4", "sha256:both"]);
+        // The index as the other writer left it: its `.sig` gives way.
+        let current = vec![entry("sig", "sha256:theirs", Some(tag))];
+        let merged = merge_entries(current, &added);
+        assert!(!sig_moved(&merged, tag, "sha256:both"));
+        assert_eq!(merged.len(), 2);
+    }
+
+    #[test]
+    fn an_entry_for_a_sig_read_back_is_the_one_its_referrer_would_give() {
+        let r = crate::sign::cosign::manifest(&[], ("sha256:aa", 10));
+        let notes = BTreeMap::from([(TAG_NOTE.to_string(), r.tag.clone().unwrap())]);
+        assert_eq!(
+            super::entry(
+                crate::sign::cosign::SIG_ARTIFACT,
+                &r.digest(),
+                r.manifest.len(),
+                &notes
+            ),
+            index_entry(&r)
+        );
     }
 }

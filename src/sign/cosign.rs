@@ -121,19 +121,19 @@ pub async fn read(
 }
 
 /// The signatures stored for `manifest` in `r`'s repository, and the
-/// digest the `.sig` tag names (None: no tag).
+/// manifest the `.sig` tag names: its digest and size (None: no tag).
 pub async fn read_tagged(
     client: &Client,
     r: &Reference,
     manifest: &str,
-) -> Result<(Vec<Signed>, Option<String>), RegistryError> {
+) -> Result<(Vec<Signed>, Option<(String, u64)>), RegistryError> {
     let sig_ref = r.with_tag(&sig_tag(manifest));
     let bytes = match client.get_manifest(&sig_ref).await {
         Ok((b, _)) => b,
         Err(RegistryError::NotFound { .. }) => return Ok((Vec::new(), None)),
         Err(e) => return Err(e),
     };
-    let tagged = digest_of(&bytes).to_string();
+    let tagged = (digest_of(&bytes).to_string(), bytes.len() as u64);
     let m: Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
         reference: sig_ref.to_string(),
         reason: format!("unreadable signature manifest: {e}"),
@@ -158,6 +158,19 @@ pub async fn read_tagged(
         });
     }
     Ok((out, Some(tagged)))
+}
+
+/// `theirs` (what a `.sig` tag holds) with each of `ours` it lacks added
+/// after them, in order, each once; None when it lacks none (a signature
+/// made again is the same bytes: RFC 6979).
+pub fn merged(theirs: &[Signed], ours: &[Signed]) -> Option<Vec<Signed>> {
+    let mut all = theirs.to_vec();
+    for s in ours {
+        if !all.contains(s) {
+            all.push(s.clone());
+        }
+    }
+    (all.len() > theirs.len()).then_some(all)
 }
 
 /// Why a signature does not vouch for an image.
@@ -263,5 +276,28 @@ mod tests {
             check(&tampered, key.verifying_key(), "sha256:bb", "reg:5000/app"),
             Err(Rejected::OtherKey)
         );
+    }
+
+    #[test]
+    fn merging_keeps_theirs_first_adds_each_of_ours_once_and_says_when_nothing_is_new() {
+        let a = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let b = SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let m = "sha256:aa";
+        let a1 = sign(&a, &payload("reg:5000/app:v1", m));
+        let a2 = sign(&a, &payload("reg:5000/app:v2", m));
+        let b1 = sign(&b, &payload("reg:5000/app:v1", m));
+        // Another writer's `.sig` lacks ours: theirs kept, ours after.
+        let all = merged(std::slice::from_ref(&a1), &[b1.clone(), b1.clone()]).unwrap();
+        assert_eq!(all, [a1.clone(), b1.clone()]);
+        // It holds ours already (it merged them itself): nothing to put.
+        assert_eq!(merged(&all, std::slice::from_ref(&b1)), None);
+        assert_eq!(merged(&all, &[]), None);
+        // Only what is missing is added.
+        assert_eq!(
+            merged(&all, &[b1.clone(), a2.clone()]).unwrap(),
+            [a1.clone(), b1.clone(), a2]
+        );
+        // No tag at all: ours.
+        assert_eq!(merged(&[], std::slice::from_ref(&a1)).unwrap(), [a1]);
     }
 }

@@ -138,7 +138,7 @@ pub async fn sign_image(
 pub struct Prior {
     listing: referrers::Listing,
     signed: Vec<cosign::Signed>,
-    tagged: Option<String>,
+    tagged: Option<(String, u64)>,
 }
 
 /// Reads what `r`'s repository holds of the referrers of `digest` (and
@@ -192,37 +192,52 @@ pub async fn attach_signed(
     let digest = subject.0;
     let Prior {
         mut listing,
-        mut signed,
+        signed,
         tagged,
     } = prior;
     let mut sig = None;
+    let mut mine = Vec::new();
     let mut kept = None;
     if let Some((key, ids)) = signing {
-        let before = signed.len();
-        for id in ids {
-            let s = cosign::sign(key, &cosign::payload(id, digest));
-            if !signed.contains(&s) {
-                signed.push(s);
-            }
-        }
-        if let Some(t) = &tagged {
+        mine = ids
+            .iter()
+            .map(|id| cosign::sign(key, &cosign::payload(id, digest)))
+            .collect();
+        if let Some((t, _)) = &tagged {
             listing.tags.insert(cosign::sig_tag(digest), t.clone());
         }
-        if signed.len() > before || before == 0 {
-            sig = Some(cosign::manifest(&signed, subject));
-        } else if let Some(t) = tagged {
+        match (cosign::merged(&signed, &mine), tagged) {
+            (Some(all), _) => sig = Some(cosign::manifest(&all, subject)),
             // Every signature is there already, in a `.sig` left as it is.
-            kept = Some(referrers::Attached {
-                artifact_type: cosign::SIG_ARTIFACT.to_string(),
-                digest: t,
-                tag: Some(cosign::sig_tag(digest)),
-            });
+            (None, Some((t, _))) => {
+                kept = Some(referrers::Attached {
+                    artifact_type: cosign::SIG_ARTIFACT.to_string(),
+                    digest: t,
+                    tag: Some(cosign::sig_tag(digest)),
+                })
+            }
+            (None, None) => sig = Some(cosign::manifest(&signed, subject)),
         }
     }
+    let via_api = listing.api;
     // The signature's manifest goes with the rest, after them in the
     // report.
     let all: Vec<&referrers::Referrer> = attach.iter().chain(sig.as_ref()).collect();
     let mut out = referrers::attach_listed(client, r, digest, &all, listing, known, api).await?;
+    if let Some(sig) = &sig {
+        // Another writer may put the `.sig` tag over ours before the
+        // settle: what it must keep there (never the key).
+        api.signed(
+            r,
+            digest,
+            referrers::SigWrite {
+                signed: mine,
+                subject_size: subject.1,
+                put: sig.digest(),
+            },
+            via_api,
+        );
+    }
     out.extend(kept);
     Ok(out)
 }

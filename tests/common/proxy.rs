@@ -11,6 +11,10 @@
 //!   wire), then close both connections: a connection lost mid-upload (a
 //!   rule's use is taken only by a body longer than K);
 //! - hold a response back D before passing it on;
+//! - hold a request at a [`Gate`] before forwarding it, or its answer
+//!   after, until the test opens the gate: an order of events between
+//!   clients made certain, not likely; or forward it untouched (a rule
+//!   that keeps a later one from taking it);
 //! - cut a connection: before the request is read, mid-body (the
 //!   request's, or the answer's when the request has none), or after the
 //!   request went through but before its answer;
@@ -34,7 +38,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -73,7 +77,77 @@ pub enum Fault {
     },
     /// Forward, and set this header of the answer.
     SetHeader(String, String),
+    /// Wait at the gate until it opens, then forward.
+    HoldRequest(Gate),
+    /// Forward, and wait at the gate until it opens before passing the
+    /// answer on (the registry has done the work).
+    HoldAnswer(Gate),
+    /// Forward untouched.
+    Pass,
 }
+
+/// Where requests wait until the test opens it (at most [`Gate::MOST`]:
+/// a test that fails before opening it leaves no client hanging).
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<GateState>, Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    arrived: usize,
+}
+
+impl Gate {
+    pub const MOST: Duration = Duration::from_secs(120);
+
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Lets every request waiting here, and every later one, through.
+    pub fn open(&self) {
+        let (state, cv) = &*self.0;
+        state.lock().unwrap().open = true;
+        cv.notify_all();
+    }
+
+    /// Waits until `n` requests have come to the gate (at most
+    /// [`Gate::MOST`]); whether they did.
+    pub fn arrived(&self, n: usize) -> bool {
+        let (state, cv) = &*self.0;
+        let guard = state.lock().unwrap();
+        let (guard, _) = cv
+            .wait_timeout_while(guard, Gate::MOST, |s| s.arrived < n)
+            .unwrap();
+        guard.arrived >= n
+    }
+
+    /// A request waits here until the gate opens.
+    fn pass(&self) {
+        let (state, cv) = &*self.0;
+        let mut guard = state.lock().unwrap();
+        guard.arrived += 1;
+        cv.notify_all();
+        let _ = cv
+            .wait_timeout_while(guard, Gate::MOST, |s| !s.open)
+            .unwrap();
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0.0.lock().unwrap();
+        write!(f, "Gate(open: {}, arrived: {})", s.open, s.arrived)
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// Where a `Fault::Cut` closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +413,24 @@ impl Proxy {
     /// Holds responses back `delay`, `times` times.
     pub fn delay(&self, method: &str, part: &str, delay: Duration, times: usize) {
         self.rule(method, part, times, Fault::Delay(delay));
+    }
+
+    /// Holds the next `times` requests at `gate` until it opens, before
+    /// they go on to the registry.
+    pub fn hold(&self, method: &str, part: &str, gate: &Gate, times: usize) {
+        self.rule(method, part, times, Fault::HoldRequest(gate.clone()));
+    }
+
+    /// Forwards the next `times` requests, and holds their answers at
+    /// `gate` until it opens.
+    pub fn hold_answer(&self, method: &str, part: &str, gate: &Gate, times: usize) {
+        self.rule(method, part, times, Fault::HoldAnswer(gate.clone()));
+    }
+
+    /// Forwards the next `times` requests untouched: rules added after
+    /// this one do not take them.
+    pub fn pass(&self, method: &str, part: &str, times: usize) {
+        self.rule(method, part, times, Fault::Pass);
     }
 
     /// Each fault chaos draws from, once, on the next requests of
@@ -794,6 +886,14 @@ fn serve(client: TcpStream, route: &Route, state: &State) -> io::Result<()> {
             },
         };
 
+        if let Some((_, Fault::HoldRequest(gate))) = &taken {
+            gate.pass();
+        }
+        let hold_answer = match &taken {
+            Some((_, Fault::HoldAnswer(gate))) => Some(gate.clone()),
+            _ => None,
+        };
+
         // Token requests go to the token server, on a connection of their own.
         let to_token = route.token.is_some() && target.starts_with("/token");
         if up.as_ref().is_some_and(|u| u.token != to_token)
@@ -886,11 +986,21 @@ fn serve(client: TcpStream, route: &Route, state: &State) -> io::Result<()> {
             return Ok(());
         }
         let cut_answer = cut == Some(Cut::MidBody);
+        // The answer's head read first: the registry has done the work
+        // when the gate counts the request as come.
+        let first = match hold_answer {
+            Some(gate) => {
+                let head = final_head(u, &mut client_writer, None)?;
+                gate.pass();
+                Some(head)
+            }
+            None => None,
+        };
         let close = match pass_response(
             u,
             &mut client_writer,
             &method,
-            None,
+            first,
             delay,
             &edits,
             cut_answer,
