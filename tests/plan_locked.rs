@@ -12,6 +12,7 @@ use std::process::Command;
 
 use common::Ctx;
 use common::aptrepo::{AptRepo, SUITE, Variant};
+use common::serve::git;
 use serde_json::Value;
 
 const IMAGES: &str = "images:
@@ -168,4 +169,62 @@ fn a_fresh_lock_says_nothing_and_a_moved_parent_is_named() {
     cx.run(&["lock"]).success();
     let plan = cx.plan(&["--locked", "app"]);
     assert_eq!(unpinned(&plan, "app"), [] as [String; 0]);
+}
+
+/// A git source with no pin, then pinned, then with another ref: `plan`
+/// names it on the image whose layer uses it; `plan --locked` refuses it
+/// at loading, as `build --locked` does, before anything is fetched.
+#[test]
+fn git_source_pins_are_named_and_locked_refuses_them_at_loading() {
+    let cx = Ctx::new();
+    let repo = cx.scratch.join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    fs::write(repo.join("version.php"), "<?php\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    git(&repo, &["tag", "-a", "-m", "v1", "v1"]);
+    let url = format!("file://{}", repo.display());
+    cx.write("layers/app/f", "hi\n");
+    cx.yaml(&format!(
+        "sources:\n  m:\n    git: {{url: \"{url}\", ref: main}}\nimages:\n  core:\n    from: scratch\n    layers:\n      - {{source: m, dest: /m}}\n  other:\n    from: scratch\n    layers: [layers/app]\n"
+    ));
+
+    let plan = cx.plan(&["core", "other"]);
+    assert_eq!(
+        unpinned(&plan, "core"),
+        ["git source `m` (it has no entry)"]
+    );
+    assert_eq!(unpinned(&plan, "other"), [] as [String; 0]);
+    let text = cx.run(&["plan", "core"]).success();
+    assert!(
+        text.stdout.contains(
+            "not pinned in images.lock: git source `m` (it has no entry); run `imgbuild lock`"
+        ),
+        "{text}"
+    );
+    // The same refusal, and exit status, as `build --locked`'s.
+    let build = cx.run(&["build", "--locked", "core"]);
+    let plan = cx.run(&["plan", "--locked", "core"]);
+    assert_eq!(plan.code, build.code, "{plan}\n{build}");
+    assert_ne!(plan.code, 0, "{plan}");
+    plan.stderr_has(&[
+        "git source `m`",
+        "not pinned in images.lock",
+        "imgbuild lock",
+    ]);
+
+    cx.run(&["lock"]).success();
+    let plan = cx.plan(&["--locked", "core", "other"]);
+    assert_eq!(unpinned(&plan, "core"), [] as [String; 0]);
+
+    let yaml = fs::read_to_string(cx.path("images.yaml")).unwrap();
+    cx.yaml(&yaml.replace("ref: main", "ref: v1"));
+    let plan = cx.plan(&["core"]);
+    assert_eq!(
+        unpinned(&plan, "core"),
+        ["git source `m` (its url or ref changed since it was pinned)"]
+    );
+    cx.run(&["plan", "--locked", "core"])
+        .stderr_has(&["its url or ref changed since it was pinned"]);
 }
