@@ -1034,8 +1034,8 @@ Description: a package for imgbuild's .deb reader\n \
             e.finish().unwrap()
         }
 
-        /// A small valid `.deb`, its tars compressed with gzip or not at all.
-        fn sample(gz: bool) -> Vec<u8> {
+        /// A small valid `.deb`, its tars compressed as `suffix` says.
+        fn sample_as(suffix: &str) -> Vec<u8> {
             let control = tar_of(&[
                 ("./", b"", 0o755),
                 ("./control", CONTROL.as_bytes(), 0o644),
@@ -1047,15 +1047,26 @@ Description: a package for imgbuild's .deb reader\n \
                 ("./usr/bin/", b"", 0o755),
                 ("./usr/bin/foo", b"#!/bin/sh\necho foo\n", 0o755),
             ]);
-            let (suffix, control, data) = match gz {
-                true => (".gz", gzip(&control), gzip(&data)),
-                false => ("", control, data),
+            let compress = |b: &[u8]| match suffix {
+                ".gz" => gzip(b),
+                ".xz" => {
+                    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 0);
+                    e.write_all(b).unwrap();
+                    e.finish().unwrap()
+                }
+                ".zst" => zstd::encode_all(b, 1).unwrap(),
+                _ => b.to_vec(),
             };
+            let (control, data) = (compress(&control), compress(&data));
             let mut out = AR_MAGIC.to_vec();
             ar_member(&mut out, "debian-binary", b"2.0\n");
             ar_member(&mut out, &format!("control.tar{suffix}"), &control);
             ar_member(&mut out, &format!("data.tar{suffix}"), &data);
             out
+        }
+
+        fn sample(gz: bool) -> Vec<u8> {
+            sample_as(if gz { ".gz" } else { "" })
         }
 
         /// Everything the build reads of a `.deb`.
@@ -1082,10 +1093,10 @@ Description: a package for imgbuild's .deb reader\n \
 
         #[test]
         fn the_samples_are_valid() {
-            for gz in [false, true] {
+            for suffix in ["", ".gz", ".xz", ".zst"] {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("sample.deb");
-                fs::write(&path, sample(gz)).unwrap();
+                fs::write(&path, sample_as(suffix)).unwrap();
                 let deb = Deb::open(&path).unwrap();
                 assert_eq!(deb.control().unwrap().control, CONTROL);
                 assert_eq!(
@@ -1113,6 +1124,16 @@ Description: a package for imgbuild's .deb reader\n \
 
             #[test]
             fn mutated_gzip(bytes in mutate::mutated(sample(true))) {
+                read_all(&bytes);
+            }
+
+            #[test]
+            fn mutated_xz(bytes in mutate::mutated(sample_as(".xz"))) {
+                read_all(&bytes);
+            }
+
+            #[test]
+            fn mutated_zstd(bytes in mutate::mutated(sample_as(".zst"))) {
                 read_all(&bytes);
             }
         }

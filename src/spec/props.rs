@@ -68,6 +68,40 @@ fn load(dir: &Path, bytes: &[u8]) -> Result<Spec, String> {
     Spec::parse_with(&text, Path::new("images.yaml"), dir, &opts).map_err(|e| e.to_string())
 }
 
+/// An images.yaml with `clients:`, and one client's file (the bytes a
+/// property mutates), in [`super::testutil::tree`].
+const FLEET: &str = r#"images:
+  core:
+    from: scratch
+    layers: [layers/base]
+clients:
+  files: clients/*/client.yaml
+  image: client-${client}
+  template:
+    from: core
+    vars: {site: "${client} site"}
+    tags: ["client-${client}:1"]
+    layers:
+      - {src: config.php, dest: /srv/config.php, mode: "0640"}
+"#;
+const CLIENT: &str = "vars: {site: Acme}\nlayers:\n  - {src: theme, dest: \"/srv/theme/${client}\"}\ntags: [\"client-acme:latest\"]\nconfig:\n  env: {SITE: \"${site}\"}\n";
+
+fn fleet(client: &[u8]) -> (tempfile::TempDir, Result<Spec, String>) {
+    let d = super::testutil::tree();
+    std::fs::create_dir_all(d.path().join("clients/acme/theme")).unwrap();
+    std::fs::write(d.path().join("clients/acme/theme/x.txt"), "x\n").unwrap();
+    std::fs::write(d.path().join("clients/acme/client.yaml"), client).unwrap();
+    let spec = load(d.path(), FLEET.as_bytes());
+    (d, spec)
+}
+
+#[test]
+fn the_fleet_sample_is_valid() {
+    let (_d, spec) = fleet(CLIENT.as_bytes());
+    let spec = spec.unwrap();
+    assert_eq!(spec.images["client-acme"].config.env["SITE"], "Acme");
+}
+
 #[test]
 fn the_sample_is_valid() {
     let d = super::testutil::tree();
@@ -82,6 +116,11 @@ proptest! {
     fn arbitrary_bytes(bytes in mutate::bytes(512)) {
         let d = super::testutil::tree();
         let _ = load(d.path(), &bytes);
+    }
+
+    #[test]
+    fn mutated_client_file(bytes in mutate::mutated(CLIENT.as_bytes().to_vec())) {
+        let _ = fleet(&bytes);
     }
 
     #[test]
