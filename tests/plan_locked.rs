@@ -196,6 +196,13 @@ fn git_source_pins_are_named_and_locked_refuses_them_at_loading() {
         ["git source `m` (it has no entry)"]
     );
     assert_eq!(unpinned(&plan, "other"), [] as [String; 0]);
+    // Planned alone, `other` still fails a --locked build: every source
+    // is loaded.
+    let plan = cx.plan(&["other"]);
+    assert_eq!(
+        unpinned(&plan, "other"),
+        ["git source `m` (it has no entry), which every --locked build loads"]
+    );
     let text = cx.run(&["plan", "core"]).success();
     assert!(
         text.stdout.contains(

@@ -56,7 +56,7 @@ impl Session<'_> {
         let sources = self.unpinned_sources(lock.as_ref().ok().and_then(Option::as_ref));
         // A source no planned image's layer names still fails a --locked
         // build: loading images.yaml fetches every source.
-        let unused: Vec<&str> = sources
+        let unused: Vec<String> = sources
             .iter()
             .filter(|(n, _)| {
                 !order.iter().any(|i| {
@@ -67,7 +67,7 @@ impl Session<'_> {
                     })
                 })
             })
-            .map(|(_, what)| what.as_str())
+            .map(|(_, what)| format!("{what}, which every --locked build loads"))
             .collect();
         // Per image: the record it would have, if known without building.
         let mut known: HashMap<String, Option<ImageRecord>> = HashMap::new();
@@ -214,7 +214,7 @@ impl Session<'_> {
                 })
                 .map(|(_, what)| what.clone())
                 .collect();
-            unpinned.extend(unused.iter().map(|w| w.to_string()));
+            unpinned.extend(unused.iter().cloned());
             if let Some(why) = self.debian_unpinned(image, &lock, &root)? {
                 unpinned.insert(0, why);
             }
