@@ -8,6 +8,8 @@ pub mod env;
 pub mod fsutil;
 pub mod graph;
 pub mod layer;
+#[cfg(test)]
+mod mutate;
 pub mod oci;
 pub mod passwd;
 pub mod reference;

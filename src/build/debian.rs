@@ -16,6 +16,7 @@ use crate::debian::lock::{Lock, LockedImage, LockedPackage};
 use crate::debian::package::Package;
 use crate::debian::resolve::{Index, Options as ResolveOptions, Request, Universe, Variant};
 use crate::debian::sources::{Mirror, default_mirror, read_apt_sources};
+use crate::oci::image::ImageRecord;
 use crate::spec::{DebianSpec, Image};
 
 use super::{BuildError, Session};
@@ -132,7 +133,7 @@ pub enum DebianError {
     LockedOverOtherPackages { path: PathBuf, parent: String },
 }
 
-fn err(image: &str, source: impl Into<DebianError>) -> BuildError {
+pub(super) fn err(image: &str, source: impl Into<DebianError>) -> BuildError {
     BuildError::Debian {
         image: image.to_string(),
         source: Box::new(source.into()),
@@ -936,6 +937,113 @@ impl Session<'_> {
         Ok(Some(before))
     }
 
+    /// Why `--locked` would refuse `image`'s Debian packages, decided as
+    /// [`Self::debian_packages`] decides it but without building or fetching:
+    /// `root` gives the record of a Debian chain's root parent when it is
+    /// known now (None: it changes, and what it installs is compared when
+    /// it is built). None: images.lock pins them (or `image` has no `debian:`).
+    pub(super) fn debian_unpinned(
+        &self,
+        image: &Image,
+        lock: &Result<Option<Lock>, crate::debian::lock::LockError>,
+        root: &dyn Fn(&Image) -> Option<ImageRecord>,
+    ) -> Result<Option<String>, BuildError> {
+        use crate::debian::lock::LockError;
+        let Some(d) = &image.debian else {
+            return Ok(None);
+        };
+        let path = crate::debian::lock::path_for(self.spec);
+        let lock = match lock {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return Ok(Some(format!(
+                    "Debian packages: there is no {}",
+                    path.display()
+                )));
+            }
+            Err(e) => return Ok(Some(format!("Debian packages: {e}"))),
+        };
+        let locked = match lock.image(&path, self.spec, &image.name) {
+            Ok(l) => l,
+            Err(LockError::Stale { .. }) => {
+                return Ok(Some(
+                    "Debian packages: images.yaml's `debian:` sections changed since images.lock was written".into(),
+                ));
+            }
+            Err(LockError::Missing { .. }) => {
+                return Ok(Some(
+                    "Debian packages: images.lock has no entry for this image".into(),
+                ));
+            }
+            Err(e) => return Ok(Some(format!("Debian packages: {e}"))),
+        };
+        let mut chain = Vec::new();
+        let mut at = image;
+        while let Some(a) = self.debian_ancestor(at)? {
+            at = self.image(&a)?;
+            chain.push(a);
+        }
+        let mut before = match &at.parent {
+            crate::spec::Parent::Scratch => Vec::new(),
+            _ => match root(at) {
+                Some(r) => match self.status_of(&image.name, &r)? {
+                    Some(s) => s,
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+        };
+        for a in chain.iter().rev() {
+            let Some(l) = lock.images.get(a) else {
+                return Ok(Some(format!(
+                    "Debian packages: images.lock has no entry for `{a}`, which this image installs over"
+                )));
+            };
+            before = installed_after(before, l);
+        }
+        if lock_inputs(image, d, &before) == locked.inputs {
+            return Ok(None);
+        }
+        let parent = self.spec.parent_of(&image.name).unwrap_or_default();
+        Ok(Some(format!(
+            "Debian packages: images.lock was written over other packages below this image than `{parent}` has now (a package's version changed)"
+        )))
+    }
+
+    /// The dpkg status of an image in the store, read from its layers'
+    /// facts (kept per layer blob) rather than an unpacked tree. None: a
+    /// layer's blob is not here (a pulled parent's, fetched when built).
+    fn status_of(
+        &self,
+        image: &str,
+        record: &ImageRecord,
+    ) -> Result<Option<Vec<Package>>, BuildError> {
+        let mut facts = Vec::new();
+        for desc in record.layers.iter() {
+            match crate::sbom::layers::facts(self.store, desc) {
+                Ok(f) => facts.push(f),
+                Err(_) => return Ok(None),
+            }
+        }
+        let merged = crate::sbom::layers::merge(&facts);
+        match merged.get("var/lib/dpkg/status") {
+            Some(crate::sbom::layers::Fact::DpkgStatus(text)) => {
+                crate::debian::control::parse_status(text)
+                    .map(Some)
+                    .map_err(|source| {
+                        err(
+                            image,
+                            DebianError::Control {
+                                path: "var/lib/dpkg/status".into(),
+                                source,
+                            },
+                        )
+                    })
+            }
+            _ => Ok(Some(Vec::new())),
+        }
+    }
+
     /// The nearest ancestor of `image` that installs Debian packages.
     fn debian_ancestor(&self, image: &Image) -> Result<Option<String>, BuildError> {
         let parent = |n| self.spec.parent_of(n);
@@ -984,7 +1092,7 @@ impl Session<'_> {
 /// What images.lock records as an image's inputs: its `debian:`, its parent,
 /// and the packages installed below it; the entry is current while they
 /// hash the same.
-fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> String {
+pub(super) fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(crate::oci::image::canonical_json(&serde_json::json!({
@@ -1000,7 +1108,7 @@ fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> String {
 }
 
 /// `before` with `locked`'s packages installed, by name.
-fn installed_after(before: Vec<Package>, locked: &LockedImage) -> Vec<Package> {
+pub(super) fn installed_after(before: Vec<Package>, locked: &LockedImage) -> Vec<Package> {
     let mut mine = before;
     for p in &locked.packages {
         mine.retain(|m| m.name != p.name);

@@ -37,6 +37,9 @@ pub struct ImagePlan {
     pub action: Action,
     pub reasons: Vec<String>,
     pub layers: Vec<LayerPlan>,
+    /// What images.lock does not pin of what this image asks for, as
+    /// `build --locked` would refuse it (empty when the lock holds).
+    pub unpinned: Vec<String>,
 }
 
 /// How many changed paths a reason names before it says "and N more".
@@ -48,6 +51,24 @@ impl Session<'_> {
     pub fn plan(&self, names: &[String]) -> Result<Vec<ImagePlan>, BuildError> {
         let order = self.closure(names)?;
         let pulled = self.pull_parents(&order)?;
+        let lock_path = crate::debian::lock::path_for(self.spec);
+        let lock = crate::debian::lock::Lock::read(&lock_path);
+        let sources = self.unpinned_sources(lock.as_ref().ok().and_then(Option::as_ref));
+        // A source no planned image's layer names still fails a --locked
+        // build: loading images.yaml fetches every source.
+        let unused: Vec<String> = sources
+            .iter()
+            .filter(|(n, _)| {
+                !order.iter().any(|i| {
+                    self.spec.images.get(i).is_some_and(|i| {
+                        i.layers
+                            .iter()
+                            .any(|l| l.source.as_deref() == Some(n.as_str()))
+                    })
+                })
+            })
+            .map(|(_, what)| format!("{what}, which every --locked build loads"))
+            .collect();
         // Per image: the record it would have, if known without building.
         let mut known: HashMap<String, Option<ImageRecord>> = HashMap::new();
         let mut plans = Vec::new();
@@ -178,15 +199,55 @@ impl Session<'_> {
                     Some(_) => "its layers are in the store from another build".to_string(),
                 });
             }
+            let root = |at: &crate::spec::Image| match &at.parent {
+                Parent::Scratch => None,
+                Parent::Registry(r) => pulled.get(r).cloned(),
+                Parent::Image(p) => known.get(p).cloned().flatten(),
+            };
+            let mut unpinned: Vec<String> = sources
+                .iter()
+                .filter(|(n, _)| {
+                    image
+                        .layers
+                        .iter()
+                        .any(|l| l.source.as_deref() == Some(n.as_str()))
+                })
+                .map(|(_, what)| what.clone())
+                .collect();
+            unpinned.extend(unused.iter().cloned());
+            if let Some(why) = self.debian_unpinned(image, &lock, &root)? {
+                unpinned.insert(0, why);
+            }
             known.insert(name.clone(), record);
             plans.push(ImagePlan {
                 name,
                 action,
                 reasons,
                 layers,
+                unpinned,
             });
         }
         Ok(plans)
+    }
+
+    /// The git sources images.lock does not pin as `--locked` needs them
+    /// (same url and ref), by name, with why; decided from the lock alone.
+    fn unpinned_sources(&self, lock: Option<&crate::debian::lock::Lock>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, s) in &self.spec.sources {
+            let crate::spec::SourceLocation::Git { url, reference } = &s.spec.location else {
+                continue;
+            };
+            let pin = lock.and_then(|l| l.sources.get(name));
+            let clean = super::strip_credentials(url);
+            let why = match pin {
+                Some(p) if p.git == clean && p.reference == *reference => continue,
+                Some(_) => "its url or ref changed since it was pinned",
+                None => "it has no entry",
+            };
+            out.push((name.clone(), format!("git source `{name}` ({why})")));
+        }
+        out
     }
 
     /// The run layer: its key when everything below it is known.

@@ -426,6 +426,9 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let pinning = match &cli.command {
         Command::Build(a) if a.layer.locked => Pinning::Locked,
+        // Unpinned git sources fail the load as a --locked build's do,
+        // before anything is fetched.
+        Command::Plan(a) if a.locked => Pinning::Locked,
         Command::Push(PushCommand { layer, .. }) | Command::Test(TestCommand { layer, .. })
             if layer.locked =>
         {

@@ -17,6 +17,11 @@ pub struct PlanArgs {
     /// (a commit, tag or branch), and everything below them, with why.
     #[arg(long, value_name = "REV", conflicts_with_all = ["names", "all"])]
     pub changed_since: Option<String>,
+    /// Exit 1 when images.lock does not pin what the planned images ask
+    /// for (Debian packages, git sources), as `build --locked` would: a CI
+    /// job's cheap check before it builds.
+    #[arg(long, conflicts_with = "changed_since")]
+    pub locked: bool,
 }
 
 pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
@@ -41,9 +46,10 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
     let plans = Session::new(&store, &spec, &opts)
         .with_puller(&remote)
         .plan(&names)?;
+    let refused = args.locked.then(|| unpinned_failure(&plans)).flatten();
     if cli.json {
         print_json(&plans);
-        return Ok(());
+        return refused.map_or(Ok(()), |f| Err(f.reported()));
     }
     for p in &plans {
         let action = match p.action {
@@ -55,6 +61,9 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
         for r in &p.reasons {
             println!("          {r}");
         }
+        for u in &p.unpinned {
+            println!("          not pinned in images.lock: {u}; run `imgbuild lock`");
+        }
     }
     let count = |a: Action| plans.iter().filter(|p| p.action == a).count();
     let build = count(Action::Build);
@@ -64,7 +73,29 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Failure> {
         count(Action::Assemble),
         count(Action::Reuse)
     );
-    Ok(())
+    let stale = plans.iter().filter(|p| !p.unpinned.is_empty()).count();
+    if stale > 0 {
+        println!(
+            "{stale} image{} not pinned in images.lock (a --locked build refuses them): run `imgbuild lock` and commit it",
+            if stale == 1 { "" } else { "s" }
+        );
+    }
+    refused.map_or(Ok(()), Err)
+}
+
+/// `plan --locked`: what `build --locked` would refuse, as its failure.
+fn unpinned_failure(plans: &[imgbuild::build::plan::ImagePlan]) -> Option<Failure> {
+    let what: Vec<String> = plans
+        .iter()
+        .filter(|p| !p.unpinned.is_empty())
+        .map(|p| format!("{}: {}", p.name, p.unpinned.join(", ")))
+        .collect();
+    (!what.is_empty()).then(|| {
+        Failure::failed(format!(
+            "--locked, and images.lock does not pin what images.yaml asks for: {}; run `imgbuild lock` and commit it",
+            what.join("; ")
+        ))
+    })
 }
 
 /// The change impact of `rev` on the graph of `-f FILE`, with `--set` and

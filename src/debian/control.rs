@@ -1127,6 +1127,63 @@ Essential: yes
         assert_eq!(ps[0].sha256, "");
         assert!(ps[1].essential);
     }
+
+    /// Indexes and status files come from the network and the disk: no
+    /// input makes a parser panic; each parses or gives its typed error.
+    mod props {
+        use super::super::*;
+        use crate::mutate;
+        use proptest::prelude::*;
+
+        const STATUS: &str = "Package: a\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\nDepends: b (>= 1) | c:any\nProvides: d (= 2)\n\nPackage: b\nStatus: deinstall ok config-files\nVersion: 2\nArchitecture: amd64\n";
+
+        fn all_parsers(bytes: &[u8]) {
+            let text = String::from_utf8_lossy(bytes);
+            let _ = paragraphs(&text).map(|ps| {
+                for p in &ps {
+                    for f in &p.fields {
+                        let _ = value_lines(f.value).count();
+                        let _ = p.line_of(f.name);
+                    }
+                }
+            });
+            let _ = parse_packages(&text);
+            let _ = parse_packages_in(&text, 3);
+            let _ = parse_control(&text);
+            let _ = parse_status(&text);
+            let _ = last_cut(bytes);
+            for line in text.lines() {
+                let value = line.split_once(':').map_or(line, |(_, v)| v);
+                let _ = parse_relations(value);
+                let _ = parse_dep(value);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(mutate::config())]
+
+            #[test]
+            fn arbitrary_bytes(bytes in mutate::bytes(512)) {
+                all_parsers(&bytes);
+            }
+
+            #[test]
+            fn mutated_packages(bytes in mutate::mutated(super::PACKAGES.as_bytes().to_vec())) {
+                all_parsers(&bytes);
+            }
+
+            #[test]
+            fn mutated_status(bytes in mutate::mutated(STATUS.as_bytes().to_vec())) {
+                all_parsers(&bytes);
+            }
+
+            #[test]
+            fn relations_of_relation_bytes(value in "[a-z0-9:|,()<>=!\\[\\] \t\n.+~-]{0,80}") {
+                let _ = parse_relations(&value);
+                let _ = parse_dep(&value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -986,4 +986,156 @@ Description: a package for imgbuild's .deb reader\n \
             assert_eq!(list, dpkg_list.lines().collect::<Vec<_>>());
         }
     }
+
+    /// `.deb`s come from mirrors and the cache: no bytes make the reader
+    /// panic; each opens and reads or gives its typed error.
+    mod props {
+        use super::*;
+        use crate::mutate;
+        use proptest::prelude::*;
+        use std::io::Write as _;
+
+        fn tar_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, bytes, mode) in files {
+                let mut h = tar::Header::new_gnu();
+                if name.ends_with('/') {
+                    h.set_entry_type(tar::EntryType::Directory);
+                }
+                h.set_size(bytes.len() as u64);
+                h.set_mode(*mode);
+                h.set_mtime(1_700_000_000);
+                b.append_data(&mut h, name, *bytes).unwrap();
+            }
+            b.into_inner().unwrap()
+        }
+
+        fn ar_member(out: &mut Vec<u8>, name: &str, bytes: &[u8]) {
+            write!(
+                out,
+                "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`",
+                0,
+                0,
+                0,
+                100644,
+                bytes.len()
+            )
+            .unwrap();
+            out.push(b'\n');
+            out.extend_from_slice(bytes);
+            if bytes.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+
+        fn gzip(bytes: &[u8]) -> Vec<u8> {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        }
+
+        /// A small valid `.deb`, its tars compressed as `suffix` says.
+        fn sample_as(suffix: &str) -> Vec<u8> {
+            let control = tar_of(&[
+                ("./", b"", 0o755),
+                ("./control", CONTROL.as_bytes(), 0o644),
+                ("./postinst", POSTINST, 0o755),
+            ]);
+            let data = tar_of(&[
+                ("./", b"", 0o755),
+                ("./usr/", b"", 0o755),
+                ("./usr/bin/", b"", 0o755),
+                ("./usr/bin/foo", b"#!/bin/sh\necho foo\n", 0o755),
+            ]);
+            let compress = |b: &[u8]| match suffix {
+                ".gz" => gzip(b),
+                ".xz" => {
+                    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 0);
+                    e.write_all(b).unwrap();
+                    e.finish().unwrap()
+                }
+                ".zst" => zstd::encode_all(b, 1).unwrap(),
+                _ => b.to_vec(),
+            };
+            let (control, data) = (compress(&control), compress(&data));
+            let mut out = AR_MAGIC.to_vec();
+            ar_member(&mut out, "debian-binary", b"2.0\n");
+            ar_member(&mut out, &format!("control.tar{suffix}"), &control);
+            ar_member(&mut out, &format!("data.tar{suffix}"), &data);
+            out
+        }
+
+        fn sample(gz: bool) -> Vec<u8> {
+            sample_as(if gz { ".gz" } else { "" })
+        }
+
+        /// Everything the build reads of a `.deb`.
+        fn read_all(bytes: &[u8]) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fuzz.deb");
+            fs::write(&path, bytes).unwrap();
+            let Ok(deb) = Deb::open(&path).map_err(|e| e.to_string()) else {
+                return;
+            };
+            let _ = (
+                deb.control_member(),
+                deb.data_member(),
+                deb.data_compression(),
+            );
+            if let Ok(c) = deb.control() {
+                let _ = crate::debian::control::parse_control(&c.control);
+            }
+            let _ = deb.file_list().map_err(|e| e.to_string());
+            for mut r in [deb.control_tar(), deb.data_tar()].into_iter().flatten() {
+                let _ = io::copy(&mut r, &mut io::sink());
+            }
+        }
+
+        #[test]
+        fn the_samples_are_valid() {
+            for suffix in ["", ".gz", ".xz", ".zst"] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("sample.deb");
+                fs::write(&path, sample_as(suffix)).unwrap();
+                let deb = Deb::open(&path).unwrap();
+                assert_eq!(deb.control().unwrap().control, CONTROL);
+                assert_eq!(
+                    deb.file_list().unwrap(),
+                    ["/.", "/usr", "/usr/bin", "/usr/bin/foo"]
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(mutate::config())]
+
+            #[test]
+            fn arbitrary_bytes(bytes in mutate::bytes(512)) {
+                read_all(&bytes);
+                let mut ar = AR_MAGIC.to_vec();
+                ar.extend(&bytes);
+                read_all(&ar);
+            }
+
+            #[test]
+            fn mutated_plain(bytes in mutate::mutated(sample(false))) {
+                read_all(&bytes);
+            }
+
+            #[test]
+            fn mutated_gzip(bytes in mutate::mutated(sample(true))) {
+                read_all(&bytes);
+            }
+
+            #[test]
+            fn mutated_xz(bytes in mutate::mutated(sample_as(".xz"))) {
+                read_all(&bytes);
+            }
+
+            #[test]
+            fn mutated_zstd(bytes in mutate::mutated(sample_as(".zst"))) {
+                read_all(&bytes);
+            }
+        }
+    }
 }

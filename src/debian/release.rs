@@ -469,7 +469,10 @@ pub fn parse_date(s: &str) -> Result<i64, String> {
         return Err(format!("bad time {time:?}"));
     };
     let (h, m, sec) = (num(h, "hour")?, num(m, "minute")?, num(sec, "second")?);
+    // A year of more digits would overflow the day count (a panic, not
+    // an error).
     if !(1..=31).contains(&day)
+        || !(1..=9999).contains(&year)
         || !(0..24).contains(&h)
         || !(0..60).contains(&m)
         || !(0..=60).contains(&sec)
@@ -478,9 +481,14 @@ pub fn parse_date(s: &str) -> Result<i64, String> {
     }
     let offset = match w.next() {
         None | Some("UTC" | "GMT" | "Z" | "UT") => 0,
-        Some(z) if z.len() == 5 && (z.starts_with('+') || z.starts_with('-')) => {
-            let hh = num(&z[1..3], "zone")?;
-            let mm = num(&z[3..5], "zone")?;
+        // `get`: a multi-byte character may straddle the cuts.
+        Some(z)
+            if z.len() == 5
+                && (z.starts_with('+') || z.starts_with('-'))
+                && let (Some(hh), Some(mm)) = (z.get(1..3), z.get(3..5)) =>
+        {
+            let hh = num(hh, "zone")?;
+            let mm = num(mm, "zone")?;
             let off = hh * 3600 + mm * 60;
             if z.starts_with('-') { -off } else { off }
         }
@@ -642,6 +650,10 @@ mod tests {
         assert!(parse_date("Sat, 08 Nov 2025 25:12:34 UTC").is_err());
         assert!(parse_date("Sat, 08 Nov 2025").is_err());
         assert_eq!(format_date(1_762_593_154), "2025-11-08 09:12:34 UTC");
+        // Found by the property tests: these panicked (an overflow, a
+        // string cut inside a character).
+        assert!(parse_date("1 Jan 300000000000 0:0:0").is_err());
+        assert!(parse_date("1 Jan 2025 0:0:0 +0\u{e9}0").is_err());
         assert_eq!(format_date(1_709_256_599 - 5400), "2024-02-29 23:59:59 UTC");
     }
 
@@ -736,5 +748,96 @@ mod tests {
         // Not signed at all.
         let e = verify_inrelease(&far, &ring_b, now).unwrap_err();
         assert!(matches!(e, ReleaseError::NotSigned { .. }), "{e}");
+    }
+
+    /// InRelease files and keyrings come from the network and the disk: no
+    /// input makes the reader panic; each parses or gives its typed error
+    /// (whose message is made too, as the build shows it).
+    mod props {
+        use super::*;
+        use crate::mutate;
+        use proptest::prelude::*;
+
+        /// A clear-signed release and its key, binary and armored: made
+        /// once by gpg for every property of this binary.
+        fn signed() -> &'static (String, Vec<u8>, Vec<u8>) {
+            static SIGNED: std::sync::OnceLock<(String, Vec<u8>, Vec<u8>)> =
+                std::sync::OnceLock::new();
+            SIGNED.get_or_init(|| {
+                let gpg = Gpg::new();
+                let a = gpg.key("Alice <a@example.org>", "never");
+                let text = release_text("Sat, 15 Nov 2025 09:12:34 UTC");
+                (
+                    gpg.clearsign(&text, &[&a]),
+                    gpg.export(&a, false),
+                    gpg.export(&a, true),
+                )
+            })
+        }
+
+        fn release_parsers(bytes: &[u8], ring: &Keyring) {
+            let text = String::from_utf8_lossy(bytes);
+            let _ = parse_release(&text).map_err(|e| e.to_string());
+            let _ = verify_inrelease(&text, ring, NOW).map_err(|e| e.to_string());
+            for line in text.lines() {
+                let value = line.split_once(':').map_or(line, |(_, v)| v);
+                let _ = parse_date(value);
+            }
+        }
+
+        fn keyring_of(bytes: &[u8]) {
+            let mut k = Keyring::default();
+            let _ = k.add_bytes(bytes, "fuzz.gpg").map_err(|e| e.to_string());
+            let _ = k.fingerprints();
+        }
+
+        proptest! {
+            #![proptest_config(mutate::config())]
+
+            #[test]
+            fn arbitrary_bytes(bytes in mutate::bytes(512)) {
+                release_parsers(&bytes, &Keyring::default());
+                keyring_of(&bytes);
+            }
+
+            #[test]
+            fn mutated_release(bytes in mutate::mutated(
+                release_text("Sat, 15 Nov 2025 09:12:34 UTC").into_bytes(),
+            )) {
+                release_parsers(&bytes, &Keyring::default());
+            }
+
+            #[test]
+            fn mutated_inrelease(bytes in mutate::mutated(signed().0.as_bytes().to_vec())) {
+                release_parsers(&bytes, &keyring(&signed().1));
+            }
+
+            #[test]
+            fn mutated_keys(
+                binary in mutate::mutated(signed().1.clone()),
+                armored in mutate::mutated(signed().2.clone()),
+            ) {
+                keyring_of(&binary);
+                keyring_of(&armored);
+            }
+
+            #[test]
+            fn dates(value in "[A-Za-z0-9,:+ -]{0,40}") {
+                let _ = parse_date(&value);
+            }
+
+            /// Dates of the right shape, with any numbers and zones in it.
+            #[test]
+            fn date_shaped(
+                day in "[0-9]{1,3}|-?[0-9]{1,20}",
+                month in prop::sample::select(&["Jan", "feb", "Dec", "Foo", ""][..]),
+                year in "[0-9]{1,4}|-?[0-9]{1,20}",
+                time in "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}|-?[0-9]{1,20}:-?[0-9]{1,3}:[0-9]{1,3}",
+                zone in "UTC|[+-][0-9]{4}|[+-].{1,4}|.{0,6}",
+            ) {
+                let _ = parse_date(&format!("Sat, {day} {month} {year} {time} {zone}"))
+                    .map(format_date);
+            }
+        }
     }
 }

@@ -14,6 +14,8 @@ mod config;
 mod ctx;
 mod debian;
 mod layers;
+#[cfg(test)]
+mod props;
 mod raw;
 mod resolve;
 mod revision;
