@@ -46,8 +46,9 @@ pub struct ImagePlan {
 const NAMED: usize = 3;
 
 impl Session<'_> {
-    /// Plans `names` and what they need, without writing anything but the
-    /// stat cache.
+    /// Plans `names` and what they need, without writing anything but
+    /// caches: the stat cache, and a stored parent's dpkg status once read
+    /// from its layers (to compare with images.lock).
     pub fn plan(&self, names: &[String]) -> Result<Vec<ImagePlan>, BuildError> {
         let order = self.closure(names)?;
         let pulled = self.pull_parents(&order)?;
