@@ -133,7 +133,7 @@ pub enum DebianError {
     LockedOverOtherPackages { path: PathBuf, parent: String },
 }
 
-pub(super) fn err(image: &str, source: impl Into<DebianError>) -> BuildError {
+fn err(image: &str, source: impl Into<DebianError>) -> BuildError {
     BuildError::Debian {
         image: image.to_string(),
         source: Box::new(source.into()),
@@ -921,12 +921,7 @@ impl Session<'_> {
         image: &Image,
         lock: &Lock,
     ) -> Result<Option<Vec<Package>>, BuildError> {
-        let mut chain = Vec::new();
-        let mut at = image;
-        while let Some(a) = self.debian_ancestor(at)? {
-            at = self.image(&a)?;
-            chain.push(a);
-        }
+        let (at, chain) = self.debian_chain(image)?;
         let mut before = self.root_status(at)?;
         for a in chain.iter().rev() {
             let Some(locked) = lock.images.get(a) else {
@@ -977,12 +972,7 @@ impl Session<'_> {
             }
             Err(e) => return Ok(Some(format!("Debian packages: {e}"))),
         };
-        let mut chain = Vec::new();
-        let mut at = image;
-        while let Some(a) = self.debian_ancestor(at)? {
-            at = self.image(&a)?;
-            chain.push(a);
-        }
+        let (at, chain) = self.debian_chain(image)?;
         let mut before = match &at.parent {
             crate::spec::Parent::Scratch => Vec::new(),
             _ => match root(at) {
@@ -1044,6 +1034,21 @@ impl Session<'_> {
         }
     }
 
+    /// `image`'s Debian chain: the root parent below its Debian ancestors,
+    /// and those ancestors, nearest first.
+    fn debian_chain<'i>(
+        &'i self,
+        image: &'i Image,
+    ) -> Result<(&'i Image, Vec<String>), BuildError> {
+        let mut chain = Vec::new();
+        let mut at = image;
+        while let Some(a) = self.debian_ancestor(at)? {
+            at = self.image(&a)?;
+            chain.push(a);
+        }
+        Ok((at, chain))
+    }
+
     /// The nearest ancestor of `image` that installs Debian packages.
     fn debian_ancestor(&self, image: &Image) -> Result<Option<String>, BuildError> {
         let parent = |n| self.spec.parent_of(n);
@@ -1092,7 +1097,7 @@ impl Session<'_> {
 /// What images.lock records as an image's inputs: its `debian:`, its parent,
 /// and the packages installed below it; the entry is current while they
 /// hash the same.
-pub(super) fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> String {
+fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(crate::oci::image::canonical_json(&serde_json::json!({
@@ -1108,7 +1113,7 @@ pub(super) fn lock_inputs(image: &Image, d: &DebianSpec, before: &[Package]) -> 
 }
 
 /// `before` with `locked`'s packages installed, by name.
-pub(super) fn installed_after(before: Vec<Package>, locked: &LockedImage) -> Vec<Package> {
+fn installed_after(before: Vec<Package>, locked: &LockedImage) -> Vec<Package> {
     let mut mine = before;
     for p in &locked.packages {
         mine.retain(|m| m.name != p.name);

@@ -57,16 +57,18 @@ impl Session<'_> {
         let sources = self.unpinned_sources(lock.as_ref().ok().and_then(Option::as_ref));
         // A source no planned image's layer names still fails a --locked
         // build: loading images.yaml fetches every source.
+        let uses = |image: &crate::spec::Image, source: &str| {
+            image
+                .layers
+                .iter()
+                .any(|l| l.source.as_deref() == Some(source))
+        };
         let unused: Vec<String> = sources
             .iter()
             .filter(|(n, _)| {
-                !order.iter().any(|i| {
-                    self.spec.images.get(i).is_some_and(|i| {
-                        i.layers
-                            .iter()
-                            .any(|l| l.source.as_deref() == Some(n.as_str()))
-                    })
-                })
+                !order
+                    .iter()
+                    .any(|i| self.spec.images.get(i).is_some_and(|i| uses(i, n)))
             })
             .map(|(_, what)| format!("{what}, which every --locked build loads"))
             .collect();
@@ -207,12 +209,7 @@ impl Session<'_> {
             };
             let mut unpinned: Vec<String> = sources
                 .iter()
-                .filter(|(n, _)| {
-                    image
-                        .layers
-                        .iter()
-                        .any(|l| l.source.as_deref() == Some(n.as_str()))
-                })
+                .filter(|(n, _)| uses(image, n))
                 .map(|(_, what)| what.clone())
                 .collect();
             unpinned.extend(unused.iter().cloned());
@@ -234,19 +231,16 @@ impl Session<'_> {
     /// The git sources images.lock does not pin as `--locked` needs them
     /// (same url and ref), by name, with why; decided from the lock alone.
     fn unpinned_sources(&self, lock: Option<&crate::debian::lock::Lock>) -> Vec<(String, String)> {
+        let none = Default::default();
+        let pins = lock.map_or(&none, |l| &l.sources);
         let mut out = Vec::new();
         for (name, s) in &self.spec.sources {
             let crate::spec::SourceLocation::Git { url, reference } = &s.spec.location else {
                 continue;
             };
-            let pin = lock.and_then(|l| l.sources.get(name));
-            let clean = super::strip_credentials(url);
-            let why = match pin {
-                Some(p) if p.git == clean && p.reference == *reference => continue,
-                Some(_) => "its url or ref changed since it was pinned",
-                None => "it has no entry",
-            };
-            out.push((name.clone(), format!("git source `{name}` ({why})")));
+            if let Err(what) = crate::source::git_pin(pins, name, url, reference) {
+                out.push((name.clone(), what));
+            }
         }
         out
     }

@@ -134,6 +134,24 @@ pub enum Pinning {
     Update(Vec<String>),
 }
 
+/// The pin in `pins` that git source `name` (`url` at `reference`) may
+/// use: one of the same url (credentials stripped) and ref. Else what is
+/// not pinned, and why, as `--locked` says it (`plan` says it too).
+pub fn git_pin<'p>(
+    pins: &'p BTreeMap<String, LockedSource>,
+    name: &str,
+    url: &str,
+    reference: &str,
+) -> Result<&'p LockedSource, String> {
+    let clean = crate::build::strip_credentials(url);
+    let why = match pins.get(name) {
+        Some(p) if p.git == clean && p.reference == reference => return Ok(p),
+        Some(_) => "its url or ref changed since it was pinned",
+        None => "it has no entry",
+    };
+    Err(format!("git source `{name}` ({why})"))
+}
+
 /// Fetches sources into the store (opened when first needed); records the
 /// commits it used, which `imgbuild lock` writes into images.lock.
 pub struct Fetcher {
@@ -190,17 +208,14 @@ impl Fetcher {
         match &s.location {
             SourceLocation::Git { url, reference } => {
                 let clean = crate::build::strip_credentials(url);
-                let pin = self
-                    .pins
-                    .get(&s.name)
-                    .filter(|p| p.git == clean && p.reference == *reference);
+                let pin = git_pin(&self.pins, &s.name, url, reference);
                 let fresh = match &self.pinning {
                     Pinning::Update(names) => names.is_empty() || names.contains(&s.name),
                     _ => false,
                 };
                 let store = self.store()?;
                 let commit = match pin {
-                    Some(p) if !fresh => {
+                    Ok(p) if !fresh => {
                         if !git::exported(store, &p.commit) {
                             git::Repo::open(store, url)?.ensure_commit(
                                 url,
@@ -211,15 +226,8 @@ impl Fetcher {
                         }
                         p.commit.clone()
                     }
-                    _ if self.pinning == Pinning::Locked => {
-                        let why = if self.pins.contains_key(&s.name) {
-                            "its url or ref changed since it was pinned"
-                        } else {
-                            "it has no entry"
-                        };
-                        return Err(SourceError::NotPinned {
-                            what: format!("git source `{}` ({why})", s.name),
-                        });
+                    Err(what) if self.pinning == Pinning::Locked => {
+                        return Err(SourceError::NotPinned { what });
                     }
                     _ => {
                         if !fresh && let Ok(mut u) = self.unpinned.lock() {
