@@ -31,8 +31,10 @@ q() { printf '%q' "$1"; }
 
 measure() { python3 "$BENCH_DIR/measure.py" "$@"; }
 
-# fresh_caches DIR...: the kernel's caches emptied (as root), then each DIR read back
-# into the page cache, so that every timed run starts from the same kernel state.
+# fresh_caches DIR...: once the disks are idle, the kernel's caches emptied (as root),
+# then each DIR read back into the page cache, so that every timed run starts from the
+# same kernel state. The disks first: deleting the last run's gigabytes goes on after
+# `sync` returns, and would slow the next run (waits 90 s at most, for 3 s idle).
 # Why: a build makes and deletes millions of files; their dentries stay cached, and
 # on a kernel with a small dentry hash (this machine boots with dhash_entries=131072)
 # every path lookup then walks long hash chains. Measured here: the same cold fleet
@@ -40,8 +42,15 @@ measure() { python3 "$BENCH_DIR/measure.py" "$@"; }
 # time) without, the later runs the slower. Not root: the caches stay, said once.
 DROP_WARNED=0
 fresh_caches() {
-    local d
+    local d last now quiet=0 i
     sync
+    last=$(awk '{s += $4 + $8} END {print s}' /proc/diskstats)
+    for ((i = 0; i < 90 && quiet < 3; i++)); do
+        sleep 1
+        now=$(awk '{s += $4 + $8} END {print s}' /proc/diskstats)
+        if ((now - last < 20)); then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$now
+    done
     if [[ -w /proc/sys/vm/drop_caches ]]; then
         echo 3 >/proc/sys/vm/drop_caches
     elif ((DROP_WARNED == 0)); then

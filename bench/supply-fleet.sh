@@ -88,25 +88,12 @@ args() { # MODE
 cold=$OUT/cold-home
 # A cold store holding only the verified Debian packages and indexes.
 seed() { reset_dir "$cold" && mkdir -p "$cold" && cp -a "$warm/debian" "$cold/debian" && sync; }
-# quiesce: waits (90 s at most) for the disks to be idle for 3 s running: deleting
-# the last run's gigabytes goes on after sync returns, and would slow the next run.
-quiesce() {
-    local last now quiet=0 i
-    last=$(awk '{s += $4 + $8} END {print s}' /proc/diskstats)
-    for ((i = 0; i < 90 && quiet < 3; i++)); do
-        sleep 1
-        now=$(awk '{s += $4 + $8} END {print s}' /proc/diskstats)
-        if ((now - last < 20)); then quiet=$((quiet + 1)); else quiet=0; fi
-        last=$now
-    done
-}
 for ((r = 1; r <= RUNS; r++)); do
     for mode in $(order "$r"); do
         reg_start "$mode$r"
         log "round $r: cold build --all --push ($mode)"
         cmd="cd $(q "$proj") && IMGBUILD_HOME=$(q "$cold") $(q "$IMGBUILD") -q ${srcs[*]} build --all --locked --push --registry 127.0.0.1:$PORT/fleet $(args "$mode")"
         seed
-        quiesce
         fresh_caches "$proj" "$cold/debian"
         measure --name "fleet-$mode" --out "$OUT/$mode.json" --append --runs 1 -- "$cmd" ||
             warn "round $r ($mode) failed: see $OUT"

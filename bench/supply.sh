@@ -52,6 +52,7 @@ for ((r = 1; r <= RUNS; r++)); do
     for mode in $(order "$r"); do
         reg_start "$mode$r"
         log "round $r: push ($mode)"
+        fresh_caches "$home" "$WORK/moodle-tree"
         measure --name "push-$mode" --out "$OUT/$mode.json" --append --runs 1 -- "$(push_cmd "$PORT" "$mode")"
         reg_stop "$mode$r"
     done
@@ -69,6 +70,7 @@ for ((r = 1; r <= RUNS; r++)); do
         reg_start "build-$mode$r"
         reset_dir "$OUT/cold-home"
         log "round $r: cold build --all --push ($mode)"
+        fresh_caches "$WORK/moodle-tree" "$WORK/clients"
         measure --name "build-$mode" --out "$OUT/build-$mode.json" --append --runs 1 -- "$(build_cmd "$PORT" "$mode" "$OUT/cold-home")"
         reg_stop "build-$mode$r"
     done
