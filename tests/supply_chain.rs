@@ -1074,7 +1074,6 @@ fn manifest(reg: &Registry, repo: &str, reference: &str) -> Value {
     .json()
 }
 
-/// A graph of two: `base`, and `client` on it.
 /// Pushes only `image` of `cx`, with both SBOMs, under `REGISTRY/repo`;
 /// its manifest digest and its parent's.
 fn push_only(cx: &Ctx, reg: &Registry, repo: &str, image: &str) -> (String, String) {
@@ -1100,6 +1099,7 @@ fn push_only(cx: &Ctx, reg: &Registry, repo: &str, image: &str) -> (String, Stri
     (client, parent)
 }
 
+/// A graph of two: `base`, and `client` on it.
 fn layered() -> Ctx {
     let cx = Ctx::new();
     cx.write("base/etc/motd", "base\n");
